@@ -1,0 +1,141 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::Authenticator;
+use crate::body::{LocalResponse, ResponseBody, from_local};
+use crate::jwt::VerifyFuture;
+
+pin_project! {
+    /// Response future of [`Auth`](super::Auth).
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        Verifying {
+            verify: VerifyFuture,
+            inner: Option<S>,
+            request: Option<Request<B>>,
+            auth: Authenticator,
+        },
+        Inner {
+            #[pin]
+            future: S::Future,
+        },
+        Rejected {
+            response: Option<LocalResponse>,
+        },
+    }
+}
+
+impl<S, B> std::fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn inner(future: S::Future) -> Self {
+        Self {
+            state: State::Inner { future },
+        }
+    }
+
+    pub(crate) fn rejected(response: LocalResponse) -> Self {
+        Self {
+            state: State::Rejected {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn verifying(
+        verify: VerifyFuture,
+        inner: S,
+        request: Request<B>,
+        auth: Authenticator,
+    ) -> Self {
+        Self {
+            state: State::Verifying {
+                verify,
+                inner: Some(inner),
+                request: Some(request),
+                auth,
+            },
+        }
+    }
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Verifying {
+                    verify,
+                    inner,
+                    request,
+                    auth,
+                } => {
+                    let result = ready!(verify.as_mut().poll(cx));
+                    #[allow(clippy::expect_used)]
+                    let (mut service, mut request) = (
+                        inner.take().expect("future polled after completion"),
+                        request.take().expect("future polled after completion"),
+                    );
+                    let outcome = result
+                        .and_then(|ctx| auth.authorize(&ctx, request.uri().path()).map(|()| ctx));
+                    match outcome {
+                        Ok(ctx) => {
+                            request.extensions_mut().insert(ctx);
+                            let future = service.call(request);
+                            this.state.set(State::Inner { future });
+                        }
+                        Err(error) => {
+                            tracing::debug!(%error, "request refused");
+                            let response = auth.challenge().response(error);
+                            this.state.set(State::Rejected {
+                                response: Some(response),
+                            });
+                        }
+                    }
+                }
+                StateProj::Inner { future } => {
+                    let response = ready!(future.poll(cx))?;
+                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                }
+                StateProj::Rejected { response } => {
+                    #[allow(clippy::expect_used)]
+                    let response = response.take().expect("future polled after completion");
+                    return Poll::Ready(Ok(from_local(response)));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Bearer authentication: the layer that makes a service an OAuth 2.1 resource server.
+//!
+//! [`AuthLayer`] checks every request before the wrapped service sees it, following the MCP
+//! authorization spec, RFC 6750, RFC 8707 and RFC 9728. On success it inserts the verified
+//! [`AuthContext`](crate::AuthContext) into the request extensions; the client's token is
+//! never forwarded anywhere.
+//!
+//! # Rules
+//! 1. Credentials are read only from the `Authorization` header, with the scheme `Bearer`
+//!    matched case-insensitively. A token in the query string or the body is ignored.
+//! 2. No credentials (no header, or another scheme): **401** with
+//!    `WWW-Authenticate: Bearer resource_metadata="…"` plus `scope="…"` when challenge
+//!    scopes are configured, and no `error` parameter.
+//! 3. A malformed header, an empty token or several `Authorization` headers: **400** with
+//!    `error="invalid_request"`.
+//! 4. A token that fails verification (see [`crate::jwt`]): **401** with
+//!    `error="invalid_token"`, `error_description`, `resource_metadata` and `scope`.
+//! 5. A valid token lacking scopes the route needs: **403** with
+//!    `error="insufficient_scope"` and `scope` naming every scope the operation needs.
+//! 6. No signing key of the issuer could ever be obtained: **503** with `Retry-After`, so
+//!    clients do not throw away a good token because the issuer is briefly unreachable.
+//! 7. Every rejection carries `Cache-Control: no-store`, a JSON body
+//!    `{"error", "error_description"}` and, in the response extensions, the [`AuthError`].
+//! 8. Tokens are never logged: traces carry the decision and the reason, not the token.
+//!
+//! # Deployment caveat
+//! The `resource` is configuration, never derived from the `Host` header: behind a proxy it
+//! must be the public URL clients use, or every token's audience check fails.
+
+mod bearer;
+mod challenge;
+mod future;
+mod layer;
+mod service;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use url::Url;
+
+pub use challenge::AuthError;
+pub(crate) use challenge::Challenge;
+pub use future::ResponseFuture;
+pub use layer::AuthLayer;
+pub use service::Auth;
+
+pub(crate) use bearer::{Credentials, credentials};
+
+use crate::config::{ConfigError, KeySettings};
+use crate::context::AuthContext;
+use crate::fetch::Fetcher;
+use crate::jwks::KeyStore;
+use crate::jwt::{DEFAULT_ALGORITHMS, TokenVerifier, Verdict, VerifierConfig, VerifyFuture};
+use crate::resource::{Issuer, Resource};
+use crate::scope::{ScopePolicy, ScopeSet, validate_scope_token};
+
+/// The configuration of an [`Authenticator`].
+#[derive(Debug)]
+#[must_use]
+pub struct AuthConfig {
+    resource: Resource,
+    issuers: Vec<(Issuer, Option<Url>)>,
+    algorithms: Vec<Algorithm>,
+    leeway: Duration,
+    extra_audiences: Vec<String>,
+    policy: ScopePolicy,
+    challenge_scopes: Option<Vec<String>>,
+    keys: KeySettings,
+    max_token_bytes: usize,
+    token_cache_capacity: usize,
+}
+
+impl AuthConfig {
+    /// Protects `resource` (the canonical URL of the MCP endpoint).
+    pub fn new(resource: Resource) -> Self {
+        Self {
+            resource,
+            issuers: Vec::new(),
+            algorithms: DEFAULT_ALGORITHMS.to_vec(),
+            leeway: Duration::from_secs(30),
+            extra_audiences: Vec::new(),
+            policy: ScopePolicy::new(),
+            challenge_scopes: None,
+            keys: KeySettings::default(),
+            max_token_bytes: 8 * 1024,
+            token_cache_capacity: 10_000,
+        }
+    }
+
+    /// Trusts tokens from `issuer`; its JWKS is found through discovery.
+    pub fn issuer(mut self, issuer: Issuer) -> Self {
+        self.issuers.push((issuer, None));
+        self
+    }
+
+    /// Trusts tokens from `issuer`, whose keys are at `jwks_uri` (no discovery).
+    pub fn issuer_with_jwks_uri(
+        mut self,
+        issuer: Issuer,
+        jwks_uri: &str,
+    ) -> Result<Self, ConfigError> {
+        let url = Url::parse(jwks_uri)
+            .map_err(|e| ConfigError::new(format!("jwks uri `{jwks_uri}` is not a URL: {e}")))?;
+        crate::discovery::check_jwks_url(&url).map_err(ConfigError::new)?;
+        self.issuers.push((issuer, Some(url)));
+        Ok(self)
+    }
+
+    /// The accepted signature algorithms. HMAC and `none` are refused. Default is every
+    /// RSA, RSA-PSS, ECDSA (P-256, P-384) and Ed25519 algorithm.
+    pub fn algorithms(mut self, algorithms: &[Algorithm]) -> Result<Self, ConfigError> {
+        if algorithms.is_empty() {
+            return Err(ConfigError::new("the algorithm allow-list is empty"));
+        }
+        if let Some(bad) = algorithms.iter().find(|a| !DEFAULT_ALGORITHMS.contains(a)) {
+            return Err(ConfigError::new(format!(
+                "{bad:?} is not an accepted access-token algorithm (only asymmetric ones are)"
+            )));
+        }
+        self.algorithms = algorithms.to_vec();
+        Ok(self)
+    }
+
+    /// Clock skew tolerated on `exp` and `nbf`. Default is 30 s; at most 5 minutes.
+    pub fn leeway(mut self, leeway: Duration) -> Result<Self, ConfigError> {
+        if leeway > Duration::from_secs(300) {
+            return Err(ConfigError::new("leeway above 5 minutes is refused"));
+        }
+        self.leeway = leeway;
+        Ok(self)
+    }
+
+    /// Accepts tokens whose `aud` holds this exact string, besides the resource (some
+    /// providers put the client id there). Off by default: opt in knowingly.
+    pub fn extra_audience(mut self, audience: impl Into<String>) -> Self {
+        self.extra_audiences.push(audience.into());
+        self
+    }
+
+    /// The scope policy (server-wide, per-route and per-tool requirements, hierarchy).
+    pub fn scope_policy(mut self, policy: ScopePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The scopes named in `401` challenges. Default is the server-wide required scopes.
+    pub fn challenge_scopes<I, S>(mut self, scopes: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let list: Vec<String> = scopes.into_iter().map(Into::into).collect();
+        for s in &list {
+            validate_scope_token(s)?;
+        }
+        self.challenge_scopes = Some(list);
+        Ok(self)
+    }
+
+    /// Key fetching and caching settings.
+    pub fn key_settings(mut self, settings: KeySettings) -> Self {
+        self.keys = settings;
+        self
+    }
+
+    /// Longest token accepted. Default is 8 KiB.
+    pub fn max_token_bytes(mut self, bytes: usize) -> Self {
+        self.max_token_bytes = bytes;
+        self
+    }
+
+    /// Entries of the verified-token cache; zero disables it. Default is 10,000.
+    pub fn token_cache_capacity(mut self, entries: usize) -> Self {
+        self.token_cache_capacity = entries;
+        self
+    }
+
+    /// The protected resource.
+    pub fn resource(&self) -> &Resource {
+        &self.resource
+    }
+
+    /// Checks the configuration and builds the authenticator.
+    pub fn build(self) -> Result<Authenticator, ConfigError> {
+        if self.issuers.is_empty() {
+            return Err(ConfigError::new(
+                "no issuer configured: pass the authorization server's issuer URL (--issuer / BMM_ISSUER)",
+            ));
+        }
+        for (i, (issuer, _)) in self.issuers.iter().enumerate() {
+            if self.issuers[..i].iter().any(|(other, _)| other == issuer) {
+                return Err(ConfigError::new(format!(
+                    "issuer `{issuer}` is configured twice"
+                )));
+            }
+        }
+        let fetcher = Fetcher::new(&self.keys)?;
+        let stores = self
+            .issuers
+            .into_iter()
+            .map(|(issuer, jwks)| {
+                KeyStore::new(
+                    issuer,
+                    jwks,
+                    fetcher.clone(),
+                    self.keys.clone(),
+                    self.algorithms.clone(),
+                )
+            })
+            .collect::<Vec<_>>();
+        let challenge_scopes = self
+            .challenge_scopes
+            .unwrap_or_else(|| self.policy.required().to_vec());
+        let challenge = Challenge::new(self.resource.metadata_url(), &challenge_scopes);
+        let verifier = TokenVerifier::new(VerifierConfig {
+            stores,
+            resource: self.resource.clone(),
+            extra_audiences: self.extra_audiences,
+            leeway_secs: self.leeway.as_secs(),
+            max_token_bytes: self.max_token_bytes,
+            hierarchy: self.policy.hierarchy().clone(),
+            cache_capacity: self.token_cache_capacity,
+            allowed: self.algorithms,
+        });
+        Ok(Authenticator {
+            inner: Arc::new(Inner {
+                resource: self.resource,
+                verifier,
+                challenge,
+                policy: self.policy,
+            }),
+        })
+    }
+}
+
+/// Verifies requests for one protected resource. Cheap to clone; shared by every
+/// connection and by the per-tool scope layer.
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    resource: Resource,
+    verifier: TokenVerifier,
+    challenge: Challenge,
+    policy: ScopePolicy,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("resource", &self.inner.resource)
+            .field("issuers", &self.inner.verifier.stores())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What authenticating a request without waiting gave.
+pub(crate) enum Attempt {
+    Done(Result<AuthContext, AuthError>),
+    Later(VerifyFuture),
+}
+
+impl Authenticator {
+    /// The protected resource.
+    pub fn resource(&self) -> &Resource {
+        &self.inner.resource
+    }
+
+    /// The scope policy.
+    pub fn policy(&self) -> &ScopePolicy {
+        &self.inner.policy
+    }
+
+    /// The issuers this server trusts, as configured.
+    pub fn issuers(&self) -> impl Iterator<Item = &Issuer> {
+        self.inner.verifier.stores().iter().map(KeyStore::issuer)
+    }
+
+    /// Fetches every issuer's keys now, so the first request does not wait. Failures are
+    /// returned (one line per issuer) but are not fatal: keys are fetched again on demand.
+    pub async fn prefetch_keys(&self) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for store in self.inner.verifier.stores() {
+            if let Err(e) = store.refresh().await {
+                errors.push(format!("{}: {e}", store.issuer()));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// How many JWKS fetches were attempted, over all issuers.
+    pub fn jwks_fetch_count(&self) -> u64 {
+        self.inner
+            .verifier
+            .stores()
+            .iter()
+            .map(KeyStore::fetch_count)
+            .sum()
+    }
+
+    /// Verifies a bearer token, fetching keys if needed. For callers outside the layer.
+    pub async fn verify_token(&self, token: &str) -> Result<AuthContext, AuthError> {
+        match self.inner.verifier.verify_now(token) {
+            Verdict::Done(result) => result,
+            Verdict::NeedsKeys => self.inner.verifier.verify(token.to_owned()).await,
+        }
+    }
+
+    pub(crate) fn attempt(&self, headers: &http::HeaderMap) -> Attempt {
+        let token = match credentials(headers) {
+            Credentials::Absent => return Attempt::Done(Err(AuthError::missing_token())),
+            Credentials::Malformed(reason) => {
+                return Attempt::Done(Err(AuthError::invalid_request(reason)));
+            }
+            Credentials::Bearer(token) => token,
+        };
+        match self.inner.verifier.verify_now(token) {
+            Verdict::Done(result) => Attempt::Done(result),
+            Verdict::NeedsKeys => Attempt::Later(self.inner.verifier.verify(token.to_owned())),
+        }
+    }
+
+    /// Applies the server-wide and per-route scope requirements.
+    pub(crate) fn authorize(&self, ctx: &AuthContext, path: &str) -> Result<(), AuthError> {
+        let needed = self.inner.policy.needed_for_path(path);
+        ScopePolicy::check(&needed, ctx.effective_scopes()).map_err(AuthError::insufficient_scope)
+    }
+
+    /// Everything a call of `tool` on `path` needs.
+    pub(crate) fn needed_for_tool(&self, path: &str, tool: &str) -> ScopeSet {
+        let mut needed = self.inner.policy.needed_for_path(path);
+        needed.extend(self.inner.policy.tool_scopes(tool).iter().cloned());
+        needed
+    }
+
+    pub(crate) fn challenge(&self) -> &Challenge {
+        &self.inner.challenge
+    }
+}

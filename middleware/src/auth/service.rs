@@ -1,0 +1,77 @@
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::{Attempt, AuthLayer, Authenticator};
+use crate::body::ResponseBody;
+
+/// Middleware that authenticates every request with a bearer token before the inner
+/// service sees it. See the [module docs](crate::auth) for the rules.
+#[derive(Clone, Debug)]
+pub struct Auth<S> {
+    inner: S,
+    auth: Option<Authenticator>,
+}
+
+impl<S> Auth<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, auth: Authenticator) -> Self {
+        Self {
+            inner,
+            auth: Some(auth),
+        }
+    }
+
+    pub(crate) fn with_optional(inner: S, auth: Option<Authenticator>) -> Self {
+        Self { inner, auth }
+    }
+
+    /// A layer for this middleware.
+    pub fn layer(auth: Authenticator) -> AuthLayer {
+        AuthLayer::new(auth)
+    }
+
+    crate::macros::define_inner_service_accessors!();
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let Some(auth) = &self.auth else {
+            return ResponseFuture::inner(self.inner.call(request));
+        };
+        match auth.attempt(request.headers()) {
+            Attempt::Done(Ok(ctx)) => match auth.authorize(&ctx, request.uri().path()) {
+                Ok(()) => {
+                    tracing::debug!(subject = ctx.subject(), "request authenticated");
+                    request.extensions_mut().insert(ctx);
+                    ResponseFuture::inner(self.inner.call(request))
+                }
+                Err(error) => ResponseFuture::rejected(auth.challenge().response(error)),
+            },
+            Attempt::Done(Err(error)) => {
+                tracing::debug!(%error, "request refused");
+                ResponseFuture::rejected(auth.challenge().response(error))
+            }
+            Attempt::Later(verify) => {
+                // The readied service goes with the request; this one keeps a fresh clone
+                // (tower: "be careful when cloning inner services").
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::verifying(verify, inner, request, auth.clone())
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! bmm-middleware: the tower stack that makes every bmm server an OAuth 2.1 resource
+//! server, and [`serve`], the accept loop that runs it.
+//!
+//! The layers work on any `tower::Service<http::Request<B>>` (rmcp's
+//! `StreamableHttpService`, axum, plain hyper):
+//!
+//! - [`AuthLayer`]: bearer tokens (RFC 6750), JWT verification against the issuer's JWKS,
+//!   `iss`, `aud` (RFC 8707 audience binding), `exp`/`nbf`, scopes; 401/400/403/503 with
+//!   the right `WWW-Authenticate`. The verified identity lands in the request extensions as
+//!   an [`AuthContext`]. The client's token is never forwarded.
+//! - [`ToolScopeLayer`]: per-tool scopes read from the JSON-RPC body.
+//! - [`MetadataLayer`]: RFC 9728 protected resource metadata.
+//! - [`OriginLayer`]: Host and Origin validation, CORS for allowed browser origins.
+//! - [`ConcurrencyLimitLayer`]: load shedding.
+//!
+//! ```no_run
+//! # async fn run<S>(mcp: S) -> Result<(), Box<dyn std::error::Error>>
+//! # where S: tower_service::Service<http::Request<http_body_util::Full<bytes::Bytes>>,
+//! #   Response = http::Response<http_body_util::Full<bytes::Bytes>>, Error = std::convert::Infallible>
+//! #   + Clone + Send + 'static, S::Future: Send + 'static {
+//! use bmm_middleware::{AuthConfig, Issuer, Resource, ServeConfig, serve};
+//!
+//! let resource = Resource::parse("https://mcp.example.com/mcp")?;
+//! let auth = AuthConfig::new(resource)
+//!     .issuer(Issuer::parse("https://auth.example.com")?)
+//!     .build()?;
+//! serve("127.0.0.1:4103".parse()?, ServeConfig::new("/mcp", auth), mcp).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+mod body;
+pub mod config;
+mod context;
+mod discovery;
+mod fetch;
+mod future;
+pub mod jwks;
+pub mod jwt;
+mod limit;
+mod macros;
+pub mod metadata;
+pub mod origin;
+mod resource;
+pub mod scope;
+mod serve;
+mod token_cache;
+pub mod tool_scope;
+
+pub use auth::{Auth, AuthConfig, AuthError, AuthLayer, Authenticator};
+pub use body::ResponseBody;
+pub use config::{ConfigError, KeySettings};
+pub use context::{AuthContext, MissingAuthContext};
+pub use future::LocalOrInner;
+pub use jsonwebtoken::Algorithm;
+pub use limit::{ConcurrencyLimit, ConcurrencyLimitLayer};
+pub use metadata::{Metadata, MetadataLayer, ProtectedResourceMetadata};
+pub use origin::{OriginCheck, OriginLayer, OriginPolicy};
+pub use resource::{Issuer, Resource};
+pub use scope::{ScopeHierarchy, ScopePolicy, ScopeSet};
+pub use serve::{ServeConfig, Server, is_loopback_listen, serve, shutdown_signal};
+pub use tool_scope::{ToolScope, ToolScopeLayer};

@@ -1,0 +1,380 @@
+//! Serving an MCP service behind the whole bmm stack on a real socket.
+//!
+//! The stack, outermost first: tracing (method and path only, never the query string or
+//! headers) -> request timeout -> concurrency limit -> body size limit -> protected resource
+//! metadata (public, CORS `*`) -> `/healthz` and path routing (404 off the MCP path) ->
+//! Origin/Host validation -> bearer authentication -> per-tool scopes (which also buffers
+//! the body) -> the MCP service.
+//!
+//! The metadata routes sit outside the Origin check on purpose: the document is public
+//! and browser clients fetch it cross-origin; DNS-rebinding protection matters for the
+//! MCP endpoint, which stays behind the check.
+//!
+//! The accept loop sets `TCP_NODELAY` on every socket (SSE responses otherwise stall for
+//! the delayed-ACK interval), bounds the time to read request headers, serves HTTP/1.1 and
+//! HTTP/2, and shuts down gracefully: on the shutdown signal it stops accepting, lets
+//! in-flight requests finish for a grace period, then returns.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing::Span;
+
+use crate::auth::{AuthLayer, Authenticator};
+use crate::body::{ResponseBody, json_response};
+use crate::future::LocalOrInner;
+use crate::limit::ConcurrencyLimitLayer;
+use crate::metadata::{MetadataLayer, ProtectedResourceMetadata};
+use crate::origin::{OriginLayer, OriginPolicy};
+use crate::tool_scope::ToolScopeLayer;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How the server is assembled. Every value has a safe default.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct ServeConfig {
+    mcp_path: String,
+    auth: Option<Authenticator>,
+    metadata: Option<ProtectedResourceMetadata>,
+    origin: OriginPolicy,
+    max_body_bytes: usize,
+    request_timeout: Duration,
+    header_read_timeout: Duration,
+    max_concurrency: usize,
+    shutdown_grace: Duration,
+}
+
+impl ServeConfig {
+    /// Serves the MCP service at `mcp_path` with authentication from `auth`; the protected
+    /// resource metadata is built from it (call [`ServeConfig::metadata`] to add scopes or
+    /// a name).
+    pub fn new(mcp_path: &str, auth: Authenticator) -> Self {
+        let metadata = ProtectedResourceMetadata::new(auth.resource(), auth.issuers());
+        let origin = OriginPolicy::for_resource(auth.resource());
+        Self {
+            auth: Some(auth),
+            metadata: Some(metadata),
+            origin,
+            ..Self::unauthenticated(mcp_path)
+        }
+    }
+
+    /// Serves without authentication: local protocol tests only. The caller is responsible
+    /// for refusing this on a non-loopback address (see [`is_loopback_listen`]).
+    pub fn unauthenticated(mcp_path: &str) -> Self {
+        Self {
+            mcp_path: normalize_path(mcp_path),
+            auth: None,
+            metadata: None,
+            origin: OriginPolicy::loopback(),
+            max_body_bytes: 4 * 1024 * 1024,
+            request_timeout: Duration::from_secs(120),
+            header_read_timeout: Duration::from_secs(10),
+            max_concurrency: 512,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+
+    /// The protected resource metadata to serve.
+    pub fn metadata(mut self, metadata: ProtectedResourceMetadata) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// Allowed hosts and origins. Default is loopback plus the resource's own.
+    pub fn origin_policy(mut self, policy: OriginPolicy) -> Self {
+        self.origin = policy;
+        self
+    }
+
+    /// Largest request body. Default is 4 MiB.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Time allowed to produce a response head. Default is 120 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Requests handled at once before new ones get 503. Default is 512.
+    pub fn max_concurrency(mut self, max: usize) -> Self {
+        self.max_concurrency = max;
+        self
+    }
+
+    /// Time in-flight requests get to finish after the shutdown signal. Default is 10 s.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// The MCP endpoint path.
+    pub fn mcp_path(&self) -> &str {
+        &self.mcp_path
+    }
+
+    /// The allowed-hosts list, for configuring the MCP service's own Host check.
+    pub fn allowed_hosts(&self) -> Vec<String> {
+        self.origin.allowed_hosts()
+    }
+}
+
+fn normalize_path(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_owned()
+    } else if trimmed.starts_with('/') {
+        trimmed.to_owned()
+    } else {
+        format!("/{trimmed}")
+    }
+}
+
+/// Whether `addr` is a loopback address (where `--no-auth` may be used).
+pub fn is_loopback_listen(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// A bound listener, ready to serve.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    config: ServeConfig,
+}
+
+impl Server {
+    /// Binds `addr` (port 0 picks a free port).
+    pub async fn bind(addr: SocketAddr, config: ServeConfig) -> io::Result<Self> {
+        Ok(Self {
+            listener: TcpListener::bind(addr).await?,
+            config,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves `service` until `shutdown` completes, then drains connections.
+    pub async fn serve<S, B>(self, service: S, shutdown: impl Future<Output = ()>) -> io::Result<()>
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError> + std::fmt::Display,
+    {
+        let Self { listener, config } = self;
+        let auth_layer = config
+            .auth
+            .clone()
+            .map_or_else(AuthLayer::disabled, AuthLayer::new);
+        let scope_layer = match &config.auth {
+            Some(auth) => ToolScopeLayer::new(auth.clone(), config.max_body_bytes),
+            None => ToolScopeLayer::buffer_only(config.max_body_bytes),
+        };
+        let metadata = MetadataLayer::new_optional(config.metadata.clone());
+        let stack = ServiceBuilder::new()
+            .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(SpanWithoutQuery))
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                config.request_timeout,
+            ))
+            .layer(ConcurrencyLimitLayer::new(config.max_concurrency))
+            .layer(tower_http::limit::RequestBodyLimitLayer::new(
+                config.max_body_bytes,
+            ))
+            .layer(metadata)
+            .layer(RoutesLayer {
+                mcp_path: config.mcp_path.clone(),
+            })
+            .layer(OriginLayer::new(config.origin.clone()))
+            .layer(auth_layer)
+            .layer(scope_layer)
+            .service(service);
+
+        if let Some(auth) = &config.auth {
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                if let Err(e) = auth.prefetch_keys().await {
+                    tracing::warn!(error = %e, "signing keys not available yet; they will be fetched on demand");
+                }
+            });
+        }
+
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout);
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        tracing::info!(addr = %listener.local_addr()?, path = %config.mcp_path, auth = config.auth.is_some(), "serving MCP");
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, _peer) = match accepted {
+                        Ok(conn) => conn,
+                        Err(error) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            tracing::warn!(%error, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    if let Err(error) = stream.set_nodelay(true) {
+                        tracing::debug!(%error, "TCP_NODELAY could not be set");
+                    }
+                    let service = TowerToHyperService::new(stack.clone());
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        if let Err(error) = connection.await {
+                            tracing::debug!(error = %error, "connection ended with an error");
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        tracing::info!("shutting down: draining connections");
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(config.shutdown_grace) => {
+                tracing::warn!("grace period over; closing remaining connections");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Binds `addr` and serves until SIGINT or SIGTERM.
+pub async fn serve<S, B>(addr: SocketAddr, config: ServeConfig, service: S) -> io::Result<()>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + std::fmt::Display,
+{
+    Server::bind(addr, config)
+        .await?
+        .serve(service, shutdown_signal())
+        .await
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// Spans carry the method and path only: the query string may hold a token someone put
+/// there by mistake, and it must not reach the logs.
+#[derive(Clone, Copy, Debug)]
+struct SpanWithoutQuery;
+
+impl<B> tower_http::trace::MakeSpan<B> for SpanWithoutQuery {
+    fn make_span(&mut self, request: &Request<B>) -> Span {
+        tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+    }
+}
+
+#[derive(Clone, Debug)]
+struct RoutesLayer {
+    mcp_path: String,
+}
+
+impl<S> Layer<S> for RoutesLayer {
+    type Service = Routes<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Routes {
+            inner,
+            mcp_path: self.mcp_path.clone(),
+        }
+    }
+}
+
+/// `/healthz`, the MCP path, and 404 for everything else.
+#[derive(Clone, Debug)]
+struct Routes<S> {
+    inner: S,
+    mcp_path: String,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Routes<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = LocalOrInner<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let path = request.uri().path();
+        if path == self.mcp_path || path.strip_suffix('/') == Some(self.mcp_path.as_str()) {
+            return LocalOrInner::inner(self.inner.call(request));
+        }
+        if path == "/healthz" && matches!(*request.method(), Method::GET | Method::HEAD) {
+            return LocalOrInner::local(json_response(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ok"}),
+            ));
+        }
+        LocalOrInner::local(json_response(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({"error": "not_found", "error_description": format!("the MCP endpoint is {}", self.mcp_path)}),
+        ))
+    }
+}
