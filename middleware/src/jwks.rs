@@ -366,12 +366,18 @@ impl KeyStore {
     /// Looks a key up without waiting: never fetches on the caller's path, but may start a
     /// background refresh of an expired key set.
     pub(crate) fn lookup_now(&self, kid: Option<&str>, alg: Algorithm) -> Lookup {
+        // A refresh under way (the start-up prefetch, say) is worth waiting for.
+        let refreshing = self.inner.refresh.try_lock().is_err();
+        self.decide(kid, alg, refreshing)
+    }
+
+    fn decide(&self, kid: Option<&str>, alg: Algorithm, refreshing: bool) -> Lookup {
         let snapshot = self.inner.snapshot.load();
         if !snapshot.loaded {
-            return if self.in_cooldown() {
-                Lookup::Unavailable
-            } else {
+            return if refreshing || !self.in_cooldown() {
                 Lookup::NeedsFetch
+            } else {
+                Lookup::Unavailable
             };
         }
         if snapshot.fresh_until <= Instant::now() {
@@ -387,7 +393,7 @@ impl KeyStore {
             }
             Find::Missing => match kid {
                 None => Lookup::Rejected("no key of the issuer fits the token's alg"),
-                Some(kid) if self.kid_known_absent(kid) || self.in_cooldown() => {
+                Some(kid) if self.kid_known_absent(kid) || (!refreshing && self.in_cooldown()) => {
                     Lookup::Rejected("the token's kid is not among the issuer's keys")
                 }
                 Some(_) => Lookup::NeedsFetch,
@@ -402,9 +408,16 @@ impl KeyStore {
             return first;
         }
         let _guard = self.inner.refresh.lock().await;
-        // Someone may have refreshed while this request waited.
-        let second = self.lookup_now(kid, alg);
+        // Re-decide under the lock: a refresh that finished meanwhile counts for the
+        // cooldown, so a burst of unknown kids causes one fetch, not one each.
+        let second = self.decide(kid, alg, false);
         if !matches!(second, Lookup::NeedsFetch) {
+            if let (Lookup::Rejected(_), Some(kid)) = (&second, kid) {
+                let snapshot = self.inner.snapshot.load();
+                if snapshot.loaded && !snapshot.keys.by_kid.contains_key(kid) {
+                    self.remember_absent(kid);
+                }
+            }
             return second;
         }
         if let Err(reason) = self.refresh_locked().await {

@@ -113,7 +113,7 @@ where
                         .and_then(|ctx| auth.authorize(&ctx, request.uri().path()).map(|()| ctx));
                     match outcome {
                         Ok(ctx) => {
-                            request.extensions_mut().insert(ctx);
+                            super::service::admit(&mut request, ctx);
                             let future = service.call(request);
                             this.state.set(State::Inner { future });
                         }

@@ -22,6 +22,8 @@
 //! 7. Every rejection carries `Cache-Control: no-store`, a JSON body
 //!    `{"error", "error_description"}` and, in the response extensions, the [`AuthError`].
 //! 8. Tokens are never logged: traces carry the decision and the reason, not the token.
+//! 9. An admitted request reaches the inner service without its `Authorization` header:
+//!    code behind the layer cannot forward a token it never sees.
 //!
 //! # Deployment caveat
 //! The `resource` is configuration, never derived from the `Host` header: behind a proxy it

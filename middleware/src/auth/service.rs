@@ -56,7 +56,7 @@ where
             Attempt::Done(Ok(ctx)) => match auth.authorize(&ctx, request.uri().path()) {
                 Ok(()) => {
                     tracing::debug!(subject = ctx.subject(), "request authenticated");
-                    request.extensions_mut().insert(ctx);
+                    admit(&mut request, ctx);
                     ResponseFuture::inner(self.inner.call(request))
                 }
                 Err(error) => ResponseFuture::rejected(auth.challenge().response(error)),
@@ -74,4 +74,11 @@ where
             }
         }
     }
+}
+
+/// Hands the verified identity to the inner service and takes the token away from it:
+/// code behind this layer cannot forward what it never sees.
+pub(super) fn admit<B>(request: &mut Request<B>, ctx: crate::AuthContext) {
+    request.headers_mut().remove(http::header::AUTHORIZATION);
+    request.extensions_mut().insert(ctx);
 }
