@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use base64::Engine;
@@ -525,12 +525,6 @@ pub fn usable_key_count(doc: &serde_json::Value) -> usize {
     KeySet::from_jwks(doc, crate::jwt::DEFAULT_ALGORITHMS, 64).map_or(0, |(set, _)| set.len())
 }
 
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn check<T: Send + Sync>() {}
-    check::<KeyStore>();
-    let _ = Duration::ZERO;
-}
 
 #[cfg(test)]
 mod tests {

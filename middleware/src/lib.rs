@@ -35,6 +35,8 @@ mod context;
 mod discovery;
 mod fetch;
 mod future;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jwks;
 pub mod jwt;
 mod limit;

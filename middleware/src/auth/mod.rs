@@ -260,6 +260,7 @@ impl std::fmt::Debug for Authenticator {
 }
 
 /// What authenticating a request without waiting gave.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Attempt {
     Done(Result<AuthContext, AuthError>),
     Later(VerifyFuture),

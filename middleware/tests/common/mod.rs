@@ -236,9 +236,7 @@ fn issuer_route(state: &IssuerState, req: &Request<Incoming>) -> Response<Full<B
             json!({"error": "down"}),
             None,
         )
-    } else if path == rfc8414 && state.serve_rfc8414.load(Ordering::SeqCst) {
-        (StatusCode::OK, metadata(), None)
-    } else if path == oidc {
+    } else if (path == rfc8414 && state.serve_rfc8414.load(Ordering::SeqCst)) || path == oidc {
         (StatusCode::OK, metadata(), None)
     } else if path == "/jwks" {
         let keys = state.keys.lock().unwrap().clone();

@@ -1,0 +1,70 @@
+//! `cargo xtask <command>`: the project's automation, so CI and people run the same steps.
+//!
+//! - `ci`: formatting check, clippy with warnings denied, every test of the workspace.
+//! - `fuzz [SECONDS]`: bounded coverage-guided runs of each fuzz target (needs
+//!   `cargo install cargo-fuzz`; uses `RUSTC_BOOTSTRAP=1` since only a stable toolchain
+//!   is available).
+
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
+        _ => {
+            eprintln!("usage: cargo xtask <ci | fuzz [SECONDS]>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(description: &str, command: &mut Command) -> Result<(), String> {
+    eprintln!("==> {description}");
+    let status = command
+        .status()
+        .map_err(|e| format!("{description}: could not start: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{description} failed ({status})"))
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+}
+
+fn ci() -> Result<(), String> {
+    run("rustfmt", cargo().args(["fmt", "--all", "--check"]))?;
+    run(
+        "clippy",
+        cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    run("tests", cargo().args(["test", "--workspace"]))
+}
+
+fn fuzz(seconds: &str) -> Result<(), String> {
+    let seconds: u32 = seconds
+        .parse()
+        .map_err(|_| format!("`{seconds}` is not a number of seconds"))?;
+    for target in ["authorization_header", "jwks_document"] {
+        run(
+            &format!("fuzz {target} for {seconds}s"),
+            cargo()
+                .args(["fuzz", "run", target, "--"])
+                .arg(format!("-max_total_time={seconds}"))
+                .arg("-max_len=8192")
+                .current_dir("fuzz")
+                .env("RUSTC_BOOTSTRAP", "1"),
+        )?;
+    }
+    Ok(())
+}
