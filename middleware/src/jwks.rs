@@ -525,7 +525,6 @@ pub fn usable_key_count(doc: &serde_json::Value) -> usize {
     KeySet::from_jwks(doc, crate::jwt::DEFAULT_ALGORITHMS, 64).map_or(0, |(set, _)| set.len())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
