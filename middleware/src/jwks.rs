@@ -55,6 +55,21 @@ enum Find {
     Missing,
 }
 
+impl Find {
+    fn into_lookup(self) -> Lookup {
+        match self {
+            Self::Found(key) => Lookup::Found(key),
+            Self::AlgMismatch => {
+                Lookup::Rejected("the token's alg is not the one its key is pinned to")
+            }
+            Self::Ambiguous => {
+                Lookup::Rejected("the token has no kid and the issuer publishes several keys")
+            }
+            Self::Missing => Lookup::Rejected("the token's kid is not among the issuer's keys"),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct RawJwk {
     kty: String,
@@ -172,17 +187,7 @@ fn usable_key(jwk: &RawJwk, allowed: &[Algorithm]) -> Result<VerifyKey, String> 
             }
             decoded_len(&e, "e")?;
             let key = DecodingKey::from_rsa_components(&n, &e).map_err(|e| e.to_string())?;
-            (
-                &[
-                    Algorithm::RS256,
-                    Algorithm::RS384,
-                    Algorithm::RS512,
-                    Algorithm::PS256,
-                    Algorithm::PS384,
-                    Algorithm::PS512,
-                ],
-                key,
-            )
+            (jsonwebtoken::AlgorithmFamily::Rsa.algorithms(), key)
         }
         "EC" => {
             let crv = field(&jwk.crv, "crv")?;
@@ -384,13 +389,6 @@ impl KeyStore {
             self.refresh_in_background();
         }
         match snapshot.keys.find(kid, alg) {
-            Find::Found(key) => Lookup::Found(key),
-            Find::AlgMismatch => {
-                Lookup::Rejected("the token's alg is not the one its key is pinned to")
-            }
-            Find::Ambiguous => {
-                Lookup::Rejected("the token has no kid and the issuer publishes several keys")
-            }
             Find::Missing => match kid {
                 None => Lookup::Rejected("no key of the issuer fits the token's alg"),
                 Some(kid) if self.kid_known_absent(kid) || (!refreshing && self.in_cooldown()) => {
@@ -398,6 +396,7 @@ impl KeyStore {
                 }
                 Some(_) => Lookup::NeedsFetch,
             },
+            found => found.into_lookup(),
         }
     }
 

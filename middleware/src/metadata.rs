@@ -29,7 +29,7 @@ use tower_service::Service;
 use crate::body::{LocalResponse, ResponseBody};
 use crate::config::ConfigError;
 use crate::resource::{Issuer, Resource};
-use crate::scope::validate_scope_token;
+use crate::scope::push_scopes;
 
 /// The root well-known path of protected resource metadata.
 pub const WELL_KNOWN_PRM: &str = "/.well-known/oauth-protected-resource";
@@ -72,17 +72,11 @@ impl ProtectedResourceMetadata {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        for scope in scopes {
-            let scope = scope.into();
-            validate_scope_token(&scope)?;
-            if scope == "offline_access" {
-                return Err(ConfigError::new(
-                    "`offline_access` does not belong in scopes_supported of a protected resource",
-                ));
-            }
-            if !self.scopes_supported.contains(&scope) {
-                self.scopes_supported.push(scope);
-            }
+        push_scopes(&mut self.scopes_supported, scopes)?;
+        if self.scopes_supported.iter().any(|s| s == "offline_access") {
+            return Err(ConfigError::new(
+                "`offline_access` does not belong in scopes_supported of a protected resource",
+            ));
         }
         Ok(self)
     }

@@ -213,7 +213,7 @@ impl ScopePolicy {
     }
 }
 
-fn push_scopes<I, S>(list: &mut Vec<String>, scopes: I) -> Result<(), ConfigError>
+pub(crate) fn push_scopes<I, S>(list: &mut Vec<String>, scopes: I) -> Result<(), ConfigError>
 where
     I: IntoIterator<Item = S>,
     S: Into<String>,
