@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use base64::Engine;
@@ -259,10 +259,24 @@ struct Snapshot {
     fresh_until: Instant,
 }
 
-/// Where the JWKS is.
-enum Source {
-    Fixed(Url),
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Discover => f.write_str("Discover"),
+            Self::Fixed(url) => f.debug_tuple("Fixed").field(&url.as_str()).finish(),
+            Self::Static(set) => write!(f, "Static({} keys)", set.len()),
+        }
+    }
+}
+
+/// Where an issuer's keys come from.
+pub(crate) enum KeySource {
+    /// Found through RFC 8414 / OIDC discovery.
     Discover,
+    /// Fetched from a configured JWKS URL.
+    Fixed(Url),
+    /// Given in the configuration; never fetched.
+    Static(KeySet),
 }
 
 /// The cached signing keys of one issuer. Cheap to clone.
@@ -273,7 +287,8 @@ pub(crate) struct KeyStore {
 
 struct StoreInner {
     issuer: Issuer,
-    source: Source,
+    /// `None` for static keys.
+    source: Option<KeySource>,
     discovered: ArcSwapOption<Url>,
     snapshot: ArcSwap<Snapshot>,
     refresh: tokio::sync::Mutex<()>,
@@ -300,22 +315,38 @@ impl std::fmt::Debug for KeyStore {
 impl KeyStore {
     pub(crate) fn new(
         issuer: Issuer,
-        jwks_uri: Option<Url>,
+        source: KeySource,
         fetcher: Fetcher,
         settings: KeySettings,
         allowed: Vec<Algorithm>,
     ) -> Self {
         let now = Instant::now();
-        Self {
-            inner: Arc::new(StoreInner {
-                issuer,
-                source: jwks_uri.map_or(Source::Discover, Source::Fixed),
-                discovered: ArcSwapOption::empty(),
-                snapshot: ArcSwap::from_pointee(Snapshot {
+        let (source, snapshot) = match source {
+            KeySource::Static(keys) => (
+                KeySource::Discover,
+                Snapshot {
+                    keys: Arc::new(keys),
+                    loaded: true,
+                    // Static keys never expire and are never refreshed.
+                    fresh_until: now + Duration::from_secs(100 * 365 * 24 * 3600),
+                },
+            ),
+            other => (
+                other,
+                Snapshot {
                     keys: Arc::new(KeySet::default()),
                     loaded: false,
                     fresh_until: now,
-                }),
+                },
+            ),
+        };
+        let is_static = snapshot.loaded;
+        Self {
+            inner: Arc::new(StoreInner {
+                issuer,
+                source: if is_static { None } else { Some(source) },
+                discovered: ArcSwapOption::empty(),
+                snapshot: ArcSwap::from_pointee(snapshot),
                 refresh: tokio::sync::Mutex::new(()),
                 epoch: now,
                 last_attempt: AtomicU64::new(0),
@@ -470,12 +501,16 @@ impl KeyStore {
 
     async fn refresh_locked(&self) -> Result<usize, String> {
         let inner = &self.inner;
+        let Some(source) = &inner.source else {
+            return Ok(inner.snapshot.load().keys.len());
+        };
         let stamp = inner.epoch.elapsed().as_millis() as u64 + 1;
         inner.last_attempt.store(stamp, Ordering::Release);
         inner.fetches.fetch_add(1, Ordering::Relaxed);
-        let url = match &inner.source {
-            Source::Fixed(url) => url.clone(),
-            Source::Discover => match inner.discovered.load_full() {
+        let url = match source {
+            KeySource::Static(set) => return Ok(set.len()),
+            KeySource::Fixed(url) => url.clone(),
+            KeySource::Discover => match inner.discovered.load_full() {
                 Some(url) => (*url).clone(),
                 None => {
                     let url = discovery::discover_jwks_uri(&inner.fetcher, &inner.issuer).await?;

@@ -13,6 +13,39 @@
 //! - [`OriginLayer`]: Host and Origin validation, CORS for allowed browser origins.
 //! - [`ConcurrencyLimitLayer`]: load shedding.
 //!
+//! Wrapping any tower service (here a plain `service_fn`) with the auth layer:
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//!
+//! use bmm_middleware::{AuthConfig, AuthContext, AuthLayer, Issuer, Resource};
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let auth = AuthConfig::new(Resource::parse("https://api.example.com/mcp")?)
+//!     .issuer(Issuer::parse("https://auth.example.com")?)
+//!     .build()?;
+//! let service = ServiceBuilder::new()
+//!     .layer(AuthLayer::new(auth))
+//!     .service_fn(|request: Request<Full<Bytes>>| async move {
+//!         // Only authenticated requests get here, without their Authorization header.
+//!         let who = AuthContext::from_request(&request)
+//!             .map(|ctx| ctx.subject().unwrap_or("?").to_owned())
+//!             .unwrap_or_default();
+//!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(who))))
+//!     });
+//! let request = Request::post("/mcp").body(Full::new(Bytes::new()))?;
+//! let response = service.oneshot(request).await?;
+//! assert_eq!(response.status(), 401); // no token: a challenge, the handler never ran
+//! # Ok(()) }
+//! ```
+//!
+//! Serving an MCP service (rmcp's `StreamableHttpService`, or any other) behind the whole
+//! stack:
+//!
 //! ```no_run
 //! # async fn run<S>(mcp: S) -> Result<(), Box<dyn std::error::Error>>
 //! # where S: tower_service::Service<http::Request<http_body_util::Full<bytes::Bytes>>,

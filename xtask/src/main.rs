@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the project's automation, so CI and people run the same steps.
 //!
-//! - `ci`: formatting check, clippy with warnings denied, every test of the workspace.
+//! - `ci`: formatting check, clippy and rustdoc with warnings denied, every test of the
+//!   workspace.
 //! - `fuzz [SECONDS]`: bounded coverage-guided runs of each fuzz target (needs
 //!   `cargo install cargo-fuzz`; uses `RUSTC_BOOTSTRAP=1` since only a stable toolchain
 //!   is available).
@@ -54,6 +55,12 @@ fn ci() -> Result<(), String> {
             "-D",
             "warnings",
         ]),
+    )?;
+    run(
+        "rustdoc (warnings denied)",
+        cargo()
+            .args(["doc", "--workspace", "--no-deps"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     run("tests", cargo().args(["test", "--workspace"]))
 }

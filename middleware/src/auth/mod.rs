@@ -2,7 +2,7 @@
 //!
 //! [`AuthLayer`] checks every request before the wrapped service sees it, following the MCP
 //! authorization spec, RFC 6750, RFC 8707 and RFC 9728. On success it inserts the verified
-//! [`AuthContext`](crate::AuthContext) into the request extensions; the client's token is
+//! [`AuthContext`] into the request extensions; the client's token is
 //! never forwarded anywhere.
 //!
 //! # Rules
@@ -52,7 +52,7 @@ pub(crate) use bearer::{Credentials, credentials};
 use crate::config::{ConfigError, KeySettings};
 use crate::context::AuthContext;
 use crate::fetch::Fetcher;
-use crate::jwks::KeyStore;
+use crate::jwks::{KeySet, KeySource, KeyStore};
 use crate::jwt::{DEFAULT_ALGORITHMS, TokenVerifier, Verdict, VerifierConfig, VerifyFuture};
 use crate::resource::{Issuer, Resource};
 use crate::scope::{ScopePolicy, ScopeSet, validate_scope_token};
@@ -62,7 +62,7 @@ use crate::scope::{ScopePolicy, ScopeSet, validate_scope_token};
 #[must_use]
 pub struct AuthConfig {
     resource: Resource,
-    issuers: Vec<(Issuer, Option<Url>)>,
+    issuers: Vec<(Issuer, KeySource)>,
     algorithms: Vec<Algorithm>,
     leeway: Duration,
     extra_audiences: Vec<String>,
@@ -92,7 +92,7 @@ impl AuthConfig {
 
     /// Trusts tokens from `issuer`; its JWKS is found through discovery.
     pub fn issuer(mut self, issuer: Issuer) -> Self {
-        self.issuers.push((issuer, None));
+        self.issuers.push((issuer, KeySource::Discover));
         self
     }
 
@@ -105,7 +105,26 @@ impl AuthConfig {
         let url = Url::parse(jwks_uri)
             .map_err(|e| ConfigError::new(format!("jwks uri `{jwks_uri}` is not a URL: {e}")))?;
         crate::discovery::check_jwks_url(&url).map_err(ConfigError::new)?;
-        self.issuers.push((issuer, Some(url)));
+        self.issuers.push((issuer, KeySource::Fixed(url)));
+        Ok(self)
+    }
+
+    /// Trusts tokens from `issuer` signed by the keys of `jwks` (a JWKS document), which
+    /// are never fetched or refreshed: for pinned keys, air-gapped set-ups and benchmarks.
+    pub fn issuer_with_static_jwks(
+        mut self,
+        issuer: Issuer,
+        jwks: &serde_json::Value,
+    ) -> Result<Self, ConfigError> {
+        let (keys, skipped) = KeySet::from_jwks(jwks, &self.algorithms, self.keys.max_keys)
+            .map_err(ConfigError::new)?;
+        if keys.len() == 0 {
+            return Err(ConfigError::new(format!(
+                "the JWKS given for `{issuer}` holds no usable signing key ({})",
+                skipped.join("; ")
+            )));
+        }
+        self.issuers.push((issuer, KeySource::Static(keys)));
         Ok(self)
     }
 
