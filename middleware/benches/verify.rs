@@ -88,10 +88,10 @@ fn benches(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("verify");
     group.bench_function("cold", |b| {
-        b.iter(|| rt.block_on(cold.verify_token(&token)).unwrap())
+        b.iter(|| rt.block_on(cold.verify_token(&token)).unwrap());
     });
     group.bench_function("warm", |b| {
-        b.iter(|| rt.block_on(warm.verify_token(&token)).unwrap())
+        b.iter(|| rt.block_on(warm.verify_token(&token)).unwrap());
     });
     group.finish();
 
@@ -101,13 +101,13 @@ fn benches(c: &mut Criterion) {
         .service(inner());
     let mut group = c.benchmark_group("layer");
     group.bench_function("bare_service", |b| {
-        b.iter(|| rt.block_on(inner().oneshot(request(&token))).unwrap())
+        b.iter(|| rt.block_on(inner().oneshot(request(&token))).unwrap());
     });
     group.bench_function("auth_warm", |b| {
         b.iter(|| {
             let response = rt.block_on(stack.clone().oneshot(request(&token))).unwrap();
             assert_eq!(response.status(), 200);
-        })
+        });
     });
     group.bench_function("auth_rejected_bad_signature", |b| {
         // Flip one character in the middle of the signature: a full RSA verify that fails.
@@ -119,7 +119,7 @@ fn benches(c: &mut Criterion) {
                 .block_on(stack.clone().oneshot(request(&forged)))
                 .unwrap();
             assert_eq!(response.status(), 401);
-        })
+        });
     });
     group.finish();
 }

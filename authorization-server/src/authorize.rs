@@ -1,0 +1,551 @@
+//! `/authorize`: the authorization code flow with PKCE S256 and resource indicators, the
+//! sign-in and consent page, and dev-mode auto-approval.
+//!
+//! Rules:
+//! 1. An unknown client, or a redirect URI not registered for it, is answered with an error
+//!    page (400), never a redirect.
+//! 2. Every other error is redirected to the client with `error`, `error_description`,
+//!    `state` and `iss` (RFC 9207).
+//! 3. `response_type=code` only; PKCE is required with `code_challenge_method=S256`
+//!    (`plain` is refused); a parameter given twice is refused.
+//! 4. `resource` (RFC 8707) is required and must be one of the resources this server issues
+//!    tokens for; it becomes the token's `aud`.
+//! 5. Scopes must be among the configured ones (when any are configured).
+//! 6. The consent form is bound to a pending request (single use, 10 minutes) and protected
+//!    by a double-submit CSRF token (cookie + form field, compared in constant time).
+//! 7. Codes are single-use and live 60 seconds (`--code-ttl`); redirects carry `code`, `state` and `iss`.
+
+use std::collections::HashMap;
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use askama::Template;
+use axum::Form;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Deserialize;
+use url::Url;
+
+use crate::config::canonical_resource;
+use crate::error::OAuthError;
+use crate::store::Client;
+use crate::{AppState, clients, now, random_token, secure_eq};
+
+const PENDING_TTL: u64 = 600;
+const CSRF_COOKIE: &str = "bmm_csrf";
+
+/// An issued authorization code.
+#[derive(Clone, Debug)]
+pub(crate) struct CodeRecord {
+    pub(crate) client_id: String,
+    pub(crate) redirect_uri: String,
+    pub(crate) code_challenge: String,
+    pub(crate) resource: String,
+    pub(crate) scope: String,
+    pub(crate) subject: String,
+    pub(crate) expires_at: u64,
+    /// Set once redeemed: the refresh family it produced, revoked if the code is replayed.
+    pub(crate) redeemed_family: Option<String>,
+}
+
+/// A validated request waiting for the user's decision.
+#[derive(Clone, Debug)]
+pub(crate) struct PendingRequest {
+    request: Validated,
+    csrf: String,
+    expires_at: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Validated {
+    client: Client,
+    redirect_uri: String,
+    state: Option<String>,
+    code_challenge: String,
+    resource: String,
+    scopes: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "consent.html")]
+struct ConsentPage<'a> {
+    client_name: &'a str,
+    resource: &'a str,
+    scopes: &'a [String],
+    redirect_host: &'a str,
+    request_id: &'a str,
+    csrf: &'a str,
+    error: Option<&'a str>,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+struct ErrorPage<'a> {
+    error: &'a str,
+    description: &'a str,
+}
+
+fn error_page(error: &OAuthError) -> Response {
+    let page = ErrorPage {
+        error: error.code(),
+        description: error.description(),
+    };
+    let body = page.render().unwrap_or_else(|_| error.to_string());
+    (StatusCode::BAD_REQUEST, no_store(), Html(body)).into_response()
+}
+
+fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
+    [
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+    ]
+}
+
+/// Redirect back to the client with `params`, plus `state` and `iss`.
+fn redirect_to(
+    state: &AppState,
+    redirect_uri: &str,
+    client_state: Option<&str>,
+    params: &[(&str, &str)],
+) -> Response {
+    let Ok(mut url) = Url::parse(redirect_uri) else {
+        return error_page(&OAuthError::invalid_request(
+            "the redirect URI cannot be parsed",
+        ));
+    };
+    {
+        let mut query = url.query_pairs_mut();
+        for (k, v) in params {
+            query.append_pair(k, v);
+        }
+        if let Some(s) = client_state {
+            query.append_pair("state", s);
+        }
+        query.append_pair("iss", &state.inner.settings.issuer);
+    }
+    let mut response = Redirect::to(url.as_str()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn redirect_error(state: &AppState, v: &Validated, error: &OAuthError) -> Response {
+    redirect_to(
+        state,
+        &v.redirect_uri,
+        v.state.as_deref(),
+        &[
+            ("error", error.code()),
+            ("error_description", error.description()),
+        ],
+    )
+}
+
+/// Parses the query, refusing repeated parameters.
+fn single_params(query: Option<&str>) -> Result<HashMap<String, String>, OAuthError> {
+    let mut map = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if map.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(OAuthError::invalid_request(format!(
+                "the `{k}` parameter is given more than once"
+            )));
+        }
+    }
+    Ok(map)
+}
+
+fn is_pkce_value(v: &str) -> bool {
+    (43..=128).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// Rules 1–5. `Err` holds the finished response: an error page, or a redirect carrying the
+/// error to the client.
+#[allow(clippy::result_large_err)]
+async fn validate(
+    state: &AppState,
+    params: &HashMap<String, String>,
+) -> Result<Validated, Response> {
+    let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let client_id = get("client_id")
+        .ok_or_else(|| error_page(&OAuthError::invalid_request("client_id is required")))?;
+    let client = match clients::find(state, client_id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return Err(error_page(&OAuthError::invalid_request(
+                "unknown client_id",
+            )));
+        }
+        Err(e) => return Err(error_page(&e)),
+    };
+    let redirect_uri = match get("redirect_uri") {
+        Some(uri) if crate::register::redirect_uri_matches(&client.redirect_uris, uri) => {
+            uri.to_owned()
+        }
+        Some(_) => {
+            return Err(error_page(&OAuthError::invalid_request(
+                "redirect_uri is not registered for this client",
+            )));
+        }
+        None if client.redirect_uris.len() == 1 => client.redirect_uris[0].clone(),
+        None => {
+            return Err(error_page(&OAuthError::invalid_request(
+                "redirect_uri is required",
+            )));
+        }
+    };
+    let mut v = Validated {
+        client,
+        redirect_uri,
+        state: get("state").map(str::to_owned),
+        code_challenge: String::new(),
+        resource: String::new(),
+        scopes: Vec::new(),
+    };
+    let fail = |v: &Validated, e: OAuthError| Err(redirect_error(state, v, &e));
+    match get("response_type") {
+        Some("code") => {}
+        Some(_) => {
+            return fail(
+                &v,
+                OAuthError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unsupported_response_type",
+                    "only response_type=code is supported",
+                ),
+            );
+        }
+        None => return fail(&v, OAuthError::invalid_request("response_type is required")),
+    }
+    match (get("code_challenge"), get("code_challenge_method")) {
+        (Some(challenge), Some("S256")) if is_pkce_value(challenge) => {
+            v.code_challenge = challenge.to_owned();
+        }
+        (Some(_), Some("S256")) => {
+            return fail(
+                &v,
+                OAuthError::invalid_request("code_challenge is not a valid S256 challenge"),
+            );
+        }
+        (None, _) => {
+            return fail(
+                &v,
+                OAuthError::invalid_request(
+                    "PKCE is required: send code_challenge with code_challenge_method=S256",
+                ),
+            );
+        }
+        (Some(_), _) => {
+            return fail(
+                &v,
+                OAuthError::invalid_request(
+                    "code_challenge_method must be S256 (plain is not accepted)",
+                ),
+            );
+        }
+    }
+    let Some(resource) = get("resource") else {
+        return fail(
+            &v,
+            OAuthError::invalid_target(
+                "resource is required (RFC 8707): the URL of the MCP server",
+            ),
+        );
+    };
+    match canonical_resource(resource) {
+        Some(r) if state.inner.settings.resources.contains(&r) => v.resource = r,
+        _ => {
+            return fail(
+                &v,
+                OAuthError::invalid_target(
+                    "this authorization server does not issue tokens for that resource",
+                ),
+            );
+        }
+    }
+    let requested: Vec<String> = get("scope")
+        .map(|s| {
+            s.split(' ')
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let scopes = if requested.is_empty() {
+        state.inner.settings.default_scopes.clone()
+    } else {
+        requested
+    };
+    if !state.inner.settings.scopes.is_empty()
+        && let Some(bad) = scopes
+            .iter()
+            .find(|s| !state.inner.settings.scopes.contains(s) && *s != "offline_access")
+    {
+        return fail(
+            &v,
+            OAuthError::invalid_scope(format!("scope `{bad}` is not offered by this server")),
+        );
+    }
+    if scopes.iter().any(|s| {
+        s.bytes()
+            .any(|b| b == b'"' || b == b'\\' || !(0x21..=0x7e).contains(&b))
+    }) {
+        return fail(
+            &v,
+            OAuthError::invalid_scope("a scope contains characters RFC 6749 does not allow"),
+        );
+    }
+    v.scopes = scopes;
+    Ok(v)
+}
+
+fn issue_code(state: &AppState, v: &Validated, subject: &str) -> Response {
+    let code = random_token(32);
+    let record = CodeRecord {
+        client_id: v.client.client_id.clone(),
+        redirect_uri: v.redirect_uri.clone(),
+        code_challenge: v.code_challenge.clone(),
+        resource: v.resource.clone(),
+        scope: v.scopes.join(" "),
+        subject: subject.to_owned(),
+        expires_at: now() + state.inner.settings.code_ttl,
+        redeemed_family: None,
+    };
+    if let Ok(mut codes) = state.inner.codes.lock() {
+        let t = now();
+        // Redeemed codes are kept a while longer so a replay can be detected.
+        codes.retain(|_, c| c.expires_at + 600 > t);
+        codes.insert(code.clone(), record);
+    }
+    tracing::info!(client_id = %v.client.client_id, subject, "authorization code issued");
+    redirect_to(
+        state,
+        &v.redirect_uri,
+        v.state.as_deref(),
+        &[("code", &code)],
+    )
+}
+
+fn consent_page(v: &Validated, request_id: &str, csrf: &str, error: Option<&str>) -> Response {
+    let redirect_host = Url::parse(&v.redirect_uri)
+        .ok()
+        .map(|u| {
+            u.host_str()
+                .map_or_else(|| format!("{}:", u.scheme()), str::to_owned)
+        })
+        .unwrap_or_default();
+    let page = ConsentPage {
+        client_name: v
+            .client
+            .client_name
+            .as_deref()
+            .unwrap_or(&v.client.client_id),
+        resource: &v.resource,
+        scopes: &v.scopes,
+        redirect_host: &redirect_host,
+        request_id,
+        csrf,
+        error,
+    };
+    match page.render() {
+        Ok(body) => {
+            let cookie = format!(
+                "{CSRF_COOKIE}={csrf}; Path=/; HttpOnly; SameSite=Strict; Max-Age={PENDING_TTL}"
+            );
+            let mut response = (no_store(), Html(body)).into_response();
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, value);
+            }
+            response
+        }
+        Err(_) => OAuthError::server_error().into_response(),
+    }
+}
+
+pub(crate) async fn authorize_get(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let params = match single_params(query.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return error_page(&e),
+    };
+    let v = match validate(&state, &params).await {
+        Ok(v) => v,
+        Err(response) => return response,
+    };
+    if let Some(user) = &state.inner.settings.dev_user {
+        return issue_code(&state, &v, user);
+    }
+    let request_id = random_token(24);
+    let csrf = random_token(24);
+    if let Ok(mut pending) = state.inner.pending.lock() {
+        let t = now();
+        pending.retain(|_, p| p.expires_at > t);
+        if pending.len() > 10_000 {
+            return OAuthError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "too many pending sign-ins",
+            )
+            .into_response();
+        }
+        pending.insert(
+            request_id.clone(),
+            PendingRequest {
+                request: v.clone(),
+                csrf: csrf.clone(),
+                expires_at: t + PENDING_TTL,
+            },
+        );
+    }
+    consent_page(&v, &request_id, &csrf, None)
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ConsentForm {
+    request_id: String,
+    csrf: String,
+    username: Option<String>,
+    password: Option<String>,
+    decision: Option<String>,
+}
+
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+pub(crate) async fn authorize_post(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<ConsentForm>,
+) -> Response {
+    let pending = state
+        .inner
+        .pending
+        .lock()
+        .ok()
+        .and_then(|mut p| p.remove(&form.request_id))
+        .filter(|p| p.expires_at > now());
+    let Some(pending) = pending else {
+        return error_page(&OAuthError::invalid_request(
+            "this sign-in request expired or was already used; start again from the application",
+        ));
+    };
+    let cookie_ok =
+        cookie_value(&headers, CSRF_COOKIE).is_some_and(|c| secure_eq(c, &pending.csrf));
+    if !cookie_ok || !secure_eq(&form.csrf, &pending.csrf) {
+        return error_page(&OAuthError::invalid_request(
+            "the form's CSRF check failed; start again from the application",
+        ));
+    }
+    let v = &pending.request;
+    if form.decision.as_deref() != Some("approve") {
+        return redirect_error(
+            &state,
+            v,
+            &OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "access_denied",
+                "the user denied the request",
+            ),
+        );
+    }
+    let username = form.username.unwrap_or_default();
+    let password = form.password.unwrap_or_default();
+    if !check_password(&state, &username, &password) {
+        // Keep the request alive for another try, with a fresh CSRF token.
+        let request_id = random_token(24);
+        let csrf = random_token(24);
+        if let Ok(mut p) = state.inner.pending.lock() {
+            p.insert(
+                request_id.clone(),
+                PendingRequest {
+                    request: v.clone(),
+                    csrf: csrf.clone(),
+                    expires_at: pending.expires_at,
+                },
+            );
+        }
+        tracing::info!("sign-in failed");
+        return consent_page(v, &request_id, &csrf, Some("Wrong user name or password."));
+    }
+    issue_code(&state, v, &username)
+}
+
+fn check_password(state: &AppState, username: &str, password: &str) -> bool {
+    let Some(user) = state
+        .inner
+        .settings
+        .users
+        .iter()
+        .find(|u| u.name == username)
+    else {
+        return false;
+    };
+    let Ok(hash) = PasswordHash::new(&user.password_hash) else {
+        tracing::warn!(user = %user.name, "the configured password hash is not a PHC string");
+        return false;
+    };
+    Argon2::default()
+        .verify_password(password.as_bytes(), &hash)
+        .is_ok()
+}
+
+/// Takes a code for redemption. `Err` when unknown, expired, or replayed (the family it
+/// produced is then returned so its tokens can be revoked).
+pub(crate) fn redeem_code(state: &AppState, code: &str) -> Result<CodeRecord, Option<String>> {
+    let Ok(mut codes) = state.inner.codes.lock() else {
+        return Err(None);
+    };
+    let Some(record) = codes.get_mut(code) else {
+        return Err(None);
+    };
+    if let Some(family) = &record.redeemed_family {
+        return Err(Some(family.clone()));
+    }
+    if record.expires_at <= now() {
+        return Err(None);
+    }
+    let out = record.clone();
+    // Marked as redeemed (with a placeholder family) before any token is minted.
+    record.redeemed_family = Some(String::new());
+    Ok(out)
+}
+
+/// Records which refresh family a redeemed code produced.
+pub(crate) fn record_family(state: &AppState, code: &str, family: &str) {
+    if let Ok(mut codes) = state.inner.codes.lock()
+        && let Some(record) = codes.get_mut(code)
+    {
+        record.redeemed_family = Some(family.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_values_must_be_43_to_128_unreserved_characters() {
+        assert!(is_pkce_value(&"a".repeat(43)));
+        assert!(!is_pkce_value(&"a".repeat(42)));
+        assert!(!is_pkce_value(&"a".repeat(129)));
+        assert!(!is_pkce_value(&format!("{}+", "a".repeat(43))));
+    }
+
+    #[test]
+    fn repeated_authorize_parameters_are_refused() {
+        assert!(single_params(Some("a=1&b=2")).is_ok());
+        assert!(single_params(Some("resource=x&resource=y")).is_err());
+    }
+}

@@ -1,0 +1,246 @@
+//! Runtime configuration: flags (and their environment variables) plus an optional TOML
+//! file with users, scopes, resources and pre-registered clients.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+use url::Url;
+
+/// `bmm-as`: the OAuth 2.1 authorization server of bmm.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "bmm-as", version, about)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "BMM_AS_LISTEN", default_value = "127.0.0.1:4000")]
+    pub listen: SocketAddr,
+    /// The exact `issuer` of the metadata (default `http://<listen>`).
+    #[arg(long, env = "BMM_AS_ISSUER")]
+    pub issuer: Option<String>,
+    /// Where keys and durable state live (created if missing).
+    #[arg(long, env = "BMM_AS_DATA_DIR", default_value = ".bmm-as")]
+    pub data_dir: PathBuf,
+    /// A resource (MCP server URL) tokens may be issued for; repeatable.
+    #[arg(long = "resource", env = "BMM_AS_RESOURCES", value_delimiter = ',')]
+    pub resources: Vec<String>,
+    /// TOML file with users, scopes, resources and clients.
+    #[arg(long, env = "BMM_AS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Sign this user in and approve every consent (loopback listen addresses only).
+    #[arg(long, env = "BMM_AS_DEV_USER")]
+    pub dev_user: Option<String>,
+    /// Pre-register a public client: `ID=REDIRECT_URI`; repeatable.
+    #[arg(long = "client", value_name = "ID=REDIRECT_URI")]
+    pub clients: Vec<String>,
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "BMM_AS_ACCESS_TOKEN_TTL", default_value_t = 3600)]
+    pub access_token_ttl: u64,
+    /// Lifetime of refresh tokens, in seconds.
+    #[arg(long, env = "BMM_AS_REFRESH_TOKEN_TTL", default_value_t = 30 * 24 * 3600)]
+    pub refresh_token_ttl: u64,
+    /// Accept `http` Client ID Metadata Document URLs on loopback hosts (local tests).
+    #[arg(long, env = "BMM_AS_ALLOW_LOOPBACK_CIMD")]
+    pub allow_loopback_cimd: bool,
+    /// Rotate the signing key at start-up (the old key stays published).
+    #[arg(long)]
+    pub rotate_keys: bool,
+    /// Lifetime of authorization codes, in seconds (1 to 600).
+    #[arg(long, env = "BMM_AS_CODE_TTL", default_value_t = 60)]
+    pub code_ttl: u64,
+}
+
+/// The optional TOML configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Scopes clients may request. Empty: any well-formed scope is granted as asked.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Scopes granted when a request names none.
+    #[serde(default)]
+    pub default_scopes: Vec<String>,
+    /// Resources tokens may be issued for (added to `--resource`).
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// Accounts that can sign in.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// Pre-registered clients.
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+}
+
+/// A user account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Sign-in name, also the token's `sub`.
+    pub name: String,
+    /// An argon2 PHC string (`$argon2id$...`).
+    pub password_hash: String,
+}
+
+/// A pre-registered client.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The client id.
+    pub client_id: String,
+    /// Its redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// Its display name.
+    pub client_name: Option<String>,
+    /// A secret makes it confidential (`client_secret_basic`/`client_secret_post`).
+    pub client_secret: Option<String>,
+}
+
+/// Everything the server needs, checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// The issuer identifier, exactly as published.
+    pub issuer: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Canonical resources (no trailing slash).
+    pub resources: Vec<String>,
+    /// Scopes supported (empty: any).
+    pub scopes: Vec<String>,
+    /// Default scopes.
+    pub default_scopes: Vec<String>,
+    /// Users.
+    pub users: Vec<UserConfig>,
+    /// Pre-registered clients.
+    pub clients: Vec<ClientConfig>,
+    /// Dev auto-approve user.
+    pub dev_user: Option<String>,
+    /// Access-token lifetime (s).
+    pub access_token_ttl: u64,
+    /// Refresh-token lifetime (s).
+    pub refresh_token_ttl: u64,
+    /// Loopback http CIMD allowed.
+    pub allow_loopback_cimd: bool,
+    /// Rotate keys at start.
+    pub rotate_keys: bool,
+    /// Authorization-code lifetime (s).
+    pub code_ttl: u64,
+}
+
+/// A refused configuration, with what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Canonical form of a resource URL: parsed, no fragment, no trailing slash.
+pub fn canonical_resource(input: &str) -> Option<String> {
+    let url = Url::parse(input).ok()?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.fragment().is_some()
+    {
+        return None;
+    }
+    let mut text = url.to_string();
+    if url.query().is_none() && text.ends_with('/') {
+        text.pop();
+    }
+    Some(text)
+}
+
+impl Settings {
+    /// Checks the flags and reads the TOML file.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("cannot read config {}: {e}", path.display()))
+                })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError(format!("config {}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        let issuer = args
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", args.listen));
+        let issuer_url = Url::parse(&issuer)
+            .map_err(|e| ConfigError(format!("issuer `{issuer}` is not a URL: {e}")))?;
+        if issuer_url.query().is_some() || issuer_url.fragment().is_some() {
+            return Err(ConfigError(format!(
+                "issuer `{issuer}` must not have a query or fragment"
+            )));
+        }
+        let loopback = args.listen.ip().is_loopback();
+        if issuer_url.scheme() != "https" && !loopback {
+            return Err(ConfigError(format!(
+                "issuer `{issuer}` must be https when listening on a non-loopback address"
+            )));
+        }
+        if args.dev_user.is_some() && !loopback {
+            return Err(ConfigError(
+                "--dev-user approves every request without a password; it is refused on a non-loopback listen address".to_owned(),
+            ));
+        }
+        let mut resources = Vec::new();
+        for r in args.resources.iter().chain(file.resources.iter()) {
+            let c = canonical_resource(r).ok_or_else(|| {
+                ConfigError(format!(
+                    "resource `{r}` is not an absolute http(s) URL without fragment"
+                ))
+            })?;
+            if !resources.contains(&c) {
+                resources.push(c);
+            }
+        }
+        if resources.is_empty() {
+            return Err(ConfigError(
+                "no resource configured: pass the MCP server URL(s) tokens are for (--resource / BMM_AS_RESOURCES)".to_owned(),
+            ));
+        }
+        let mut clients = file.clients;
+        for spec in &args.clients {
+            let (id, redirect) = spec
+                .split_once('=')
+                .ok_or_else(|| ConfigError(format!("--client `{spec}` is not ID=REDIRECT_URI")))?;
+            clients.push(ClientConfig {
+                client_id: id.to_owned(),
+                redirect_uris: vec![redirect.to_owned()],
+                client_name: None,
+                client_secret: None,
+            });
+        }
+        for client in &clients {
+            for uri in &client.redirect_uris {
+                crate::register::check_redirect_uri(uri).map_err(|e| {
+                    ConfigError(format!(
+                        "client `{}`: {}",
+                        client.client_id,
+                        e.description()
+                    ))
+                })?;
+            }
+        }
+        if let Some(dev) = &args.dev_user
+            && dev.is_empty()
+        {
+            return Err(ConfigError("--dev-user must name a user".to_owned()));
+        }
+        Ok(Self {
+            listen: args.listen,
+            issuer,
+            data_dir: args.data_dir,
+            resources,
+            scopes: file.scopes,
+            default_scopes: file.default_scopes,
+            users: file.users,
+            clients,
+            dev_user: args.dev_user,
+            access_token_ttl: args.access_token_ttl.clamp(60, 24 * 3600),
+            refresh_token_ttl: args.refresh_token_ttl.max(60),
+            allow_loopback_cimd: args.allow_loopback_cimd,
+            rotate_keys: args.rotate_keys,
+            code_ttl: args.code_ttl.clamp(1, 600),
+        })
+    }
+}

@@ -1,0 +1,178 @@
+//! bmm-as: the control-plane OAuth 2.1 authorization server for bmm's MCP servers.
+//!
+//! It implements what an MCP client following the authorization spec needs, with no
+//! special cases: RFC 8414 metadata (also at `/.well-known/openid-configuration`), RFC 7591
+//! dynamic registration, Client ID Metadata Documents, the authorization code flow with
+//! PKCE S256 only, RFC 8707 resource indicators (the token's `aud`), RFC 9207 `iss` on the
+//! redirect, RS256 JWT access tokens (RFC 9068) with `kid`, a JWKS that keeps the previous
+//! key through a rotation, refresh-token rotation with reuse detection, RFC 7009
+//! revocation, a consent page, and durable state in SQLite.
+//!
+//! Rules every endpoint follows:
+//! 1. Errors never redirect to a URI that is not registered for the client.
+//! 2. Token responses carry `Cache-Control: no-store`.
+//! 3. Codes, tokens and secrets are never logged; refresh tokens and client secrets are
+//!    stored as SHA-256 hashes and compared in constant time.
+//! 4. Request bodies are bounded (64 KiB) and registration and token requests are rate
+//!    limited per client address.
+
+pub mod authorize;
+mod clients;
+pub mod config;
+pub mod error;
+pub mod keys;
+mod metadata;
+mod ratelimit;
+pub mod register;
+pub mod store;
+mod token;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+
+pub use config::{Args, Settings};
+use keys::KeyRing;
+use store::{SqliteStore, Store};
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) settings: Settings,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) keys: KeyRing,
+    pub(crate) codes: Mutex<HashMap<String, authorize::CodeRecord>>,
+    pub(crate) pending: Mutex<HashMap<String, authorize::PendingRequest>>,
+    pub(crate) limiter: ratelimit::RateLimiter,
+    pub(crate) cimd: clients::CimdCache,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("issuer", &self.inner.settings.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Opens the store in the data directory, loads (or creates) the keys.
+    pub fn open(settings: Settings) -> Result<Self, error::StoreError> {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.data_dir)?);
+        Self::with_store(settings, store)
+    }
+
+    /// Builds the state over any store.
+    pub fn with_store(
+        settings: Settings,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, error::StoreError> {
+        // Retired keys stay published until every token they signed has expired.
+        let retain = settings.access_token_ttl + 300;
+        let keys = KeyRing::load_or_create(store.as_ref(), now(), retain)?;
+        if settings.rotate_keys {
+            keys.rotate(store.as_ref(), now())?;
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cimd: clients::CimdCache::new(settings.allow_loopback_cimd),
+                settings,
+                store,
+                keys,
+                codes: Mutex::new(HashMap::new()),
+                pending: Mutex::new(HashMap::new()),
+                limiter: ratelimit::RateLimiter::new(),
+            }),
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The key ring (for rotation by an operator).
+    pub fn keys(&self) -> &KeyRing {
+        &self.inner.keys
+    }
+
+    /// The store.
+    pub fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+}
+
+/// The HTTP routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(metadata::metadata),
+        )
+        .route("/.well-known/openid-configuration", get(metadata::metadata))
+        .route("/jwks", get(metadata::jwks))
+        .route("/register", post(register::register))
+        .route(
+            "/authorize",
+            get(authorize::authorize_get).post(authorize::authorize_post),
+        )
+        .route("/token", post(token::token))
+        .route("/revoke", post(token::revoke))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Seconds since the epoch.
+pub(crate) fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `bytes` random bytes, base64url.
+pub(crate) fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // aws-lc's RNG only fails if the OS has no entropy source, which is fatal anyway.
+    if aws_lc_rs::rand::fill(&mut buf).is_err() {
+        tracing::error!("the system random number generator failed");
+        std::process::abort();
+    }
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+pub(crate) fn sha256_hex(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Constant-time equality of two secrets (or their hashes).
+pub(crate) fn secure_eq(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}

@@ -1,0 +1,207 @@
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Client, RefreshRecord, RefreshUse, Store, StoredKey};
+use crate::error::StoreError;
+
+/// The embedded store: one SQLite database file (WAL mode).
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS clients (
+    client_id TEXT PRIMARY KEY,
+    document TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    token_sha256 TEXT PRIMARY KEY,
+    family TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0,
+    revoked INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens(family);
+CREATE TABLE IF NOT EXISTS signing_keys (
+    kid TEXT PRIMARY KEY,
+    pkcs8 BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    retired_at INTEGER
+);
+";
+
+impl SqliteStore {
+    /// Opens (creating if needed) `bmm-as.sqlite3` in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError(format!("cannot create data dir {}: {e}", dir.display())))?;
+        let conn = Connection::open(dir.join("bmm-as.sqlite3"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        self.conn
+            .lock()
+            .map_err(|_| StoreError("store lock poisoned".to_owned()))
+    }
+}
+
+impl Store for SqliteStore {
+    fn put_client(&self, client: &Client) -> Result<(), StoreError> {
+        let document = serde_json::to_string(client).map_err(|e| StoreError(e.to_string()))?;
+        self.conn()?.execute(
+            "INSERT INTO clients (client_id, document) VALUES (?1, ?2)",
+            params![client.client_id, document],
+        )?;
+        Ok(())
+    }
+
+    fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError> {
+        let document: Option<String> = self
+            .conn()?
+            .query_row(
+                "SELECT document FROM clients WHERE client_id = ?1",
+                params![client_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        document
+            .map(|d| serde_json::from_str(&d).map_err(|e| StoreError(e.to_string())))
+            .transpose()
+    }
+
+    fn put_refresh(&self, r: &RefreshRecord) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "INSERT INTO refresh_tokens (token_sha256, family, client_id, subject, scope, resource, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![r.token_sha256, r.family, r.client_id, r.subject, r.scope, r.resource, r.expires_at as i64],
+        )?;
+        Ok(())
+    }
+
+    fn use_refresh(&self, token_sha256: &str, now: u64) -> Result<RefreshUse, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let row = tx
+            .query_row(
+                "SELECT family, client_id, subject, scope, resource, expires_at, used, revoked
+                 FROM refresh_tokens WHERE token_sha256 = ?1",
+                params![token_sha256],
+                |row| {
+                    Ok((
+                        RefreshRecord {
+                            token_sha256: token_sha256.to_owned(),
+                            family: row.get(0)?,
+                            client_id: row.get(1)?,
+                            subject: row.get(2)?,
+                            scope: row.get(3)?,
+                            resource: row.get(4)?,
+                            expires_at: row.get::<_, i64>(5)? as u64,
+                        },
+                        row.get::<_, bool>(6)?,
+                        row.get::<_, bool>(7)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let outcome = match row {
+            None => RefreshUse::Invalid,
+            Some((_, _, true)) => RefreshUse::Invalid,
+            Some((record, true, false)) => {
+                tx.execute(
+                    "UPDATE refresh_tokens SET revoked = 1 WHERE family = ?1",
+                    params![record.family],
+                )?;
+                RefreshUse::Reused
+            }
+            Some((record, false, false)) if record.expires_at <= now => RefreshUse::Invalid,
+            Some((record, false, false)) => {
+                tx.execute(
+                    "UPDATE refresh_tokens SET used = 1 WHERE token_sha256 = ?1",
+                    params![token_sha256],
+                )?;
+                RefreshUse::Fresh(record)
+            }
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    fn revoke_family(&self, family: &str) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE refresh_tokens SET revoked = 1 WHERE family = ?1",
+            params![family],
+        )?;
+        Ok(())
+    }
+
+    fn revoke_refresh(&self, token_sha256: &str) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let family: Option<String> = conn
+            .query_row(
+                "SELECT family FROM refresh_tokens WHERE token_sha256 = ?1",
+                params![token_sha256],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(family) = &family {
+            conn.execute(
+                "UPDATE refresh_tokens SET revoked = 1 WHERE family = ?1",
+                params![family],
+            )?;
+        }
+        Ok(family.is_some())
+    }
+
+    fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT kid, pkcs8, created_at, retired_at FROM signing_keys ORDER BY created_at DESC, rowid DESC")?;
+        let keys = stmt
+            .query_map([], |row| {
+                Ok(StoredKey {
+                    kid: row.get(0)?,
+                    pkcs8: row.get(1)?,
+                    created_at: row.get::<_, i64>(2)? as u64,
+                    retired_at: row.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(keys)
+    }
+
+    fn rotate_in(&self, key: &StoredKey, now: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL",
+            params![now as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO signing_keys (kid, pkcs8, created_at) VALUES (?1, ?2, ?3)",
+            params![key.kid, key.pkcs8, key.created_at as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn prune_keys(&self, cutoff: u64) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < ?1",
+            params![cutoff as i64],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,348 @@
+//! `/token` (authorization code and refresh token grants) and `/revoke` (RFC 7009).
+//!
+//! Rules:
+//! 1. Clients authenticate as registered: `none` (client_id only), `client_secret_basic`
+//!    or `client_secret_post`; secrets are compared as hashes in constant time.
+//! 2. A code is redeemed once, within 60 s, by the client it was issued to, with the same
+//!    `redirect_uri`, a `code_verifier` whose S256 is the challenge, and (if given) the same
+//!    `resource`. A replayed code revokes the refresh tokens it produced.
+//! 3. Refresh tokens rotate on every use; presenting a used one revokes its whole family.
+//!    `scope` may narrow the grant; `resource` must be the grant's.
+//! 4. Access tokens are RS256 JWTs with `iss`, `sub`, `aud` (the resource), `exp`, `iat`,
+//!    `jti`, `scope`, `client_id`. Responses carry `Cache-Control: no-store`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, RawForm, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::config::canonical_resource;
+use crate::error::OAuthError;
+use crate::ratelimit::Bucket;
+use crate::store::{Client, RefreshRecord, RefreshUse};
+use crate::{AppState, authorize, clients, now, random_token, secure_eq, sha256_hex};
+
+fn form_params(form: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+    let mut map = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(form) {
+        if map.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(OAuthError::invalid_request(format!(
+                "the `{k}` parameter is given more than once"
+            )));
+        }
+    }
+    Ok(map)
+}
+
+/// Rule 1: which client is calling, authenticated as it registered.
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+) -> Result<Client, OAuthError> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        })
+        .map(|b64| {
+            let decoded = STANDARD
+                .decode(b64.trim())
+                .map_err(|_| OAuthError::invalid_client("malformed Basic credentials"))?;
+            let text = String::from_utf8(decoded)
+                .map_err(|_| OAuthError::invalid_client("malformed Basic credentials"))?;
+            let (id, secret) = text
+                .split_once(':')
+                .ok_or_else(|| OAuthError::invalid_client("malformed Basic credentials"))?;
+            let decode = |s: &str| {
+                url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or_default()
+            };
+            Ok::<_, OAuthError>((decode(id), decode(secret)))
+        })
+        .transpose()?;
+    let (client_id, secret, method) =
+        match (&basic, params.get("client_id"), params.get("client_secret")) {
+            (Some((id, secret)), form_id, None) => {
+                if form_id.is_some_and(|f| f != id) {
+                    return Err(OAuthError::invalid_client(
+                        "client_id differs between the Authorization header and the body",
+                    ));
+                }
+                (id.clone(), Some(secret.clone()), "client_secret_basic")
+            }
+            (Some(_), _, Some(_)) => {
+                return Err(OAuthError::invalid_request(
+                    "use one client authentication method, not two",
+                ));
+            }
+            (None, Some(id), Some(secret)) => {
+                (id.clone(), Some(secret.clone()), "client_secret_post")
+            }
+            (None, Some(id), None) => (id.clone(), None, "none"),
+            (None, None, _) => {
+                return Err(OAuthError::invalid_client(
+                    "client authentication is required (client_id)",
+                ));
+            }
+        };
+    let client = clients::find(state, &client_id)
+        .await?
+        .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
+    match (&client.secret_sha256, secret) {
+        (None, None) => Ok(client),
+        (None, Some(_)) => Err(OAuthError::invalid_client(
+            "this public client has no secret",
+        )),
+        (Some(_), None) => Err(OAuthError::invalid_client(
+            "this client must authenticate with its secret",
+        )),
+        (Some(expected), Some(given)) => {
+            let registered = client.token_endpoint_auth_method.as_str();
+            let method_ok = registered == method
+                || (registered.starts_with("client_secret_")
+                    && method.starts_with("client_secret_"));
+            if method_ok && secure_eq(expected, &sha256_hex(&given)) {
+                Ok(client)
+            } else {
+                Err(OAuthError::invalid_client("client authentication failed"))
+            }
+        }
+    }
+}
+
+fn token_response(
+    state: &AppState,
+    client_id: &str,
+    subject: &str,
+    scope: &str,
+    resource: &str,
+    family: &str,
+) -> Result<Response, OAuthError> {
+    let t = now();
+    let ttl = state.inner.settings.access_token_ttl;
+    let claims = json!({
+        "iss": state.inner.settings.issuer,
+        "sub": subject,
+        "aud": resource,
+        "exp": t + ttl,
+        "iat": t,
+        "nbf": t,
+        "jti": random_token(16),
+        "scope": scope,
+        "client_id": client_id,
+    });
+    let access_token = state.inner.keys.sign(&claims)?;
+    let refresh_token = random_token(32);
+    state.inner.store.put_refresh(&RefreshRecord {
+        token_sha256: sha256_hex(&refresh_token),
+        family: family.to_owned(),
+        client_id: client_id.to_owned(),
+        subject: subject.to_owned(),
+        scope: scope.to_owned(),
+        resource: resource.to_owned(),
+        expires_at: t + state.inner.settings.refresh_token_ttl,
+    })?;
+    let body = json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": ttl,
+        "refresh_token": refresh_token,
+        "scope": scope,
+    });
+    let mut response = (StatusCode::OK, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+pub(crate) async fn token(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawForm(form): RawForm,
+) -> Response {
+    if !state.inner.limiter.allow(peer.ip(), Bucket::Token) {
+        return OAuthError::rate_limited().into_response();
+    }
+    match grant(&state, &headers, &form).await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::info!(error = error.code(), "token request refused");
+            error.into_response()
+        }
+    }
+}
+
+async fn grant(state: &AppState, headers: &HeaderMap, form: &[u8]) -> Result<Response, OAuthError> {
+    let params = form_params(form)?;
+    let client = authenticate(state, headers, &params).await?;
+    let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    match get("grant_type") {
+        Some("authorization_code") => {
+            let code =
+                get("code").ok_or_else(|| OAuthError::invalid_request("code is required"))?;
+            let record = match authorize::redeem_code(state, code) {
+                Ok(r) => r,
+                Err(Some(family)) => {
+                    if !family.is_empty() {
+                        state.inner.store.revoke_family(&family)?;
+                    }
+                    tracing::warn!(client_id = %client.client_id, "authorization code replayed; its tokens are revoked");
+                    return Err(OAuthError::invalid_grant(
+                        "the authorization code was already used; the tokens it produced are revoked",
+                    ));
+                }
+                Err(None) => {
+                    return Err(OAuthError::invalid_grant(
+                        "the authorization code is unknown or expired",
+                    ));
+                }
+            };
+            if record.client_id != client.client_id {
+                return Err(OAuthError::invalid_grant(
+                    "the authorization code was issued to another client",
+                ));
+            }
+            if get("redirect_uri").is_some_and(|r| r != record.redirect_uri)
+                || (get("redirect_uri").is_none() && client.redirect_uris.len() != 1)
+            {
+                return Err(OAuthError::invalid_grant(
+                    "redirect_uri does not match the authorization request",
+                ));
+            }
+            let verifier = get("code_verifier")
+                .ok_or_else(|| OAuthError::invalid_grant("code_verifier is required (PKCE)"))?;
+            let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+            if !(43..=128).contains(&verifier.len())
+                || !secure_eq(&computed, &record.code_challenge)
+            {
+                return Err(OAuthError::invalid_grant(
+                    "code_verifier does not match the code_challenge",
+                ));
+            }
+            if let Some(resource) = get("resource")
+                && canonical_resource(resource).as_deref() != Some(record.resource.as_str())
+            {
+                return Err(OAuthError::invalid_target(
+                    "resource does not match the authorization request",
+                ));
+            }
+            let family = random_token(16);
+            authorize::record_family(state, code, &family);
+            token_response(
+                state,
+                &client.client_id,
+                &record.subject,
+                &record.scope,
+                &record.resource,
+                &family,
+            )
+        }
+        Some("refresh_token") => {
+            let token = get("refresh_token")
+                .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
+            let record = match state.inner.store.use_refresh(&sha256_hex(token), now())? {
+                RefreshUse::Fresh(r) => r,
+                RefreshUse::Reused => {
+                    tracing::warn!(client_id = %client.client_id, "refresh token reused; its family is revoked");
+                    return Err(OAuthError::invalid_grant(
+                        "the refresh token was already used; every token of this grant is revoked",
+                    ));
+                }
+                RefreshUse::Invalid => {
+                    return Err(OAuthError::invalid_grant(
+                        "the refresh token is unknown, expired or revoked",
+                    ));
+                }
+            };
+            if record.client_id != client.client_id {
+                state.inner.store.revoke_family(&record.family)?;
+                return Err(OAuthError::invalid_grant(
+                    "the refresh token was issued to another client",
+                ));
+            }
+            if let Some(resource) = get("resource")
+                && canonical_resource(resource).as_deref() != Some(record.resource.as_str())
+            {
+                return Err(OAuthError::invalid_target(
+                    "resource must be the one of the original grant",
+                ));
+            }
+            let granted: Vec<&str> = record.scope.split(' ').filter(|s| !s.is_empty()).collect();
+            let scope = match get("scope") {
+                Some(asked) => {
+                    let asked: Vec<&str> = asked.split(' ').filter(|s| !s.is_empty()).collect();
+                    if let Some(extra) = asked.iter().find(|s| !granted.contains(s)) {
+                        return Err(OAuthError::invalid_scope(format!(
+                            "scope `{extra}` was not granted; a refresh may only narrow"
+                        )));
+                    }
+                    asked.join(" ")
+                }
+                None => record.scope.clone(),
+            };
+            token_response(
+                state,
+                &client.client_id,
+                &record.subject,
+                &scope,
+                &record.resource,
+                &record.family,
+            )
+        }
+        Some(other) => Err(OAuthError::unsupported_grant_type(format!(
+            "grant_type `{other}` is not supported"
+        ))),
+        None => Err(OAuthError::invalid_request("grant_type is required")),
+    }
+}
+
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawForm(form): RawForm,
+) -> Response {
+    if !state.inner.limiter.allow(peer.ip(), Bucket::Token) {
+        return OAuthError::rate_limited().into_response();
+    }
+    let result = async {
+        let params = form_params(&form)?;
+        let client = authenticate(&state, &headers, &params).await?;
+        let token = params
+            .get("token")
+            .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+        // Access tokens are self-contained JWTs and expire on their own; refresh tokens
+        // are revoked with their family. Unknown tokens are not an error (RFC 7009 2.2).
+        let _ = &client;
+        state.inner.store.revoke_refresh(&sha256_hex(token))?;
+        Ok::<_, OAuthError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            let mut response = StatusCode::OK.into_response();
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        Err(error) => error.into_response(),
+    }
+}
