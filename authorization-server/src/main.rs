@@ -7,6 +7,9 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("hash-password") {
+        return hash_password();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -68,5 +71,43 @@ async fn bmm_shutdown() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+/// `bmm-as hash-password`: reads a password on stdin, prints the argon2id PHC string to put
+/// in the config file's `password_hash`.
+fn hash_password() -> ExitCode {
+    use argon2::PasswordHasher;
+    let mut password = String::new();
+    if std::io::stdin().read_line(&mut password).is_err() {
+        eprintln!("bmm-as hash-password: cannot read the password from stdin");
+        return ExitCode::from(2);
+    }
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("bmm-as hash-password: the password is empty");
+        return ExitCode::from(2);
+    }
+    let mut salt_bytes = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut salt_bytes).is_err() {
+        eprintln!("bmm-as hash-password: no randomness available");
+        return ExitCode::FAILURE;
+    }
+    let salt = match argon2::password_hash::SaltString::encode_b64(&salt_bytes) {
+        Ok(salt) => salt,
+        Err(e) => {
+            eprintln!("bmm-as hash-password: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match argon2::Argon2::default().hash_password(password.as_bytes(), &salt) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bmm-as hash-password: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

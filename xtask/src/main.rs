@@ -4,6 +4,8 @@
 //!   workspace, then the conformance runs.
 //! - `conformance`: the official MCP conformance suite's `authorization` command against
 //!   bmm-as (Node 22 and the suite are installed by npm under `tests/`, pinned).
+//! - `consent`: bmm-as's sign-in and consent page driven in headless Chromium (Debian's
+//!   package, installed with apt-get when missing), screenshot in `target/conformance/`.
 //! - `fuzz [SECONDS]`: bounded coverage-guided runs of each fuzz target (needs
 //!   `cargo install cargo-fuzz`; uses `RUSTC_BOOTSTRAP=1` since only a stable toolchain
 //!   is available).
@@ -18,9 +20,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("conformance") => conformance::authorization(&root()),
+        Some("consent") => conformance::consent(&root()),
         Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
         _ => {
-            eprintln!("usage: cargo xtask <ci | conformance | fuzz [SECONDS]>");
+            eprintln!("usage: cargo xtask <ci | conformance | consent | fuzz [SECONDS]>");
             return ExitCode::from(2);
         }
     };
@@ -75,7 +78,8 @@ fn ci() -> Result<(), String> {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     run("tests", cargo().args(["test", "--workspace"]))?;
-    conformance::authorization(&root())
+    conformance::authorization(&root())?;
+    conformance::consent(&root())
 }
 
 fn fuzz(seconds: &str) -> Result<(), String> {
