@@ -116,21 +116,43 @@ impl AppState {
 }
 
 /// The HTTP routes.
+///
+/// The machine-to-machine endpoints (metadata, JWKS, registration, token, revocation) answer
+/// CORS for any origin, since browser-based MCP clients call them with `fetch` and they use
+/// no cookies; `/authorize` is a page for people and gets no CORS.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([http::Method::GET, http::Method::POST, http::Method::OPTIONS])
+        .allow_headers([
+            http::header::CONTENT_TYPE,
+            http::header::AUTHORIZATION,
+            http::HeaderName::from_static("mcp-protocol-version"),
+        ])
+        .max_age(std::time::Duration::from_secs(600));
+    // axum answers an OPTIONS on a route without one with 405 before a route layer sees
+    // it, so each route names OPTIONS; the CORS layer answers the preflight itself.
+    let preflight = || async { http::StatusCode::NO_CONTENT };
+    let api = Router::new()
         .route(
             "/.well-known/oauth-authorization-server",
-            get(metadata::metadata),
+            get(metadata::metadata).options(preflight),
         )
-        .route("/.well-known/openid-configuration", get(metadata::metadata))
-        .route("/jwks", get(metadata::jwks))
-        .route("/register", post(register::register))
+        .route(
+            "/.well-known/openid-configuration",
+            get(metadata::metadata).options(preflight),
+        )
+        .route("/jwks", get(metadata::jwks).options(preflight))
+        .route("/register", post(register::register).options(preflight))
+        .route("/token", post(token::token).options(preflight))
+        .route("/revoke", post(token::revoke).options(preflight))
+        .layer(cors);
+    Router::new()
+        .merge(api)
         .route(
             "/authorize",
             get(authorize::authorize_get).post(authorize::authorize_post),
         )
-        .route("/token", post(token::token))
-        .route("/revoke", post(token::revoke))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(state)

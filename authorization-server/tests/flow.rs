@@ -1089,3 +1089,40 @@ fn dev_user_is_refused_on_a_non_loopback_listen_address() {
             .contains("--resource")
     );
 }
+
+#[tokio::test]
+async fn browser_clients_get_cors_on_registration_and_token_but_not_authorize() {
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(dir.path(), &dev()).await;
+    for path in [
+        "/register",
+        "/token",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let preflight = http()
+            .request(reqwest::Method::OPTIONS, format!("{}{path}", as_.url))
+            .header("origin", "http://localhost:6274")
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            preflight.status().is_success(),
+            "{path}: {}",
+            preflight.status()
+        );
+        assert_eq!(
+            preflight.headers()["access-control-allow-origin"],
+            "*",
+            "{path}"
+        );
+    }
+    let page = http()
+        .get(format!("{}/authorize", as_.url))
+        .header("origin", "http://localhost:6274")
+        .send()
+        .await
+        .unwrap();
+    assert!(page.headers().get("access-control-allow-origin").is_none());
+}
