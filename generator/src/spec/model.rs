@@ -1,0 +1,357 @@
+//! The tool spec, as written in `specs/*.yaml` (JSON is accepted too: YAML 1.2 is a
+//! superset of it). Every struct refuses unknown keys, so a typo is an error with a line
+//! number rather than a silently ignored setting.
+//!
+//! Values whose position matters for later checks (names, templates, schemas) are
+//! [`Spanned`], so validation can point at the exact line and column.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+pub use serde_saphyr::Spanned;
+
+/// A whole spec file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// Format version; 1 when absent.
+    #[serde(default)]
+    pub spec_version: Option<Spanned<u32>>,
+    /// What the server is.
+    pub server: Server,
+    /// Inbound OAuth scopes.
+    #[serde(default)]
+    pub auth: Auth,
+    /// Secrets the server needs, by environment variable name.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Spanned<Secret>>,
+    /// Upstream HTTP APIs, by id.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<Upstream>>,
+    /// The tools.
+    #[serde(default)]
+    pub tools: Vec<Tool>,
+    /// Static resources and resource templates.
+    #[serde(default)]
+    pub resources: Vec<Resource>,
+    /// Prompts.
+    #[serde(default)]
+    pub prompts: Vec<Prompt>,
+}
+
+/// `server:` — identity shown to clients.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Crate and server name: lowercase letters, digits and `-`, starting with a letter.
+    pub name: Spanned<String>,
+    /// Semantic version.
+    pub version: Spanned<String>,
+    /// Human-readable title.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// One-paragraph description (crate description, README).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Instructions sent to clients at initialization.
+    #[serde(default)]
+    pub instructions: Option<String>,
+}
+
+/// `auth:` — scopes of the protected resource.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// Scopes advertised in the protected resource metadata.
+    #[serde(default)]
+    pub scopes_supported: Vec<Spanned<String>>,
+    /// Scopes every request needs.
+    #[serde(default)]
+    pub required: Vec<Spanned<String>>,
+    /// Broader scope -> narrower scopes it implies.
+    #[serde(default)]
+    pub hierarchy: BTreeMap<String, Vec<Spanned<String>>>,
+}
+
+/// A secret: an environment variable read at start-up, never logged or returned.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secret {
+    /// What it is and where to get one (shown when it is missing).
+    pub description: String,
+}
+
+/// An upstream HTTP API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Base URL (`https://api.example.com/v1`).
+    pub base_url: Spanned<String>,
+    /// Environment variable that overrides the base URL (tests point it at a mock).
+    #[serde(default)]
+    pub base_url_env: Option<Spanned<String>>,
+    /// How a secret is attached to each request.
+    #[serde(default)]
+    pub auth: Option<UpstreamAuth>,
+    /// Hosts requests may go to (default: the base URL's host).
+    #[serde(default)]
+    pub allow_hosts: Vec<Spanned<String>>,
+    /// Allows plain `http` (local development only).
+    #[serde(default)]
+    pub local: bool,
+    /// Timeout of each request, in milliseconds (default 15000).
+    #[serde(default)]
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// Retries on 429/502/503, honouring `Retry-After` (default 2).
+    #[serde(default)]
+    pub max_retries: Option<Spanned<u32>>,
+}
+
+/// How a secret is applied to upstream requests.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAuth {
+    /// `bearer`, `header` or `query`.
+    #[serde(rename = "type")]
+    pub kind: UpstreamAuthKind,
+    /// Header or query parameter name (for `header` and `query`).
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    /// The declared secret holding the credential.
+    pub secret: Spanned<String>,
+}
+
+/// The ways a credential reaches an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamAuthKind {
+    /// `Authorization: Bearer <secret>`.
+    Bearer,
+    /// `<name>: <secret>`.
+    Header,
+    /// `?<name>=<secret>`.
+    Query,
+}
+
+/// A tool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    /// `[A-Za-z0-9_.-]`, 1 to 128 characters (warning past 64).
+    pub name: Spanned<String>,
+    /// Human-readable title.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// What the tool does, for the model.
+    pub description: Spanned<String>,
+    /// Behaviour hints.
+    #[serde(default)]
+    pub annotations: Option<Annotations>,
+    /// Scopes a call needs, on top of the server-wide ones.
+    #[serde(default)]
+    pub scopes: Vec<Spanned<String>>,
+    /// JSON Schema (2020-12) of the arguments; its root must be an object schema.
+    pub input: Spanned<Value>,
+    /// JSON Schema of `structuredContent`; its root must be an object schema.
+    #[serde(default)]
+    pub output: Option<Spanned<Value>>,
+    /// What a call does.
+    pub run: Spanned<Run>,
+}
+
+/// Tool annotations (MCP `ToolAnnotations`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Annotations {
+    /// Does not modify its environment.
+    #[serde(default)]
+    pub read_only: Option<bool>,
+    /// May perform destructive updates.
+    #[serde(default)]
+    pub destructive: Option<bool>,
+    /// Repeating a call has no further effect.
+    #[serde(default)]
+    pub idempotent: Option<bool>,
+    /// Interacts with an open world of external entities.
+    #[serde(default)]
+    pub open_world: Option<bool>,
+}
+
+/// `run:` — `http: {...}` or `rust: {...}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Run {
+    /// An HTTP call to a declared upstream.
+    Http(Box<HttpRun>),
+    /// A Rust function the user writes in `src/tools/<fn>.rs`.
+    Rust(RustRun),
+}
+
+/// An HTTP tool body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRun {
+    /// The upstream id.
+    pub upstream: Spanned<String>,
+    /// HTTP method.
+    pub method: HttpMethod,
+    /// Path template appended to the base URL; `{field}` placeholders name input fields and
+    /// are percent-encoded.
+    pub path: Spanned<String>,
+    /// Query parameters: name -> template.
+    #[serde(default)]
+    pub query: BTreeMap<String, Spanned<String>>,
+    /// Request headers: name -> template.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Spanned<String>>,
+    /// Input fields sent as the JSON body (`body: [title, text]`), or `all`.
+    #[serde(default)]
+    pub body: Option<Spanned<Body>>,
+    /// How the response becomes the result.
+    #[serde(default)]
+    pub response: Option<ResponseMap>,
+}
+
+/// HTTP methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[allow(missing_docs)]
+pub enum HttpMethod {
+    GET,
+    POST,
+    PUT,
+    PATCH,
+    DELETE,
+}
+
+/// Which input fields form the JSON body.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Body {
+    /// Named fields.
+    Fields(Vec<String>),
+    /// `all`: every field not used by the path, query or headers.
+    Keyword(String),
+}
+
+/// Response projection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseMap {
+    /// Output field -> JSON pointer into the upstream response.
+    #[serde(default)]
+    pub map: BTreeMap<String, Spanned<String>>,
+}
+
+/// A Rust tool body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RustRun {
+    /// The function name (also the user file `src/tools/<fn>.rs`).
+    #[serde(rename = "fn", default)]
+    pub function: Option<Spanned<String>>,
+    /// Upstreams the function may call through pre-authenticated clients.
+    #[serde(default)]
+    pub upstreams: Vec<Spanned<String>>,
+}
+
+/// A resource (static content) or a resource template.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resource {
+    /// A fixed URI (static resource).
+    #[serde(default)]
+    pub uri: Option<Spanned<String>>,
+    /// An RFC 6570 URI template (resource template).
+    #[serde(default)]
+    pub uri_template: Option<Spanned<String>>,
+    /// Programmatic name.
+    pub name: Spanned<String>,
+    /// Title.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// Description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// MIME type.
+    #[serde(default)]
+    pub mime_type: Option<String>,
+    /// Text content (static resources).
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Base64 content (static binary resources).
+    #[serde(default)]
+    pub blob: Option<Spanned<String>>,
+}
+
+/// A prompt.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prompt {
+    /// Programmatic name.
+    pub name: Spanned<String>,
+    /// Title.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// Description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Arguments.
+    #[serde(default)]
+    pub arguments: Vec<PromptArgument>,
+    /// Messages; `{argument}` placeholders are filled in.
+    pub messages: Vec<PromptMessage>,
+}
+
+/// A prompt argument.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptArgument {
+    /// Name.
+    pub name: Spanned<String>,
+    /// Description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Whether it must be given.
+    #[serde(default)]
+    pub required: bool,
+    /// Values offered as completions.
+    #[serde(default)]
+    pub completions: Vec<String>,
+}
+
+/// A prompt message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptMessage {
+    /// `user` or `assistant`.
+    pub role: Role,
+    /// Text, with `{argument}` placeholders.
+    #[serde(default)]
+    pub text: Option<Spanned<String>>,
+    /// An embedded resource, by URI of a declared resource.
+    #[serde(default)]
+    pub resource: Option<Spanned<String>>,
+    /// An image: base64 data and MIME type.
+    #[serde(default)]
+    pub image: Option<Image>,
+}
+
+/// Message roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[allow(missing_docs)]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+/// Inline image content.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// Base64 data.
+    pub data: Spanned<String>,
+    /// MIME type (`image/png`).
+    pub mime_type: String,
+}
