@@ -1,0 +1,276 @@
+//! The static description of a server that generated code hands to the runtime: tools,
+//! their schemas and bodies, resources, prompts, secrets and upstreams. Plain data, so the
+//! generated crate stays small and the protocol code lives (and is tested) here once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::context::ToolContext;
+use crate::output::{ToolError, ToolOutput};
+
+/// A boxed future returned by Rust tool handlers.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A Rust tool: receives the call context and the raw arguments (already checked to be an
+/// object), returns a result. Generated glue deserializes the arguments into the typed
+/// input struct before calling the user's function.
+pub type RustHandler =
+    Arc<dyn Fn(ToolContext, Value) -> BoxFuture<Result<ToolOutput, ToolError>> + Send + Sync>;
+
+/// A whole server.
+#[derive(Clone)]
+pub struct ServerDef {
+    /// Server name (`serverInfo.name`).
+    pub name: &'static str,
+    /// Version.
+    pub version: &'static str,
+    /// Title.
+    pub title: Option<&'static str>,
+    /// Instructions for clients.
+    pub instructions: Option<&'static str>,
+    /// Scopes advertised in the protected resource metadata.
+    pub scopes_supported: &'static [&'static str],
+    /// Scopes every request needs.
+    pub required_scopes: &'static [&'static str],
+    /// Broader scope -> narrower scopes.
+    pub scope_hierarchy: &'static [(&'static str, &'static [&'static str])],
+    /// Secrets, read from the environment at start-up.
+    pub secrets: &'static [SecretDef],
+    /// Upstream APIs.
+    pub upstreams: &'static [UpstreamDef],
+    /// Tools.
+    pub tools: Vec<ToolDef>,
+    /// Static resources.
+    pub resources: &'static [ResourceDef],
+    /// Prompts.
+    pub prompts: &'static [PromptDef],
+}
+
+impl std::fmt::Debug for ServerDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerDef")
+            .field("name", &self.name)
+            .field(
+                "tools",
+                &self.tools.iter().map(|t| t.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// A declared secret.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretDef {
+    /// Environment variable name.
+    pub name: &'static str,
+    /// What it is (printed when missing).
+    pub description: &'static str,
+}
+
+/// How a secret reaches an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamAuthDef {
+    /// `Authorization: Bearer <secret>`.
+    Bearer {
+        /// The secret.
+        secret: &'static str,
+    },
+    /// `<name>: <secret>`.
+    Header {
+        /// Header name.
+        name: &'static str,
+        /// The secret.
+        secret: &'static str,
+    },
+    /// `?<name>=<secret>`.
+    Query {
+        /// Query parameter name.
+        name: &'static str,
+        /// The secret.
+        secret: &'static str,
+    },
+}
+
+/// An upstream HTTP API.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamDef {
+    /// Id used by tools.
+    pub id: &'static str,
+    /// Base URL.
+    pub base_url: &'static str,
+    /// Environment variable overriding the base URL.
+    pub base_url_env: Option<&'static str>,
+    /// Credential.
+    pub auth: Option<UpstreamAuthDef>,
+    /// Hosts requests may reach (empty: the base URL's host).
+    pub allow_hosts: &'static [&'static str],
+    /// Per-request timeout.
+    pub timeout_ms: u64,
+    /// Retries on 429/502/503.
+    pub max_retries: u32,
+}
+
+/// Tool behaviour hints.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnnotationsDef {
+    /// `readOnlyHint`.
+    pub read_only: Option<bool>,
+    /// `destructiveHint`.
+    pub destructive: Option<bool>,
+    /// `idempotentHint`.
+    pub idempotent: Option<bool>,
+    /// `openWorldHint`.
+    pub open_world: Option<bool>,
+}
+
+/// A tool.
+#[derive(Clone)]
+pub struct ToolDef {
+    /// Name.
+    pub name: &'static str,
+    /// Title.
+    pub title: Option<&'static str>,
+    /// Description.
+    pub description: &'static str,
+    /// The input JSON Schema, as JSON text (served verbatim).
+    pub input_schema: &'static str,
+    /// The output JSON Schema, as JSON text.
+    pub output_schema: Option<&'static str>,
+    /// Hints.
+    pub annotations: AnnotationsDef,
+    /// Scopes a call needs.
+    pub scopes: &'static [&'static str],
+    /// What a call does.
+    pub handler: Handler,
+}
+
+impl std::fmt::Debug for ToolDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToolDef")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A tool body.
+#[derive(Clone)]
+pub enum Handler {
+    /// An HTTP call to an upstream.
+    Http(HttpDef),
+    /// Rust code.
+    Rust(RustHandler),
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Http(h) => f.debug_tuple("Http").field(h).finish(),
+            Self::Rust(_) => f.write_str("Rust(..)"),
+        }
+    }
+}
+
+/// HTTP methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+/// Which input fields form the JSON body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyDef {
+    /// No body.
+    None,
+    /// These fields.
+    Fields(&'static [&'static str]),
+    /// Every field not used in the path, query or headers.
+    Rest,
+}
+
+/// An HTTP tool body.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpDef {
+    /// Upstream id.
+    pub upstream: &'static str,
+    /// Method.
+    pub method: Method,
+    /// Path template (`/repos/{owner}`).
+    pub path: &'static str,
+    /// Query parameters: name, template.
+    pub query: &'static [(&'static str, &'static str)],
+    /// Headers: name, template.
+    pub headers: &'static [(&'static str, &'static str)],
+    /// Body.
+    pub body: BodyDef,
+    /// Output field, JSON pointer into the response.
+    pub response_map: &'static [(&'static str, &'static str)],
+}
+
+/// A static resource.
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceDef {
+    /// URI.
+    pub uri: &'static str,
+    /// Name.
+    pub name: &'static str,
+    /// Title.
+    pub title: Option<&'static str>,
+    /// Description.
+    pub description: Option<&'static str>,
+    /// MIME type.
+    pub mime_type: Option<&'static str>,
+    /// Content.
+    pub content: ResourceContent,
+}
+
+/// Resource content.
+#[derive(Debug, Clone, Copy)]
+pub enum ResourceContent {
+    /// Text.
+    Text(&'static str),
+    /// Base64 data.
+    Blob(&'static str),
+}
+
+/// A prompt.
+#[derive(Debug, Clone, Copy)]
+pub struct PromptDef {
+    /// Name.
+    pub name: &'static str,
+    /// Title.
+    pub title: Option<&'static str>,
+    /// Description.
+    pub description: Option<&'static str>,
+    /// Arguments: name, description, required.
+    pub arguments: &'static [(&'static str, Option<&'static str>, bool)],
+    /// Messages.
+    pub messages: &'static [PromptMessageDef],
+}
+
+/// A prompt message.
+#[derive(Debug, Clone, Copy)]
+pub struct PromptMessageDef {
+    /// Whether the assistant says it (else the user).
+    pub assistant: bool,
+    /// Content.
+    pub content: PromptContent,
+}
+
+/// Prompt message content.
+#[derive(Debug, Clone, Copy)]
+pub enum PromptContent {
+    /// Text with `{argument}` placeholders.
+    Text(&'static str),
+    /// The URI of a declared static resource, embedded.
+    Resource(&'static str),
+    /// A base64 image and its MIME type.
+    Image(&'static str, &'static str),
+}

@@ -1,0 +1,362 @@
+//! Executing an HTTP tool: the request is built from the tool's templates and the caller's
+//! arguments, sent with the server's own credential, and the response projected into the
+//! result.
+//!
+//! Rules:
+//! 1. Placeholders are filled from arguments and percent-encoded for their position; a query
+//!    parameter whose template is a single absent placeholder is left out; any other
+//!    missing argument is a tool error.
+//! 2. The credential comes from a declared secret (bearer, header or query). The MCP
+//!    client's `Authorization` header is never forwarded: it is not even visible here.
+//! 3. The final URL's host must be in the upstream's allow-list.
+//! 4. Each attempt has the upstream's timeout; 429, 502 and 503 are retried up to the
+//!    configured count, honouring `Retry-After` (capped at 10 s).
+//! 5. Response bodies are read up to 4 MiB. A non-2xx status becomes a tool error with the
+//!    status and a short, secret-redacted excerpt of the body.
+//! 6. JSON responses become `structuredContent` (projected through the response map when
+//!    there is one); other responses become text.
+
+use std::time::Duration;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::Url;
+use serde_json::{Map, Value};
+
+use crate::def::{BodyDef, HttpDef, Method, UpstreamAuthDef, UpstreamDef};
+use crate::output::{ToolError, ToolOutput};
+use crate::secrets::Secrets;
+
+const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// Unreserved characters stay as they are (RFC 3986 section 2.3).
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A resolved upstream: its definition and its effective base URL.
+#[derive(Debug, Clone)]
+pub(crate) struct Upstream {
+    pub(crate) def: UpstreamDef,
+    pub(crate) base: Url,
+    pub(crate) hosts: Vec<String>,
+}
+
+impl Upstream {
+    /// Resolves the base URL (environment override first).
+    pub(crate) fn resolve(
+        def: UpstreamDef,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let text = def
+            .base_url_env
+            .and_then(&env)
+            .unwrap_or_else(|| def.base_url.to_owned());
+        let base = Url::parse(&text)
+            .map_err(|e| format!("upstream `{}`: base URL `{text}` is not a URL: {e}", def.id))?;
+        let mut hosts: Vec<String> = def
+            .allow_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        if let Some(host) = base.host_str() {
+            hosts.push(host.to_ascii_lowercase());
+        }
+        Ok(Self { def, base, hosts })
+    }
+}
+
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Fills `{placeholders}`; `encode` escapes each value. `Ok(None)` when a placeholder has no
+/// argument.
+fn fill(
+    template: &str,
+    args: &Map<String, Value>,
+    encode: bool,
+) -> Result<Option<String>, ToolError> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            return Err(ToolError::new(format!(
+                "the tool template `{template}` is malformed"
+            )));
+        };
+        let name = &after[..close];
+        let Some(value) = args.get(name).filter(|v| !v.is_null()) else {
+            return Ok(None);
+        };
+        let text = scalar(value).ok_or_else(|| {
+            ToolError::new(format!(
+                "argument `{name}` must be a string, number or boolean"
+            ))
+        })?;
+        if encode {
+            out.extend(utf8_percent_encode(&text, COMPONENT));
+        } else {
+            if text.contains(['\r', '\n']) {
+                return Err(ToolError::new(format!(
+                    "argument `{name}` contains a line break"
+                )));
+            }
+            out.push_str(&text);
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(Some(out))
+}
+
+fn placeholder_names(template: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else { break };
+        names.push(&after[..close]);
+        rest = &after[close + 1..];
+    }
+    names
+}
+
+fn retry_after(response: &reqwest::Response, attempt: u32) -> Duration {
+    let header = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match header {
+        Some(secs) => Duration::from_secs(secs.min(10)),
+        None => Duration::from_millis(200 * 2u64.pow(attempt.min(5))),
+    }
+}
+
+/// Runs one HTTP tool call.
+pub(crate) async fn execute(
+    def: &HttpDef,
+    upstream: &Upstream,
+    secrets: &Secrets,
+    client: &reqwest::Client,
+    args: &Map<String, Value>,
+) -> Result<ToolOutput, ToolError> {
+    let path = fill(def.path, args, true)?.ok_or_else(|| {
+        let missing: Vec<_> = placeholder_names(def.path)
+            .into_iter()
+            .filter(|n| !args.contains_key(*n))
+            .collect();
+        ToolError::new(format!(
+            "missing argument(s) for the request path: {}",
+            missing.join(", ")
+        ))
+    })?;
+    let mut url = upstream.base.clone();
+    let joined = format!("{}{}", url.path().trim_end_matches('/'), path);
+    url.set_path(&joined);
+    let mut used: Vec<&str> = placeholder_names(def.path);
+    {
+        let mut query = url.query_pairs_mut();
+        for (name, template) in def.query {
+            used.extend(placeholder_names(template));
+            if let Some(value) = fill(template, args, false)? {
+                query.append_pair(name, &value);
+            }
+        }
+        if let Some(UpstreamAuthDef::Query { name, secret }) = upstream.def.auth {
+            let value = secrets
+                .get(secret)
+                .ok_or_else(|| ToolError::new("the server is missing a credential"))?;
+            query.append_pair(name, value);
+        }
+    }
+    if url.query() == Some("") {
+        url.set_query(None);
+    }
+    let host = url
+        .host_str()
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    if !upstream.hosts.contains(&host) {
+        return Err(ToolError::new(format!(
+            "the request to `{host}` is outside the upstream's allowed hosts"
+        )));
+    }
+    let method = match def.method {
+        Method::Get => reqwest::Method::GET,
+        Method::Post => reqwest::Method::POST,
+        Method::Put => reqwest::Method::PUT,
+        Method::Patch => reqwest::Method::PATCH,
+        Method::Delete => reqwest::Method::DELETE,
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, template) in def.headers {
+        used.extend(placeholder_names(template));
+        if let Some(value) = fill(template, args, false)? {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ToolError::new(format!("`{name}` is not a header name")))?;
+            let value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+                ToolError::new(format!(
+                    "the value for header `{name}` is not a valid header value"
+                ))
+            })?;
+            headers.insert(name, value);
+        }
+    }
+    match upstream.def.auth {
+        Some(UpstreamAuthDef::Bearer { secret }) => {
+            let value = secrets
+                .get(secret)
+                .ok_or_else(|| ToolError::new("the server is missing a credential"))?;
+            let mut header = reqwest::header::HeaderValue::from_str(&format!("Bearer {value}"))
+                .map_err(|_| {
+                    ToolError::new("the configured credential is not a valid header value")
+                })?;
+            header.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, header);
+        }
+        Some(UpstreamAuthDef::Header { name, secret }) => {
+            let value = secrets
+                .get(secret)
+                .ok_or_else(|| ToolError::new("the server is missing a credential"))?;
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ToolError::new("the configured credential header name is invalid"))?;
+            let mut header = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+                ToolError::new("the configured credential is not a valid header value")
+            })?;
+            header.set_sensitive(true);
+            headers.insert(name, header);
+        }
+        _ => {}
+    }
+    let body = match def.body {
+        BodyDef::None => None,
+        BodyDef::Fields(fields) => Some(Value::Object(
+            fields
+                .iter()
+                .filter_map(|f| args.get(*f).map(|v| ((*f).to_owned(), v.clone())))
+                .collect(),
+        )),
+        BodyDef::Rest => Some(Value::Object(
+            args.iter()
+                .filter(|(k, _)| !used.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )),
+    };
+    let timeout = Duration::from_millis(upstream.def.timeout_ms);
+    let mut attempt = 0;
+    let response = loop {
+        let mut request = client
+            .request(method.clone(), url.clone())
+            .headers(headers.clone())
+            .timeout(timeout);
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| {
+            let reason = if e.is_timeout() {
+                "timed out".to_owned()
+            } else {
+                "could not be reached".to_owned()
+            };
+            ToolError::new(format!("upstream `{}` {reason}", upstream.def.id))
+        })?;
+        let status = response.status().as_u16();
+        if matches!(status, 429 | 502 | 503) && attempt < upstream.def.max_retries {
+            tokio::time::sleep(retry_after(&response, attempt)).await;
+            attempt += 1;
+            continue;
+        }
+        break response;
+    };
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    let bytes = read_bounded(response).await?;
+    if !status.is_success() {
+        let excerpt: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+        return Err(ToolError::new(format!(
+            "upstream `{}` answered {}: {}",
+            upstream.def.id,
+            status.as_u16(),
+            secrets.redact(excerpt.trim())
+        )));
+    }
+    if !is_json {
+        return Ok(ToolOutput::Text(
+            secrets.redact(&String::from_utf8_lossy(&bytes)),
+        ));
+    }
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ToolError::new(format!(
+            "upstream `{}` sent invalid JSON: {e}",
+            upstream.def.id
+        ))
+    })?;
+    if def.response_map.is_empty() {
+        return Ok(match value {
+            Value::Object(_) => ToolOutput::Structured(value),
+            other => ToolOutput::Structured(serde_json::json!({ "result": other })),
+        });
+    }
+    let mut out = Map::new();
+    for (field, pointer) in def.response_map {
+        if let Some(v) = value.pointer(pointer) {
+            out.insert((*field).to_owned(), v.clone());
+        }
+    }
+    Ok(ToolOutput::Structured(Value::Object(out)))
+}
+
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, ToolError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|_| ToolError::new("the upstream response broke off"))?
+    {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(ToolError::new("the upstream response is larger than 4 MiB"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn placeholders_are_percent_encoded_in_paths() {
+        let a = args(serde_json::json!({"owner": "a b/c", "n": 5}));
+        assert_eq!(
+            fill("/x/{owner}/{n}", &a, true).unwrap().as_deref(),
+            Some("/x/a%20b%2Fc/5")
+        );
+        assert_eq!(fill("/x/{missing}", &a, true).unwrap(), None);
+        assert!(fill("/x/{obj}", &args(serde_json::json!({"obj": {}})), true).is_err());
+    }
+
+    #[test]
+    fn header_values_with_line_breaks_are_refused() {
+        let a = args(serde_json::json!({"v": "x\r\nInjected: 1"}));
+        assert!(fill("{v}", &a, false).is_err());
+    }
+}

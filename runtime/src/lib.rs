@@ -1,0 +1,26 @@
+//! bmm-runtime: what every bmm-generated MCP server shares.
+//!
+//! A generated crate describes its server as data ([`ServerDef`]: tools with their JSON
+//! Schemas served verbatim, HTTP tool bodies, Rust tool handlers, resources, prompts,
+//! secrets, upstreams) and calls [`run::main`]. The runtime turns that into an rmcp
+//! `ServerHandler` ([`McpServer`]), executes HTTP tools with the server's own credentials
+//! (the client's token is never forwarded), checks secrets at start-up, parses the runtime
+//! flags, and serves everything behind bmm-middleware on one endpoint for both protocol
+//! eras (2026-07-28 stateless, and initialize-based 2025-11-25 / 06-18 / 03-26 sessions).
+
+mod context;
+pub mod def;
+mod handler;
+mod http_tool;
+mod output;
+pub mod run;
+mod secrets;
+
+pub use context::ToolContext;
+pub use def::ServerDef;
+pub use handler::McpServer;
+pub use output::{ToolError, ToolOutput};
+pub use secrets::Secrets;
+
+/// Re-exported so generated crates need no direct dependency on these.
+pub use {bmm_middleware, rmcp, serde_json};

@@ -1,0 +1,470 @@
+//! A server described as data, served through bmm-middleware on a real socket: tools/list
+//! and tools/call in both protocol eras with a real JWT, 401 without one, the HTTP tool
+//! against a local upstream that checks the secret arrived and the client's token did not.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bmm_runtime::def::{
+    AnnotationsDef, BodyDef, Handler, HttpDef, Method, PromptContent, PromptDef, PromptMessageDef,
+    ResourceContent, ResourceDef, SecretDef, ToolDef, UpstreamAuthDef, UpstreamDef,
+};
+use bmm_runtime::run::{Args, prepare, serve};
+use bmm_runtime::{ServerDef, ToolOutput};
+use clap::Parser;
+use http_body_util::Full;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../middleware/tests/fixtures");
+
+static SECRETS: &[SecretDef] = &[SecretDef {
+    name: "ITEMS_API_KEY",
+    description: "key for the items API",
+}];
+static RESOURCES: &[ResourceDef] = &[ResourceDef {
+    uri: "demo://readme",
+    name: "readme",
+    title: Some("Read me"),
+    description: None,
+    mime_type: Some("text/plain"),
+    content: ResourceContent::Text("hello from a resource"),
+}];
+static PROMPTS: &[PromptDef] = &[PromptDef {
+    name: "greet",
+    title: None,
+    description: Some("Greets someone"),
+    arguments: &[("who", Some("who to greet"), true)],
+    messages: &[PromptMessageDef {
+        assistant: false,
+        content: PromptContent::Text("Say hello to {who}."),
+    }],
+}];
+
+fn upstreams() -> &'static [UpstreamDef] {
+    static U: &[UpstreamDef] = &[UpstreamDef {
+        id: "items",
+        base_url: "https://items.invalid/api",
+        base_url_env: Some("ITEMS_BASE_URL"),
+        auth: Some(UpstreamAuthDef::Header {
+            name: "X-Api-Key",
+            secret: "ITEMS_API_KEY",
+        }),
+        allow_hosts: &[],
+        timeout_ms: 5000,
+        max_retries: 1,
+    }];
+    U
+}
+
+fn def() -> ServerDef {
+    ServerDef {
+        name: "demo",
+        version: "0.1.0",
+        title: Some("Demo"),
+        instructions: Some("A test server."),
+        scopes_supported: &["demo:read", "demo:admin"],
+        required_scopes: &[],
+        scope_hierarchy: &[],
+        secrets: SECRETS,
+        upstreams: upstreams(),
+        tools: vec![
+            ToolDef {
+                name: "whoami",
+                title: Some("Who am I"),
+                description: "Returns the caller's subject.",
+                input_schema: r#"{"type":"object","properties":{"greeting":{"type":"string"}}}"#,
+                output_schema: Some(
+                    r#"{"type":"object","properties":{"subject":{"type":"string"}},"required":["subject"]}"#,
+                ),
+                annotations: AnnotationsDef {
+                    read_only: Some(true),
+                    ..Default::default()
+                },
+                scopes: &[],
+                handler: Handler::Rust(Arc::new(|ctx, _args| {
+                    Box::pin(async move {
+                        let subject = ctx
+                            .auth()
+                            .and_then(|a| a.subject())
+                            .unwrap_or("anonymous")
+                            .to_owned();
+                        ToolOutput::json(&json!({"subject": subject}))
+                    })
+                })),
+            },
+            ToolDef {
+                name: "get_item",
+                title: None,
+                description: "Fetches an item.",
+                input_schema: r#"{"type":"object","properties":{"id":{"type":"string"}},"required":["id"]}"#,
+                output_schema: None,
+                annotations: AnnotationsDef::default(),
+                scopes: &["demo:read"],
+                handler: Handler::Http(HttpDef {
+                    upstream: "items",
+                    method: Method::Get,
+                    path: "/items/{id}",
+                    query: &[("verbose", "true")],
+                    headers: &[],
+                    body: BodyDef::None,
+                    response_map: &[("name", "/item/name")],
+                }),
+            },
+            ToolDef {
+                name: "purge",
+                title: None,
+                description: "Deletes everything.",
+                input_schema: r#"{"type":"object"}"#,
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    destructive: Some(true),
+                    ..Default::default()
+                },
+                scopes: &["demo:admin"],
+                handler: Handler::Rust(Arc::new(|_, _| {
+                    Box::pin(async { Ok(ToolOutput::Text("purged".into())) })
+                })),
+            },
+        ],
+        resources: RESOURCES,
+        prompts: PROMPTS,
+    }
+}
+
+/// The upstream: records what it received.
+async fn start_upstream(seen: Arc<Mutex<Vec<http::request::Parts>>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = Arc::clone(&seen);
+                        async move {
+                            let (parts, _) = req.into_parts();
+                            let id = parts.uri.path().rsplit('/').next().unwrap_or("").to_owned();
+                            seen.lock().unwrap().push(parts);
+                            let body = json!({"item": {"name": format!("item {id}")}}).to_string();
+                            let mut r = http::Response::new(Full::new(bytes::Bytes::from(body)));
+                            r.headers_mut()
+                                .insert("content-type", "application/json".parse().unwrap());
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}/api")
+}
+
+/// A JWKS endpoint with the middleware's RSA test key.
+async fn start_jwks() -> String {
+    let mut jwk: Value =
+        serde_json::from_slice(&std::fs::read(format!("{FIXTURES}/rsa-a.jwk.json")).unwrap())
+            .unwrap();
+    jwk["kid"] = json!("k1");
+    let doc = json!({"keys": [jwk]}).to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let doc = doc.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    let doc = doc.clone();
+                    async move {
+                        Ok::<_, Infallible>(http::Response::new(Full::new(bytes::Bytes::from(doc))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}/jwks")
+}
+
+fn token(issuer: &str, resource: &str, scope: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("k1".into());
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(
+        &std::fs::read(format!("{FIXTURES}/rsa-a.pem")).unwrap(),
+    )
+    .unwrap();
+    jsonwebtoken::encode(
+        &header,
+        &json!({"iss": issuer, "sub": "alice", "aud": resource, "exp": now + 600, "scope": scope}),
+        &key,
+    )
+    .unwrap()
+}
+
+struct Running {
+    url: String,
+    issuer: String,
+    seen: Arc<Mutex<Vec<http::request::Parts>>>,
+}
+
+async fn start() -> Running {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = start_upstream(Arc::clone(&seen)).await;
+    let jwks = start_jwks().await;
+    let issuer = "https://as.example.com".to_owned();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let args = Args::try_parse_from([
+        "demo",
+        "--listen",
+        &addr.to_string(),
+        "--issuer",
+        &issuer,
+        "--jwks-uri",
+        &jwks,
+    ])
+    .unwrap();
+    let env = move |name: &str| match name {
+        "ITEMS_API_KEY" => Some("secret-key-123".to_owned()),
+        "ITEMS_BASE_URL" => Some(upstream.clone()),
+        _ => None,
+    };
+    let prepared = prepare(def(), &args, env).unwrap();
+    let server = bmm_middleware::Server::bind(addr, prepared.config.clone())
+        .await
+        .unwrap();
+    tokio::spawn(serve(prepared, server, std::future::pending()));
+    Running {
+        url: format!("http://{addr}/mcp"),
+        issuer,
+        seen,
+    }
+}
+
+/// The JSON-RPC message in a response, whether JSON or SSE.
+async fn rpc(response: reqwest::Response) -> (u16, Option<String>, Value) {
+    let status = response.status().as_u16();
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = response.text().await.unwrap();
+    let body = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .find_map(|d| serde_json::from_str::<Value>(d).ok())
+        .or_else(|| serde_json::from_str(&text).ok())
+        .unwrap_or(Value::Null);
+    (status, session, body)
+}
+
+fn legacy_post(
+    url: &str,
+    token: &str,
+    session: Option<&str>,
+    body: Value,
+) -> reqwest::RequestBuilder {
+    let mut r = reqwest::Client::new()
+        .post(url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .json(&body);
+    if let Some(s) = session {
+        r = r
+            .header("mcp-session-id", s)
+            .header("mcp-protocol-version", "2025-11-25");
+    }
+    r
+}
+
+#[tokio::test]
+async fn legacy_session_lists_and_calls_tools_with_a_valid_jwt() {
+    let s = start().await;
+    let t = token(&s.issuer, &s.url, "demo:read");
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}});
+    let (status, session, body) =
+        rpc(legacy_post(&s.url, &t, None, init).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["serverInfo"]["name"], "demo");
+    let session = session.expect("a legacy session id");
+    let _ = legacy_post(
+        &s.url,
+        &t,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .send()
+    .await
+    .unwrap();
+    let (_, _, list) = rpc(legacy_post(
+        &s.url,
+        &t,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .send()
+    .await
+    .unwrap())
+    .await;
+    let tools = list["result"]["tools"].as_array().unwrap();
+    assert_eq!(tools.len(), 3);
+    assert_eq!(
+        tools[0]["inputSchema"],
+        json!({"type": "object", "properties": {"greeting": {"type": "string"}}}),
+        "served verbatim"
+    );
+    assert_eq!(tools[0]["annotations"]["readOnlyHint"], true);
+    let (_, _, call) = rpc(legacy_post(&s.url, &t, Some(&session), json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}})).send().await.unwrap()).await;
+    assert_eq!(
+        call["result"]["structuredContent"]["subject"], "alice",
+        "{call}"
+    );
+    assert_eq!(call["result"]["isError"], false);
+}
+
+#[tokio::test]
+async fn stateless_2026_request_calls_tools_with_a_valid_jwt() {
+    let s = start().await;
+    let t = token(&s.issuer, &s.url, "demo:read");
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}, "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"}});
+    let response = reqwest::Client::new()
+        .post(&s.url)
+        .header("authorization", format!("Bearer {t}"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "whoami")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "whoami", "arguments": {}, "_meta": meta}}))
+        .send()
+        .await
+        .unwrap();
+    let (status, session, body) = rpc(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(session.is_none(), "2026-07-28 is stateless");
+    assert_eq!(
+        body["result"]["structuredContent"]["subject"], "alice",
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn missing_token_gets_the_challenge_before_rmcp() {
+    let s = start().await;
+    let r = reqwest::Client::new()
+        .post(&s.url)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.contains("resource_metadata=\"http://"),
+        "{challenge}"
+    );
+}
+
+#[tokio::test]
+async fn http_tool_sends_the_secret_and_never_the_client_token() {
+    let s = start().await;
+    let t = token(&s.issuer, &s.url, "demo:read");
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}});
+    let (_, session, _) = rpc(legacy_post(&s.url, &t, None, init).send().await.unwrap()).await;
+    let session = session.unwrap();
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "get_item", "arguments": {"id": "a b"}}});
+    let (_, _, body) = rpc(legacy_post(&s.url, &t, Some(&session), call)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    assert_eq!(
+        body["result"]["structuredContent"]["name"], "item a%20b",
+        "{body}"
+    );
+    let seen = s.seen.lock().unwrap();
+    let request = seen.last().expect("the upstream was called");
+    assert_eq!(
+        request.headers["x-api-key"], "secret-key-123",
+        "the declared secret arrived"
+    );
+    assert!(
+        request.headers.get("authorization").is_none(),
+        "the client's token was not forwarded"
+    );
+    assert!(!format!("{:?}", request.headers).contains(&t));
+    assert_eq!(request.uri.path(), "/api/items/a%20b");
+    assert_eq!(request.uri.query(), Some("verbose=true"));
+}
+
+#[tokio::test]
+async fn per_tool_scope_is_enforced_with_403() {
+    let s = start().await;
+    let t = token(&s.issuer, &s.url, "demo:read");
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}});
+    let (_, session, _) = rpc(legacy_post(&s.url, &t, None, init).send().await.unwrap()).await;
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "purge", "arguments": {}}});
+    let r = legacy_post(&s.url, &t, session.as_deref(), call)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("scope=\"demo:admin\"")
+    );
+}
+
+#[tokio::test]
+async fn resources_and_prompts_are_served() {
+    let s = start().await;
+    let t = token(&s.issuer, &s.url, "");
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}});
+    let (_, session, _) = rpc(legacy_post(&s.url, &t, None, init).send().await.unwrap()).await;
+    let session = session.unwrap();
+    let (_, _, read) = rpc(legacy_post(&s.url, &t, Some(&session), json!({"jsonrpc": "2.0", "id": 2, "method": "resources/read", "params": {"uri": "demo://readme"}})).send().await.unwrap()).await;
+    assert_eq!(
+        read["result"]["contents"][0]["text"], "hello from a resource",
+        "{read}"
+    );
+    let (_, _, prompt) = rpc(legacy_post(&s.url, &t, Some(&session), json!({"jsonrpc": "2.0", "id": 3, "method": "prompts/get", "params": {"name": "greet", "arguments": {"who": "Ada"}}})).send().await.unwrap()).await;
+    assert_eq!(
+        prompt["result"]["messages"][0]["content"]["text"], "Say hello to Ada.",
+        "{prompt}"
+    );
+}
+
+#[test]
+fn missing_secrets_are_all_listed() {
+    let args = Args::try_parse_from(["demo", "--issuer", "https://as.example.com"]).unwrap();
+    let err = prepare(def(), &args, |_| None).unwrap_err();
+    assert!(err.message.contains("ITEMS_API_KEY"), "{err}");
+}
+
+#[test]
+fn no_auth_is_refused_off_loopback() {
+    let args = Args::try_parse_from(["demo", "--listen", "0.0.0.0:4103", "--no-auth"]).unwrap();
+    let err = prepare(def(), &args, |n| {
+        (n == "ITEMS_API_KEY").then(|| "k".repeat(8))
+    })
+    .unwrap_err();
+    assert!(err.message.contains("--no-auth is refused"), "{err}");
+}
