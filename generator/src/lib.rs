@@ -2,7 +2,14 @@
 //! behind bmm-middleware.
 //!
 //! The pipeline is plain data: parse (with line and column for every value that can be
-//! wrong) -> validate -> plan -> render. This release holds the first two stages and the
-//! `bmm check` command; planning and rendering follow.
+//! wrong) -> validate -> render (`quote!` + prettyplease for Rust, askama for crate files)
+//! -> write. Generated crates describe their server as data for `bmm-runtime`, which holds
+//! the protocol code once.
 
+pub mod emit;
+pub mod generate;
+mod names;
 pub mod spec;
+
+pub use emit::RuntimeDependency;
+pub use generate::{GenerateError, Outcome, generate};

@@ -21,11 +21,48 @@ enum Command {
         /// The spec file (YAML or JSON).
         spec: PathBuf,
     },
+    /// Generate (or check) the server crate for a spec.
+    Generate {
+        /// The spec file (YAML or JSON).
+        spec: PathBuf,
+        /// The crate directory to write.
+        #[arg(long, conflicts_with = "into", required_unless_present = "into")]
+        out: Option<PathBuf>,
+        /// Write the crate to `<DIR>/<server name>` instead.
+        #[arg(long, value_name = "DIR")]
+        into: Option<PathBuf>,
+        /// Change nothing; fail when the generated files are not up to date.
+        #[arg(long)]
+        check: bool,
+        /// How the crate depends on bmm-runtime: `workspace`, `path:<dir>` or `version:<v>`.
+        #[arg(long, default_value = "workspace")]
+        runtime: String,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { spec } => check(&spec),
+        Command::Generate {
+            spec,
+            out,
+            into,
+            check,
+            runtime,
+        } => {
+            // clap guarantees one of --out and --into.
+            let out = match (out, into) {
+                (Some(out), _) => out,
+                (None, into) => match spec::load(&spec) {
+                    Ok(parsed) => into.unwrap_or_default().join(&parsed.server.name.value),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(1);
+                    }
+                },
+            };
+            generate(&spec, &out, check, &runtime)
+        }
     }
 }
 
@@ -54,6 +91,59 @@ fn check(path: &std::path::Path) -> ExitCode {
                     spec.tools.len(),
                     spec.resources.len(),
                     spec.prompts.len()
+                );
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
+fn generate(spec: &std::path::Path, out: &std::path::Path, check: bool, runtime: &str) -> ExitCode {
+    let runtime = match runtime.split_once(':') {
+        None if runtime == "workspace" => bmm_generator::RuntimeDependency::Workspace,
+        Some(("path", p)) => bmm_generator::RuntimeDependency::Path(p.to_owned()),
+        Some(("version", v)) => bmm_generator::RuntimeDependency::Version(v.to_owned()),
+        _ => {
+            eprintln!("error: --runtime must be `workspace`, `path:<dir>` or `version:<v>`");
+            return ExitCode::from(2);
+        }
+    };
+    match bmm_generator::generate(spec, out, &runtime, check) {
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+        Ok(outcome) => {
+            for w in &outcome.warnings {
+                eprintln!("{w}\n");
+            }
+            if check {
+                for p in outcome.changed.iter().chain(&outcome.created) {
+                    eprintln!("stale: {}", p.display());
+                }
+                if outcome.changed.is_empty() && outcome.created.is_empty() {
+                    println!("{}: up to date", out.display());
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!(
+                        "{}: out of date; run `bmm generate` (or `cargo xtask generate`)",
+                        out.display()
+                    );
+                    ExitCode::from(1)
+                }
+            } else {
+                for p in &outcome.changed {
+                    println!("wrote   {}", p.display());
+                }
+                for p in &outcome.created {
+                    println!("created {} (yours from now on)", p.display());
+                }
+                println!(
+                    "{}: {} written, {} created, {} unchanged",
+                    out.display(),
+                    outcome.changed.len(),
+                    outcome.created.len(),
+                    outcome.unchanged
                 );
                 ExitCode::SUCCESS
             }

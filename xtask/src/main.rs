@@ -1,7 +1,9 @@
 //! `cargo xtask <command>`: the project's automation, so CI and people run the same steps.
 //!
-//! - `ci`: formatting check, clippy and rustdoc with warnings denied, every test of the
-//!   workspace, then the conformance runs.
+//! - `ci`: formatting check, `generate --check`, clippy and rustdoc with warnings denied,
+//!   every test of the workspace, then the conformance runs.
+//! - `generate [--check]`: every `specs/*.yaml` into `generated/<name>/` (check: fail on
+//!   drift).
 //! - `conformance`: the official MCP conformance suite's `authorization` command against
 //!   bmm-as (Node 22 and the suite are installed by npm under `tests/`, pinned).
 //! - `consent`: bmm-as's sign-in and consent page driven in headless Chromium (Debian's
@@ -21,9 +23,12 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("conformance") => conformance::authorization(&root()),
         Some("consent") => conformance::consent(&root()),
+        Some("generate") => generate(args.get(1).map(String::as_str) == Some("--check")),
         Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
         _ => {
-            eprintln!("usage: cargo xtask <ci | conformance | consent | fuzz [SECONDS]>");
+            eprintln!(
+                "usage: cargo xtask <ci | generate [--check] | conformance | consent | fuzz [SECONDS]>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -58,8 +63,51 @@ pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
 }
 
+/// Regenerates every `specs/*.yaml` into `generated/<server name>/` (or, with `check`,
+/// fails when any generated file is stale).
+fn generate(check: bool) -> Result<(), String> {
+    let root = root();
+    let mut specs: Vec<PathBuf> = std::fs::read_dir(root.join("specs"))
+        .map_err(|e| format!("cannot read specs/: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            )
+        })
+        .collect();
+    specs.sort();
+    for spec in specs {
+        let mut command = cargo();
+        command
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "bmm-generator",
+                "--bin",
+                "bmm",
+                "--",
+                "generate",
+            ])
+            .arg(&spec)
+            .arg("--into")
+            .arg(root.join("generated"));
+        if check {
+            command.arg("--check");
+        }
+        run(
+            &format!("bmm generate {}", spec.display()),
+            command.current_dir(&root),
+        )?;
+    }
+    Ok(())
+}
+
 fn ci() -> Result<(), String> {
     run("rustfmt", cargo().args(["fmt", "--all", "--check"]))?;
+    generate(true)?;
     run(
         "clippy",
         cargo().args([

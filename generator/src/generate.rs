@@ -1,0 +1,115 @@
+//! Writing a generated crate to disk, and checking that it is up to date.
+//!
+//! Rules:
+//! 1. Generated files (`Cargo.toml`, `README.md`, `src/main.rs`, `src/generated/**`) are
+//!    written only when their bytes change.
+//! 2. User files (`src/tools/<fn>.rs`) are created when missing and never touched again.
+//! 3. `check` changes nothing and reports every generated file that differs or is missing.
+
+use std::path::{Path, PathBuf};
+
+use crate::emit::{self, File, RuntimeDependency};
+use crate::spec::{self, Diagnostic};
+
+/// What generating did or would do.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Generated files written (or, in check mode, stale).
+    pub changed: Vec<PathBuf>,
+    /// User files created (or, in check mode, missing).
+    pub created: Vec<PathBuf>,
+    /// Files already up to date.
+    pub unchanged: usize,
+    /// Warnings from validation.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Why generating failed.
+#[derive(Debug)]
+pub enum GenerateError {
+    /// The spec has errors.
+    Invalid(Vec<Diagnostic>),
+    /// Writing or rendering failed.
+    Io(String),
+}
+
+impl std::fmt::Display for GenerateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Invalid(d) => {
+                for (i, d) in d.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(f)?;
+                    }
+                    write!(f, "{d}")?;
+                }
+                Ok(())
+            }
+            Self::Io(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Validates `spec_path` and renders its crate (no I/O besides reading the spec).
+pub fn render(
+    spec_path: &Path,
+    runtime: &RuntimeDependency,
+) -> Result<(Vec<File>, Vec<Diagnostic>), GenerateError> {
+    let (spec, findings) =
+        spec::check_file(spec_path).map_err(|d| GenerateError::Invalid(vec![d]))?;
+    let (errors, warnings): (Vec<_>, Vec<_>) = findings.into_iter().partition(Diagnostic::is_error);
+    if !errors.is_empty() {
+        return Err(GenerateError::Invalid(errors));
+    }
+    let file_name = spec_path.file_name().map_or_else(
+        || spec_path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let files = emit::render(&spec, &file_name, runtime).map_err(GenerateError::Io)?;
+    Ok((files, warnings))
+}
+
+/// Generates (or, with `check`, verifies) the crate for `spec_path` in `out`.
+pub fn generate(
+    spec_path: &Path,
+    out: &Path,
+    runtime: &RuntimeDependency,
+    check: bool,
+) -> Result<Outcome, GenerateError> {
+    let (files, warnings) = render(spec_path, runtime)?;
+    let mut outcome = Outcome {
+        warnings,
+        ..Outcome::default()
+    };
+    for file in files {
+        let path = out.join(&file.path);
+        let existing = std::fs::read_to_string(&path).ok();
+        if file.user_owned {
+            if existing.is_none() {
+                if !check {
+                    write(&path, &file.contents)?;
+                }
+                outcome.created.push(path);
+            } else {
+                outcome.unchanged += 1;
+            }
+        } else if existing.as_deref() == Some(file.contents.as_str()) {
+            outcome.unchanged += 1;
+        } else {
+            if !check {
+                write(&path, &file.contents)?;
+            }
+            outcome.changed.push(path);
+        }
+    }
+    Ok(outcome)
+}
+
+fn write(path: &Path, contents: &str) -> Result<(), GenerateError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| GenerateError::Io(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    std::fs::write(path, contents)
+        .map_err(|e| GenerateError::Io(format!("cannot write {}: {e}", path.display())))
+}

@@ -1,0 +1,125 @@
+//! Code generation: deterministic, escaped, idempotent; the checked-in example crates are
+//! exactly what the generator makes of their specs; user files are never overwritten.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::path::{Path, PathBuf};
+
+use bmm_generator::{GenerateError, RuntimeDependency, generate};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn generation_is_deterministic() {
+    let spec = root().join("specs/weather.yaml");
+    let (a, _) = bmm_generator::generate::render(&spec, &RuntimeDependency::Workspace).unwrap();
+    let (b, _) = bmm_generator::generate::render(&spec, &RuntimeDependency::Workspace).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn checked_in_generated_crates_match_their_specs() {
+    for entry in std::fs::read_dir(root().join("specs")).unwrap() {
+        let spec = entry.unwrap().path();
+        if spec.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let parsed = bmm_generator::spec::load(&spec).unwrap();
+        let out = root().join("generated").join(&parsed.server.name.value);
+        let outcome = generate(&spec, &out, &RuntimeDependency::Workspace, true).unwrap();
+        assert!(
+            outcome.changed.is_empty() && outcome.created.is_empty(),
+            "{} is stale: {outcome:?}; run cargo xtask generate",
+            out.display()
+        );
+    }
+}
+
+#[test]
+fn regeneration_keeps_user_files_and_rewrites_generated_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("demo.yaml");
+    let text = std::fs::read_to_string(root().join("specs/weather.yaml")).unwrap();
+    std::fs::write(&spec, &text).unwrap();
+    let out = dir.path().join("crate");
+    let first = generate(&spec, &out, &RuntimeDependency::Workspace, false).unwrap();
+    assert_eq!(first.created.len(), 1, "{first:?}");
+    let user = out.join("src/tools/word_stats.rs");
+    std::fs::write(&user, "// my own code\n").unwrap();
+    std::fs::write(
+        &spec,
+        text.replace("Count words, sentences", "Count the words, sentences"),
+    )
+    .unwrap();
+    let second = generate(&spec, &out, &RuntimeDependency::Workspace, false).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&user).unwrap(),
+        "// my own code\n",
+        "the user file is untouched"
+    );
+    assert!(second.created.is_empty());
+    assert!(
+        second
+            .changed
+            .iter()
+            .any(|p| p.ends_with("src/generated/mod.rs")),
+        "{second:?}"
+    );
+    let check = generate(&spec, &out, &RuntimeDependency::Workspace, true).unwrap();
+    assert!(
+        check.changed.is_empty(),
+        "regenerated output is stable: {check:?}"
+    );
+}
+
+#[test]
+fn spec_text_reaches_generated_code_only_as_escaped_literals() {
+    let hostile = r#""); std::process::exit(1); /* */ } fn evil() { //"#;
+    let spec_text = format!(
+        "server: {{ name: demo, version: 0.1.0, title: {hostile:?}, instructions: {hostile:?} }}\nauth: {{ scopes_supported: [a] }}\nresources:\n  - {{ uri: 'x://y', name: n, text: {hostile:?} }}\ntools:\n  - name: t\n    description: {hostile:?}\n    input:\n      type: object\n      properties:\n        {hostile:?}: {{ type: string, description: {hostile:?} }}\n    output: {{ type: object, properties: {{ r: {{ type: string }} }} }}\n    run: {{ rust: {{ fn: t }} }}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("hostile.yaml");
+    std::fs::write(&spec, spec_text).unwrap();
+    let (files, _) = bmm_generator::generate::render(&spec, &RuntimeDependency::Workspace).unwrap();
+    for file in files.iter().filter(|f| f.path.ends_with(".rs")) {
+        let parsed: syn::File = syn::parse_file(&file.contents)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", file.path, file.contents));
+        let mut idents = Vec::new();
+        collect_idents(quote::ToTokens::to_token_stream(&parsed), &mut idents);
+        assert!(
+            !idents.iter().any(|i| i == "evil" || i == "exit"),
+            "{}: spec text became code",
+            file.path
+        );
+    }
+    let cargo = files.iter().find(|f| f.path == "Cargo.toml").unwrap();
+    assert!(
+        cargo.contents.lines().all(|l| !l.starts_with("fn ")),
+        "{}",
+        cargo.contents
+    );
+}
+
+fn collect_idents(tokens: proc_macro2::TokenStream, out: &mut Vec<String>) {
+    for t in tokens {
+        match t {
+            proc_macro2::TokenTree::Ident(i) => out.push(i.to_string()),
+            proc_macro2::TokenTree::Group(g) => collect_idents(g.stream(), out),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn invalid_specs_generate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("crate");
+    let bad = root().join("generator/tests/bad_specs/undeclared-upstream.yaml");
+    match generate(&bad, &out, &RuntimeDependency::Workspace, false) {
+        Err(GenerateError::Invalid(d)) => assert!(d[0].message.contains("not declared")),
+        other => panic!("{other:?}"),
+    }
+    assert!(!out.exists());
+}
