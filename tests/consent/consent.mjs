@@ -16,7 +16,9 @@ if (!issuer || !resource || !screenshot) {
 // The client's redirect target: a real loopback server that records the callback.
 let received;
 const callback = createServer((req, res) => {
-  received = new URL(req.url, 'http://127.0.0.1');
+  const url = new URL(req.url, 'http://127.0.0.1');
+  // Only the redirect counts: the browser also asks for /favicon.ico.
+  if (url.pathname === '/callback') received = url;
   res.writeHead(200, { 'content-type': 'text/html' });
   res.end('<h1>Signed in</h1>');
 });

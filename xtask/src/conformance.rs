@@ -105,16 +105,11 @@ fn wait_for(
 
 /// Starts bmm-as on a free loopback port; returns its issuer URL and the process guard.
 fn start_as(root: &Path, out: &Path, extra: &[&str]) -> Result<(String, Guard), String> {
+    // The test build already made target/debug/bmm-as with the workspace's test features;
+    // building it with `-p` alone would resolve other features and recompile dependencies.
     run(
-        "build bmm-as",
-        cargo().args([
-            "build",
-            "--quiet",
-            "-p",
-            "bmm-authorization-server",
-            "--bin",
-            "bmm-as",
-        ]),
+        "build bmm-as (the workspace test build)",
+        cargo().args(["test", "--workspace", "--no-run", "--quiet"]),
     )?;
     let port = free_port()?;
     let issuer = format!("http://127.0.0.1:{port}");
