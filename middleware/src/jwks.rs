@@ -15,7 +15,8 @@
 //! 6. Each key is pinned to its own `alg` when the JWK names one, otherwise to the
 //!    allow-listed algorithms of its key type.
 //! 7. When the issuer is down, the last good keys keep being served. When no key was ever
-//!    obtained, verification answers "unavailable" (503), not "invalid token".
+//!    obtained, verification answers "unavailable" (503), not "invalid token", and the
+//!    fetch is retried at most once a second (a server may start before its issuer).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -34,6 +35,9 @@ use crate::config::KeySettings;
 use crate::discovery;
 use crate::fetch::Fetcher;
 use crate::resource::Issuer;
+
+/// Least time between two fetches while no key set was ever obtained.
+const UNLOADED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One verification key, pinned to the algorithms it may verify.
 pub(crate) struct VerifyKey {
@@ -370,12 +374,17 @@ impl KeyStore {
     }
 
     fn in_cooldown(&self) -> bool {
+        self.within(self.inner.settings.refetch_cooldown)
+    }
+
+    /// Whether the last fetch attempt was less than `window` ago.
+    fn within(&self, window: std::time::Duration) -> bool {
         let last = self.inner.last_attempt.load(Ordering::Acquire);
         if last == 0 {
             return false;
         }
         let elapsed = self.inner.epoch.elapsed().as_millis() as u64 + 1 - last;
-        elapsed < self.inner.settings.refetch_cooldown.as_millis() as u64
+        elapsed < window.as_millis() as u64
     }
 
     fn kid_known_absent(&self, kid: &str) -> bool {
@@ -410,7 +419,10 @@ impl KeyStore {
     fn decide(&self, kid: Option<&str>, alg: Algorithm, refreshing: bool) -> Lookup {
         let snapshot = self.inner.snapshot.load();
         if !snapshot.loaded {
-            return if refreshing || !self.in_cooldown() {
+            // Until a first key set arrives (the server may start before its issuer),
+            // retry every second at most rather than waiting out the full cooldown.
+            let retry = self.inner.settings.refetch_cooldown.min(UNLOADED_RETRY);
+            return if refreshing || !self.within(retry) {
                 Lookup::NeedsFetch
             } else {
                 Lookup::Unavailable

@@ -934,3 +934,29 @@ async fn graceful_shutdown_stops_the_server() {
         "the listener is closed"
     );
 }
+
+#[tokio::test]
+async fn server_started_before_its_issuer_recovers_within_seconds() {
+    // The issuer's port is reserved but nothing listens yet.
+    let key = TestKey::rsa_a();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let issuer_url = format!("http://{addr}");
+    let server = TestServer::start_for_issuer(&issuer_url, |c| c, |s| s).await;
+    let claims = json!({"iss": issuer_url, "aud": server.resource, "exp": now() + 60, "sub": "x"});
+    assert_eq!(
+        post(&server.url, Some(&key.sign(&claims))).await.status,
+        503
+    );
+    // Now the issuer comes up on that address.
+    let issuer = TestIssuer::start_on(addr, &[&key]).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = post(&server.url, Some(&key.sign(&claims))).await;
+    assert_eq!(
+        r.status, 200,
+        "keys fetched again after at most a second: {}",
+        r.text
+    );
+    drop(issuer);
+}

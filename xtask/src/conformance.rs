@@ -31,7 +31,7 @@ pub(crate) fn npm_tools(root: &Path) -> Result<PathBuf, String> {
     Ok(node)
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("no free port: {e}"))?;
     listener
         .local_addr()
@@ -40,7 +40,7 @@ fn free_port() -> Result<u16, String> {
 }
 
 /// Kills the child when dropped, so an early return never leaves a server behind.
-struct Guard(Child);
+pub(crate) struct Guard(pub(crate) Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -86,7 +86,7 @@ fn http_get(url: &str) -> Result<(u16, Option<String>), String> {
     Ok((status, location))
 }
 
-fn wait_for(
+pub(crate) fn wait_for(
     what: &str,
     timeout: Duration,
     mut probe: impl FnMut() -> Option<String>,

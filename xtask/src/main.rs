@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: the project's automation, so CI and people run the same steps.
 //!
+//! - `demo`: the OAuth walkthrough end to end (bmm-as, two generated servers, a client).
 //! - `ci`: formatting check, clippy and rustdoc with warnings denied, every test of the
 //!   workspace (generated/ drift included), then the conformance runs.
 //! - `generate [--check]`: every `specs/*.yaml` into `generated/<name>/` (check: fail on
@@ -13,6 +14,7 @@
 //!   is available).
 
 mod conformance;
+mod demo;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -21,13 +23,14 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("demo") => demo::demo(&root()),
         Some("conformance") => conformance::authorization(&root()),
         Some("consent") => conformance::consent(&root()),
         Some("generate") => generate(args.get(1).map(String::as_str) == Some("--check")),
         Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | generate [--check] | conformance | consent | fuzz [SECONDS]>"
+                "usage: cargo xtask <demo | ci | generate [--check] | conformance | consent | fuzz [SECONDS]>"
             );
             return ExitCode::from(2);
         }

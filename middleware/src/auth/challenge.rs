@@ -208,7 +208,7 @@ impl Challenge {
             headers.insert(WWW_AUTHENTICATE, value);
         }
         if error.is_unavailable() {
-            headers.insert(RETRY_AFTER, HeaderValue::from_static("10"));
+            headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
         }
         response.extensions_mut().insert(error);
         response
@@ -316,6 +316,6 @@ mod tests {
         let r = challenge().response(AuthError::keys_unavailable());
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(r.headers().get(WWW_AUTHENTICATE).is_none());
-        assert_eq!(r.headers()[RETRY_AFTER], "10");
+        assert_eq!(r.headers()[RETRY_AFTER], "2");
     }
 }

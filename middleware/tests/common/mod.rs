@@ -130,9 +130,17 @@ impl TestIssuer {
         Self::start_at_path("", keys).await
     }
 
+    /// An issuer on a given address.
+    pub async fn start_on(addr: SocketAddr, keys: &[&TestKey]) -> Self {
+        Self::start_with_listener(TcpListener::bind(addr).await.unwrap(), "", keys)
+    }
+
     /// An issuer whose identifier has a path (`http://127.0.0.1:port/tenant`).
     pub async fn start_at_path(path: &str, keys: &[&TestKey]) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_with_listener(TcpListener::bind("127.0.0.1:0").await.unwrap(), path, keys)
+    }
+
+    fn start_with_listener(listener: TcpListener, path: &str, keys: &[&TestKey]) -> Self {
         let addr = listener.local_addr().unwrap();
         let issuer = format!("http://{addr}{path}");
         let state = Arc::new(IssuerState {
