@@ -257,7 +257,29 @@ async fn grant(state: &AppState, headers: &HeaderMap, form: &[u8]) -> Result<Res
         Some("refresh_token") => {
             let token = get("refresh_token")
                 .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
-            let record = match state.inner.store.use_refresh(&sha256_hex(token), now())? {
+            let hash = sha256_hex(token);
+            // Check the request against the grant before using the token up: a request with
+            // a bad scope or resource must not burn the token (and trip reuse detection).
+            let scope = match state.inner.store.peek_refresh(&hash, now())? {
+                Some(record) => {
+                    if record.client_id != client.client_id {
+                        state.inner.store.revoke_family(&record.family)?;
+                        return Err(OAuthError::invalid_grant(
+                            "the refresh token was issued to another client",
+                        ));
+                    }
+                    if let Some(resource) = get("resource")
+                        && canonical_resource(resource).as_deref() != Some(record.resource.as_str())
+                    {
+                        return Err(OAuthError::invalid_target(
+                            "resource must be the one of the original grant",
+                        ));
+                    }
+                    narrowed_scope(&record.scope, get("scope"))?
+                }
+                None => String::new(),
+            };
+            let record = match state.inner.store.use_refresh(&hash, now())? {
                 RefreshUse::Fresh(r) => r,
                 RefreshUse::Reused => {
                     tracing::warn!(client_id = %client.client_id, "refresh token reused; its family is revoked");
@@ -277,26 +299,6 @@ async fn grant(state: &AppState, headers: &HeaderMap, form: &[u8]) -> Result<Res
                     "the refresh token was issued to another client",
                 ));
             }
-            if let Some(resource) = get("resource")
-                && canonical_resource(resource).as_deref() != Some(record.resource.as_str())
-            {
-                return Err(OAuthError::invalid_target(
-                    "resource must be the one of the original grant",
-                ));
-            }
-            let granted: Vec<&str> = record.scope.split(' ').filter(|s| !s.is_empty()).collect();
-            let scope = match get("scope") {
-                Some(asked) => {
-                    let asked: Vec<&str> = asked.split(' ').filter(|s| !s.is_empty()).collect();
-                    if let Some(extra) = asked.iter().find(|s| !granted.contains(s)) {
-                        return Err(OAuthError::invalid_scope(format!(
-                            "scope `{extra}` was not granted; a refresh may only narrow"
-                        )));
-                    }
-                    asked.join(" ")
-                }
-                None => record.scope.clone(),
-            };
             token_response(
                 state,
                 &client.client_id,
@@ -310,6 +312,23 @@ async fn grant(state: &AppState, headers: &HeaderMap, form: &[u8]) -> Result<Res
             "grant_type `{other}` is not supported"
         ))),
         None => Err(OAuthError::invalid_request("grant_type is required")),
+    }
+}
+
+/// The scope of a refreshed token: the grant's, or a subset the request asks for.
+fn narrowed_scope(granted: &str, asked: Option<&str>) -> Result<String, OAuthError> {
+    let granted: Vec<&str> = granted.split(' ').filter(|s| !s.is_empty()).collect();
+    match asked {
+        None => Ok(granted.join(" ")),
+        Some(asked) => {
+            let asked: Vec<&str> = asked.split(' ').filter(|s| !s.is_empty()).collect();
+            if let Some(extra) = asked.iter().find(|s| !granted.contains(s)) {
+                return Err(OAuthError::invalid_scope(format!(
+                    "scope `{extra}` was not granted; a refresh may only narrow"
+                )));
+            }
+            Ok(asked.join(" "))
+        }
     }
 }
 

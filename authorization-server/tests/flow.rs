@@ -208,6 +208,17 @@ async fn verify(
     auth.verify_token(access_token).await
 }
 
+/// Registers a public client and runs the code flow once; returns the client id and the
+/// token response.
+async fn first_grant(as_: &TestAs) -> (String, Value) {
+    let client = public_client(as_).await;
+    let p = pkce();
+    let code = get_code(as_, &client, &p).await;
+    let (status, tokens) = exchange(as_, &client, &code, &p).await;
+    assert_eq!(status, 200, "{tokens}");
+    (client, tokens)
+}
+
 fn dev() -> Vec<&'static str> {
     vec!["--dev-user", "alice"]
 }
@@ -553,10 +564,7 @@ async fn expired_code_is_refused() {
 async fn refresh_tokens_rotate_and_reuse_revokes_the_family() {
     let dir = tempfile::tempdir().unwrap();
     let as_ = TestAs::start(dir.path(), &dev()).await;
-    let client = public_client(&as_).await;
-    let p = pkce();
-    let code = get_code(&as_, &client, &p).await;
-    let (_, first) = exchange(&as_, &client, &code, &p).await;
+    let (client, first) = first_grant(&as_).await;
     let r1 = first["refresh_token"].as_str().unwrap().to_owned();
     let (status, second) = token(
         &as_,
@@ -603,10 +611,7 @@ async fn refresh_tokens_rotate_and_reuse_revokes_the_family() {
 async fn refresh_may_narrow_scope_but_not_widen_it_or_change_resource() {
     let dir = tempfile::tempdir().unwrap();
     let as_ = TestAs::start(dir.path(), &dev()).await;
-    let client = public_client(&as_).await;
-    let p = pkce();
-    let code = get_code(&as_, &client, &p).await;
-    let (_, first) = exchange(&as_, &client, &code, &p).await;
+    let (client, first) = first_grant(&as_).await;
     let r1 = first["refresh_token"].as_str().unwrap().to_owned();
     let (status, widened) = token(
         &as_,
@@ -620,16 +625,38 @@ async fn refresh_may_narrow_scope_but_not_widen_it_or_change_resource() {
     .await;
     assert_eq!(status, 400);
     assert_eq!(widened["error"], "invalid_scope");
+    let (status, moved) = token(
+        &as_,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &r1),
+            ("client_id", &client),
+            ("resource", OTHER_RESOURCE),
+        ],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(moved["error"], "invalid_target");
+    // Refused requests did not use the token up.
+    let (status, narrowed) = token(
+        &as_,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &r1),
+            ("client_id", &client),
+            ("scope", "mcp:read"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{narrowed}");
+    assert_eq!(narrowed["scope"], "mcp:read");
 }
 
 #[tokio::test]
 async fn revocation_of_a_refresh_token_ends_the_grant() {
     let dir = tempfile::tempdir().unwrap();
     let as_ = TestAs::start(dir.path(), &dev()).await;
-    let client = public_client(&as_).await;
-    let p = pkce();
-    let code = get_code(&as_, &client, &p).await;
-    let (_, first) = exchange(&as_, &client, &code, &p).await;
+    let (client, first) = first_grant(&as_).await;
     let refresh = first["refresh_token"].as_str().unwrap();
     let revoked = http()
         .post(format!("{}/revoke", as_.url))
@@ -707,10 +734,7 @@ async fn confidential_clients_must_authenticate() {
 async fn restart_keeps_clients_refresh_tokens_and_keys() {
     let dir = tempfile::tempdir().unwrap();
     let as_ = TestAs::start(dir.path(), &dev()).await;
-    let client = public_client(&as_).await;
-    let p = pkce();
-    let code = get_code(&as_, &client, &p).await;
-    let (_, first) = exchange(&as_, &client, &code, &p).await;
+    let (client, first) = first_grant(&as_).await;
     let jwks_before: Value = http()
         .get(format!("{}/jwks", as_.url))
         .send()
@@ -750,6 +774,7 @@ async fn restart_keeps_clients_refresh_tokens_and_keys() {
     );
     // Same key, new issuer URL (new port): the old token still verifies against the keys.
     let _ = old_access;
+    let p = pkce();
     let code = get_code(&as2, &client, &p).await;
     assert_eq!(exchange(&as2, &client, &code, &p).await.0, 200);
 }

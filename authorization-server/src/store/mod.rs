@@ -79,6 +79,12 @@ pub trait Store: Send + Sync + 'static {
     fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError>;
     /// Saves a new refresh token.
     fn put_refresh(&self, record: &RefreshRecord) -> Result<(), StoreError>;
+    /// Reads a live refresh token (known, unused, unrevoked, unexpired) without using it.
+    fn peek_refresh(
+        &self,
+        token_sha256: &str,
+        now: u64,
+    ) -> Result<Option<RefreshRecord>, StoreError>;
     /// Uses a refresh token once: marks it used, or revokes its family if it was used.
     fn use_refresh(&self, token_sha256: &str, now: u64) -> Result<RefreshUse, StoreError>;
     /// Revokes every token of a family.

@@ -92,6 +92,33 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn peek_refresh(
+        &self,
+        token_sha256: &str,
+        now: u64,
+    ) -> Result<Option<RefreshRecord>, StoreError> {
+        let record = self
+            .conn()?
+            .query_row(
+                "SELECT family, client_id, subject, scope, resource, expires_at FROM refresh_tokens
+                 WHERE token_sha256 = ?1 AND used = 0 AND revoked = 0 AND expires_at > ?2",
+                params![token_sha256, now as i64],
+                |row| {
+                    Ok(RefreshRecord {
+                        token_sha256: token_sha256.to_owned(),
+                        family: row.get(0)?,
+                        client_id: row.get(1)?,
+                        subject: row.get(2)?,
+                        scope: row.get(3)?,
+                        resource: row.get(4)?,
+                        expires_at: row.get::<_, i64>(5)? as u64,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(record)
+    }
+
     fn use_refresh(&self, token_sha256: &str, now: u64) -> Result<RefreshUse, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
