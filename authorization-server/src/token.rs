@@ -236,13 +236,11 @@ async fn grant(state: &AppState, headers: &HeaderMap, form: &[u8]) -> Result<Res
                     "code_verifier does not match the code_challenge",
                 ));
             }
-            if let Some(resource) = get("resource")
-                && canonical_resource(resource).as_deref() != Some(record.resource.as_str())
-            {
-                return Err(OAuthError::invalid_target(
-                    "resource does not match the authorization request",
-                ));
-            }
+            same_resource(
+                get("resource"),
+                &record.resource,
+                "resource does not match the authorization request",
+            )?;
             let family = random_token(16);
             authorize::record_family(state, code, &family);
             token_response(
@@ -268,13 +266,11 @@ async fn grant(state: &AppState, headers: &HeaderMap, form: &[u8]) -> Result<Res
                             "the refresh token was issued to another client",
                         ));
                     }
-                    if let Some(resource) = get("resource")
-                        && canonical_resource(resource).as_deref() != Some(record.resource.as_str())
-                    {
-                        return Err(OAuthError::invalid_target(
-                            "resource must be the one of the original grant",
-                        ));
-                    }
+                    same_resource(
+                        get("resource"),
+                        &record.resource,
+                        "resource must be the one of the original grant",
+                    )?;
                     narrowed_scope(&record.scope, get("scope"))?
                 }
                 None => String::new(),
@@ -316,6 +312,20 @@ async fn grant(state: &AppState, headers: &HeaderMap, form: &[u8]) -> Result<Res
 }
 
 /// The scope of a refreshed token: the grant's, or a subset the request asks for.
+/// `Err(invalid_target)` when the request names a resource other than the grant's.
+fn same_resource(
+    asked: Option<&str>,
+    granted: &str,
+    message: &'static str,
+) -> Result<(), OAuthError> {
+    match asked {
+        Some(resource) if canonical_resource(resource).as_deref() != Some(granted) => {
+            Err(OAuthError::invalid_target(message))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn narrowed_scope(granted: &str, asked: Option<&str>) -> Result<String, OAuthError> {
     let granted: Vec<&str> = granted.split(' ').filter(|s| !s.is_empty()).collect();
     match asked {

@@ -37,6 +37,20 @@ CREATE TABLE IF NOT EXISTS signing_keys (
 );
 ";
 
+/// A refresh record from a row whose first six columns are family, client_id, subject,
+/// scope, resource, expires_at.
+fn refresh_record(token_sha256: &str, row: &rusqlite::Row<'_>) -> rusqlite::Result<RefreshRecord> {
+    Ok(RefreshRecord {
+        token_sha256: token_sha256.to_owned(),
+        family: row.get(0)?,
+        client_id: row.get(1)?,
+        subject: row.get(2)?,
+        scope: row.get(3)?,
+        resource: row.get(4)?,
+        expires_at: row.get::<_, i64>(5)? as u64,
+    })
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) `bmm-as.sqlite3` in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -103,17 +117,7 @@ impl Store for SqliteStore {
                 "SELECT family, client_id, subject, scope, resource, expires_at FROM refresh_tokens
                  WHERE token_sha256 = ?1 AND used = 0 AND revoked = 0 AND expires_at > ?2",
                 params![token_sha256, now as i64],
-                |row| {
-                    Ok(RefreshRecord {
-                        token_sha256: token_sha256.to_owned(),
-                        family: row.get(0)?,
-                        client_id: row.get(1)?,
-                        subject: row.get(2)?,
-                        scope: row.get(3)?,
-                        resource: row.get(4)?,
-                        expires_at: row.get::<_, i64>(5)? as u64,
-                    })
-                },
+                |row| refresh_record(token_sha256, row),
             )
             .optional()?;
         Ok(record)
@@ -129,15 +133,7 @@ impl Store for SqliteStore {
                 params![token_sha256],
                 |row| {
                     Ok((
-                        RefreshRecord {
-                            token_sha256: token_sha256.to_owned(),
-                            family: row.get(0)?,
-                            client_id: row.get(1)?,
-                            subject: row.get(2)?,
-                            scope: row.get(3)?,
-                            resource: row.get(4)?,
-                            expires_at: row.get::<_, i64>(5)? as u64,
-                        },
+                        refresh_record(token_sha256, row)?,
                         row.get::<_, bool>(6)?,
                         row.get::<_, bool>(7)?,
                     ))
