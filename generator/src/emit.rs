@@ -468,15 +468,29 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
         let rtitle = opt_str(r.title.as_deref());
         let rdesc = opt_str(r.description.as_deref());
         let mime = opt_str(r.mime_type.as_deref());
+        let subscribable = r.subscribe;
         let content = match (&r.text, &r.blob) {
-            (Some(t), _) => quote!(ResourceContent::Text(#t)),
+            (Some(t), _) => {
+                let t = t.value.as_str();
+                quote!(ResourceContent::Text(#t))
+            }
             (None, Some(b)) => {
                 let b: String = b.value.chars().filter(|c| !c.is_whitespace()).collect();
                 quote!(ResourceContent::Blob(#b))
             }
             (None, None) => return None,
         };
-        Some(quote!(ResourceDef { uri: #uri, name: #rname, title: #rtitle, description: #rdesc, mime_type: #mime, content: #content }))
+        Some(quote!(ResourceDef { uri: #uri, name: #rname, title: #rtitle, description: #rdesc, mime_type: #mime, content: #content, subscribable: #subscribable }))
+    });
+    let resource_templates = spec.resources.iter().filter_map(|r| {
+        let template = r.uri_template.as_ref()?.value.as_str();
+        let rname = r.name.value.as_str();
+        let rtitle = opt_str(r.title.as_deref());
+        let rdesc = opt_str(r.description.as_deref());
+        let mime = opt_str(r.mime_type.as_deref());
+        let text = r.text.as_ref()?.value.as_str();
+        let completions = r.completions.iter().map(|(var, values)| quote!((#var, &[#(#values),*])));
+        Some(quote!(ResourceTemplateDef { uri_template: #template, name: #rname, title: #rtitle, description: #rdesc, mime_type: #mime, text: #text, completions: &[#(#completions),*] }))
     });
     let prompts = spec.prompts.iter().map(|p| {
         let pname = p.name.value.as_str();
@@ -486,7 +500,8 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
             let n = a.name.value.as_str();
             let d = opt_str(a.description.as_deref());
             let r = a.required;
-            quote!((#n, #d, #r))
+            let c = &a.completions;
+            quote!(PromptArgumentDef { name: #n, description: #d, required: #r, completions: &[#(#c),*] })
         });
         let messages = p.messages.iter().filter_map(|m| {
             let assistant = matches!(m.role, crate::spec::model::Role::Assistant);
@@ -512,11 +527,19 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
             use std::sync::Arc;
         )
     });
-    let rust_imports = uses_rust.then(|| {
-        quote!(
+    let uses_output = spec
+        .tools
+        .iter()
+        .any(|t| matches!(t.run.value, Run::Rust(_)) && t.output.is_some());
+    let rust_imports = match (uses_rust, uses_output) {
+        (false, _) => None,
+        (true, false) => Some(quote!(
+            use bmm_runtime::ToolError;
+        )),
+        (true, true) => Some(quote!(
             use bmm_runtime::{ToolError, ToolOutput};
-        )
-    });
+        )),
+    };
     let types_mod = uses_rust.then(|| {
         quote! {
             /// Typed arguments and results of the Rust tools, from the spec's JSON Schemas.
@@ -553,6 +576,7 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
                 upstreams: &[#(#upstreams),*],
                 tools: Vec::from([#(#tools),*]),
                 resources: &[#(#resources),*],
+                resource_templates: &[#(#resource_templates),*],
                 prompts: &[#(#prompts),*],
             }
         }

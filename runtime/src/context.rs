@@ -1,25 +1,159 @@
-//! What a Rust tool gets besides its input: the caller's verified identity, the MCP request
-//! context (progress, logging, sampling, elicitation through `peer`), and the upstreams it
-//! declared, pre-authenticated with the server's own secrets.
+//! What a Rust tool gets besides its input: the caller's verified identity, and the MCP
+//! conversation with the client — logging, progress, and questions to the client
+//! (elicitation, sampling, roots) that work the same way in both protocol eras.
+//!
+//! Questions ([`ToolContext::ask`]) are the one place where the eras differ on the wire:
+//! in an initialize-based session (2025-11-25 and older) the server sends the request to
+//! the client and waits for the answer; in 2026-07-28 servers may not send requests, so
+//! the tool answers "input required" and the client retries the call with the answers
+//! (`inputResponses`). A tool written against `ask` is called again with the answers in
+//! the second case, so it must not have side effects before its questions are answered.
+#![allow(deprecated)] // logging and sampling are deprecated by SEP-2577 but still in the spec
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use bmm_middleware::AuthContext;
-use rmcp::RoleServer;
+use rmcp::model::{
+    ClientCapabilities, CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult,
+    ElicitRequest, ElicitRequestParams, ElicitResult, ErrorData, InputRequest,
+    InputRequiredResult, InputResponses, ListRootsRequest, ListRootsResult, LoggingLevel,
+    LoggingMessageNotificationParam, ProgressNotificationParam,
+};
 use rmcp::service::RequestContext;
+use rmcp::RoleServer;
+use serde_json::Value;
+
+use crate::output::ToolError;
+
+/// The log level a session asked for with `logging/setLevel` (`UNSET` until it does).
+#[derive(Debug, Clone)]
+pub(crate) struct SessionLogLevel(Arc<AtomicU8>);
+
+const UNSET: u8 = u8::MAX;
+
+pub(crate) fn severity(level: LoggingLevel) -> u8 {
+    match level {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
+}
+
+impl SessionLogLevel {
+    pub(crate) fn new() -> Self {
+        Self(Arc::new(AtomicU8::new(UNSET)))
+    }
+
+    pub(crate) fn set(&self, level: LoggingLevel) {
+        self.0.store(severity(level), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> Option<u8> {
+        match self.0.load(Ordering::Relaxed) {
+            UNSET => None,
+            v => Some(v),
+        }
+    }
+}
+
+/// The call's tool arguments' companions from a retried 2026-07-28 request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Retry {
+    pub(crate) input_responses: Option<InputResponses>,
+    pub(crate) request_state: Option<String>,
+}
+
+/// One question for the client.
+#[derive(Debug, Clone)]
+pub enum Question {
+    /// Ask the user for structured input (`elicitation/create`).
+    Elicit(ElicitRequestParams),
+    /// Ask the client's model for a completion (`sampling/createMessage`).
+    Sample(CreateMessageRequestParams),
+    /// Ask for the client's roots (`roots/list`).
+    Roots,
+}
+
+impl Question {
+    /// A form elicitation: `message` and a flat JSON Schema of primitive properties
+    /// (`requestedSchema`). Fails when the schema is not one MCP allows.
+    pub fn form(message: impl Into<String>, schema: Value) -> Result<Self, ToolError> {
+        let requested_schema = serde_json::from_value(schema).map_err(|e| {
+            ToolError::new(format!(
+                "the elicitation schema is not one MCP allows (an object of primitive properties): {e}"
+            ))
+        })?;
+        Ok(Self::Elicit(ElicitRequestParams::FormElicitationParams {
+            meta: None,
+            message: message.into(),
+            requested_schema,
+        }))
+    }
+
+    /// A one-message sampling request with a text prompt.
+    pub fn sample_text(prompt: impl Into<String>, max_tokens: u32) -> Self {
+        Self::Sample(CreateMessageRequestParams::new(
+            vec![rmcp::model::SamplingMessage::user_text(prompt)],
+            max_tokens,
+        ))
+    }
+
+    fn capability_missing(&self, caps: &ClientCapabilities) -> Option<ClientCapabilities> {
+        let mut needed = ClientCapabilities::default();
+        match self {
+            Self::Elicit(_) if caps.elicitation.is_none() => {
+                needed.elicitation = Some(Default::default());
+            }
+            Self::Sample(_) if caps.sampling.is_none() => {
+                needed.sampling = Some(Default::default());
+            }
+            Self::Roots if caps.roots.is_none() => needed.roots = Some(Default::default()),
+            _ => return None,
+        }
+        Some(needed)
+    }
+
+    fn into_input_request(self) -> InputRequest {
+        match self {
+            Self::Elicit(p) => InputRequest::Elicitation(ElicitRequest::new(p)),
+            Self::Sample(p) => InputRequest::CreateMessage(CreateMessageRequest::new(p)),
+            Self::Roots => InputRequest::ListRoots(ListRootsRequest::default()),
+        }
+    }
+}
 
 /// The context of one tool call.
 #[derive(Debug, Clone)]
 pub struct ToolContext {
     auth: Option<AuthContext>,
     request: RequestContext<RoleServer>,
+    log_level: SessionLogLevel,
+    retry: Retry,
 }
 
 impl ToolContext {
-    pub(crate) fn new(request: RequestContext<RoleServer>) -> Self {
+    pub(crate) fn new(
+        request: RequestContext<RoleServer>,
+        log_level: SessionLogLevel,
+        retry: Retry,
+    ) -> Self {
         let auth = request
             .extensions
             .get::<http::request::Parts>()
             .and_then(|parts| AuthContext::from_parts(parts).ok().cloned());
-        Self { auth, request }
+        Self {
+            auth,
+            request,
+            log_level,
+            retry,
+        }
     }
 
     /// The verified caller (`None` with `--no-auth` or over stdio).
@@ -27,9 +161,163 @@ impl ToolContext {
         self.auth.as_ref()
     }
 
-    /// The rmcp request context: `peer` for progress, logging, sampling and elicitation;
-    /// `ct` to notice cancellation.
+    /// The rmcp request context: `peer`, `meta`, and `ct` to notice cancellation.
     pub fn request(&self) -> &RequestContext<RoleServer> {
         &self.request
     }
+
+    /// True for a 2026-07-28 request (stateless: no server-to-client requests).
+    pub fn is_stateless(&self) -> bool {
+        self.request
+            .protocol_version()
+            .is_some_and(|v| v >= rmcp::model::ProtocolVersion::V_2026_07_28)
+    }
+
+    /// What the client declared it can do (per request in 2026-07-28, per session before).
+    pub fn client_capabilities(&self) -> ClientCapabilities {
+        self.request.client_capabilities().unwrap_or_default()
+    }
+
+    /// Sends a log message to the client, if it wants messages of this level: in a legacy
+    /// session, every level until `logging/setLevel` sets a minimum; in 2026-07-28, only
+    /// when the request's `_meta` names a level. Delivery failures are ignored.
+    pub async fn log(&self, level: LoggingLevel, data: impl Into<Value>) {
+        let minimum = if self.is_stateless() {
+            match self.request.meta.log_level() {
+                Some(l) => severity(l),
+                None => return,
+            }
+        } else {
+            self.log_level.get().unwrap_or(0)
+        };
+        if severity(level) < minimum {
+            return;
+        }
+        let param = LoggingMessageNotificationParam::new(level, data.into());
+        if let Err(e) = self.request.peer.notify_logging_message(param).await {
+            tracing::debug!(error = %e, "log notification not delivered");
+        }
+    }
+
+    /// Reports progress, if the caller asked for it with a `progressToken`.
+    pub async fn progress(&self, progress: f64, total: Option<f64>, message: Option<&str>) {
+        let Some(token) = self.request.meta.get_progress_token() else {
+            return;
+        };
+        let mut param = ProgressNotificationParam::new(token, progress);
+        param.total = total;
+        param.message = message.map(str::to_owned);
+        if let Err(e) = self.request.peer.notify_progress(param).await {
+            tracing::debug!(error = %e, "progress notification not delivered");
+        }
+    }
+
+    /// The answer to a question this call asked in an earlier round (2026-07-28).
+    pub fn input_response(&self, key: &str) -> Option<&Value> {
+        self.retry.input_responses.as_ref()?.get(key)
+    }
+
+    /// The `requestState` the client echoed back (untrusted: verify before use).
+    pub fn request_state(&self) -> Option<&str> {
+        self.retry.request_state.as_deref()
+    }
+
+    /// Asks the client every question at once and returns the answers by key. Legacy
+    /// sessions: the requests are sent and awaited in order. 2026-07-28: answers come from
+    /// the retried request; while any is missing, this returns the "input required"
+    /// [`ToolError`] for `?` to pass up, listing the unanswered questions, with
+    /// `request_state` echoed back on the retry. A question needing a capability the
+    /// client did not declare is a `-32021` error.
+    pub async fn ask(
+        &self,
+        questions: impl IntoIterator<Item = (String, Question)>,
+        request_state: Option<String>,
+    ) -> Result<BTreeMap<String, Value>, ToolError> {
+        let caps = self.client_capabilities();
+        let questions: Vec<(String, Question)> = questions.into_iter().collect();
+        for (_, q) in &questions {
+            if let Some(needed) = q.capability_missing(&caps) {
+                return Err(ToolError::protocol(
+                    ErrorData::missing_required_client_capability(needed),
+                ));
+            }
+        }
+        let mut answers = BTreeMap::new();
+        if self.is_stateless() {
+            let mut missing = rmcp::model::InputRequests::new();
+            for (key, q) in questions {
+                match self.input_response(&key) {
+                    Some(answer) => {
+                        answers.insert(key, answer.clone());
+                    }
+                    None => {
+                        missing.insert(key, q.into_input_request());
+                    }
+                }
+            }
+            if missing.is_empty() {
+                return Ok(answers);
+            }
+            return Err(ToolError::input_required(InputRequiredResult::new(
+                Some(missing),
+                request_state,
+            )));
+        }
+        let peer = &self.request.peer;
+        for (key, q) in questions {
+            let answer = match q {
+                Question::Elicit(p) => peer
+                    .create_elicitation(p)
+                    .await
+                    .map(|r: ElicitResult| serde_json::to_value(r)),
+                Question::Sample(p) => peer
+                    .create_message(p)
+                    .await
+                    .map(|r: CreateMessageResult| serde_json::to_value(r)),
+                Question::Roots => peer
+                    .list_roots()
+                    .await
+                    .map(|r: ListRootsResult| serde_json::to_value(r)),
+            };
+            let answer = answer
+                .map_err(|e| ToolError::new(format!("the client did not answer `{key}`: {e}")))?
+                .map_err(|e| ToolError::new(format!("the answer to `{key}` is not JSON: {e}")))?;
+            answers.insert(key, answer);
+        }
+        Ok(answers)
+    }
+
+    /// Asks one elicitation question (see [`ToolContext::ask`]) and returns the answer.
+    pub async fn elicit(
+        &self,
+        key: &str,
+        message: impl Into<String>,
+        schema: Value,
+    ) -> Result<ElicitResult, ToolError> {
+        let q = Question::form(message, schema)?;
+        let mut answers = self.ask([(key.to_owned(), q)], None).await?;
+        decode(key, answers.remove(key))
+    }
+
+    /// Asks the client's model one text prompt (see [`ToolContext::ask`]).
+    pub async fn sample(
+        &self,
+        key: &str,
+        prompt: impl Into<String>,
+        max_tokens: u32,
+    ) -> Result<CreateMessageResult, ToolError> {
+        let q = Question::sample_text(prompt, max_tokens);
+        let mut answers = self.ask([(key.to_owned(), q)], None).await?;
+        decode(key, answers.remove(key))
+    }
+}
+
+/// Decodes an answer into its result type, with an error naming the question.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    key: &str,
+    answer: Option<Value>,
+) -> Result<T, ToolError> {
+    let answer = answer.ok_or_else(|| ToolError::new(format!("no answer to `{key}`")))?;
+    serde_json::from_value(answer)
+        .map_err(|e| ToolError::new(format!("the client's answer to `{key}` is malformed: {e}")))
 }

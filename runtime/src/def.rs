@@ -45,6 +45,8 @@ pub struct ServerDef {
     pub tools: Vec<ToolDef>,
     /// Static resources.
     pub resources: &'static [ResourceDef],
+    /// Resource templates.
+    pub resource_templates: &'static [ResourceTemplateDef],
     /// Prompts.
     pub prompts: &'static [PromptDef],
 }
@@ -229,6 +231,30 @@ pub struct ResourceDef {
     pub mime_type: Option<&'static str>,
     /// Content.
     pub content: ResourceContent,
+    /// Clients may subscribe to updates (`resources/subscribe`).
+    pub subscribable: bool,
+}
+
+/// A resource template: URIs matching `uri_template` (RFC 6570, simple `{name}` variables)
+/// read as `text` with the same placeholders filled in.
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceTemplateDef {
+    /// The URI template.
+    pub uri_template: &'static str,
+    /// Name.
+    pub name: &'static str,
+    /// Title.
+    pub title: Option<&'static str>,
+    /// Description.
+    pub description: Option<&'static str>,
+    /// MIME type of every matching resource.
+    pub mime_type: Option<&'static str>,
+    /// Content template (`{name}` placeholders, `{{`/`}}` literal braces). Values are
+    /// percent-decoded from the URI and, for a JSON MIME type, escaped as JSON string
+    /// content.
+    pub text: &'static str,
+    /// Completion values per template variable.
+    pub completions: &'static [(&'static str, &'static [&'static str])],
 }
 
 /// Resource content.
@@ -249,10 +275,23 @@ pub struct PromptDef {
     pub title: Option<&'static str>,
     /// Description.
     pub description: Option<&'static str>,
-    /// Arguments: name, description, required.
-    pub arguments: &'static [(&'static str, Option<&'static str>, bool)],
+    /// Arguments.
+    pub arguments: &'static [PromptArgumentDef],
     /// Messages.
     pub messages: &'static [PromptMessageDef],
+}
+
+/// A prompt argument.
+#[derive(Debug, Clone, Copy)]
+pub struct PromptArgumentDef {
+    /// Name.
+    pub name: &'static str,
+    /// Description.
+    pub description: Option<&'static str>,
+    /// Whether it must be given.
+    pub required: bool,
+    /// Values offered by `completion/complete`.
+    pub completions: &'static [&'static str],
 }
 
 /// A prompt message.

@@ -1,22 +1,27 @@
 //! The rmcp `ServerHandler` over a [`ServerDef`]: tools, resources and prompts served from
 //! the definition, in every protocol era rmcp speaks.
 
+#![allow(deprecated)] // logging/setLevel is deprecated by SEP-2577 but still in the spec
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, ContentBlock, GetPromptRequestParams,
-    GetPromptResponse, GetPromptResult, Implementation, JsonObject, ListPromptsResult,
+    CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult,
+    CompletionInfo, ContentBlock, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
+    Implementation, JsonObject, ListPromptsResult, ListResourceTemplatesResult,
     ListResourcesResult, ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument,
-    PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-    ResourceContents, Role, ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
+    PromptMessage, PromptsCapability, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Reference, Resource, ResourceContents, ResourceTemplate,
+    ResourcesCapability, Role, ServerCapabilities, ServerConfig, SetLevelRequestParams,
+    SubscribeRequestParams, Tool, ToolAnnotations, ToolsCapability, UnsubscribeRequestParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::Value;
 
-use crate::context::ToolContext;
-use crate::def::{Handler, PromptContent, ResourceContent, ServerDef};
+use crate::context::{Retry, SessionLogLevel, ToolContext};
+use crate::def::{Handler, PromptContent, ResourceContent, ResourceTemplateDef, ServerDef};
 use crate::http_tool::{self, Upstream};
 use crate::secrets::Secrets;
 
@@ -34,6 +39,7 @@ pub(crate) struct Shared {
 #[derive(Clone)]
 pub struct McpServer {
     shared: Arc<Shared>,
+    log_level: SessionLogLevel,
 }
 
 impl std::fmt::Debug for McpServer {
@@ -105,7 +111,17 @@ impl McpServer {
                 secrets,
                 http,
             }),
+            log_level: SessionLogLevel::new(),
         })
+    }
+
+    /// A handler for a new session (or a stateless request): shares everything built
+    /// once, with its own session state (the log level).
+    pub fn session(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            log_level: SessionLogLevel::new(),
+        }
     }
 
     pub(crate) fn def(&self) -> &ServerDef {
@@ -116,25 +132,24 @@ impl McpServer {
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
         let def = &self.shared.def;
-        let caps = ServerCapabilities::builder();
-        let caps = match (
-            def.tools.is_empty(),
-            def.resources.is_empty(),
-            def.prompts.is_empty(),
-        ) {
-            (false, false, false) => caps
-                .enable_tools()
-                .enable_resources()
-                .enable_prompts()
-                .build(),
-            (false, false, true) => caps.enable_tools().enable_resources().build(),
-            (false, true, false) => caps.enable_tools().enable_prompts().build(),
-            (false, true, true) => caps.enable_tools().build(),
-            (true, false, false) => caps.enable_resources().enable_prompts().build(),
-            (true, false, true) => caps.enable_resources().build(),
-            (true, true, false) => caps.enable_prompts().build(),
-            (true, true, true) => ServerCapabilities::default(),
-        };
+        let mut caps = ServerCapabilities::default();
+        if !def.tools.is_empty() {
+            caps.tools = Some(ToolsCapability::default());
+        }
+        if !def.resources.is_empty() || !def.resource_templates.is_empty() {
+            let mut resources = ResourcesCapability::default();
+            if def.resources.iter().any(|r| r.subscribable) {
+                resources.subscribe = Some(true);
+            }
+            caps.resources = Some(resources);
+        }
+        if !def.prompts.is_empty() {
+            caps.prompts = Some(PromptsCapability::default());
+        }
+        if def.prompts.iter().any(|p| !p.arguments.is_empty()) || !def.resource_templates.is_empty() {
+            caps.completions = Some(JsonObject::new());
+        }
+        caps.logging = Some(JsonObject::new());
         let mut implementation = Implementation::new(def.name, def.version);
         if let Some(title) = def.title {
             implementation = implementation.with_title(title);
@@ -173,6 +188,10 @@ impl ServerHandler for McpServer {
                 None,
             ));
         };
+        let retry = Retry {
+            input_responses: request.input_responses,
+            request_state: request.request_state,
+        };
         let args = request.arguments.unwrap_or_default();
         let tool = &shared.def.tools[i];
         let outcome = match &tool.handler {
@@ -184,16 +203,106 @@ impl ServerHandler for McpServer {
                     "the tool's upstream is not configured",
                 )),
             },
-            Handler::Rust(f) => f(ToolContext::new(cx), Value::Object(args)).await,
-        };
-        let result = match outcome {
-            Ok(output) => output.into_result(),
-            Err(error) => {
-                tracing::debug!(tool = tool.name, error = %error, "tool failed");
-                error.into_result()
+            Handler::Rust(f) => {
+                let ctx = ToolContext::new(cx, self.log_level.clone(), retry);
+                f(ctx, Value::Object(args)).await
             }
         };
-        Ok(result.into())
+        match outcome {
+            Ok(output) => Ok(output.into_result().into()),
+            Err(error) => {
+                tracing::debug!(tool = tool.name, error = %error, "tool did not complete");
+                error.into_response()
+            }
+        }
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let resource_templates = self
+            .shared
+            .def
+            .resource_templates
+            .iter()
+            .map(|t| {
+                let mut res = ResourceTemplate::new(t.uri_template, t.name);
+                if let Some(v) = t.title {
+                    res = res.with_title(v);
+                }
+                if let Some(v) = t.description {
+                    res = res.with_description(v);
+                }
+                if let Some(v) = t.mime_type {
+                    res = res.with_mime_type(v);
+                }
+                res
+            })
+            .collect();
+        Ok(ListResourceTemplatesResult {
+            resource_templates,
+            ..Default::default()
+        })
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let def = &self.shared.def;
+        let argument = request.argument.name.as_str();
+        let candidates: &[&str] = match &request.r#ref {
+            Reference::Prompt(p) => {
+                let Some(prompt) = def.prompts.iter().find(|x| x.name == p.name) else {
+                    return Err(ErrorData::invalid_params(format!("unknown prompt: {}", p.name), None));
+                };
+                prompt
+                    .arguments
+                    .iter()
+                    .find(|a| a.name == argument)
+                    .map_or(&[], |a| a.completions)
+            }
+            Reference::Resource(r) => {
+                let Some(template) = def.resource_templates.iter().find(|t| t.uri_template == r.uri) else {
+                    return Err(ErrorData::invalid_params(format!("unknown resource template: {}", r.uri), None));
+                };
+                template
+                    .completions
+                    .iter()
+                    .find(|(name, _)| *name == argument)
+                    .map_or(&[], |(_, values)| *values)
+            }
+            _ => &[],
+        };
+        Ok(CompleteResult::new(completions(candidates, &request.argument.value)))
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.log_level.set(request.level);
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.subscribable(&request.uri)
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.subscribable(&request.uri)
     }
 
     async fn list_resources(
@@ -232,13 +341,19 @@ impl ServerHandler for McpServer {
         _cx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let uri = request.uri.as_str();
-        let Some(r) = self.shared.def.resources.iter().find(|r| r.uri == uri) else {
-            return Err(ErrorData::resource_not_found(
-                format!("resource not found: {uri}"),
-                Some(serde_json::json!({"uri": uri})),
-            ));
-        };
-        Ok(ReadResourceResult::new(vec![contents(r)]).into())
+        let def = &self.shared.def;
+        if let Some(r) = def.resources.iter().find(|r| r.uri == uri) {
+            return Ok(ReadResourceResult::new(vec![contents(r)]).into());
+        }
+        for t in def.resource_templates {
+            if let Some(vars) = crate::template::match_uri(t.uri_template, uri) {
+                return Ok(ReadResourceResult::new(vec![template_contents(t, uri, &vars)]).into());
+            }
+        }
+        Err(ErrorData::resource_not_found(
+            format!("resource not found: {uri}"),
+            Some(serde_json::json!({"uri": uri})),
+        ))
     }
 
     async fn list_prompts(
@@ -255,10 +370,10 @@ impl ServerHandler for McpServer {
                 let args: Vec<PromptArgument> = p
                     .arguments
                     .iter()
-                    .map(|(name, description, required)| {
-                        let a = PromptArgument::new(*name).with_required(*required);
-                        match description {
-                            Some(d) => a.with_description(*d),
+                    .map(|arg| {
+                        let a = PromptArgument::new(arg.name).with_required(arg.required);
+                        match arg.description {
+                            Some(d) => a.with_description(d),
                             None => a,
                         }
                     })
@@ -295,10 +410,10 @@ impl ServerHandler for McpServer {
             ));
         };
         let args = request.arguments.unwrap_or_default();
-        for (name, _, required) in p.arguments {
-            if *required && !args.contains_key(*name) {
+        for arg in p.arguments {
+            if arg.required && !args.contains_key(arg.name) {
                 return Err(ErrorData::invalid_params(
-                    format!("prompt `{}` needs argument `{name}`", p.name),
+                    format!("prompt `{}` needs argument `{}`", p.name, arg.name),
                     None,
                 ));
             }
@@ -352,33 +467,71 @@ fn contents(r: &crate::def::ResourceDef) -> ResourceContents {
     }
 }
 
-/// Replaces `{name}` with the argument's text; unknown placeholders are left as written.
+/// Fills `{name}` with the argument's text; unknown placeholders are left as written.
 fn substitute(template: &str, args: &serde_json::Map<String, Value>) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        match after.find('}') {
-            Some(close) => {
-                let name = &after[..close];
-                match args.get(name) {
-                    Some(Value::String(s)) => out.push_str(s),
-                    Some(other) => out.push_str(&other.to_string()),
-                    None => {
-                        out.push('{');
-                        out.push_str(name);
-                        out.push('}');
-                    }
-                }
-                rest = &after[close + 1..];
-            }
-            None => {
-                out.push('{');
-                rest = after;
-            }
+    crate::template::render(template, |name| {
+        args.get(name).map(|v| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    })
+}
+
+/// The completion values starting with `prefix` (case-insensitive), at most 100.
+fn completions(candidates: &[&str], prefix: &str) -> CompletionInfo {
+    let prefix = prefix.to_lowercase();
+    let matching: Vec<String> = candidates
+        .iter()
+        .filter(|c| c.to_lowercase().starts_with(&prefix))
+        .map(|c| (*c).to_owned())
+        .collect();
+    let total = u32::try_from(matching.len()).unwrap_or(u32::MAX);
+    let has_more = matching.len() > CompletionInfo::MAX_VALUES;
+    let values: Vec<String> = matching.into_iter().take(CompletionInfo::MAX_VALUES).collect();
+    let mut info = CompletionInfo::default();
+    info.values = values;
+    info.total = Some(total);
+    info.has_more = Some(has_more);
+    info
+}
+
+/// The contents of a templated resource: placeholders filled with the percent-decoded
+/// URI values, JSON-escaped when the MIME type is JSON.
+fn template_contents(t: &ResourceTemplateDef, uri: &str, vars: &[(String, &str)]) -> ResourceContents {
+    let json = t.mime_type.is_some_and(|m| m == "application/json" || m.ends_with("+json"));
+    let text = crate::template::render(t.text, |name| {
+        let raw = vars.iter().find(|(n, _)| n == name)?.1;
+        let value = percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned();
+        Some(if json {
+            let quoted = Value::String(value).to_string();
+            quoted[1..quoted.len() - 1].to_owned()
+        } else {
+            value
+        })
+    });
+    ResourceContents::TextResourceContents {
+        uri: uri.to_owned(),
+        mime_type: t.mime_type.map(Into::into),
+        text,
+        meta: None,
+    }
+}
+
+impl McpServer {
+    /// `resources/subscribe` and `unsubscribe`: accepted for subscribable resources.
+    /// Static content never changes, so no update is ever sent; the subscription is only
+    /// acknowledged.
+    fn subscribable(&self, uri: &str) -> Result<(), ErrorData> {
+        match self.shared.def.resources.iter().find(|r| r.uri == uri) {
+            Some(r) if r.subscribable => Ok(()),
+            Some(_) => Err(ErrorData::invalid_params(
+                format!("resource {uri} does not support subscriptions"),
+                None,
+            )),
+            None => Err(ErrorData::resource_not_found(
+                format!("resource not found: {uri}"),
+                Some(serde_json::json!({"uri": uri})),
+            )),
         }
     }
-    out.push_str(rest);
-    out
 }

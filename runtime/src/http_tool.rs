@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 use crate::def::{BodyDef, HttpDef, Method, UpstreamAuthDef, UpstreamDef};
 use crate::output::{ToolError, ToolOutput};
 use crate::secrets::Secrets;
+use crate::template::Segment;
 
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// Unreserved characters stay as they are (RFC 3986 section 2.3).
@@ -82,17 +83,25 @@ fn fill(
     args: &Map<String, Value>,
     encode: bool,
 ) -> Result<Option<String>, ToolError> {
+    let segments = crate::template::parse(template).map_err(|e| {
+        ToolError::new(format!(
+            "the tool template `{}` is malformed: {e}",
+            template.escape_default()
+        ))
+    })?;
     let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else {
-            return Err(ToolError::new(format!(
-                "the tool template `{template}` is malformed"
-            )));
+    for segment in segments {
+        let name = match segment {
+            Segment::Literal(text) => {
+                out.push_str(text);
+                continue;
+            }
+            Segment::Brace(c) => {
+                out.push(c);
+                continue;
+            }
+            Segment::Var(name) => name,
         };
-        let name = &after[..close];
         let Some(value) = args.get(name).filter(|v| !v.is_null()) else {
             return Ok(None);
         };
@@ -111,22 +120,12 @@ fn fill(
             }
             out.push_str(&text);
         }
-        rest = &after[close + 1..];
     }
-    out.push_str(rest);
     Ok(Some(out))
 }
 
 fn placeholder_names(template: &str) -> Vec<&str> {
-    let mut names = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else { break };
-        names.push(&after[..close]);
-        rest = &after[close + 1..];
-    }
-    names
+    crate::template::names(template)
 }
 
 fn retry_after(response: &reqwest::Response, attempt: u32) -> Duration {

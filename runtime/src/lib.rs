@@ -15,12 +15,13 @@ mod http_tool;
 mod output;
 pub mod run;
 mod secrets;
+pub mod template;
 
-pub use context::ToolContext;
+pub use context::{Question, ToolContext};
 pub use def::ServerDef;
 pub use handler::McpServer;
 pub use output::{ToolError, ToolOutput};
 pub use secrets::Secrets;
 
 /// Re-exported so generated crates need no direct dependency on these.
-pub use {bmm_middleware, rmcp, serde_json};
+pub use {bmm_middleware, rmcp, serde_json, tokio};

@@ -1,7 +1,9 @@
 //! What a tool returns: structured JSON (with a text copy for older clients), plain text,
-//! or any MCP content; and tool errors, which become `isError` results the model can read.
+//! or any MCP content; and tool errors, which become `isError` results the model can read,
+//! "input required" results (2026-07-28), or JSON-RPC errors.
 
-use rmcp::model::{CallToolResult, ContentBlock};
+use rmcp::ErrorData;
+use rmcp::model::{CallToolResponse, CallToolResult, ContentBlock, InputRequiredResult};
 use serde_json::Value;
 
 /// A successful tool result.
@@ -11,7 +13,8 @@ pub enum ToolOutput {
     Structured(Value),
     /// A text block.
     Text(String),
-    /// Any content blocks (images, audio, embedded resources, links, mixed).
+    /// Any content blocks (images, audio, embedded resources, links, mixed); build them
+    /// with [`rmcp::model::ContentBlock`]'s constructors.
     Content(Vec<ContentBlock>),
 }
 
@@ -23,6 +26,16 @@ impl ToolOutput {
             .map_err(|e| ToolError::new(format!("the tool's result could not be serialized: {e}")))
     }
 
+    /// A single text block.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self::Text(text.into())
+    }
+
+    /// Content blocks, in order.
+    pub fn content(blocks: impl IntoIterator<Item = ContentBlock>) -> Self {
+        Self::Content(blocks.into_iter().collect())
+    }
+
     pub(crate) fn into_result(self) -> CallToolResult {
         match self {
             Self::Structured(value) => CallToolResult::structured(value),
@@ -32,33 +45,81 @@ impl ToolOutput {
     }
 }
 
-/// A tool failure shown to the caller as an `isError` result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a tool did not produce a result.
+#[derive(Debug, Clone)]
+enum Kind {
+    /// Shown to the caller as an `isError` result.
+    Failed(String),
+    /// The client must answer requests first (2026-07-28 "input required").
+    InputRequired(Box<InputRequiredResult>),
+    /// The request itself is wrong: a JSON-RPC error.
+    Protocol(ErrorData),
+}
+
+/// A tool failure. Most are shown to the caller as an `isError` result (the model can read
+/// and react to them); [`ToolError::input_required`] and [`ToolError::protocol`] are the
+/// two other outcomes a tool can choose.
+#[derive(Debug, Clone)]
 pub struct ToolError {
-    message: String,
+    kind: Kind,
 }
 
 impl ToolError {
     /// A failure with a message for the model and the user.
     pub fn new(message: impl Into<String>) -> Self {
         Self {
-            message: message.into(),
+            kind: Kind::Failed(message.into()),
+        }
+    }
+
+    /// Asks the client for input first (2026-07-28). Usually produced by
+    /// [`crate::ToolContext::ask`], which returns it when an answer is missing.
+    pub fn input_required(result: InputRequiredResult) -> Self {
+        Self {
+            kind: Kind::InputRequired(Box::new(result)),
+        }
+    }
+
+    /// A JSON-RPC error instead of a tool result (for requests that cannot be served at
+    /// all, such as a missing client capability).
+    pub fn protocol(error: ErrorData) -> Self {
+        Self {
+            kind: Kind::Protocol(error),
         }
     }
 
     /// The message.
     pub fn message(&self) -> &str {
-        &self.message
+        match &self.kind {
+            Kind::Failed(m) => m,
+            Kind::InputRequired(_) => "input required",
+            Kind::Protocol(e) => &e.message,
+        }
     }
 
-    pub(crate) fn into_result(self) -> CallToolResult {
-        CallToolResult::error(vec![ContentBlock::text(self.message)])
+    /// The MCP response for this outcome.
+    pub(crate) fn into_response(self) -> Result<CallToolResponse, ErrorData> {
+        match self.kind {
+            Kind::Failed(message) => Ok(CallToolResult::error(vec![ContentBlock::text(message)]).into()),
+            Kind::InputRequired(result) => Ok(CallToolResponse::InputRequired(*result)),
+            Kind::Protocol(error) => Err(error),
+        }
+    }
+}
+
+impl PartialEq for ToolError {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.kind, &other.kind) {
+            (Kind::Failed(a), Kind::Failed(b)) => a == b,
+            (Kind::Protocol(a), Kind::Protocol(b)) => a == b,
+            _ => false,
+        }
     }
 }
 
 impl std::fmt::Display for ToolError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+        f.write_str(self.message())
     }
 }
 

@@ -210,7 +210,7 @@ pub async fn serve(
         .with_allowed_hosts(hosts);
     let factory = server.clone();
     let service = StreamableHttpService::new(
-        move || Ok(factory.clone()),
+        move || Ok(factory.session()),
         Arc::new(LocalSessionManager::default()),
         rmcp_config,
     );

@@ -276,12 +276,19 @@ pub struct Resource {
     /// MIME type.
     #[serde(default)]
     pub mime_type: Option<String>,
-    /// Text content (static resources).
+    /// Text content. For a template, `{variable}` placeholders are filled from the URI
+    /// (`{{` and `}}` are literal braces).
     #[serde(default)]
-    pub text: Option<String>,
+    pub text: Option<Spanned<String>>,
     /// Base64 content (static binary resources).
     #[serde(default)]
     pub blob: Option<Spanned<String>>,
+    /// Clients may subscribe to it (`resources/subscribe`); static resources only.
+    #[serde(default)]
+    pub subscribe: bool,
+    /// Completion values for template variables: variable -> values.
+    #[serde(default)]
+    pub completions: BTreeMap<String, Vec<String>>,
 }
 
 /// A prompt.

@@ -14,8 +14,9 @@
 //!    URL carries no credentials, query or fragment.
 //! 7. `rust` tools name a function: a Rust identifier, not a keyword, unique in the spec.
 //! 8. Scopes are RFC 6749 scope tokens; per-tool scopes outside `scopes_supported` warn.
-//! 9. Resources have exactly one of `uri` and `uri_template`, and a static one has exactly
-//!    one of `text` and `blob` (valid base64).
+//! 9. Resources have exactly one of `uri` and `uri_template`; a static one has exactly
+//!    one of `text` and `blob` (valid base64); a template has `text` whose placeholders
+//!    are variables of the URI template, and completions only for its variables.
 //! 10. Prompt placeholders name declared arguments; embedded resources name declared URIs.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -60,32 +61,20 @@ fn is_scope_token(s: &str) -> bool {
             .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
 }
 
-/// The `{name}` placeholders of a template, or the reason it is malformed.
+/// The `{name}` placeholders of a template, or the reason it is malformed (`{{` and `}}`
+/// are literal braces; the runtime renders templates with the same parser).
 pub fn placeholders(template: &str) -> Result<Vec<&str>, String> {
-    let mut out = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find(['{', '}']) {
-        if rest.as_bytes()[open] == b'}' {
-            return Err("a `}` without a matching `{`".to_owned());
-        }
-        let after = &rest[open + 1..];
-        let close = after
-            .find('}')
-            .ok_or_else(|| "a `{` without a matching `}`".to_owned())?;
-        let name = &after[..close];
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(format!(
-                "`{{{name}}}` is not a placeholder (letters, digits, `_` and `-` only)"
-            ));
-        }
-        out.push(name);
-        rest = &after[close + 1..];
-    }
-    Ok(out)
+    bmm_runtime::template::parse(template)
+        .map(|segments| {
+            segments
+                .into_iter()
+                .filter_map(|s| match s {
+                    bmm_runtime::template::Segment::Var(name) => Some(name),
+                    _ => None,
+                })
+                .collect()
+        })
+        .map_err(|e| e.0)
 }
 
 fn object_properties(schema: &Value) -> BTreeSet<String> {
@@ -563,6 +552,9 @@ impl Checker<'_> {
                             "each resource has its own URI",
                         );
                     }
+                    if !r.completions.is_empty() {
+                        self.error(uri, "completions belong to resource templates", "remove `completions`, or use `uri_template`");
+                    }
                     match (&r.text, &r.blob) {
                         (Some(_), None) => {}
                         (None, Some(blob)) => {
@@ -585,15 +577,43 @@ impl Checker<'_> {
                     }
                 }
                 (None, Some(template)) => {
-                    if let Err(reason) = placeholders(&template.value) {
-                        self.error(
-                            template,
-                            format!(
-                                "URI template `{}` is malformed: {reason}",
-                                template.value.escape_default()
-                            ),
-                            "templates look like `notes://{id}`",
-                        );
+                    if r.subscribe {
+                        self.error(template, "a resource template cannot be subscribed to", "remove `subscribe: true`, or declare a static resource with `uri`");
+                    }
+                    let vars: BTreeSet<&str> = match placeholders(&template.value) {
+                        Err(reason) => {
+                            self.error(
+                                template,
+                                format!(
+                                    "URI template `{}` is malformed: {reason}",
+                                    template.value.escape_default()
+                                ),
+                                "templates look like `notes://{id}` (simple `{name}` variables only)",
+                            );
+                            BTreeSet::new()
+                        }
+                        Ok(v) => v.into_iter().collect(),
+                    };
+                    if r.blob.is_some() {
+                        self.error(template, "a resource template has `text`, not `blob`", "templated content is text with `{variable}` placeholders");
+                    }
+                    match &r.text {
+                        None => self.error(template, format!("resource template `{}` needs `text`", r.name.value.escape_default()), "give the content as `text:`, with `{variable}` placeholders filled from the URI"),
+                        Some(text) => match placeholders(&text.value) {
+                            Err(reason) => self.error(text, format!("the text of resource template `{}` is malformed: {reason}", r.name.value.escape_default()), "write `{{` and `}}` for literal braces (JSON text, for example)"),
+                            Ok(found) => {
+                                for name in found {
+                                    if !vars.contains(name) {
+                                        self.error(text, format!("placeholder `{{{name}}}` is not a variable of `{}`", template.value.escape_default()), "use a variable of the URI template, or write `{{` and `}}` for literal braces");
+                                    }
+                                }
+                            }
+                        },
+                    }
+                    for name in r.completions.keys() {
+                        if !vars.contains(name.as_str()) {
+                            self.error(template, format!("completions are given for `{}`, which is not a variable of `{}`", name.escape_default(), template.value.escape_default()), "completions are keyed by URI template variable");
+                        }
                     }
                 }
                 _ => self.error(

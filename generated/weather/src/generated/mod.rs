@@ -135,12 +135,19 @@ pub(crate) fn server() -> ServerDef {
             description: None,
             mime_type: Some("text/plain"),
             content: ResourceContent::Text("metric: Celsius, m/s. imperial: Fahrenheit, mph."),
+            subscribable: false,
         }],
+        resource_templates: &[],
         prompts: &[PromptDef {
             name: "packing_advice",
             title: Some("Packing advice"),
             description: Some("Ask what to pack for a trip, given the forecast."),
-            arguments: &[("city", Some("Destination"), true)],
+            arguments: &[PromptArgumentDef {
+                name: "city",
+                description: Some("Destination"),
+                required: true,
+                completions: &[],
+            }],
             messages: &[PromptMessageDef {
                 assistant: false,
                 content: PromptContent::Text(
