@@ -14,7 +14,7 @@ use rmcp::model::{
     PromptMessage, PromptsCapability, ReadResourceRequestParams, ReadResourceResponse,
     ReadResourceResult, Reference, Resource, ResourceContents, ResourceTemplate,
     ResourcesCapability, Role, ServerCapabilities, ServerConfig, SetLevelRequestParams,
-    SubscribeRequestParams, Tool, ToolAnnotations, ToolsCapability, UnsubscribeRequestParams,
+    SubscribeRequestParams, SubscriptionFilter, Tool, ToolAnnotations, ToolsCapability, UnsubscribeRequestParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -287,6 +287,29 @@ impl ServerHandler for McpServer {
     ) -> Result<(), ErrorData> {
         self.log_level.set(request.level);
         Ok(())
+    }
+
+    /// 2026-07-28 `subscriptions/listen`: accepted for subscribable resources. The lists
+    /// are static (no `listChanged` is advertised) and static content never changes, so the
+    /// stream only carries its acknowledgment until the client closes it.
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let mut accepted = SubscriptionFilter::new();
+        accepted.resource_subscriptions = requested.resource_subscriptions.as_ref().map(|uris| {
+            uris.iter()
+                .filter(|uri| {
+                    self.shared
+                        .def
+                        .resources
+                        .iter()
+                        .any(|r| r.subscribable && r.uri == uri.as_str())
+                })
+                .cloned()
+                .collect()
+        });
+        Some(accepted)
     }
 
     async fn subscribe(

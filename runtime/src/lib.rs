@@ -16,6 +16,8 @@ mod output;
 pub mod run;
 mod secrets;
 pub mod template;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use context::{Question, ToolContext};
 pub use def::ServerDef;
