@@ -15,14 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use bmm_middleware::AuthContext;
+use rmcp::RoleServer;
 use rmcp::model::{
     ClientCapabilities, CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult,
-    ElicitRequest, ElicitRequestParams, ElicitResult, ErrorData, InputRequest,
-    InputRequiredResult, InputResponses, ListRootsRequest, ListRootsResult, LoggingLevel,
-    LoggingMessageNotificationParam, ProgressNotificationParam,
+    ElicitRequest, ElicitRequestParams, ElicitResult, ErrorData, InputRequest, InputRequiredResult,
+    InputResponses, ListRootsRequest, ListRootsResult, LoggingLevel,
+    LoggingMessageNotificationParam, ProgressNotificationParam, RequestStateCodec,
 };
 use rmcp::service::RequestContext;
-use rmcp::RoleServer;
 use serde_json::Value;
 
 use crate::output::ToolError;
@@ -136,6 +136,7 @@ pub struct ToolContext {
     request: RequestContext<RoleServer>,
     log_level: SessionLogLevel,
     retry: Retry,
+    state: Arc<RequestStateCodec>,
 }
 
 impl ToolContext {
@@ -143,6 +144,7 @@ impl ToolContext {
         request: RequestContext<RoleServer>,
         log_level: SessionLogLevel,
         retry: Retry,
+        state: Arc<RequestStateCodec>,
     ) -> Self {
         let auth = request
             .extensions
@@ -153,6 +155,7 @@ impl ToolContext {
             request,
             log_level,
             retry,
+            state,
         }
     }
 
@@ -212,14 +215,42 @@ impl ToolContext {
         }
     }
 
-    /// The answer to a question this call asked in an earlier round (2026-07-28).
+    /// The answer to a question this call asked in an earlier round (2026-07-28). Every
+    /// answer MCP defines is a JSON object; anything else counts as no answer.
     pub fn input_response(&self, key: &str) -> Option<&Value> {
-        self.retry.input_responses.as_ref()?.get(key)
+        self.retry
+            .input_responses
+            .as_ref()?
+            .get(key)
+            .filter(|v| v.is_object())
     }
 
-    /// The `requestState` the client echoed back (untrusted: verify before use).
+    /// The raw `requestState` the client echoed back. Untrusted: use
+    /// [`ToolContext::open_state`] to read state this server sealed.
     pub fn request_state(&self) -> Option<&str> {
         self.retry.request_state.as_deref()
+    }
+
+    /// Seals `value` into an opaque `requestState` (HMAC-signed with a key that lives only
+    /// in this process), for the next round of an "input required" exchange.
+    pub fn seal_state<T: serde::Serialize>(&self, value: &T) -> Result<String, ToolError> {
+        self.state
+            .seal_json(value)
+            .map_err(|e| ToolError::new(format!("cannot seal the request state: {e}")))
+    }
+
+    /// Opens the `requestState` the client echoed back: `Ok(None)` when there is none, a
+    /// JSON-RPC `invalid_params` error when it was not sealed by this server or was altered.
+    pub fn open_state<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, ToolError> {
+        let Some(raw) = self.request_state() else {
+            return Ok(None);
+        };
+        self.state.open_json(raw).map(Some).map_err(|_| {
+            ToolError::protocol(ErrorData::invalid_params(
+                "requestState failed integrity verification",
+                None,
+            ))
+        })
     }
 
     /// Asks the client every question at once and returns the answers by key. Legacy

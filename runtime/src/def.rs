@@ -20,6 +20,17 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 pub type RustHandler =
     Arc<dyn Fn(ToolContext, Value) -> BoxFuture<Result<ToolOutput, ToolError>> + Send + Sync>;
 
+/// A prompt written in Rust: receives the call context and the arguments, returns the
+/// messages (or asks the client first, see [`ToolContext::ask`]).
+pub type PromptHandler = Arc<
+    dyn Fn(
+            ToolContext,
+            serde_json::Map<String, Value>,
+        ) -> BoxFuture<Result<Vec<rmcp::model::PromptMessage>, ToolError>>
+        + Send
+        + Sync,
+>;
+
 /// A whole server.
 #[derive(Clone)]
 pub struct ServerDef {
@@ -48,7 +59,7 @@ pub struct ServerDef {
     /// Resource templates.
     pub resource_templates: &'static [ResourceTemplateDef],
     /// Prompts.
-    pub prompts: &'static [PromptDef],
+    pub prompts: Vec<PromptDef>,
 }
 
 impl std::fmt::Debug for ServerDef {
@@ -267,7 +278,7 @@ pub enum ResourceContent {
 }
 
 /// A prompt.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct PromptDef {
     /// Name.
     pub name: &'static str,
@@ -277,8 +288,18 @@ pub struct PromptDef {
     pub description: Option<&'static str>,
     /// Arguments.
     pub arguments: &'static [PromptArgumentDef],
-    /// Messages.
+    /// Messages (static prompts).
     pub messages: &'static [PromptMessageDef],
+    /// Rust code producing the messages instead.
+    pub handler: Option<PromptHandler>,
+}
+
+impl std::fmt::Debug for PromptDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PromptDef")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A prompt argument.

@@ -6,15 +6,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rmcp::model::RequestStateCodec;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult,
-    CompletionInfo, ContentBlock, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
-    Implementation, JsonObject, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument,
-    PromptMessage, PromptsCapability, ReadResourceRequestParams, ReadResourceResponse,
-    ReadResourceResult, Reference, Resource, ResourceContents, ResourceTemplate,
-    ResourcesCapability, Role, ServerCapabilities, ServerConfig, SetLevelRequestParams,
-    SubscribeRequestParams, SubscriptionFilter, Tool, ToolAnnotations, ToolsCapability, UnsubscribeRequestParams,
+    CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult, CompletionInfo,
+    ContentBlock, GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation,
+    JsonObject, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+    ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument, PromptMessage,
+    PromptsCapability, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    Reference, Resource, ResourceContents, ResourceTemplate, ResourcesCapability, Role,
+    ServerCapabilities, ServerConfig, SetLevelRequestParams, SubscribeRequestParams,
+    SubscriptionFilter, Tool, ToolAnnotations, ToolsCapability, UnsubscribeRequestParams,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -33,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) upstreams: HashMap<&'static str, Upstream>,
     pub(crate) secrets: Secrets,
     pub(crate) http: reqwest::Client,
+    /// Seals `requestState` (HMAC, key random per process).
+    pub(crate) state: Arc<RequestStateCodec>,
 }
 
 /// The MCP server: cheap to clone, one per session or request as rmcp asks.
@@ -110,6 +113,9 @@ impl McpServer {
                 upstreams,
                 secrets,
                 http,
+                state: Arc::new(RequestStateCodec::new_unchecked(
+                    rand::random::<[u8; 32]>().to_vec(),
+                )),
             }),
             log_level: SessionLogLevel::new(),
         })
@@ -146,7 +152,8 @@ impl ServerHandler for McpServer {
         if !def.prompts.is_empty() {
             caps.prompts = Some(PromptsCapability::default());
         }
-        if def.prompts.iter().any(|p| !p.arguments.is_empty()) || !def.resource_templates.is_empty() {
+        if def.prompts.iter().any(|p| !p.arguments.is_empty()) || !def.resource_templates.is_empty()
+        {
             caps.completions = Some(JsonObject::new());
         }
         caps.logging = Some(JsonObject::new());
@@ -204,7 +211,8 @@ impl ServerHandler for McpServer {
                 )),
             },
             Handler::Rust(f) => {
-                let ctx = ToolContext::new(cx, self.log_level.clone(), retry);
+                let ctx =
+                    ToolContext::new(cx, self.log_level.clone(), retry, self.shared.state.clone());
                 f(ctx, Value::Object(args)).await
             }
         };
@@ -257,7 +265,10 @@ impl ServerHandler for McpServer {
         let candidates: &[&str] = match &request.r#ref {
             Reference::Prompt(p) => {
                 let Some(prompt) = def.prompts.iter().find(|x| x.name == p.name) else {
-                    return Err(ErrorData::invalid_params(format!("unknown prompt: {}", p.name), None));
+                    return Err(ErrorData::invalid_params(
+                        format!("unknown prompt: {}", p.name),
+                        None,
+                    ));
                 };
                 prompt
                     .arguments
@@ -266,8 +277,15 @@ impl ServerHandler for McpServer {
                     .map_or(&[], |a| a.completions)
             }
             Reference::Resource(r) => {
-                let Some(template) = def.resource_templates.iter().find(|t| t.uri_template == r.uri) else {
-                    return Err(ErrorData::invalid_params(format!("unknown resource template: {}", r.uri), None));
+                let Some(template) = def
+                    .resource_templates
+                    .iter()
+                    .find(|t| t.uri_template == r.uri)
+                else {
+                    return Err(ErrorData::invalid_params(
+                        format!("unknown resource template: {}", r.uri),
+                        None,
+                    ));
                 };
                 template
                     .completions
@@ -277,7 +295,10 @@ impl ServerHandler for McpServer {
             }
             _ => &[],
         };
-        Ok(CompleteResult::new(completions(candidates, &request.argument.value)))
+        Ok(CompleteResult::new(completions(
+            candidates,
+            &request.argument.value,
+        )))
     }
 
     async fn set_level(
@@ -418,7 +439,7 @@ impl ServerHandler for McpServer {
     async fn get_prompt(
         &self,
         request: GetPromptRequestParams,
-        _cx: RequestContext<RoleServer>,
+        cx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
         let Some(p) = self
             .shared
@@ -440,6 +461,24 @@ impl ServerHandler for McpServer {
                     None,
                 ));
             }
+        }
+        if let Some(handler) = &p.handler {
+            let retry = Retry {
+                input_responses: request.input_responses,
+                request_state: request.request_state,
+            };
+            let ctx =
+                ToolContext::new(cx, self.log_level.clone(), retry, self.shared.state.clone());
+            return match handler(ctx, args).await {
+                Ok(messages) => {
+                    let mut result = GetPromptResult::new(messages);
+                    if let Some(d) = p.description {
+                        result = result.with_description(d);
+                    }
+                    Ok(result.into())
+                }
+                Err(e) => e.into_prompt_response(),
+            };
         }
         let mut messages = Vec::with_capacity(p.messages.len());
         for m in p.messages {
@@ -510,7 +549,10 @@ fn completions(candidates: &[&str], prefix: &str) -> CompletionInfo {
         .collect();
     let total = u32::try_from(matching.len()).unwrap_or(u32::MAX);
     let has_more = matching.len() > CompletionInfo::MAX_VALUES;
-    let values: Vec<String> = matching.into_iter().take(CompletionInfo::MAX_VALUES).collect();
+    let values: Vec<String> = matching
+        .into_iter()
+        .take(CompletionInfo::MAX_VALUES)
+        .collect();
     let mut info = CompletionInfo::default();
     info.values = values;
     info.total = Some(total);
@@ -520,11 +562,19 @@ fn completions(candidates: &[&str], prefix: &str) -> CompletionInfo {
 
 /// The contents of a templated resource: placeholders filled with the percent-decoded
 /// URI values, JSON-escaped when the MIME type is JSON.
-fn template_contents(t: &ResourceTemplateDef, uri: &str, vars: &[(String, &str)]) -> ResourceContents {
-    let json = t.mime_type.is_some_and(|m| m == "application/json" || m.ends_with("+json"));
+fn template_contents(
+    t: &ResourceTemplateDef,
+    uri: &str,
+    vars: &[(String, &str)],
+) -> ResourceContents {
+    let json = t
+        .mime_type
+        .is_some_and(|m| m == "application/json" || m.ends_with("+json"));
     let text = crate::template::render(t.text, |name| {
         let raw = vars.iter().find(|(n, _)| n == name)?.1;
-        let value = percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned();
+        let value = percent_encoding::percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .into_owned();
         Some(if json {
             let quoted = Value::String(value).to_string();
             quoted[1..quoted.len() - 1].to_owned()

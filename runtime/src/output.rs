@@ -3,7 +3,9 @@
 //! "input required" results (2026-07-28), or JSON-RPC errors.
 
 use rmcp::ErrorData;
-use rmcp::model::{CallToolResponse, CallToolResult, ContentBlock, InputRequiredResult};
+use rmcp::model::{
+    CallToolResponse, CallToolResult, ContentBlock, GetPromptResponse, InputRequiredResult,
+};
 use serde_json::Value;
 
 /// A successful tool result.
@@ -100,8 +102,22 @@ impl ToolError {
     /// The MCP response for this outcome.
     pub(crate) fn into_response(self) -> Result<CallToolResponse, ErrorData> {
         match self.kind {
-            Kind::Failed(message) => Ok(CallToolResult::error(vec![ContentBlock::text(message)]).into()),
+            Kind::Failed(message) => {
+                Ok(CallToolResult::error(vec![ContentBlock::text(message)]).into())
+            }
             Kind::InputRequired(result) => Ok(CallToolResponse::InputRequired(*result)),
+            Kind::Protocol(error) => Err(error),
+        }
+    }
+}
+
+impl ToolError {
+    /// The MCP response for this outcome of a Rust prompt: a failure is a JSON-RPC
+    /// internal error carrying the message.
+    pub(crate) fn into_prompt_response(self) -> Result<GetPromptResponse, ErrorData> {
+        match self.kind {
+            Kind::Failed(message) => Err(ErrorData::internal_error(message, None)),
+            Kind::InputRequired(result) => Ok(GetPromptResponse::InputRequired(*result)),
             Kind::Protocol(error) => Err(error),
         }
     }

@@ -128,9 +128,9 @@ pub fn match_uri<'u>(template: &str, uri: &'u str) -> Option<Vec<(String, &'u st
     let mut pending: Option<&str> = None;
     let mut literal = String::new();
     let flush = |literal: &mut String,
-                     pending: &mut Option<&str>,
-                     rest: &mut &'u str,
-                     captures: &mut Vec<(String, &'u str)>|
+                 pending: &mut Option<&str>,
+                 rest: &mut &'u str,
+                 captures: &mut Vec<(String, &'u str)>|
      -> Option<()> {
         if let Some(name) = pending.take() {
             let end = if literal.is_empty() {
@@ -169,7 +169,9 @@ mod tests {
 
     #[test]
     fn doubled_braces_are_literal() {
-        let out = render("{{\"id\":\"{id}\"}}", |n| (n == "id").then(|| "7".to_owned()));
+        let out = render("{{\"id\":\"{id}\"}}", |n| {
+            (n == "id").then(|| "7".to_owned())
+        });
         assert_eq!(out, "{\"id\":\"7\"}");
         assert_eq!(names("{{x}} {y}"), vec!["y"]);
     }

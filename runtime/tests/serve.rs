@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bmm_runtime::def::{
-    AnnotationsDef, BodyDef, Handler, HttpDef, Method, PromptContent, PromptDef, PromptMessageDef,
-    ResourceContent, ResourceDef, SecretDef, ToolDef, UpstreamAuthDef, UpstreamDef,
+    AnnotationsDef, BodyDef, Handler, HttpDef, Method, PromptArgumentDef, PromptContent, PromptDef,
+    PromptMessageDef, ResourceContent, ResourceDef, SecretDef, ToolDef, UpstreamAuthDef,
+    UpstreamDef,
 };
 use bmm_runtime::run::{Args, prepare, serve};
 use bmm_runtime::{ServerDef, ToolOutput};
@@ -31,17 +32,26 @@ static RESOURCES: &[ResourceDef] = &[ResourceDef {
     description: None,
     mime_type: Some("text/plain"),
     content: ResourceContent::Text("hello from a resource"),
+    subscribable: false,
 }];
-static PROMPTS: &[PromptDef] = &[PromptDef {
-    name: "greet",
-    title: None,
-    description: Some("Greets someone"),
-    arguments: &[("who", Some("who to greet"), true)],
-    messages: &[PromptMessageDef {
-        assistant: false,
-        content: PromptContent::Text("Say hello to {who}."),
-    }],
-}];
+fn prompts() -> Vec<PromptDef> {
+    vec![PromptDef {
+        name: "greet",
+        title: None,
+        description: Some("Greets someone"),
+        arguments: &[PromptArgumentDef {
+            name: "who",
+            description: Some("who to greet"),
+            required: true,
+            completions: &["Alice", "Bob"],
+        }],
+        messages: &[PromptMessageDef {
+            assistant: false,
+            content: PromptContent::Text("Say hello to {who}."),
+        }],
+        handler: None,
+    }]
+}
 
 fn upstreams() -> &'static [UpstreamDef] {
     static U: &[UpstreamDef] = &[UpstreamDef {
@@ -130,7 +140,8 @@ fn def() -> ServerDef {
             },
         ],
         resources: RESOURCES,
-        prompts: PROMPTS,
+        prompts: prompts(),
+        resource_templates: &[],
     }
 }
 

@@ -284,3 +284,119 @@ pub(crate) fn authorization(root: &Path) -> Result<(), String> {
         ))
     }
 }
+
+/// One server suite run: a name, the package directory under `tests/node_modules`, and
+/// the arguments selecting its scenarios.
+struct ServerSuite {
+    name: &'static str,
+    package: &'static str,
+    args: &'static [&'static str],
+}
+
+const SERVER_SUITES: &[ServerSuite] = &[
+    ServerSuite {
+        name: "0.1.16 active suite",
+        package: "conformance-0.1.16",
+        args: &[],
+    },
+    ServerSuite {
+        name: "0.2.0-alpha.12 --requirements 2025-11-25",
+        package: "@modelcontextprotocol/conformance",
+        args: &["--requirements", "2025-11-25"],
+    },
+    ServerSuite {
+        name: "0.2.0-alpha.12 --requirements 2026-07-28",
+        package: "@modelcontextprotocol/conformance",
+        args: &["--requirements", "2026-07-28"],
+    },
+];
+
+/// The server scenarios of the official suites against `generated/conformance` (built by
+/// the workspace test build), auth off on loopback. Every suite must exit 0: scored and
+/// unscored scenarios pass, except those listed with a reason in
+/// `tests/conformance/expected-failures.yaml` (the suite fails when a listed one passes).
+pub(crate) fn server(root: &Path) -> Result<(), String> {
+    let node = npm_tools(root)?;
+    let out = fresh_dir(root, "server")?;
+    let binary = root.join("target/debug/conformance");
+    if !binary.exists() {
+        run(
+            "build generated/conformance (the workspace test build)",
+            cargo().args(["test", "--workspace", "--no-run", "--quiet"]),
+        )?;
+    }
+    // A port from the OS's ephemeral range: fetch() refuses some low "bad ports" (4190...).
+    let port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let _server = Guard(
+        Command::new(&binary)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--no-auth"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(out.join("server.log")).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("cannot start the conformance server: {e}"))?,
+    );
+    wait_for("the conformance server", Duration::from_secs(30), || {
+        http_get(&format!("http://127.0.0.1:{port}/healthz"))
+            .ok()
+            .filter(|(s, _)| *s == 200)
+            .map(|_| String::new())
+    })?;
+    let expected = root.join("tests/conformance/expected-failures.yaml");
+    let mut failed = Vec::new();
+    let mut lines = Vec::new();
+    for (i, suite) in SERVER_SUITES.iter().enumerate() {
+        let log_path = out.join(format!("suite-{i}.log"));
+        let mut command = Command::new(&node);
+        command
+            .arg(
+                root.join("tests/node_modules")
+                    .join(suite.package)
+                    .join("dist/index.js"),
+            )
+            .args(["server", "--url", &url])
+            .args(suite.args)
+            .arg("-o")
+            .arg(out.join(format!("results-{i}")))
+            .stdout(std::fs::File::create(&log_path).map_err(|e| e.to_string())?)
+            .stderr(Stdio::inherit());
+        if expected.exists() {
+            command.arg("--expected-failures").arg(&expected);
+        }
+        let status = command
+            .status()
+            .map_err(|e| format!("cannot run the conformance suite: {e}"))?;
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let total = log
+            .lines()
+            .find(|l| l.starts_with("Total"))
+            .unwrap_or("no summary")
+            .to_owned();
+        for line in log.lines().filter(|l| l.trim_start().starts_with('✗')) {
+            eprintln!("    {}: {line}", suite.name);
+        }
+        let line = format!(
+            "conformance server ({}) vs generated/conformance: {total}",
+            suite.name
+        );
+        eprintln!("{line}");
+        lines.push(line);
+        if !status.success() {
+            failed.push(format!(
+                "{} ({status}; log {})",
+                suite.name,
+                log_path.display()
+            ));
+        }
+    }
+    std::fs::write(out.join("summary.txt"), lines.join("\n") + "\n").map_err(|e| e.to_string())?;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "conformance server suites failed: {}",
+            failed.join("; ")
+        ))
+    }
+}

@@ -5,8 +5,10 @@
 //!   workspace (generated/ drift included), then the conformance runs.
 //! - `generate [--check]`: every `specs/*.yaml` into `generated/<name>/` (check: fail on
 //!   drift).
-//! - `conformance`: the official MCP conformance suite's `authorization` command against
-//!   bmm-as (Node 22 and the suite are installed by npm under `tests/`, pinned).
+//! - `conformance`: the official MCP conformance suite (Node 22 and the suite installed by
+//!   npm under `tests/`, pinned): its server scenarios (0.1.16 active suite, 0.2.0-alpha.12
+//!   `--requirements 2025-11-25` and `2026-07-28`) against `generated/conformance`, and its
+//!   `authorization` command against bmm-as.
 //! - `consent`: bmm-as's sign-in and consent page driven in headless Chromium (Debian's
 //!   package, installed with apt-get when missing), screenshot in `target/conformance/`.
 //! - `fuzz [SECONDS]`: bounded coverage-guided runs of each fuzz target (needs
@@ -24,7 +26,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("demo") => demo::demo(&root()),
-        Some("conformance") => conformance::authorization(&root()),
+        Some("conformance") => {
+            conformance::server(&root()).and_then(|()| conformance::authorization(&root()))
+        }
         Some("consent") => conformance::consent(&root()),
         Some("generate") => generate(args.get(1).map(String::as_str) == Some("--check")),
         Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
@@ -129,6 +133,7 @@ fn ci() -> Result<(), String> {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     run("tests", cargo().args(["test", "--workspace"]))?;
+    conformance::server(&root())?;
     conformance::authorization(&root())?;
     conformance::consent(&root())
 }

@@ -17,6 +17,19 @@ fn serves_both_protocol_eras_behind_the_auth_layer() {
         "test_elicitation_sep1034_defaults",
         "test_elicitation_sep1330_enums",
         "json_schema_2020_12_tool",
+        "test_reconnection",
+        "test_custom_header",
+        "test_missing_capability",
+        "test_streaming_elicitation",
+        "test_logging_tool",
+        "test_input_required_result_elicitation",
+        "test_input_required_result_sampling",
+        "test_input_required_result_list_roots",
+        "test_input_required_result_request_state",
+        "test_input_required_result_multiple_inputs",
+        "test_input_required_result_multi_round",
+        "test_input_required_result_tampered_state",
+        "test_input_required_result_capabilities",
     ];
     assert_eq!(report.legacy_tools, expected);
     assert_eq!(report.stateless_tools, expected);

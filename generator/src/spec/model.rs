@@ -307,7 +307,11 @@ pub struct Prompt {
     #[serde(default)]
     pub arguments: Vec<PromptArgument>,
     /// Messages; `{argument}` placeholders are filled in.
+    #[serde(default)]
     pub messages: Vec<PromptMessage>,
+    /// Or a Rust function producing the messages (`src/prompts/<fn>.rs`, yours).
+    #[serde(rename = "fn", default)]
+    pub function: Option<Spanned<String>>,
 }
 
 /// A prompt argument.

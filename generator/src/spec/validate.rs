@@ -422,11 +422,7 @@ impl Checker<'_> {
                         None => self.error(&tool.run, format!("rust tool `{n}` names no function"), "add `fn: my_function` (the user file becomes src/tools/my_function.rs)"),
                         Some(f) => {
                             let id = f.value.as_str();
-                            let ok = id.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-                                && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-                                && id != "_"
-                                && !RUST_KEYWORDS.contains(&id);
-                            if !ok {
+                            if !is_function_name(id) {
                                 self.error(f, format!("`{}` is not a usable Rust function name", id.escape_default()), "use snake_case letters, digits and `_`, not a Rust keyword");
                             } else if let Some(first) = functions.insert(id, f) {
                                 let line = first.referenced.line();
@@ -553,7 +549,11 @@ impl Checker<'_> {
                         );
                     }
                     if !r.completions.is_empty() {
-                        self.error(uri, "completions belong to resource templates", "remove `completions`, or use `uri_template`");
+                        self.error(
+                            uri,
+                            "completions belong to resource templates",
+                            "remove `completions`, or use `uri_template`",
+                        );
                     }
                     match (&r.text, &r.blob) {
                         (Some(_), None) => {}
@@ -578,7 +578,11 @@ impl Checker<'_> {
                 }
                 (None, Some(template)) => {
                     if r.subscribe {
-                        self.error(template, "a resource template cannot be subscribed to", "remove `subscribe: true`, or declare a static resource with `uri`");
+                        self.error(
+                            template,
+                            "a resource template cannot be subscribed to",
+                            "remove `subscribe: true`, or declare a static resource with `uri`",
+                        );
                     }
                     let vars: BTreeSet<&str> = match placeholders(&template.value) {
                         Err(reason) => {
@@ -595,7 +599,11 @@ impl Checker<'_> {
                         Ok(v) => v.into_iter().collect(),
                     };
                     if r.blob.is_some() {
-                        self.error(template, "a resource template has `text`, not `blob`", "templated content is text with `{variable}` placeholders");
+                        self.error(
+                            template,
+                            "a resource template has `text`, not `blob`",
+                            "templated content is text with `{variable}` placeholders",
+                        );
                     }
                     match &r.text {
                         None => self.error(template, format!("resource template `{}` needs `text`", r.name.value.escape_default()), "give the content as `text:`, with `{variable}` placeholders filled from the URI"),
@@ -635,6 +643,14 @@ impl Checker<'_> {
             .filter_map(|r| r.uri.as_ref())
             .map(|u| u.value.as_str())
             .collect();
+        let mut functions: BTreeSet<&str> = spec
+            .tools
+            .iter()
+            .filter_map(|t| match &t.run.value {
+                Run::Rust(r) => r.function.as_ref().map(|f| f.value.as_str()),
+                Run::Http(_) => None,
+            })
+            .collect();
         let mut names = BTreeSet::new();
         for p in &spec.prompts {
             if !names.insert(p.name.value.as_str()) {
@@ -660,12 +676,40 @@ impl Checker<'_> {
                     );
                 }
             }
-            if p.messages.is_empty() {
-                self.error(
+            match (&p.function, p.messages.is_empty()) {
+                (None, true) => self.error(
                     &p.name,
                     format!("prompt `{}` has no messages", p.name.value.escape_default()),
-                    "add at least one message",
-                );
+                    "add at least one message, or `fn: my_prompt` to write it in Rust",
+                ),
+                (Some(f), false) => self.error(
+                    f,
+                    format!(
+                        "prompt `{}` has both `messages` and `fn`",
+                        p.name.value.escape_default()
+                    ),
+                    "a prompt is either static messages or a Rust function",
+                ),
+                (Some(f), true) => {
+                    let id = f.value.as_str();
+                    if !is_function_name(id) {
+                        self.error(
+                            f,
+                            format!(
+                                "`{}` is not a usable Rust function name",
+                                id.escape_default()
+                            ),
+                            "use snake_case letters, digits and `_`, not a Rust keyword",
+                        );
+                    } else if !functions.insert(id) {
+                        self.error(
+                            f,
+                            format!("function `{id}` is used twice"),
+                            "each rust tool and prompt has its own function and user file",
+                        );
+                    }
+                }
+                (None, false) => {}
             }
             for m in &p.messages {
                 let kinds = usize::from(m.text.is_some())
@@ -714,6 +758,16 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// A snake_case Rust identifier that is not a keyword (a function and a module name).
+fn is_function_name(id: &str) -> bool {
+    id.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && id != "_"
+        && !RUST_KEYWORDS.contains(&id)
 }
 
 fn is_env_name(name: &str) -> bool {

@@ -145,7 +145,13 @@ impl Client {
         Ok((status, headers, text))
     }
 
-    async fn call(&self, id: i64, method: &str, params: Value, headers: &[(&str, String)]) -> Result<Value, String> {
+    async fn call(
+        &self,
+        id: i64,
+        method: &str,
+        params: Value,
+        headers: &[(&str, String)],
+    ) -> Result<Value, String> {
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let (status, _, text) = self.post(&body, headers).await?;
         let reply = message(&text, id)
@@ -194,7 +200,12 @@ async fn smoke_async(binary: &str, env: &[(&str, &str)]) -> Result<Report, Strin
     let resource = format!("{base}/mcp");
     let mut command = Command::new(binary);
     command
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--issuer", &issuer])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--issuer",
+            &issuer,
+        ])
         .args(["--jwks-uri", &format!("{issuer}/jwks")])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -266,7 +277,12 @@ async fn smoke_async(binary: &str, env: &[(&str, &str)]) -> Result<Report, Strin
     }
     let scope = metadata["scopes_supported"]
         .as_array()
-        .map(|s| s.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
+        .map(|s| {
+            s.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .unwrap_or_default();
 
     // 2. A token for another server.
@@ -298,7 +314,10 @@ async fn smoke_async(binary: &str, env: &[(&str, &str)]) -> Result<Report, Strin
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| format!("initialize: HTTP {status}, no session id: {text}"))?
         .to_owned();
-    if message(&text, 1).and_then(|m| m.get("result").cloned()).is_none() {
+    if message(&text, 1)
+        .and_then(|m| m.get("result").cloned())
+        .is_none()
+    {
         return Err(format!("initialize failed: {text}"));
     }
     let legacy = [
@@ -314,7 +333,12 @@ async fn smoke_async(binary: &str, env: &[(&str, &str)]) -> Result<Report, Strin
     let legacy_tools = tool_names(&listed);
     if let Some(first) = legacy_tools.first() {
         let result = client
-            .call(3, "tools/call", json!({"name": first, "arguments": {}}), &legacy)
+            .call(
+                3,
+                "tools/call",
+                json!({"name": first, "arguments": {}}),
+                &legacy,
+            )
             .await?;
         check_tool_result("legacy", &result)?;
     }
@@ -336,7 +360,12 @@ async fn smoke_async(binary: &str, env: &[(&str, &str)]) -> Result<Report, Strin
         h
     };
     let listed = client
-        .call(4, "tools/list", json!({"_meta": meta}), &modern("tools/list", None))
+        .call(
+            4,
+            "tools/list",
+            json!({"_meta": meta}),
+            &modern("tools/list", None),
+        )
         .await?;
     let stateless_tools = tool_names(&listed);
     if let Some(first) = stateless_tools.first() {

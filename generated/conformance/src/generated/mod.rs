@@ -6,6 +6,8 @@ use bmm_runtime::def::*;
 use std::sync::Arc;
 #[path = "../tools/audio_content.rs"]
 pub(crate) mod audio_content;
+#[path = "../tools/custom_header.rs"]
+pub(crate) mod custom_header;
 #[path = "../tools/elicitation.rs"]
 pub(crate) mod elicitation;
 #[path = "../tools/elicitation_sep1034_defaults.rs"]
@@ -18,14 +20,40 @@ pub(crate) mod embedded_resource;
 pub(crate) mod error_handling;
 #[path = "../tools/image_content.rs"]
 pub(crate) mod image_content;
+#[path = "../tools/input_required_capabilities.rs"]
+pub(crate) mod input_required_capabilities;
+#[path = "../tools/input_required_elicitation.rs"]
+pub(crate) mod input_required_elicitation;
+#[path = "../tools/input_required_list_roots.rs"]
+pub(crate) mod input_required_list_roots;
+#[path = "../tools/input_required_multi_round.rs"]
+pub(crate) mod input_required_multi_round;
+#[path = "../tools/input_required_multiple_inputs.rs"]
+pub(crate) mod input_required_multiple_inputs;
+#[path = "../prompts/input_required_prompt.rs"]
+pub(crate) mod input_required_prompt;
+#[path = "../tools/input_required_request_state.rs"]
+pub(crate) mod input_required_request_state;
+#[path = "../tools/input_required_sampling.rs"]
+pub(crate) mod input_required_sampling;
+#[path = "../tools/input_required_tampered_state.rs"]
+pub(crate) mod input_required_tampered_state;
 #[path = "../tools/json_schema_2020_12.rs"]
 pub(crate) mod json_schema_2020_12;
+#[path = "../tools/logging_tool.rs"]
+pub(crate) mod logging_tool;
+#[path = "../tools/missing_capability.rs"]
+pub(crate) mod missing_capability;
 #[path = "../tools/multiple_content_types.rs"]
 pub(crate) mod multiple_content_types;
+#[path = "../tools/reconnection.rs"]
+pub(crate) mod reconnection;
 #[path = "../tools/sampling.rs"]
 pub(crate) mod sampling;
 #[path = "../tools/simple_text.rs"]
 pub(crate) mod simple_text;
+#[path = "../tools/streaming_elicitation.rs"]
+pub(crate) mod streaming_elicitation;
 #[path = "../tools/tool_with_logging.rs"]
 pub(crate) mod tool_with_logging;
 #[path = "../tools/tool_with_progress.rs"]
@@ -34,54 +62,129 @@ pub(crate) mod tool_with_progress;
 pub(crate) mod types {
     /// Arguments of the `test_simple_text` tool.
     #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
     pub struct TestSimpleTextInput {}
     /// Arguments of the `test_image_content` tool.
     #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
     pub struct TestImageContentInput {}
     /// Arguments of the `test_audio_content` tool.
     #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
     pub struct TestAudioContentInput {}
     /// Arguments of the `test_embedded_resource` tool.
     #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
     pub struct TestEmbeddedResourceInput {}
     /// Arguments of the `test_multiple_content_types` tool.
     #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
     pub struct TestMultipleContentTypesInput {}
     /// Arguments of the `test_tool_with_logging` tool.
     #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
     pub struct TestToolWithLoggingInput {}
     /// Arguments of the `test_tool_with_progress` tool.
     #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
     pub struct TestToolWithProgressInput {}
     /// Arguments of the `test_error_handling` tool.
     #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
     pub struct TestErrorHandlingInput {}
     /// Arguments of the `test_sampling` tool.
     #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
     pub struct TestSamplingInput {
         /// The prompt for the model
         pub prompt: String,
     }
     /// Arguments of the `test_elicitation` tool.
     #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
     pub struct TestElicitationInput {
         /// What to tell the user
         pub message: String,
     }
     /// Arguments of the `test_elicitation_sep1034_defaults` tool.
     #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
     pub struct TestElicitationSep1034DefaultsInput {}
     /// Arguments of the `test_elicitation_sep1330_enums` tool.
     #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
     pub struct TestElicitationSep1330EnumsInput {}
     /// Arguments of the `json_schema_2020_12_tool` tool.
     #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
     pub struct JsonSchema202012ToolInput {
         #[serde(default)]
         pub address: Option<bmm_runtime::serde_json::Value>,
+        #[serde(rename = "contactMethod")]
+        #[serde(default)]
+        pub contact_method: Option<String>,
+        #[serde(default)]
+        pub email: Option<String>,
         #[serde(default)]
         pub name: Option<String>,
+        #[serde(default)]
+        pub phone: Option<String>,
     }
+    /// Arguments of the `test_reconnection` tool.
+    #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
+    pub struct TestReconnectionInput {}
+    /// Arguments of the `test_custom_header` tool.
+    #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
+    pub struct TestCustomHeaderInput {
+        /// The value to echo
+        pub value: String,
+    }
+    /// Arguments of the `test_missing_capability` tool.
+    #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
+    pub struct TestMissingCapabilityInput {}
+    /// Arguments of the `test_streaming_elicitation` tool.
+    #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
+    pub struct TestStreamingElicitationInput {}
+    /// Arguments of the `test_logging_tool` tool.
+    #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
+    pub struct TestLoggingToolInput {}
+    /// Arguments of the `test_input_required_result_elicitation` tool.
+    #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
+    pub struct TestInputRequiredResultElicitationInput {}
+    /// Arguments of the `test_input_required_result_sampling` tool.
+    #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
+    pub struct TestInputRequiredResultSamplingInput {}
+    /// Arguments of the `test_input_required_result_list_roots` tool.
+    #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
+    pub struct TestInputRequiredResultListRootsInput {}
+    /// Arguments of the `test_input_required_result_request_state` tool.
+    #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
+    pub struct TestInputRequiredResultRequestStateInput {}
+    /// Arguments of the `test_input_required_result_multiple_inputs` tool.
+    #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
+    pub struct TestInputRequiredResultMultipleInputsInput {}
+    /// Arguments of the `test_input_required_result_multi_round` tool.
+    #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
+    pub struct TestInputRequiredResultMultiRoundInput {}
+    /// Arguments of the `test_input_required_result_tampered_state` tool.
+    #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
+    pub struct TestInputRequiredResultTamperedStateInput {}
+    /// Arguments of the `test_input_required_result_capabilities` tool.
+    #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
+    pub struct TestInputRequiredResultCapabilitiesInput {}
 }
 /// The server, as the spec describes it.
 pub(crate) fn server() -> ServerDef {
@@ -365,7 +468,7 @@ pub(crate) fn server() -> ServerDef {
                 name: "json_schema_2020_12_tool",
                 title: None,
                 description: "Its input schema uses JSON Schema 2020-12 keywords, served verbatim.",
-                input_schema: "{\"$defs\":{\"address\":{\"properties\":{\"city\":{\"type\":\"string\"},\"street\":{\"type\":\"string\"}},\"type\":\"object\"}},\"$schema\":\"https://json-schema.org/draft/2020-12/schema\",\"additionalProperties\":false,\"properties\":{\"address\":{\"$ref\":\"#/$defs/address\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"}",
+                input_schema: "{\"$defs\":{\"address\":{\"$anchor\":\"addressDef\",\"properties\":{\"city\":{\"type\":\"string\"},\"street\":{\"type\":\"string\"}},\"type\":\"object\"}},\"$schema\":\"https://json-schema.org/draft/2020-12/schema\",\"additionalProperties\":false,\"allOf\":[{\"anyOf\":[{\"required\":[\"phone\"]},{\"required\":[\"email\"]}]}],\"else\":{\"required\":[\"email\"]},\"if\":{\"properties\":{\"contactMethod\":{\"const\":\"phone\"}},\"required\":[\"contactMethod\"]},\"properties\":{\"address\":{\"$ref\":\"#/$defs/address\"},\"contactMethod\":{\"enum\":[\"phone\",\"email\"],\"type\":\"string\"},\"email\":{\"type\":\"string\"},\"name\":{\"type\":\"string\"},\"phone\":{\"type\":\"string\"}},\"then\":{\"required\":[\"phone\"]},\"type\":\"object\"}",
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -380,6 +483,295 @@ pub(crate) fn server() -> ServerDef {
                             bmm_runtime::serde_json::from_value(args)
                                 .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
                         json_schema_2020_12::json_schema_2020_12(&ctx, input).await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "test_reconnection",
+                title: None,
+                description: "Answers after a short pause (SSE polling and resumption).",
+                input_schema: "{\"type\":\"object\"}",
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::TestReconnectionInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        reconnection::reconnection(&ctx, input).await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "test_custom_header",
+                title: None,
+                description: "Echoes a value the client also sends as the Mcp-Param-Value header.",
+                input_schema: "{\"properties\":{\"value\":{\"description\":\"The value to echo\",\"type\":\"string\",\"x-mcp-header\":\"Value\"}},\"required\":[\"value\"],\"type\":\"object\"}",
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::TestCustomHeaderInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        custom_header::custom_header(&ctx, input).await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "test_missing_capability",
+                title: None,
+                description: "Needs the client's sampling capability; refused with -32021 without it.",
+                input_schema: "{\"type\":\"object\"}",
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::TestMissingCapabilityInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        missing_capability::missing_capability(&ctx, input).await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "test_streaming_elicitation",
+                title: None,
+                description: "Asks the user a question; in 2026-07-28 through an input-required result, never a server request.",
+                input_schema: "{\"type\":\"object\"}",
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::TestStreamingElicitationInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        streaming_elicitation::streaming_elicitation(&ctx, input).await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "test_logging_tool",
+                title: None,
+                description: "Logs, but only at the level the request asks for.",
+                input_schema: "{\"type\":\"object\"}",
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::TestLoggingToolInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        logging_tool::logging_tool(&ctx, input).await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "test_input_required_result_elicitation",
+                title: None,
+                description: "Asks for the user's name before greeting.",
+                input_schema: "{\"type\":\"object\"}",
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::TestInputRequiredResultElicitationInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        input_required_elicitation::input_required_elicitation(&ctx, input).await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "test_input_required_result_sampling",
+                title: None,
+                description: "Asks the client's model a question first.",
+                input_schema: "{\"type\":\"object\"}",
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::TestInputRequiredResultSamplingInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        input_required_sampling::input_required_sampling(&ctx, input).await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "test_input_required_result_list_roots",
+                title: None,
+                description: "Asks for the client's roots first.",
+                input_schema: "{\"type\":\"object\"}",
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::TestInputRequiredResultListRootsInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        input_required_list_roots::input_required_list_roots(&ctx, input).await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "test_input_required_result_request_state",
+                title: None,
+                description: "Asks for confirmation and carries sealed state to the next round.",
+                input_schema: "{\"type\":\"object\"}",
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::TestInputRequiredResultRequestStateInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        input_required_request_state::input_required_request_state(&ctx, input)
+                            .await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "test_input_required_result_multiple_inputs",
+                title: None,
+                description: "Asks an elicitation, a sampling and a roots question at once.",
+                input_schema: "{\"type\":\"object\"}",
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::TestInputRequiredResultMultipleInputsInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        input_required_multiple_inputs::input_required_multiple_inputs(&ctx, input)
+                            .await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "test_input_required_result_multi_round",
+                title: None,
+                description: "Two rounds of questions, with new sealed state each round.",
+                input_schema: "{\"type\":\"object\"}",
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::TestInputRequiredResultMultiRoundInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        input_required_multi_round::input_required_multi_round(&ctx, input).await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "test_input_required_result_tampered_state",
+                title: None,
+                description: "Refuses a request state it did not seal.",
+                input_schema: "{\"type\":\"object\"}",
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::TestInputRequiredResultTamperedStateInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        input_required_tampered_state::input_required_tampered_state(&ctx, input)
+                            .await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "test_input_required_result_capabilities",
+                title: None,
+                description: "Only asks what the client declared it can answer.",
+                input_schema: "{\"type\":\"object\"}",
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::TestInputRequiredResultCapabilitiesInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        input_required_capabilities::input_required_capabilities(&ctx, input).await
                     })
                 })),
             },
@@ -435,7 +827,7 @@ pub(crate) fn server() -> ServerDef {
             text: "{{\"id\":\"{id}\",\"templateTest\":true,\"data\":\"Data for ID: {id}\"}}",
             completions: &[("id", &["123", "456", "789"])],
         }],
-        prompts: &[
+        prompts: Vec::from([
             PromptDef {
                 name: "test_simple_prompt",
                 title: None,
@@ -445,6 +837,7 @@ pub(crate) fn server() -> ServerDef {
                     assistant: false,
                     content: PromptContent::Text("This is a simple prompt for testing."),
                 }],
+                handler: None,
             },
             PromptDef {
                 name: "test_prompt_with_arguments",
@@ -470,6 +863,7 @@ pub(crate) fn server() -> ServerDef {
                         "Prompt with arguments: arg1='{arg1}', arg2='{arg2}'",
                     ),
                 }],
+                handler: None,
             },
             PromptDef {
                 name: "test_prompt_with_embedded_resource",
@@ -491,6 +885,7 @@ pub(crate) fn server() -> ServerDef {
                         content: PromptContent::Text("Please process the embedded resource above."),
                     },
                 ],
+                handler: None,
             },
             PromptDef {
                 name: "test_prompt_with_image",
@@ -510,7 +905,20 @@ pub(crate) fn server() -> ServerDef {
                         content: PromptContent::Text("Please analyze the image above."),
                     },
                 ],
+                handler: None,
             },
-        ],
+            PromptDef {
+                name: "test_input_required_result_prompt",
+                title: None,
+                description: Some("A prompt that asks the user for context first (2026-07-28)."),
+                arguments: &[],
+                messages: &[],
+                handler: Some(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        input_required_prompt::input_required_prompt(&ctx, args).await
+                    })
+                })),
+            },
+        ]),
     }
 }

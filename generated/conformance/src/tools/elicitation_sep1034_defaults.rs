@@ -26,7 +26,11 @@ pub(crate) async fn elicitation_sep1034_defaults(
         }
     });
     let answer = ctx
-        .elicit("defaults", "Please review and update the form fields with defaults", schema)
+        .elicit(
+            "defaults",
+            "Please review and update the form fields with defaults",
+            schema,
+        )
         .await?;
     Ok(ToolOutput::text(format!(
         "Elicitation completed: {}",

@@ -52,7 +52,11 @@ pub(crate) async fn elicitation_sep1330_enums(
         }
     });
     let answer = ctx
-        .elicit("enums", "Please select options from the enum fields", schema)
+        .elicit(
+            "enums",
+            "Please select options from the enum fields",
+            schema,
+        )
         .await?;
     Ok(ToolOutput::text(format!(
         "Elicitation completed: {}",

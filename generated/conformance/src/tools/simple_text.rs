@@ -9,5 +9,7 @@ pub(crate) async fn simple_text(
     _ctx: &ToolContext,
     _input: TestSimpleTextInput,
 ) -> Result<ToolOutput, ToolError> {
-    Ok(ToolOutput::text("This is a simple text response for testing."))
+    Ok(ToolOutput::text(
+        "This is a simple text response for testing.",
+    ))
 }

@@ -10,6 +10,7 @@ pub(crate) mod word_stats;
 pub(crate) mod types {
     /// Arguments of the `word_stats` tool.
     #[derive(Debug, Clone, serde::Deserialize)]
+    #[allow(dead_code)]
     pub struct WordStatsInput {
         pub text: String,
     }
@@ -138,7 +139,7 @@ pub(crate) fn server() -> ServerDef {
             subscribable: false,
         }],
         resource_templates: &[],
-        prompts: &[PromptDef {
+        prompts: Vec::from([PromptDef {
             name: "packing_advice",
             title: Some("Packing advice"),
             description: Some("Ask what to pack for a trip, given the forecast."),
@@ -154,6 +155,7 @@ pub(crate) fn server() -> ServerDef {
                     "Check the forecast for {city} and tell me what to pack.",
                 ),
             }],
-        }],
+            handler: None,
+        }]),
     }
 }
