@@ -258,6 +258,8 @@ fn smoke_test(spec: &Spec, spec_file: &str) -> TokenStream {
         .keys()
         .map(|k| quote!((#k, "smoke-test-secret")));
     let tools = spec.tools.iter().map(|t| t.name.value.as_str());
+    let secrets2 = secrets.clone();
+    let tools2 = tools.clone();
     quote! {
         #![doc = #doc]
 
@@ -268,6 +270,14 @@ fn smoke_test(spec: &Spec, spec_file: &str) -> TokenStream {
             let expected: &[&str] = &[#(#tools),*];
             assert_eq!(report.legacy_tools, expected);
             assert_eq!(report.stateless_tools, expected);
+        }
+
+        #[test]
+        fn serves_the_same_tools_over_stdio() {
+            let tools = bmm_runtime::testing::smoke_stdio(env!(#env_name), &[#(#secrets2),*])
+                .unwrap_or_else(|e| panic!("{e}"));
+            let expected: &[&str] = &[#(#tools2),*];
+            assert_eq!(tools, expected);
         }
     }
 }

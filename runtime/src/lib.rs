@@ -26,4 +26,4 @@ pub use output::{ToolError, ToolOutput};
 pub use secrets::Secrets;
 
 /// Re-exported so generated crates need no direct dependency on these.
-pub use {bmm_middleware, rmcp, serde_json, tokio};
+pub use {bmm_middleware, rmcp, serde_json, tokio, tracing};

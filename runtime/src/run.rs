@@ -61,6 +61,11 @@ pub struct Args {
     /// Serve without authentication (local protocol tests only; refused off loopback).
     #[arg(long, env = "BMM_NO_AUTH")]
     pub no_auth: bool,
+    /// Serve the same tools over stdin/stdout for a local client that starts this process
+    /// (no HTTP, so no HTTP authentication, as the MCP spec says; secrets still come from
+    /// the environment). Logs go to stderr.
+    #[arg(long, conflicts_with_all = ["no_auth", "issuers", "jwks_uri", "resource"])]
+    pub stdio: bool,
 }
 
 /// A refused start-up; `code` 2 is a configuration problem.
@@ -112,6 +117,20 @@ pub fn scope_policy(def: &ServerDef) -> Result<ScopePolicy, StartError> {
     Ok(policy.with_hierarchy(hierarchy))
 }
 
+/// Every declared secret from the environment, or all the missing ones in one message.
+fn load_secrets(
+    def: &ServerDef,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Secrets, StartError> {
+    Secrets::load(def.secrets, env).map_err(|missing| {
+        let mut message = String::from("missing secrets (set each as an environment variable):");
+        for m in missing {
+            message.push_str(&format!("\n  {}: {}", m.name, m.description));
+        }
+        fail(message)
+    })
+}
+
 /// Checks flags and secrets and builds everything `serve` needs. `env` reads environment
 /// variables (secrets, base URL overrides).
 pub fn prepare(
@@ -119,13 +138,7 @@ pub fn prepare(
     args: &Args,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Prepared, StartError> {
-    let secrets = Secrets::load(def.secrets, &env).map_err(|missing| {
-        let mut message = String::from("missing secrets (set each as an environment variable):");
-        for m in missing {
-            message.push_str(&format!("\n  {}: {}", m.name, m.description));
-        }
-        fail(message)
-    })?;
+    let secrets = load_secrets(&def, &env)?;
     let resource_text = args
         .resource
         .clone()
@@ -218,6 +231,53 @@ pub async fn serve(
     listener.serve(service, shutdown).await
 }
 
+/// Builds the server for stdio: secrets checked as for HTTP, no authentication layer.
+pub fn prepare_stdio(
+    def: ServerDef,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<McpServer, StartError> {
+    let secrets = load_secrets(&def, &env)?;
+    McpServer::new(def, secrets, &env).map_err(fail)
+}
+
+fn serve_stdio(def: ServerDef) -> ExitCode {
+    let server = match prepare_stdio(def, |name| std::env::var(name).ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        use rmcp::ServiceExt;
+        tracing::info!(name = server.def().name, "MCP server ready on stdio");
+        let running = match server.session().serve(rmcp::transport::stdio()).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: the stdio session did not start: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match running.waiting().await {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
 /// The whole `main` of a generated server.
 pub fn main(def: ServerDef) -> ExitCode {
     tracing_subscriber::fmt()
@@ -227,6 +287,9 @@ pub fn main(def: ServerDef) -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if args.stdio {
+        return serve_stdio(def);
+    }
     let prepared = match prepare(def, &args, |name| std::env::var(name).ok()) {
         Ok(p) => p,
         Err(e) => {

@@ -34,3 +34,37 @@ fn serves_both_protocol_eras_behind_the_auth_layer() {
     assert_eq!(report.legacy_tools, expected);
     assert_eq!(report.stateless_tools, expected);
 }
+#[test]
+fn serves_the_same_tools_over_stdio() {
+    let tools = bmm_runtime::testing::smoke_stdio(env!("CARGO_BIN_EXE_conformance"), &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let expected: &[&str] = &[
+        "test_simple_text",
+        "test_image_content",
+        "test_audio_content",
+        "test_embedded_resource",
+        "test_multiple_content_types",
+        "test_tool_with_logging",
+        "test_tool_with_progress",
+        "test_error_handling",
+        "test_sampling",
+        "test_elicitation",
+        "test_elicitation_sep1034_defaults",
+        "test_elicitation_sep1330_enums",
+        "json_schema_2020_12_tool",
+        "test_reconnection",
+        "test_custom_header",
+        "test_missing_capability",
+        "test_streaming_elicitation",
+        "test_logging_tool",
+        "test_input_required_result_elicitation",
+        "test_input_required_result_sampling",
+        "test_input_required_result_list_roots",
+        "test_input_required_result_request_state",
+        "test_input_required_result_multiple_inputs",
+        "test_input_required_result_multi_round",
+        "test_input_required_result_tampered_state",
+        "test_input_required_result_capabilities",
+    ];
+    assert_eq!(tools, expected);
+}

@@ -10,3 +10,13 @@ fn serves_both_protocol_eras_behind_the_auth_layer() {
     assert_eq!(report.legacy_tools, expected);
     assert_eq!(report.stateless_tools, expected);
 }
+#[test]
+fn serves_the_same_tools_over_stdio() {
+    let tools = bmm_runtime::testing::smoke_stdio(
+        env!("CARGO_BIN_EXE_weather"),
+        &[("OPENWEATHER_API_KEY", "smoke-test-secret")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let expected: &[&str] = &["get_current_weather", "get_forecast", "word_stats"];
+    assert_eq!(tools, expected);
+}

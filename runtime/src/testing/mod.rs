@@ -385,3 +385,57 @@ async fn smoke_async(binary: &str, env: &[(&str, &str)]) -> Result<Report, Strin
         challenge,
     })
 }
+
+/// Runs `binary --stdio` with `env` set: `initialize`, `notifications/initialized` and
+/// `tools/list` as newline-delimited JSON-RPC on stdin; returns the listed tool names.
+pub fn smoke_stdio(binary: &str, env: &[(&str, &str)]) -> Result<Vec<String>, String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut command = Command::new(binary);
+    command
+        .arg("--stdio")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = Running(
+        command
+            .spawn()
+            .map_err(|e| format!("cannot start {binary} --stdio: {e}"))?,
+    );
+    let mut stdin = child.0.stdin.take().ok_or("no stdin")?;
+    let stdout = child.0.stdout.take().ok_or("no stdout")?;
+    let messages = [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "bmm-smoke", "version": "1"}}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}),
+    ];
+    for m in &messages {
+        writeln!(stdin, "{m}").map_err(|e| format!("stdin: {e}"))?;
+    }
+    stdin.flush().map_err(|e| e.to_string())?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| "no tools/list answer on stdout within 30 s".to_owned())?;
+        let value: Value = serde_json::from_str(&line)
+            .map_err(|e| format!("stdout carries something that is not JSON-RPC ({e}): {line}"))?;
+        if value["id"] == json!(2) {
+            drop(stdin);
+            return Ok(tool_names(&value["result"]));
+        }
+    }
+}

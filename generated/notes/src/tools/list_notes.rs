@@ -1,0 +1,22 @@
+//! The `list_notes` tool. Created by bmm once: this file is yours and is never overwritten. If the tool's schema changes, the compiler points here.
+
+use bmm_runtime::serde_json::json;
+use bmm_runtime::{ToolContext, ToolError};
+
+use super::add_note::store;
+use crate::generated::types::{ListNotesInput, ListNotesOutput};
+
+/// Lists note ids and titles, optionally only those with a tag.
+pub(crate) async fn list_notes(
+    _ctx: &ToolContext,
+    input: ListNotesInput,
+) -> Result<ListNotesOutput, ToolError> {
+    let store = store();
+    let notes = store
+        .notes
+        .iter()
+        .filter(|(_, n)| input.tag.as_ref().is_none_or(|t| n.tags.contains(t)))
+        .map(|(id, n)| json!({ "id": id, "title": n.title }))
+        .collect();
+    Ok(ListNotesOutput { notes })
+}
