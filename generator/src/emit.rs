@@ -85,6 +85,49 @@ struct Readme<'a> {
     tools: Vec<(String, String, String)>,
 }
 
+#[derive(Template)]
+#[template(path = "starter.yaml.txt", escape = "none")]
+struct Starter<'a> {
+    name: &'a str,
+    title: String,
+    file: &'a str,
+}
+
+/// The commented starter spec of `bmm new`. `name` must be a valid server name (it is
+/// written into YAML unquoted, so nothing else is accepted).
+pub fn starter_spec(name: &str, file: &str) -> Result<String, String> {
+    let valid = name.len() <= 48
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !valid {
+        return Err(format!(
+            "`{}` is not a server name: use lowercase letters, digits and `-`, starting with a letter (at most 48)",
+            name.escape_default()
+        ));
+    }
+    let title = name
+        .split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    // The file name lands in YAML comments only; keep it on one line.
+    let file = file.replace(['\n', '\r'], " ");
+    Starter {
+        name,
+        title,
+        file: &file,
+    }
+    .render()
+    .map_err(|e| e.to_string())
+}
+
 /// Markdown table cells: one line, no pipes, no raw HTML.
 fn cell(text: &str) -> String {
     text.split_whitespace()

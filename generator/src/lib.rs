@@ -11,5 +11,5 @@ pub mod generate;
 mod names;
 pub mod spec;
 
-pub use emit::RuntimeDependency;
+pub use emit::{RuntimeDependency, starter_spec};
 pub use generate::{GenerateError, Outcome, generate};

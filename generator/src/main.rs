@@ -21,6 +21,14 @@ enum Command {
         /// The spec file (YAML or JSON).
         spec: PathBuf,
     },
+    /// Write a commented starter spec to `<name>.yaml` (or `--out`).
+    New {
+        /// The server name: lowercase letters, digits and `-`, starting with a letter.
+        name: String,
+        /// Where to write it (default `<name>.yaml`); an existing file is never replaced.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Generate (or check) the server crate for a spec.
     Generate {
         /// The spec file (YAML or JSON).
@@ -43,6 +51,7 @@ enum Command {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { spec } => check(&spec),
+        Command::New { name, out } => new(&name, out),
         Command::Generate {
             spec,
             out,
@@ -62,6 +71,47 @@ fn main() -> ExitCode {
                 },
             };
             generate(&spec, &out, check, &runtime)
+        }
+    }
+}
+
+fn new(name: &str, out: Option<PathBuf>) -> ExitCode {
+    let path = out.unwrap_or_else(|| PathBuf::from(format!("{name}.yaml")));
+    let file = path
+        .file_name()
+        .map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
+    let text = match bmm_generator::starter_spec(name, &file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    match written {
+        Ok(()) => {
+            println!(
+                "wrote {}: edit it, then `bmm check {}` and `bmm generate {} --out {name}`",
+                path.display(),
+                path.display(),
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!(
+                "error: {} already exists; bmm new never replaces a file (choose another --out)",
+                path.display()
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            ExitCode::from(1)
         }
     }
 }

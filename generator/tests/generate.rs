@@ -123,3 +123,18 @@ fn invalid_specs_generate_nothing() {
     }
     assert!(!out.exists());
 }
+
+#[test]
+fn bmm_new_writes_a_starter_spec_that_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("my-shop.yaml");
+    let text = bmm_generator::starter_spec("my-shop", "my-shop.yaml").unwrap();
+    std::fs::write(&path, &text).unwrap();
+    let (spec, findings) = bmm_generator::spec::check_file(&path).unwrap();
+    assert!(findings.is_empty(), "{findings:?}");
+    assert_eq!(spec.server.name.value, "my-shop");
+    assert_eq!(spec.tools.len(), 1);
+    for bad in ["My Shop", "shop\nserver: x", "", "-shop", "shop_1"] {
+        assert!(bmm_generator::starter_spec(bad, "x.yaml").is_err(), "{bad:?}");
+    }
+}
