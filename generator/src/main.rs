@@ -77,9 +77,10 @@ fn main() -> ExitCode {
 
 fn new(name: &str, out: Option<PathBuf>) -> ExitCode {
     let path = out.unwrap_or_else(|| PathBuf::from(format!("{name}.yaml")));
-    let file = path
-        .file_name()
-        .map_or_else(|| path.display().to_string(), |f| f.to_string_lossy().into_owned());
+    let file = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
     let text = match bmm_generator::starter_spec(name, &file) {
         Ok(t) => t,
         Err(e) => {

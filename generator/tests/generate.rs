@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use bmm_generator::{GenerateError, RuntimeDependency, generate};
 
@@ -135,6 +136,73 @@ fn bmm_new_writes_a_starter_spec_that_passes_check() {
     assert_eq!(spec.server.name.value, "my-shop");
     assert_eq!(spec.tools.len(), 1);
     for bad in ["My Shop", "shop\nserver: x", "", "-shop", "shop_1"] {
-        assert!(bmm_generator::starter_spec(bad, "x.yaml").is_err(), "{bad:?}");
+        assert!(
+            bmm_generator::starter_spec(bad, "x.yaml").is_err(),
+            "{bad:?}"
+        );
     }
+}
+
+/// A spec edit that renames an argument breaks the user's function, and the compiler says
+/// so in the user's file, which regeneration left untouched. Builds a copy of
+/// `generated/notes` (its own workspace, sharing this workspace's target directory and
+/// lock file, so only the two small crates are checked).
+#[test]
+fn a_schema_change_that_breaks_a_user_function_is_a_compile_error_in_that_file() {
+    let root = root();
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = dir.path().join("notes.yaml");
+    let spec = std::fs::read_to_string(root.join("specs/notes.yaml")).unwrap();
+    std::fs::write(&spec_path, &spec).unwrap();
+    let out = dir.path().join("notes");
+    let runtime =
+        bmm_generator::RuntimeDependency::Path(root.join("runtime").display().to_string());
+    bmm_generator::generate(&spec_path, &out, &runtime, false).unwrap();
+    for entry in std::fs::read_dir(root.join("generated/notes/src/tools")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, out.join("src/tools").join(path.file_name().unwrap())).unwrap();
+    }
+    let mut cargo_toml = std::fs::read_to_string(out.join("Cargo.toml")).unwrap();
+    cargo_toml.push_str("\n[workspace]\n\n[profile.dev.package.\"*\"]\nopt-level = 1\n");
+    std::fs::write(out.join("Cargo.toml"), cargo_toml).unwrap();
+    std::fs::copy(root.join("Cargo.lock"), out.join("Cargo.lock")).unwrap();
+    let check = || {
+        Command::new(env!("CARGO"))
+            .args(["check", "--offline", "--quiet", "--message-format=short"])
+            .env("CARGO_TARGET_DIR", root.join("target"))
+            .current_dir(&out)
+            .output()
+            .unwrap()
+    };
+    let before = check();
+    assert!(
+        before.status.success(),
+        "the copy must build before the edit: {}",
+        String::from_utf8_lossy(&before.stderr)
+    );
+
+    let user_file = out.join("src/tools/add_note.rs");
+    let user_text = std::fs::read(&user_file).unwrap();
+    let edited = spec
+        .replace(
+            "        title: { type: string, minLength: 1",
+            "        heading: { type: string, minLength: 1",
+        )
+        .replace("required: [title, text]", "required: [heading, text]");
+    assert_ne!(edited, spec, "the edit must change the spec");
+    std::fs::write(&spec_path, edited).unwrap();
+    bmm_generator::generate(&spec_path, &out, &runtime, false).unwrap();
+    assert_eq!(
+        std::fs::read(&user_file).unwrap(),
+        user_text,
+        "user file rewritten"
+    );
+
+    let after = check();
+    let stderr = String::from_utf8_lossy(&after.stderr);
+    assert!(!after.status.success(), "the broken user function compiled");
+    assert!(
+        stderr.contains("tools/add_note.rs") && stderr.contains("no field `title`"),
+        "the error must point at the user's file and the renamed field: {stderr}"
+    );
 }
