@@ -400,3 +400,64 @@ pub(crate) fn server(root: &Path) -> Result<(), String> {
         ))
     }
 }
+
+/// Starts a generated server binary (from the workspace test build) on `port` trusting
+/// `issuer`; logs to `out/<name>-<port>.log`.
+fn start_server(
+    root: &Path,
+    out: &Path,
+    name: &str,
+    port: u16,
+    issuer: &str,
+) -> Result<Guard, String> {
+    let log = std::fs::File::create(out.join(format!("{name}-{port}.log")))
+        .map_err(|e| e.to_string())?;
+    let guard = Guard(
+        Command::new(root.join("target/debug").join(name))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--issuer", issuer])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?,
+    );
+    wait_for(name, Duration::from_secs(30), || {
+        http_get(&format!("http://127.0.0.1:{port}/healthz"))
+            .ok()
+            .filter(|(s, _)| *s == 200)
+            .map(|_| String::new())
+    })?;
+    Ok(guard)
+}
+
+/// The official TypeScript SDK's OAuth client against bmm-as and the generated `notes`
+/// server (tests/client/oauth-client.mjs): discovery, registration, PKCE, `resource`, the
+/// token's audience, tool calls, and the token refused by a second server.
+pub(crate) fn sdk_client(root: &Path) -> Result<(), String> {
+    let node = npm_tools(root)?;
+    let out = fresh_dir(root, "sdk-client")?;
+    let (one, two) = (free_port()?, free_port()?);
+    let url_one = format!("http://127.0.0.1:{one}/mcp");
+    let url_two = format!("http://127.0.0.1:{two}/mcp");
+    let (issuer, _as) = start_as(
+        root,
+        &out,
+        &[
+            "--resource",
+            &url_one,
+            "--resource",
+            &url_two,
+            "--dev-user",
+            "alice",
+        ],
+    )?;
+    let _one = start_server(root, &out, "notes", one, &issuer)?;
+    let _two = start_server(root, &out, "notes", two, &issuer)?;
+    run(
+        "the TypeScript SDK's OAuth client vs bmm-as and generated/notes",
+        Command::new(&node)
+            .arg(root.join("tests/client/oauth-client.mjs"))
+            .args([&url_one, &url_two])
+            .current_dir(root.join("tests")),
+    )
+}

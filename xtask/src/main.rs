@@ -9,6 +9,8 @@
 //!   npm under `tests/`, pinned): its server scenarios (0.1.16 active suite, 0.2.0-alpha.12
 //!   `--requirements 2025-11-25` and `2026-07-28`) against `generated/conformance`, and its
 //!   `authorization` command against bmm-as.
+//! - `sdk-client`: the official TypeScript SDK's OAuth client (pinned under `tests/`) runs
+//!   its own flow against bmm-as and the generated `notes` server, then calls tools.
 //! - `consent`: bmm-as's sign-in and consent page driven in headless Chromium (Debian's
 //!   package, installed with apt-get when missing), screenshot in `target/conformance/`.
 //! - `fuzz [SECONDS]`: bounded coverage-guided runs of each fuzz target (needs
@@ -29,12 +31,13 @@ fn main() -> ExitCode {
         Some("conformance") => {
             conformance::server(&root()).and_then(|()| conformance::authorization(&root()))
         }
+        Some("sdk-client") => conformance::sdk_client(&root()),
         Some("consent") => conformance::consent(&root()),
         Some("generate") => generate(args.get(1).map(String::as_str) == Some("--check")),
         Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | generate [--check] | conformance | consent | fuzz [SECONDS]>"
+                "usage: cargo xtask <demo | ci | generate [--check] | conformance | sdk-client | consent | fuzz [SECONDS]>"
             );
             return ExitCode::from(2);
         }
@@ -149,6 +152,7 @@ fn ci() -> Result<(), String> {
     generate_with(true, Some(&root().join("target/debug/bmm")))?;
     conformance::server(&root())?;
     conformance::authorization(&root())?;
+    conformance::sdk_client(&root())?;
     conformance::consent(&root())
 }
 
