@@ -302,6 +302,15 @@ fn smoke_test(spec: &Spec, spec_file: &str) -> TokenStream {
         .map(|k| quote!((#k, "smoke-test-secret")));
     let tools = spec.tools.iter().map(|t| t.name.value.as_str());
     let secrets2 = secrets.clone();
+    let secrets3 = secrets.clone();
+    let scoped = match spec.tools.iter().find_map(|t| {
+        t.scopes
+            .first()
+            .map(|s| (t.name.value.as_str(), s.value.as_str()))
+    }) {
+        Some((tool, scope)) => quote!(Some((#tool, #scope))),
+        None => quote!(None),
+    };
     let tools2 = tools.clone();
     quote! {
         #![doc = #doc]
@@ -313,6 +322,15 @@ fn smoke_test(spec: &Spec, spec_file: &str) -> TokenStream {
             let expected: &[&str] = &[#(#tools),*];
             assert_eq!(report.legacy_tools, expected);
             assert_eq!(report.stateless_tools, expected);
+        }
+
+        #[test]
+        fn refuses_every_forged_token() {
+            let cases = bmm_runtime::testing::forged_token_matrix(env!(#env_name), &[#(#secrets3),*], #scoped)
+                .unwrap_or_else(|e| panic!("{e}"));
+            for case in &cases {
+                println!("{:<45} {} {}", case.name, case.status, case.challenge);
+            }
         }
 
         #[test]

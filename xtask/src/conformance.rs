@@ -410,8 +410,8 @@ fn start_server(
     port: u16,
     issuer: &str,
 ) -> Result<Guard, String> {
-    let log = std::fs::File::create(out.join(format!("{name}-{port}.log")))
-        .map_err(|e| e.to_string())?;
+    let log =
+        std::fs::File::create(out.join(format!("{name}-{port}.log"))).map_err(|e| e.to_string())?;
     let guard = Guard(
         Command::new(root.join("target/debug").join(name))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--issuer", issuer])

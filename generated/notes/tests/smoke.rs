@@ -8,6 +8,18 @@ fn serves_both_protocol_eras_behind_the_auth_layer() {
     assert_eq!(report.stateless_tools, expected);
 }
 #[test]
+fn refuses_every_forged_token() {
+    let cases = bmm_runtime::testing::forged_token_matrix(
+        env!("CARGO_BIN_EXE_notes"),
+        &[],
+        Some(("add_note", "notes:write")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for case in &cases {
+        println!("{:<45} {} {}", case.name, case.status, case.challenge);
+    }
+}
+#[test]
 fn serves_the_same_tools_over_stdio() {
     let tools = bmm_runtime::testing::smoke_stdio(env!("CARGO_BIN_EXE_notes"), &[])
         .unwrap_or_else(|e| panic!("{e}"));

@@ -193,48 +193,79 @@ pub fn smoke(binary: &str, env: &[(&str, &str)]) -> Result<Report, String> {
     runtime.block_on(smoke_async(binary, env))
 }
 
-async fn smoke_async(binary: &str, env: &[(&str, &str)]) -> Result<Report, String> {
-    let issuer = stand_in_issuer().await?;
-    let port = free_port()?;
-    let base = format!("http://127.0.0.1:{port}");
-    let resource = format!("{base}/mcp");
-    let mut command = Command::new(binary);
-    command
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--issuer",
-            &issuer,
-        ])
-        .args(["--jwks-uri", &format!("{issuer}/jwks")])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let _server = Running(
+/// A stand-in issuer and the server binary on a free loopback port, trusting it.
+struct Harness {
+    issuer: String,
+    base: String,
+    resource: String,
+    http: reqwest::Client,
+    _server: Running,
+}
+
+impl Harness {
+    async fn start(binary: &str, env: &[(&str, &str)]) -> Result<Self, String> {
+        let issuer = stand_in_issuer().await?;
+        let port = free_port()?;
+        let base = format!("http://127.0.0.1:{port}");
+        let resource = format!("{base}/mcp");
+        let mut command = Command::new(binary);
         command
-            .spawn()
-            .map_err(|e| format!("cannot start {binary}: {e}"))?,
-    );
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut ready = false;
-    for _ in 0..300 {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
-            && r.status().is_success()
-        {
-            ready = true;
-            break;
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--issuer",
+                &issuer,
+            ])
+            .args(["--jwks-uri", &format!("{issuer}/jwks")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            command.env(k, v);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _server = Running(
+            command
+                .spawn()
+                .map_err(|e| format!("cannot start {binary}: {e}"))?,
+        );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut ready = false;
+        for _ in 0..300 {
+            if let Ok(r) = http.get(format!("{base}/healthz")).send().await
+                && r.status().is_success()
+            {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if !ready {
+            return Err(format!("{binary} did not answer /healthz within 30 s"));
+        }
+        Ok(Self {
+            issuer,
+            base,
+            resource,
+            http,
+            _server,
+        })
     }
-    if !ready {
-        return Err(format!("{binary} did not answer /healthz within 30 s"));
-    }
+}
+
+async fn smoke_async(binary: &str, env: &[(&str, &str)]) -> Result<Report, String> {
+    let harness = Harness::start(binary, env).await?;
+    let Harness {
+        issuer,
+        base,
+        resource,
+        http,
+        ..
+    } = &harness;
+    let (issuer, base, resource, http) =
+        (issuer.clone(), base.clone(), resource.clone(), http.clone());
 
     // 1. No token.
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
@@ -438,4 +469,391 @@ pub fn smoke_stdio(binary: &str, env: &[(&str, &str)]) -> Result<Vec<String>, St
             return Ok(tool_names(&value["result"]));
         }
     }
+}
+
+const OTHER_KEY_PEM: &str = include_str!("other-key.pem");
+
+/// One case of the forged-token matrix and what the server answered.
+#[derive(Debug, Clone)]
+pub struct MatrixCase {
+    /// What the request carries.
+    pub name: &'static str,
+    /// Expected HTTP status.
+    pub expected_status: u16,
+    /// Expected `error` parameter of `WWW-Authenticate` (`None`: no `error` parameter).
+    pub expected_error: Option<&'static str>,
+    /// The status received.
+    pub status: u16,
+    /// The `WWW-Authenticate` header received.
+    pub challenge: String,
+    /// The body received.
+    pub body: String,
+}
+
+impl MatrixCase {
+    fn holds(&self, metadata_url: &str) -> bool {
+        if self.status != self.expected_status {
+            return false;
+        }
+        if self.expected_status < 400 {
+            return true;
+        }
+        let error = self
+            .challenge
+            .split("error=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next());
+        let body: Value = serde_json::from_str(&self.body).unwrap_or(Value::Null);
+        let body_error = body["error"].as_str();
+        let errors_match = match self.expected_error {
+            Some(expected) => error == Some(expected) && body_error == Some(expected),
+            None => error.is_none() && body_error.is_some(),
+        };
+        self.challenge.starts_with("Bearer ")
+            && self
+                .challenge
+                .contains(&format!("resource_metadata=\"{metadata_url}\""))
+            && errors_match
+    }
+}
+
+fn b64(value: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+fn sign(claims: &Value, kid: &str, pem: &str) -> Result<String, String> {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    header.typ = Some("at+jwt".to_owned());
+    let key = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+    jsonwebtoken::encode(&header, claims, &key).map_err(|e| e.to_string())
+}
+
+/// Sends every forged, expired, misdirected and malformed token the resource-server rules
+/// cover to `binary` (plus two valid controls) and returns each case with what came back.
+/// `scoped_tool`: a tool and a scope it needs, for the `insufficient_scope` case.
+/// Returns `Err` listing every case whose status, `WWW-Authenticate` `error` or JSON body
+/// differs from the rule.
+pub fn forged_token_matrix(
+    binary: &str,
+    env: &[(&str, &str)],
+    scoped_tool: Option<(&str, &str)>,
+) -> Result<Vec<MatrixCase>, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(matrix_async(binary, env, scoped_tool))
+}
+
+async fn matrix_async(
+    binary: &str,
+    env: &[(&str, &str)],
+    scoped_tool: Option<(&str, &str)>,
+) -> Result<Vec<MatrixCase>, String> {
+    let h = Harness::start(binary, env).await?;
+    let metadata_url = format!("{}/.well-known/oauth-protected-resource/mcp", h.base);
+    let now = now();
+    let claims = |patch: Value| {
+        let mut c = json!({
+            "iss": h.issuer, "aud": h.resource, "sub": "matrix", "client_id": "matrix",
+            "scope": "", "iat": now, "exp": now + 300,
+        });
+        if let (Some(c), Some(p)) = (c.as_object_mut(), patch.as_object()) {
+            for (k, v) in p {
+                if v.is_null() {
+                    c.remove(k);
+                } else {
+                    c.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        c
+    };
+    let valid = sign(&claims(json!({})), KID, KEY_PEM)?;
+    let (valid_head, valid_rest) = valid.split_once('.').unwrap_or_default();
+    let valid_sig = valid_rest.rsplit('.').next().unwrap_or_default();
+    let jwk: Value = serde_json::from_str(KEY_JWK).map_err(|e| e.to_string())?;
+    let none_token = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "at+jwt", "kid": KID})),
+        b64(&claims(json!({})))
+    );
+    let hs256 = {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(KID.to_owned());
+        let secret = jwk["n"].as_str().unwrap_or_default().as_bytes().to_vec();
+        jsonwebtoken::encode(
+            &header,
+            &claims(json!({})),
+            &EncodingKey::from_secret(&secret),
+        )
+        .map_err(|e| e.to_string())?
+    };
+    let tampered = format!(
+        "{valid_head}.{}.{valid_sig}",
+        b64(&claims(json!({"scope": "everything", "sub": "admin"})))
+    );
+    type Case = (
+        &'static str,
+        Vec<(&'static str, String)>,
+        u16,
+        Option<&'static str>,
+    );
+    let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
+    let mut cases: Vec<Case> = vec![
+        ("no Authorization header", vec![], 401, None),
+        (
+            "Basic credentials",
+            vec![("authorization", "Basic YWxpY2U6c2VjcmV0".to_owned())],
+            401,
+            None,
+        ),
+        (
+            "Bearer with an empty token",
+            vec![("authorization", "Bearer ".to_owned())],
+            400,
+            Some("invalid_request"),
+        ),
+        (
+            "Bearer with two tokens",
+            vec![("authorization", format!("Bearer {valid} {valid}"))],
+            400,
+            Some("invalid_request"),
+        ),
+        (
+            "two Authorization headers",
+            vec![
+                ("authorization", format!("Bearer {valid}")),
+                ("authorization", format!("Bearer {valid}")),
+            ],
+            400,
+            Some("invalid_request"),
+        ),
+        ("not a JWT", bearer("not-a-jwt"), 401, Some("invalid_token")),
+        ("alg none", bearer(&none_token), 401, Some("invalid_token")),
+        (
+            "HS256 keyed with the public key",
+            bearer(&hs256),
+            401,
+            Some("invalid_token"),
+        ),
+        (
+            "signed by another key under the same kid",
+            bearer(&sign(&claims(json!({})), KID, OTHER_KEY_PEM)?),
+            401,
+            Some("invalid_token"),
+        ),
+        (
+            "unknown kid",
+            bearer(&sign(&claims(json!({})), "no-such-kid", OTHER_KEY_PEM)?),
+            401,
+            Some("invalid_token"),
+        ),
+        (
+            "payload altered after signing",
+            bearer(&tampered),
+            401,
+            Some("invalid_token"),
+        ),
+        (
+            "expired",
+            bearer(&sign(
+                &claims(json!({"exp": now - 3600, "iat": now - 7200})),
+                KID,
+                KEY_PEM,
+            )?),
+            401,
+            Some("invalid_token"),
+        ),
+        (
+            "not yet valid (nbf)",
+            bearer(&sign(&claims(json!({"nbf": now + 3600})), KID, KEY_PEM)?),
+            401,
+            Some("invalid_token"),
+        ),
+        (
+            "no exp",
+            bearer(&sign(&claims(json!({"exp": null})), KID, KEY_PEM)?),
+            401,
+            Some("invalid_token"),
+        ),
+        (
+            "another issuer",
+            bearer(&sign(
+                &claims(json!({"iss": "https://evil.example"})),
+                KID,
+                KEY_PEM,
+            )?),
+            401,
+            Some("invalid_token"),
+        ),
+        (
+            "no aud",
+            bearer(&sign(&claims(json!({"aud": null})), KID, KEY_PEM)?),
+            401,
+            Some("invalid_token"),
+        ),
+        (
+            "aud of another server",
+            bearer(&sign(
+                &claims(json!({"aud": "https://other.example/mcp"})),
+                KID,
+                KEY_PEM,
+            )?),
+            401,
+            Some("invalid_token"),
+        ),
+        (
+            "aud naming a sub-path of this server",
+            bearer(&sign(
+                &claims(json!({"aud": format!("{}/admin", h.resource)})),
+                KID,
+                KEY_PEM,
+            )?),
+            401,
+            Some("invalid_token"),
+        ),
+        (
+            "aud of this host on another port",
+            bearer(&sign(
+                &claims(json!({"aud": h.resource.replacen("127.0.0.1:", "127.0.0.1:1", 1)})),
+                KID,
+                KEY_PEM,
+            )?),
+            401,
+            Some("invalid_token"),
+        ),
+        (
+            "oversized token (16 KiB)",
+            bearer(&"a".repeat(16 * 1024)),
+            401,
+            Some("invalid_token"),
+        ),
+        (
+            "valid: lowercase scheme",
+            vec![("authorization", format!("bearer {valid}"))],
+            200,
+            None,
+        ),
+        (
+            "valid: aud with one trailing slash (the same resource)",
+            bearer(&sign(
+                &claims(json!({"aud": format!("{}/", h.resource)})),
+                KID,
+                KEY_PEM,
+            )?),
+            200,
+            None,
+        ),
+        (
+            "valid: aud array naming this server",
+            bearer(&sign(
+                &claims(json!({"aud": ["https://other.example/mcp", h.resource]})),
+                KID,
+                KEY_PEM,
+            )?),
+            200,
+            None,
+        ),
+    ];
+    let mut out = Vec::new();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "bmm-matrix", "version": "1"}}});
+    for (name, headers, expected_status, expected_error) in cases.drain(..) {
+        let mut request = h
+            .http
+            .post(format!("{}?access_token={valid}", h.resource))
+            .header("accept", "application/json, text/event-stream")
+            .json(&init);
+        if name == "no Authorization header" {
+            // The token in the query string must be ignored (RFC 6750 allows it; MCP not).
+        } else {
+            request = h
+                .http
+                .post(&h.resource)
+                .header("accept", "application/json, text/event-stream")
+                .json(&init);
+        }
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        out.push(send(name, request, expected_status, expected_error).await?);
+    }
+    if let Some((tool, scope)) = scoped_tool {
+        let meta = json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "bmm-matrix", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {}
+        });
+        let token = sign(&claims(json!({"scope": "unrelated:scope"})), KID, KEY_PEM)?;
+        let request = h
+            .http
+            .post(&h.resource)
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", tool)
+            .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                "params": {"_meta": meta, "name": tool, "arguments": {}}}));
+        let mut case = send(
+            "valid token without the tool's scope",
+            request,
+            403,
+            Some("insufficient_scope"),
+        )
+        .await?;
+        if !case.challenge.contains(scope) {
+            case.expected_status = 0; // the challenge must name the scope the tool needs
+        }
+        out.push(case);
+    }
+    let failed: Vec<String> = out
+        .iter()
+        .filter(|c| !c.holds(&metadata_url))
+        .map(|c| {
+            format!(
+                "{}: expected {} {:?}, got {} `{}` {}",
+                c.name, c.expected_status, c.expected_error, c.status, c.challenge, c.body
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(out)
+    } else {
+        Err(format!("forged-token matrix:\n  {}", failed.join("\n  ")))
+    }
+}
+
+async fn send(
+    name: &'static str,
+    request: reqwest::RequestBuilder,
+    expected_status: u16,
+    expected_error: Option<&'static str>,
+) -> Result<MatrixCase, String> {
+    let response = request.send().await.map_err(|e| format!("{name}: {e}"))?;
+    let status = response.status().as_u16();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = if status >= 400 {
+        response.text().await.unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok(MatrixCase {
+        name,
+        expected_status,
+        expected_error,
+        status,
+        challenge,
+        body,
+    })
 }
