@@ -191,19 +191,24 @@ fn random() -> Result<String, String> {
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
-pub(crate) fn demo(root: &Path) -> Result<(), String> {
-    run(
-        "build bmm-as and the generated weather server",
-        cargo().args([
-            "build",
-            "--quiet",
-            "-p",
-            "bmm-authorization-server",
-            "-p",
-            "weather",
-            "--bins",
-        ]),
-    )?;
+/// The walkthrough. `build`: build the two binaries first (false in CI, which runs the
+/// ones the workspace test build made rather than building them again with another
+/// feature set).
+pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
+    if build {
+        run(
+            "build bmm-as and the generated weather server",
+            cargo().args([
+                "build",
+                "--quiet",
+                "-p",
+                "bmm-authorization-server",
+                "-p",
+                "weather",
+                "--bins",
+            ]),
+        )?;
+    }
     let dir = root.join("target/demo");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;

@@ -2,7 +2,8 @@
 //!
 //! - `demo`: the OAuth walkthrough end to end (bmm-as, two generated servers, a client).
 //! - `ci`: formatting check, clippy and rustdoc with warnings denied, every test of the
-//!   workspace (generated/ drift included), then the conformance runs.
+//!   workspace, generated/ drift, the conformance runs, the TypeScript SDK client, the
+//!   consent page and the demo.
 //! - `generate [--check]`: every `specs/*.yaml` into `generated/<name>/` (check: fail on
 //!   drift).
 //! - `conformance`: the official MCP conformance suite (Node 22 and the suite installed by
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
-        Some("demo") => demo::demo(&root()),
+        Some("demo") => demo::demo(&root(), true),
         Some("conformance") => {
             conformance::server(&root()).and_then(|()| conformance::authorization(&root()))
         }
@@ -153,6 +154,7 @@ fn ci() -> Result<(), String> {
     conformance::server(&root())?;
     conformance::authorization(&root())?;
     conformance::sdk_client(&root())?;
+    demo::demo(&root(), false)?;
     conformance::consent(&root())
 }
 
