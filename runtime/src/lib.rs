@@ -15,6 +15,7 @@ mod http_tool;
 mod output;
 pub mod run;
 mod secrets;
+mod session_cap;
 pub mod template;
 #[cfg(feature = "testing")]
 pub mod testing;

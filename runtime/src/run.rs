@@ -61,6 +61,10 @@ pub struct Args {
     /// Serve without authentication (local protocol tests only; refused off loopback).
     #[arg(long, env = "BMM_NO_AUTH")]
     pub no_auth: bool,
+    /// At most this many legacy (initialize-based) sessions at once; beyond it a new
+    /// session is refused with 503. Idle sessions close after 5 minutes.
+    #[arg(long, env = "BMM_MAX_SESSIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions: u32,
     /// Serve the same tools over stdin/stdout for a local client that starts this process
     /// (no HTTP, so no HTTP authentication, as the MCP spec says; secrets still come from
     /// the environment). Logs go to stderr.
@@ -94,6 +98,8 @@ pub struct Prepared {
     pub server: McpServer,
     /// The middleware configuration.
     pub config: ServeConfig,
+    /// The legacy session limit.
+    pub max_sessions: usize,
 }
 
 /// The scope policy of a definition: server-wide, per tool, hierarchy.
@@ -180,6 +186,7 @@ pub fn prepare(
     Ok(Prepared {
         server,
         config: config.origin_policy(origin),
+        max_sessions: usize::try_from(args.max_sessions).unwrap_or(usize::MAX),
     })
 }
 
@@ -214,7 +221,11 @@ pub async fn serve(
     listener: Server,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let Prepared { server, config } = prepared;
+    let Prepared {
+        server,
+        config,
+        max_sessions,
+    } = prepared;
     let hosts = config.allowed_hosts();
     let rmcp_config = StreamableHttpServerConfig::default()
         // Legacy sessions stay on: in rmcp's stateless mode legacy sampling and elicitation
@@ -222,12 +233,14 @@ pub async fn serve(
         .with_legacy_session_mode(true)
         .with_allowed_hosts(hosts);
     let factory = server.clone();
+    let sessions = Arc::new(LocalSessionManager::default());
     let service = StreamableHttpService::new(
         move || Ok(factory.session()),
-        Arc::new(LocalSessionManager::default()),
+        Arc::clone(&sessions),
         rmcp_config,
     );
-    tracing::info!(name = server.def().name, "MCP server ready");
+    let service = crate::session_cap::SessionCap::new(service, sessions, max_sessions);
+    tracing::info!(name = server.def().name, max_sessions, "MCP server ready");
     listener.serve(service, shutdown).await
 }
 

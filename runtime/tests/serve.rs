@@ -232,6 +232,10 @@ struct Running {
 }
 
 async fn start() -> Running {
+    start_with(&[]).await
+}
+
+async fn start_with(extra: &[&str]) -> Running {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let upstream = start_upstream(Arc::clone(&seen)).await;
     let jwks = start_jwks().await;
@@ -239,15 +243,19 @@ async fn start() -> Running {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let args = Args::try_parse_from([
-        "demo",
-        "--listen",
-        &addr.to_string(),
-        "--issuer",
-        &issuer,
-        "--jwks-uri",
-        &jwks,
-    ])
+    let args = Args::try_parse_from(
+        [
+            "demo",
+            "--listen",
+            &addr.to_string(),
+            "--issuer",
+            &issuer,
+            "--jwks-uri",
+            &jwks,
+        ]
+        .into_iter()
+        .chain(extra.iter().copied()),
+    )
     .unwrap();
     let env = move |name: &str| match name {
         "ITEMS_API_KEY" => Some("secret-key-123".to_owned()),
@@ -478,4 +486,54 @@ fn no_auth_is_refused_off_loopback() {
     })
     .unwrap_err();
     assert!(err.message.contains("--no-auth is refused"), "{err}");
+}
+
+#[tokio::test]
+async fn legacy_sessions_are_capped_and_stateless_requests_are_not() {
+    let s = start_with(&["--max-sessions", "3"]).await;
+    let token = token(&s.issuer, &s.url, "items:read");
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}});
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let (status, session, _) = rpc(legacy_post(&s.url, &token, None, init.clone())
+            .send()
+            .await
+            .unwrap())
+        .await;
+        assert_eq!(status, 200);
+        sessions.push(session.unwrap());
+    }
+    let refused = legacy_post(&s.url, &token, None, init.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    // An open session keeps working.
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let (status, _, body) = rpc(legacy_post(&s.url, &token, Some(&sessions[0]), list)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Closing one makes room for another.
+    let closed = reqwest::Client::new()
+        .delete(&s.url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("mcp-session-id", &sessions[1])
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert!(closed.status().is_success(), "{}", closed.status());
+    let (status, session, _) = rpc(legacy_post(&s.url, &token, None, init)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    assert_eq!(status, 200);
+    assert!(session.is_some());
 }

@@ -22,21 +22,21 @@ use sha2::{Digest, Sha256};
 use crate::conformance::{Guard, free_port, wait_for};
 use crate::{cargo, run};
 
-struct Reply {
-    status: u16,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
     headers: Vec<(String, String)>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         // SSE responses carry the JSON-RPC message in a `data:` line.
         self.body
             .lines()
@@ -67,7 +67,7 @@ fn dechunk(body: &[u8]) -> Vec<u8> {
 }
 
 /// One HTTP/1.1 exchange on loopback (`Connection: close`).
-fn http(
+pub(crate) fn http(
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
@@ -164,7 +164,7 @@ fn expect(ok: bool, what: &str) -> Result<(), String> {
     }
 }
 
-fn form(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn form(pairs: &[(&str, &str)]) -> String {
     let enc = |s: &str| {
         s.bytes()
             .map(|b| {
@@ -183,7 +183,7 @@ fn form(pairs: &[(&str, &str)]) -> String {
         .join("&")
 }
 
-fn random() -> Result<String, String> {
+pub(crate) fn random() -> Result<String, String> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
@@ -510,7 +510,7 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn decode(v: &str) -> String {
+pub(crate) fn decode(v: &str) -> String {
     let bytes = v.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -10,6 +10,8 @@
 //!   npm under `tests/`, pinned): its server scenarios (0.1.16 active suite, 0.2.0-alpha.12
 //!   `--requirements 2025-11-25` and `2026-07-28`) against `generated/conformance`, and its
 //!   `authorization` command against bmm-as.
+//! - `bench`: wrk against a generated server (auth on, auth off, plain rmcp, forged
+//!   tokens) in both eras; a Markdown table in `target/bench/results.md`.
 //! - `sdk-client`: the official TypeScript SDK's OAuth client (pinned under `tests/`) runs
 //!   its own flow against bmm-as and the generated `notes` server, then calls tools.
 //! - `consent`: bmm-as's sign-in and consent page driven in headless Chromium (Debian's
@@ -18,6 +20,7 @@
 //!   `cargo install cargo-fuzz`; uses `RUSTC_BOOTSTRAP=1` since only a stable toolchain
 //!   is available).
 
+mod bench;
 mod conformance;
 mod demo;
 
@@ -33,12 +36,13 @@ fn main() -> ExitCode {
             conformance::server(&root()).and_then(|()| conformance::authorization(&root()))
         }
         Some("sdk-client") => conformance::sdk_client(&root()),
+        Some("bench") => bench::bench(&root()),
         Some("consent") => conformance::consent(&root()),
         Some("generate") => generate(args.get(1).map(String::as_str) == Some("--check")),
         Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | generate [--check] | conformance | sdk-client | consent | fuzz [SECONDS]>"
+                "usage: cargo xtask <demo | ci | generate [--check] | conformance | sdk-client | consent | bench | fuzz [SECONDS]>"
             );
             return ExitCode::from(2);
         }

@@ -1,0 +1,483 @@
+//! `cargo xtask bench`: throughput and latency of a generated server under load.
+//!
+//! Builds release binaries (bmm-as, the generated `weather` server, and the `plain_rmcp`
+//! example: the same kind of tool on rmcp with no bmm layer), starts them on loopback,
+//! gets a real token from bmm-as (dev mode: registration, PKCE, `resource`), and drives
+//! `tools/call word_stats` with wrk (Debian's package, installed when missing) at
+//! concurrency 1, 16 and 64 for a fixed duration each, in both protocol eras: stateless
+//! 2026-07-28 requests and a legacy session. Targets, side by side: auth on with a valid
+//! token, auth off, plain rmcp, and a flood of tokens with a forged signature. Reports
+//! req/s, p50, p99 and the server's peak RSS as a Markdown table with the ratios, in
+//! `target/bench/results.md`, and shows what 10,000 `initialize` requests do to memory.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::conformance::{Guard, free_port, wait_for};
+use crate::demo::{decode, form, http, random};
+use crate::{cargo, run};
+
+const SECONDS: u32 = 5;
+const CONCURRENCY: [u32; 3] = [1, 16, 64];
+const TEXT: &str = "The quick brown fox jumps over the lazy dog. It barked! Did it?";
+
+fn wrk() -> Result<String, String> {
+    let found = |p: &str| Path::new(p).exists();
+    if !found("/usr/bin/wrk") {
+        run(
+            "apt-get update",
+            Command::new("apt-get").args(["update", "-qq"]),
+        )?;
+        run(
+            "apt-get install wrk",
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends", "wrk"])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    if found("/usr/bin/wrk") {
+        Ok("/usr/bin/wrk".to_owned())
+    } else {
+        Err("wrk is still missing after apt-get install wrk".to_owned())
+    }
+}
+
+fn healthy(port: u16, what: &str) -> Result<(), String> {
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    wait_for(what, Duration::from_secs(30), || {
+        http("GET", &url, &[], None)
+            .ok()
+            .filter(|r| r.status < 500)
+            .map(|_| String::new())
+    })
+    .map(|_| ())
+}
+
+/// A token for `resource` from bmm-as in dev mode, the way a client gets one.
+fn obtain_token(issuer: &str, resource: &str, scope: &str) -> Result<String, String> {
+    let redirect = "http://127.0.0.1:33419/callback";
+    let registration = json!({"client_name": "bmm bench", "redirect_uris": [redirect], "token_endpoint_auth_method": "none"}).to_string();
+    let r = http(
+        "POST",
+        &format!("{issuer}/register"),
+        &[("Content-Type", "application/json")],
+        Some(&registration),
+    )?;
+    let client: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+    let client_id = client["client_id"].as_str().unwrap_or_default().to_owned();
+    let verifier = random()?;
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let authorize = format!(
+        "{issuer}/authorize?{}",
+        form(&[
+            ("response_type", "code"),
+            ("client_id", &client_id),
+            ("redirect_uri", redirect),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+            ("state", "bench"),
+            ("scope", scope),
+            ("resource", resource),
+        ])
+    );
+    let r = http("GET", &authorize, &[], None)?;
+    let location = r.header("location").unwrap_or_default().to_owned();
+    let code = location
+        .split_once('?')
+        .map(|(_, q)| q)
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == "code")
+        .map(|(_, v)| decode(v))
+        .ok_or_else(|| format!("no code from /authorize ({}): {}", r.status, r.body))?;
+    let body = form(&[
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("redirect_uri", redirect),
+        ("code_verifier", &verifier),
+        ("client_id", &client_id),
+        ("resource", resource),
+    ]);
+    let r = http(
+        "POST",
+        &format!("{issuer}/token"),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(&body),
+    )?;
+    let token: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+    token["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no access token ({}): {}", r.status, r.body))
+}
+
+/// The same token with one signature character changed: right issuer, known `kid`, a
+/// signature that does not verify.
+fn forge(token: &str) -> String {
+    let mut bytes = token.as_bytes().to_vec();
+    let i = bytes.len().saturating_sub(5);
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(bytes).unwrap_or_default()
+}
+
+/// A legacy session on `url`: its id, after `initialize` and `notifications/initialized`.
+fn session(url: &str, token: Option<&str>) -> Result<String, String> {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "bmm-bench", "version": "1"}}});
+    let r = http("POST", url, &headers, Some(&init.to_string()))?;
+    let id = r
+        .header("mcp-session-id")
+        .ok_or_else(|| format!("initialize on {url}: {} {}", r.status, r.body))?
+        .to_owned();
+    headers.push(("Mcp-Session-Id", id.as_str()));
+    headers.push(("MCP-Protocol-Version", "2025-11-25"));
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    http("POST", url, &headers, Some(&note.to_string()))?;
+    Ok(id)
+}
+
+fn lua_string(text: &str) -> String {
+    // A Lua long string cannot contain its own closing bracket; JSON here never has "]==]".
+    format!("[==[{text}]==]")
+}
+
+fn script(path: &Path, body: &Value, headers: &[(&str, String)]) -> Result<(), String> {
+    let mut lua = String::from("wrk.method = \"POST\"\n");
+    lua.push_str(&format!("wrk.body = {}\n", lua_string(&body.to_string())));
+    lua.push_str("wrk.headers[\"Content-Type\"] = \"application/json\"\n");
+    lua.push_str("wrk.headers[\"Accept\"] = \"application/json, text/event-stream\"\n");
+    for (k, v) in headers {
+        lua.push_str(&format!("wrk.headers[\"{k}\"] = {}\n", lua_string(v)));
+    }
+    std::fs::write(path, lua).map_err(|e| e.to_string())
+}
+
+/// Peak and current resident memory of a process, in MiB.
+fn memory(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+struct Measure {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+}
+
+fn millis(text: &str) -> f64 {
+    let (number, factor) = if let Some(v) = text.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = text.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = text.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        (text, 1.0)
+    };
+    number.parse::<f64>().map_or(f64::NAN, |n| n * factor)
+}
+
+fn load(wrk: &str, url: &str, lua: &Path, connections: u32) -> Result<Measure, String> {
+    let threads = connections.min(2);
+    let out = Command::new(wrk)
+        .args([
+            &format!("-t{threads}"),
+            &format!("-c{connections}"),
+            &format!("-d{SECONDS}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(lua)
+        .arg(url)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run wrk: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let find = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix).map(str::trim).map(str::to_owned))
+    };
+    let rps = find("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("wrk printed no Requests/sec:\n{text}"))?;
+    Ok(Measure {
+        rps,
+        p50_ms: find("50%").map_or(f64::NAN, |v| millis(&v)),
+        p99_ms: find("99%").map_or(f64::NAN, |v| millis(&v)),
+        non_2xx: find("Non-2xx or 3xx responses:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    })
+}
+
+struct Target {
+    name: &'static str,
+    url: String,
+    pid: u32,
+    token: Option<String>,
+}
+
+pub(crate) fn bench(root: &Path) -> Result<(), String> {
+    let wrk = wrk()?;
+    run(
+        "build release binaries (bmm-as, generated/weather, the plain rmcp example)",
+        cargo().args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "bmm-authorization-server",
+            "-p",
+            "weather",
+            "-p",
+            "bmm-runtime",
+            "--bins",
+            "--example",
+            "plain_rmcp",
+        ]),
+    )?;
+    let release = root.join("target/release");
+    let out = root.join("target/bench");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let log = |name: &str| std::fs::File::create(out.join(name)).map_err(|e| e.to_string());
+    let (as_port, on_port, off_port, plain_port) =
+        (free_port()?, free_port()?, free_port()?, free_port()?);
+    let issuer = format!("http://127.0.0.1:{as_port}");
+    let on_url = format!("http://127.0.0.1:{on_port}/mcp");
+    let _as = Guard(
+        Command::new(release.join("bmm-as"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{as_port}"),
+                "--resource",
+                &on_url,
+            ])
+            .args(["--dev-user", "bench", "--data-dir"])
+            .arg(out.join("as-data"))
+            .stdout(Stdio::null())
+            .stderr(log("bmm-as.log")?)
+            .spawn()
+            .map_err(|e| format!("cannot start bmm-as: {e}"))?,
+    );
+    let weather = |port: u16, extra: &[&str], name: &str| -> Result<Guard, String> {
+        Ok(Guard(
+            Command::new(release.join("weather"))
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(extra)
+                .env("OPENWEATHER_API_KEY", "bench")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(log(name)?)
+                .spawn()
+                .map_err(|e| format!("cannot start weather: {e}"))?,
+        ))
+    };
+    let on = weather(on_port, &["--issuer", &issuer], "weather-auth-on.log")?;
+    let off = weather(off_port, &["--no-auth"], "weather-auth-off.log")?;
+    let plain = Guard(
+        Command::new(release.join("examples/plain_rmcp"))
+            .arg(format!("127.0.0.1:{plain_port}"))
+            .stdout(Stdio::null())
+            .stderr(log("plain-rmcp.log")?)
+            .spawn()
+            .map_err(|e| format!("cannot start plain_rmcp: {e}"))?,
+    );
+    healthy(as_port, "bmm-as")?;
+    healthy(on_port, "weather (auth on)")?;
+    healthy(off_port, "weather (auth off)")?;
+    healthy(plain_port, "plain rmcp")?;
+    let idle = [on.0.id(), off.0.id(), plain.0.id()].map(|pid| memory(pid).1);
+    let token = obtain_token(&issuer, &on_url, "text:use weather:read")?;
+    let forged = forge(&token);
+    // Warm-up: the first authenticated request fetches the JWKS; measure after it.
+    let r = http(
+        "POST",
+        &on_url,
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json, text/event-stream"),
+            ("Authorization", &format!("Bearer {token}")),
+        ],
+        Some(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "bmm-bench", "version": "1"}}})
+            .to_string(),
+        ),
+    )?;
+    if r.status != 200 {
+        return Err(format!("warm-up request answered {}: {}", r.status, r.body));
+    }
+    let targets = [
+        Target {
+            name: "bmm, auth on (valid token)",
+            url: on_url.clone(),
+            pid: on.0.id(),
+            token: Some(token.clone()),
+        },
+        Target {
+            name: "bmm, auth off",
+            url: format!("http://127.0.0.1:{off_port}/mcp"),
+            pid: off.0.id(),
+            token: None,
+        },
+        Target {
+            name: "plain rmcp (no bmm layer)",
+            url: format!("http://127.0.0.1:{plain_port}/mcp"),
+            pid: plain.0.id(),
+            token: None,
+        },
+        Target {
+            name: "bmm, forged signature (401)",
+            url: on_url.clone(),
+            pid: on.0.id(),
+            token: Some(forged),
+        },
+    ];
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "bmm-bench", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {}
+    });
+    let mut rows = Vec::new();
+    let mut results: Vec<(String, &'static str, u32, Measure)> = Vec::new();
+    for era in ["2026-07-28 stateless", "2025-11-25 session"] {
+        for t in &targets {
+            let mut headers: Vec<(&str, String)> = Vec::new();
+            if let Some(tok) = &t.token {
+                headers.push(("Authorization", format!("Bearer {tok}")));
+            }
+            let body = if era.starts_with("2026") {
+                headers.push(("MCP-Protocol-Version", "2026-07-28".to_owned()));
+                headers.push(("Mcp-Method", "tools/call".to_owned()));
+                headers.push(("Mcp-Name", "word_stats".to_owned()));
+                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                    "params": {"_meta": meta, "name": "word_stats", "arguments": {"text": TEXT}}})
+            } else {
+                // A forged token cannot open a session: reuse the valid session's id, so the
+                // only difference is the token.
+                let session_token = if t.name.contains("forged") {
+                    Some(token.as_str())
+                } else {
+                    t.token.as_deref()
+                };
+                let id = session(&t.url, session_token)?;
+                headers.push(("Mcp-Session-Id", id));
+                headers.push(("MCP-Protocol-Version", "2025-11-25".to_owned()));
+                json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                    "params": {"name": "word_stats", "arguments": {"text": TEXT}}})
+            };
+            let lua = out.join(format!(
+                "{}-{}.lua",
+                rows.len(),
+                era.split(' ').next().unwrap_or("era")
+            ));
+            script(&lua, &body, &headers)?;
+            for c in CONCURRENCY {
+                let m = load(&wrk, &t.url, &lua, c)?;
+                let (peak, _) = memory(t.pid);
+                eprintln!(
+                    "    {era} | {} | c={c}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, non-2xx {}, peak RSS {:.1} MiB",
+                    t.name, m.rps, m.p50_ms, m.p99_ms, m.non_2xx, peak
+                );
+                rows.push(format!(
+                    "| {era} | {} | {c} | {:.0} | {:.2} | {:.2} | {} | {:.1} |",
+                    t.name, m.rps, m.p50_ms, m.p99_ms, m.non_2xx, peak
+                ));
+                results.push((era.to_owned(), t.name, c, m));
+            }
+        }
+    }
+    let rps = |era: &str, name: &str, c: u32| {
+        results
+            .iter()
+            .find(|(e, n, cc, _)| e == era && n.starts_with(name) && *cc == c)
+            .map_or(f64::NAN, |(_, _, _, m)| m.rps)
+    };
+    let mut ratios = Vec::new();
+    for era in ["2026-07-28 stateless", "2025-11-25 session"] {
+        for c in CONCURRENCY {
+            let on = rps(era, "bmm, auth on", c);
+            ratios.push(format!(
+                "| {era} | {c} | {:.3} | {:.3} | {:.3} |",
+                on / rps(era, "bmm, auth off", c),
+                on / rps(era, "plain rmcp", c),
+                rps(era, "bmm, forged", c) / on,
+            ));
+        }
+    }
+
+    // 10,000 initialize requests: what legacy sessions cost in memory.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "bmm-bench", "version": "1"}}});
+    let off_url = format!("http://127.0.0.1:{off_port}/mcp");
+    let (_, before) = memory(off.0.id());
+    let init_text = init.to_string();
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+    ];
+    let (mut accepted, mut refused) = (0u32, 0u32);
+    for _ in 0..10_000 {
+        match http("POST", &off_url, &headers, Some(&init_text))?.status {
+            200 => accepted += 1,
+            503 => refused += 1,
+            other => return Err(format!("initialize answered {other}")),
+        }
+    }
+    let (peak_after, after) = memory(off.0.id());
+    let machine = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let mut md = format!(
+        "# bmm bench\n\n{cores} cores ({machine}); wrk, {SECONDS} s per cell, `tools/call word_stats`, release builds, \
+         everything on one machine (the load generator shares the cores).\n\n\
+         | era | target | connections | req/s | p50 ms | p99 ms | non-2xx | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n"
+    );
+    md.push_str(&rows.join("\n"));
+    md.push_str("\n\n| era | connections | auth on / auth off | auth on / plain rmcp | forged / valid |\n|---|---|---|---|---|\n");
+    md.push_str(&ratios.join("\n"));
+    md.push_str(&format!(
+        "\n\nIdle RSS (MiB): auth on {:.1}, auth off {:.1}, plain rmcp {:.1}.\n\n\
+         10,000 `initialize` requests (legacy sessions, auth off, `--max-sessions` 1000): {accepted} opened a session, \
+         {refused} were refused with 503; RSS {before:.1} MiB before, {after:.1} MiB after (peak {peak_after:.1}).\n",
+        idle[0], idle[1], idle[2]
+    ));
+    std::fs::write(out.join("results.md"), &md).map_err(|e| e.to_string())?;
+    println!("{md}");
+    Ok(())
+}
