@@ -63,7 +63,7 @@ pub struct Args {
     pub no_auth: bool,
     /// At most this many legacy (initialize-based) sessions at once; beyond it a new
     /// session is refused with 503. Idle sessions close after 5 minutes.
-    #[arg(long, env = "BMM_MAX_SESSIONS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "BMM_MAX_SESSIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions: u32,
     /// Serve the same tools over stdin/stdout for a local client that starts this process
     /// (no HTTP, so no HTTP authentication, as the MCP spec says; secrets still come from

@@ -316,22 +316,30 @@ pub(crate) fn bench(root: &Path) -> Result<(), String> {
     let idle = [on.0.id(), off.0.id(), plain.0.id()].map(|pid| memory(pid).1);
     let token = obtain_token(&issuer, &on_url, "text:use weather:read")?;
     let forged = forge(&token);
-    // Warm-up: the first authenticated request fetches the JWKS; measure after it.
-    let r = http(
-        "POST",
-        &on_url,
-        &[
-            ("Content-Type", "application/json"),
-            ("Accept", "application/json, text/event-stream"),
-            ("Authorization", &format!("Bearer {token}")),
-        ],
-        Some(
-            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "bmm-bench", "version": "1"}}})
-            .to_string(),
-        ),
-    )?;
+    // Warm-up: the first authenticated request fetches the JWKS (the server started before
+    // bmm-as answered, so it retries at most once a second); measure after it succeeds.
+    let warm_up = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "bmm-bench", "version": "1"}}})
+    .to_string();
+    let bearer = format!("Bearer {token}");
+    let mut r = http("GET", &format!("{issuer}/healthz"), &[], None)?;
+    for _ in 0..30 {
+        r = http(
+            "POST",
+            &on_url,
+            &[
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json, text/event-stream"),
+                ("Authorization", &bearer),
+            ],
+            Some(&warm_up),
+        )?;
+        if r.status != 503 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     if r.status != 200 {
         return Err(format!("warm-up request answered {}: {}", r.status, r.body));
     }
@@ -473,7 +481,7 @@ pub(crate) fn bench(root: &Path) -> Result<(), String> {
     md.push_str(&ratios.join("\n"));
     md.push_str(&format!(
         "\n\nIdle RSS (MiB): auth on {:.1}, auth off {:.1}, plain rmcp {:.1}.\n\n\
-         10,000 `initialize` requests (legacy sessions, auth off, `--max-sessions` 1000): {accepted} opened a session, \
+         10,000 `initialize` requests (legacy sessions, auth off, `--max-sessions` default): {accepted} opened a session, \
          {refused} were refused with 503; RSS {before:.1} MiB before, {after:.1} MiB after (peak {peak_after:.1}).\n",
         idle[0], idle[1], idle[2]
     ));
