@@ -364,7 +364,7 @@ pub(crate) fn bench(root: &Path) -> Result<(), String> {
         },
         Target {
             name: "bmm, forged signature (401)",
-            url: on_url.clone(),
+            url: on_url,
             pid: on.0.id(),
             token: Some(forged),
         },
