@@ -301,8 +301,6 @@ fn smoke_test(spec: &Spec, spec_file: &str) -> TokenStream {
         .keys()
         .map(|k| quote!((#k, "smoke-test-secret")));
     let tools = spec.tools.iter().map(|t| t.name.value.as_str());
-    let secrets2 = secrets.clone();
-    let secrets3 = secrets.clone();
     let scoped = match spec.tools.iter().find_map(|t| {
         t.scopes
             .first()
@@ -311,22 +309,26 @@ fn smoke_test(spec: &Spec, spec_file: &str) -> TokenStream {
         Some((tool, scope)) => quote!(Some((#tool, #scope))),
         None => quote!(None),
     };
-    let tools2 = tools.clone();
     quote! {
         #![doc = #doc]
 
+        /// The server binary.
+        const BINARY: &str = env!(#env_name);
+        /// The secrets it needs, with stand-in values.
+        const SECRETS: &[(&str, &str)] = &[#(#secrets),*];
+        /// The tools the spec declares, in order.
+        const TOOLS: &[&str] = &[#(#tools),*];
+
         #[test]
         fn serves_both_protocol_eras_behind_the_auth_layer() {
-            let report = bmm_runtime::testing::smoke(env!(#env_name), &[#(#secrets),*])
-                .unwrap_or_else(|e| panic!("{e}"));
-            let expected: &[&str] = &[#(#tools),*];
-            assert_eq!(report.legacy_tools, expected);
-            assert_eq!(report.stateless_tools, expected);
+            let report = bmm_runtime::testing::smoke(BINARY, SECRETS).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(report.legacy_tools, TOOLS);
+            assert_eq!(report.stateless_tools, TOOLS);
         }
 
         #[test]
         fn refuses_every_forged_token() {
-            let cases = bmm_runtime::testing::forged_token_matrix(env!(#env_name), &[#(#secrets3),*], #scoped)
+            let cases = bmm_runtime::testing::forged_token_matrix(BINARY, SECRETS, #scoped)
                 .unwrap_or_else(|e| panic!("{e}"));
             for case in &cases {
                 println!("{:<45} {} {}", case.name, case.status, case.challenge);
@@ -335,10 +337,8 @@ fn smoke_test(spec: &Spec, spec_file: &str) -> TokenStream {
 
         #[test]
         fn serves_the_same_tools_over_stdio() {
-            let tools = bmm_runtime::testing::smoke_stdio(env!(#env_name), &[#(#secrets2),*])
-                .unwrap_or_else(|e| panic!("{e}"));
-            let expected: &[&str] = &[#(#tools2),*];
-            assert_eq!(tools, expected);
+            let tools = bmm_runtime::testing::smoke_stdio(BINARY, SECRETS).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(tools, TOOLS);
         }
     }
 }

@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) upstreams: HashMap<&'static str, Upstream>,
     pub(crate) secrets: Secrets,
     pub(crate) http: reqwest::Client,
+    /// `initialize` / `server/discover` answer, built once.
+    pub(crate) info: ServerConfig,
     /// Seals `requestState` (HMAC, key random per process).
     pub(crate) state: Arc<RequestStateCodec>,
 }
@@ -107,6 +109,7 @@ impl McpServer {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
             shared: Arc::new(Shared {
+                info: server_info(&def),
                 def,
                 tools,
                 index,
@@ -137,35 +140,7 @@ impl McpServer {
 
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
-        let def = &self.shared.def;
-        let mut caps = ServerCapabilities::default();
-        if !def.tools.is_empty() {
-            caps.tools = Some(ToolsCapability::default());
-        }
-        if !def.resources.is_empty() || !def.resource_templates.is_empty() {
-            let mut resources = ResourcesCapability::default();
-            if def.resources.iter().any(|r| r.subscribable) {
-                resources.subscribe = Some(true);
-            }
-            caps.resources = Some(resources);
-        }
-        if !def.prompts.is_empty() {
-            caps.prompts = Some(PromptsCapability::default());
-        }
-        if def.prompts.iter().any(|p| !p.arguments.is_empty()) || !def.resource_templates.is_empty()
-        {
-            caps.completions = Some(JsonObject::new());
-        }
-        caps.logging = Some(JsonObject::new());
-        let mut implementation = Implementation::new(def.name, def.version);
-        if let Some(title) = def.title {
-            implementation = implementation.with_title(title);
-        }
-        let info = ServerConfig::new(caps).with_server_info(implementation);
-        match def.instructions {
-            Some(text) => info.with_instructions(text),
-            None => info,
-        }
+        self.shared.info.clone()
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
@@ -509,6 +484,37 @@ impl ServerHandler for McpServer {
             result = result.with_description(d);
         }
         Ok(result.into())
+    }
+}
+
+/// The server's capabilities and identity, derived once from the definition.
+fn server_info(def: &ServerDef) -> ServerConfig {
+    let mut caps = ServerCapabilities::default();
+    if !def.tools.is_empty() {
+        caps.tools = Some(ToolsCapability::default());
+    }
+    if !def.resources.is_empty() || !def.resource_templates.is_empty() {
+        let mut resources = ResourcesCapability::default();
+        if def.resources.iter().any(|r| r.subscribable) {
+            resources.subscribe = Some(true);
+        }
+        caps.resources = Some(resources);
+    }
+    if !def.prompts.is_empty() {
+        caps.prompts = Some(PromptsCapability::default());
+    }
+    if def.prompts.iter().any(|p| !p.arguments.is_empty()) || !def.resource_templates.is_empty() {
+        caps.completions = Some(JsonObject::new());
+    }
+    caps.logging = Some(JsonObject::new());
+    let mut implementation = Implementation::new(def.name, def.version);
+    if let Some(title) = def.title {
+        implementation = implementation.with_title(title);
+    }
+    let info = ServerConfig::new(caps).with_server_info(implementation);
+    match def.instructions {
+        Some(text) => info.with_instructions(text),
+        None => info,
     }
 }
 

@@ -253,6 +253,17 @@ pub fn prepare_stdio(
     McpServer::new(def, secrets, &env).map_err(fail)
 }
 
+/// The multi-threaded tokio runtime both transports run on.
+fn async_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 fn serve_stdio(def: ServerDef) -> ExitCode {
     let server = match prepare_stdio(def, |name| std::env::var(name).ok()) {
         Ok(s) => s,
@@ -261,15 +272,9 @@ fn serve_stdio(def: ServerDef) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match async_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         use rmcp::ServiceExt;
@@ -310,15 +315,9 @@ pub fn main(def: ServerDef) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match async_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let listener = match Server::bind(args.listen, prepared.config.clone()).await {

@@ -183,14 +183,19 @@ fn check_tool_result(era: &str, result: &Value) -> Result<(), String> {
     }
 }
 
-/// Runs the smoke test against `binary` with `env` (secrets) set; see the module docs.
-pub fn smoke(binary: &str, env: &[(&str, &str)]) -> Result<Report, String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// Runs `test` on a two-thread tokio runtime.
+fn block_on<T>(test: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(smoke_async(binary, env))
+        .map_err(|e| e.to_string())?
+        .block_on(test)
+}
+
+/// Runs the smoke test against `binary` with `env` (secrets) set; see the module docs.
+pub fn smoke(binary: &str, env: &[(&str, &str)]) -> Result<Report, String> {
+    block_on(smoke_async(binary, env))
 }
 
 /// A stand-in issuer and the server binary on a free loopback port, trusting it.
@@ -264,15 +269,13 @@ async fn smoke_async(binary: &str, env: &[(&str, &str)]) -> Result<Report, Strin
         http,
         ..
     } = &harness;
-    let (issuer, base, resource, http) =
-        (issuer.clone(), base.clone(), resource.clone(), http.clone());
 
     // 1. No token.
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {},
         "clientInfo": {"name": "bmm-smoke", "version": "1"}}});
     let response = http
-        .post(&resource)
+        .post(resource.as_str())
         .header("accept", "application/json, text/event-stream")
         .json(&init)
         .send()
@@ -320,7 +323,7 @@ async fn smoke_async(binary: &str, env: &[(&str, &str)]) -> Result<Report, Strin
     let foreign = Client {
         http: http.clone(),
         url: resource.clone(),
-        token: token(&issuer, "http://127.0.0.1:1/mcp", &scope)?,
+        token: token(issuer, "http://127.0.0.1:1/mcp", &scope)?,
     };
     let (status, headers, _) = foreign.post(&init, &[]).await?;
     let foreign_challenge = headers
@@ -337,7 +340,7 @@ async fn smoke_async(binary: &str, env: &[(&str, &str)]) -> Result<Report, Strin
     let client = Client {
         http: http.clone(),
         url: resource.clone(),
-        token: token(&issuer, &resource, &scope)?,
+        token: token(issuer, resource, &scope)?,
     };
     let (status, headers, text) = client.post(&init, &[]).await?;
     let session = headers
@@ -540,12 +543,7 @@ pub fn forged_token_matrix(
     env: &[(&str, &str)],
     scoped_tool: Option<(&str, &str)>,
 ) -> Result<Vec<MatrixCase>, String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(matrix_async(binary, env, scoped_tool))
+    block_on(matrix_async(binary, env, scoped_tool))
 }
 
 async fn matrix_async(
@@ -764,20 +762,18 @@ async fn matrix_async(
         "protocolVersion": "2025-11-25", "capabilities": {},
         "clientInfo": {"name": "bmm-matrix", "version": "1"}}});
     for (name, headers, expected_status, expected_error) in cases.drain(..) {
+        // Without a header, a valid token rides in the query string: it must be ignored
+        // (RFC 6750 allows it; MCP does not).
+        let url = if headers.is_empty() {
+            format!("{}?access_token={valid}", h.resource)
+        } else {
+            h.resource.clone()
+        };
         let mut request = h
             .http
-            .post(format!("{}?access_token={valid}", h.resource))
+            .post(url)
             .header("accept", "application/json, text/event-stream")
             .json(&init);
-        if name == "no Authorization header" {
-            // The token in the query string must be ignored (RFC 6750 allows it; MCP not).
-        } else {
-            request = h
-                .http
-                .post(&h.resource)
-                .header("accept", "application/json, text/event-stream")
-                .json(&init);
-        }
         for (k, v) in headers {
             request = request.header(k, v);
         }
