@@ -54,3 +54,11 @@ pub fn jwks(bytes: &[u8]) {
         let _ = crate::jwks::usable_key_count(&doc);
     }
 }
+
+/// Runs raw bytes through the per-tool scope layer's body reader; returns how many
+/// `tools/call` names it found, or `None` when it refuses the body (fail closed).
+pub fn tool_call_names(bytes: &[u8]) -> Option<usize> {
+    crate::tool_scope::called_tools(bytes)
+        .ok()
+        .map(|tools| tools.len())
+}

@@ -14,6 +14,7 @@
 //! 5. Requests without an [`AuthContext`] are refused with 401: this layer only runs behind
 //!    [`AuthLayer`](crate::AuthLayer).
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -25,6 +26,7 @@ use http_body_util::combinators::Collect;
 use http_body_util::{BodyExt, Full, Limited};
 use pin_project_lite::pin_project;
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -225,39 +227,152 @@ where
     }
 }
 
+/// One JSON-RPC message, read in one pass without building a tree: `method` and the
+/// `name` inside `params` are decoded (borrowed from the body when unescaped), everything
+/// else is skipped. Duplicate keys are an error (serde's derive), never "last one wins".
 #[derive(Deserialize)]
-struct Message {
-    method: Option<String>,
-    params: Option<serde_json::Value>,
+struct Message<'a> {
+    #[serde(borrow)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    params: Option<Params<'a>>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Payload {
-    One(Message),
-    Batch(Vec<Message>),
+/// What this layer reads of `params`.
+enum Params<'a> {
+    /// An object, with its `name` member: `None` when absent, `Some(None)` when present
+    /// but not a string.
+    Object { name: Option<Option<Cow<'a, str>>> },
+    /// An array or a scalar: never valid for `tools/call`.
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Params<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ParamsVisitor)
+    }
+}
+
+struct ParamsVisitor;
+
+/// A JSON value kept only if it is a string.
+struct MaybeStr<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for MaybeStr<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MaybeStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MaybeStr(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MaybeStr(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(MaybeStr(None))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ParamsVisitor {
+    type Value = Params<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON-RPC params")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut name = None;
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == "name" {
+                if name.is_some() {
+                    return Err(serde::de::Error::duplicate_field("name"));
+                }
+                name = Some(map.next_value::<MaybeStr<'de>>()?.0);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Params::Object { name })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Params::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Params::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Params::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Params::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Params::Other)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Params::Other)
+    }
 }
 
 /// The tool names called by a JSON-RPC payload; `Err` when it cannot be read safely.
 pub(crate) fn called_tools(body: &[u8]) -> Result<Vec<String>, ()> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = body.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Ok(Vec::new());
-    }
-    let payload: Payload = serde_json::from_slice(body).map_err(|_| ())?;
-    let messages = match payload {
-        Payload::One(m) => vec![m],
-        Payload::Batch(b) => b,
+    };
+    let messages: Vec<Message<'_>> = if *first == b'[' {
+        serde_json::from_slice(body).map_err(|_| ())?
+    } else {
+        vec![serde_json::from_slice(body).map_err(|_| ())?]
     };
     let mut tools = Vec::new();
     for m in messages {
         if m.method.as_deref() == Some("tools/call") {
-            let name = m
-                .params
-                .as_ref()
-                .and_then(|p| p.get("name"))
-                .and_then(|n| n.as_str())
-                .ok_or(())?;
-            tools.push(name.to_owned());
+            match m.params {
+                Some(Params::Object {
+                    name: Some(Some(name)),
+                }) => tools.push(name.into_owned()),
+                _ => return Err(()),
+            }
         }
     }
     Ok(tools)
@@ -320,6 +435,22 @@ mod tests {
             Ok(vec![])
         );
         assert_eq!(called_tools(b""), Ok(vec![]));
+        // Other methods' params are skipped whatever their shape.
+        assert_eq!(
+            called_tools(
+                br#"{"method":"prompts/get","params":{"name":5,"arguments":[1,{"a":null}]}}"#
+            ),
+            Ok(vec![])
+        );
+        assert_eq!(
+            called_tools(br#"{"method":"ping","params":[1,2]}"#),
+            Ok(vec![])
+        );
+        // Escapes are decoded, in keys and values alike.
+        assert_eq!(
+            called_tools(br#"{"method":"tools\/call","params":{"na\u006de":"a\u0062"}}"#),
+            Ok(vec!["ab".to_owned()])
+        );
     }
 
     #[test]
@@ -331,5 +462,12 @@ mod tests {
         );
         assert!(called_tools(br#"{"method":"tools/call","params":{"name":5}}"#).is_err());
         assert!(called_tools(br#"{"method":"tools/call"}"#).is_err());
+        assert!(
+            called_tools(br#"{"method":"tools/call","params":{"name":"a","name":"b"}}"#).is_err()
+        );
+        assert!(called_tools(br#"{"method":"tools/call","params":["a"]}"#).is_err());
+        assert!(called_tools(br#"{"method":"tools/call","params":null}"#).is_err());
+        assert!(called_tools(br#"[{"method":"tools/list"},{"method":"tools/call"}]"#).is_err());
+        assert!(called_tools(b"5").is_err());
     }
 }

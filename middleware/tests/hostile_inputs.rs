@@ -63,3 +63,40 @@ fn hostile_jwks_documents_never_panic() {
         fuzzing::jwks(doc.as_bytes());
     }
 }
+
+#[test]
+fn hostile_tool_call_bodies_never_panic_and_fail_closed() {
+    // Deep nesting: skipped arguments are read without recursion, anything else hits
+    // serde_json's recursion limit; either way no stack overflow, and the tool is named.
+    let deep_args = format!(
+        r#"{{"method":"tools/call","params":{{"name":"a","arguments":{}{}}}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    assert!(matches!(
+        fuzzing::tool_call_names(deep_args.as_bytes()),
+        None | Some(1)
+    ));
+    let deep_batch = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    assert_eq!(fuzzing::tool_call_names(deep_batch.as_bytes()), None);
+    // Every truncation of a valid batch is either read whole or refused.
+    let valid = br#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":[1,"\u00e9",{"y":null}]}}},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"b"}}]"#;
+    assert_eq!(fuzzing::tool_call_names(valid), Some(2));
+    for end in 0..valid.len() {
+        let found = fuzzing::tool_call_names(&valid[..end]);
+        assert!(
+            found.is_none() || valid[..end].iter().all(u8::is_ascii_whitespace),
+            "a truncated body must be refused: {:?}",
+            String::from_utf8_lossy(&valid[..end])
+        );
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x746f6f6c);
+    for _ in 0..5_000 {
+        let mut bytes = valid.to_vec();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(0..bytes.len());
+            bytes[at] = rng.random();
+        }
+        let _ = fuzzing::tool_call_names(&bytes);
+    }
+}
