@@ -9,6 +9,8 @@
 //! token, auth off, plain rmcp, and a flood of tokens with a forged signature. Reports
 //! req/s, p50, p99 and the server's peak RSS as a Markdown table with the ratios, in
 //! `target/bench/results.md`, and shows what 10,000 `initialize` requests do to memory.
+//! With `--profile`, also samples the auth-on server with `perf` under load
+//! (`target/bench/profile.txt`).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -25,6 +27,8 @@ use crate::{cargo, run};
 
 const SECONDS: u32 = 5;
 const CONCURRENCY: [u32; 3] = [1, 16, 64];
+/// Alternating runs behind the headline ratios.
+const ROUNDS: usize = 3;
 const TEXT: &str = "The quick brown fox jumps over the lazy dog. It barked! Did it?";
 
 fn wrk() -> Result<String, String> {
@@ -243,7 +247,7 @@ struct Target {
     token: Option<String>,
 }
 
-pub(crate) fn bench(root: &Path) -> Result<(), String> {
+pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
     let wrk = wrk()?;
     run(
         "build release binaries (bmm-as, generated/weather, the plain rmcp example)",
@@ -375,6 +379,7 @@ pub(crate) fn bench(root: &Path) -> Result<(), String> {
         "io.modelcontextprotocol/clientCapabilities": {}
     });
     let mut rows = Vec::new();
+    let mut scripts = Vec::new();
     let mut results: Vec<(String, &'static str, u32, Measure)> = Vec::new();
     for era in ["2026-07-28 stateless", "2025-11-25 session"] {
         for t in &targets {
@@ -408,6 +413,7 @@ pub(crate) fn bench(root: &Path) -> Result<(), String> {
                 era.split(' ').next().unwrap_or("era")
             ));
             script(&lua, &body, &headers)?;
+            scripts.push((era, t.name, t.url.clone(), lua.clone()));
             for c in CONCURRENCY {
                 let m = load(&wrk, &t.url, &lua, c)?;
                 let (peak, _) = memory(t.pid);
@@ -423,6 +429,47 @@ pub(crate) fn bench(root: &Path) -> Result<(), String> {
             }
         }
     }
+    // The headline ratios again, interleaved: auth on, auth off and plain rmcp take turns
+    // (stateless, 16 connections) and the median of each is kept, so a noisy neighbour
+    // slows all three rather than one.
+    let mut turns: Vec<(&str, Vec<Measure>)> = Vec::new();
+    for _ in 0..ROUNDS {
+        for (era, name, url, lua) in &scripts {
+            if !era.starts_with("2026") || name.contains("forged") {
+                continue;
+            }
+            let m = load(&wrk, url, lua, 16)?;
+            match turns.iter_mut().find(|(n, _)| n == name) {
+                Some((_, v)) => v.push(m),
+                None => turns.push((name, vec![m])),
+            }
+        }
+    }
+    let median = |name: &str, f: fn(&Measure) -> f64| {
+        turns
+            .iter()
+            .find(|(n, _)| n.starts_with(name))
+            .map_or(f64::NAN, |(_, v)| {
+                let mut xs: Vec<f64> = v.iter().map(f).collect();
+                xs.sort_by(f64::total_cmp);
+                xs[xs.len() / 2]
+            })
+    };
+    let interleaved = format!(
+        "Interleaved, 2026-07-28 stateless, 16 connections, median of {ROUNDS} alternating runs: \
+         auth on {:.0} req/s (p99 {:.2} ms), auth off {:.0} (p99 {:.2} ms), plain rmcp {:.0} (p99 {:.2} ms); \
+         **auth on / auth off {:.3}, auth on / plain rmcp {:.3}**.",
+        median("bmm, auth on", |m| m.rps),
+        median("bmm, auth on", |m| m.p99_ms),
+        median("bmm, auth off", |m| m.rps),
+        median("bmm, auth off", |m| m.p99_ms),
+        median("plain rmcp", |m| m.rps),
+        median("plain rmcp", |m| m.p99_ms),
+        median("bmm, auth on", |m| m.rps) / median("bmm, auth off", |m| m.rps),
+        median("bmm, auth on", |m| m.rps) / median("plain rmcp", |m| m.rps),
+    );
+    eprintln!("    {interleaved}");
+
     let rps = |era: &str, name: &str, c: u32| {
         results
             .iter()
@@ -479,6 +526,8 @@ pub(crate) fn bench(root: &Path) -> Result<(), String> {
     md.push_str(&rows.join("\n"));
     md.push_str("\n\n| era | connections | auth on / auth off | auth on / plain rmcp | forged / valid |\n|---|---|---|---|---|\n");
     md.push_str(&ratios.join("\n"));
+    md.push_str("\n\n");
+    md.push_str(&interleaved);
     md.push_str(&format!(
         "\n\nIdle RSS (MiB): auth on {:.1}, auth off {:.1}, plain rmcp {:.1}.\n\n\
          10,000 `initialize` requests (legacy sessions, auth off, `--max-sessions` default): {accepted} opened a session, \
@@ -487,5 +536,63 @@ pub(crate) fn bench(root: &Path) -> Result<(), String> {
     ));
     std::fs::write(out.join("results.md"), &md).map_err(|e| e.to_string())?;
     println!("{md}");
+    if profile {
+        // The first script is the stateless 2026-07-28 call with a valid token.
+        perf_profile(
+            &wrk,
+            &targets[0].url,
+            &out.join("0-2026-07-28.lua"),
+            on.0.id(),
+            &out,
+        )?;
+    }
+    Ok(())
+}
+
+/// Samples the auth-on server with `perf` while wrk drives it at concurrency 16, and
+/// writes the flat profile (self time by symbol) to `target/bench/profile.txt`.
+fn perf_profile(wrk: &str, url: &str, lua: &Path, pid: u32, out: &Path) -> Result<(), String> {
+    let data = out.join("perf.data");
+    let mut perf = Command::new("perf")
+        .args(["record", "-F", "499", "--call-graph", "dwarf,16384", "-o"])
+        .arg(&data)
+        .args(["-p", &pid.to_string(), "--", "sleep", &SECONDS.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run perf (apt-get install linux-perf): {e}"))?;
+    let m = load(wrk, url, lua, 16)?;
+    let status = perf.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!(
+            "perf record failed ({status}); is perf_event_paranoid too strict?"
+        ));
+    }
+    let report = |args: &[&str]| -> Result<String, String> {
+        let out = Command::new("perf")
+            .args(["report", "--stdio", "-g", "none", "--percent-limit"])
+            .args(args)
+            .arg("-i")
+            .arg(&data)
+            .stderr(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run perf report: {e}"))?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(|l| l.trim_end_matches(|c: char| c == '-' || c.is_whitespace()))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    };
+    let flat = report(&["1", "--no-children", "--sort", "dso,symbol"])?;
+    let inclusive = report(&["4", "--children", "--sort", "symbol"])?;
+    let profile = format!(
+        "perf profile of the auth-on server, 2026-07-28 stateless `tools/call`, 16 connections \
+         ({:.0} req/s while sampled).\n\nSelf time by symbol, >= 1 %:\n\n{flat}\n\n\
+         Inclusive time (callees counted), >= 4 %:\n\n{inclusive}\n",
+        m.rps
+    );
+    std::fs::write(out.join("profile.txt"), &profile).map_err(|e| e.to_string())?;
+    println!("{profile}");
     Ok(())
 }

@@ -11,7 +11,9 @@
 //!   `--requirements 2025-11-25` and `2026-07-28`) against `generated/conformance`, and its
 //!   `authorization` command against bmm-as.
 //! - `bench`: wrk against a generated server (auth on, auth off, plain rmcp, forged
-//!   tokens) in both eras; a Markdown table in `target/bench/results.md`.
+//!   tokens) in both eras; a Markdown table in `target/bench/results.md`. `--profile` adds
+//!   a perf profile of the auth-on server. Micro-benchmarks: `cargo bench -p bmm-middleware
+//!   -p bmm-generator` (criterion).
 //! - `sdk-client`: the official TypeScript SDK's OAuth client (pinned under `tests/`) runs
 //!   its own flow against bmm-as and the generated `notes` server, then calls tools.
 //! - `consent`: bmm-as's sign-in and consent page driven in headless Chromium (Debian's
@@ -36,13 +38,13 @@ fn main() -> ExitCode {
             conformance::server(&root()).and_then(|()| conformance::authorization(&root()))
         }
         Some("sdk-client") => conformance::sdk_client(&root()),
-        Some("bench") => bench::bench(&root()),
+        Some("bench") => bench::bench(&root(), args.iter().any(|a| a == "--profile")),
         Some("consent") => conformance::consent(&root()),
         Some("generate") => generate(args.get(1).map(String::as_str) == Some("--check")),
         Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | generate [--check] | conformance | sdk-client | consent | bench | fuzz [SECONDS]>"
+                "usage: cargo xtask <demo | ci | generate [--check] | conformance | sdk-client | consent | bench [--profile] | fuzz [SECONDS]>"
             );
             return ExitCode::from(2);
         }
@@ -154,6 +156,12 @@ fn ci() -> Result<(), String> {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     run("tests", cargo().args(["test", "--workspace"]))?;
+    // Each criterion bench once, unmeasured: a bench that no longer builds or whose
+    // assertions fail is caught here, not on the day someone measures.
+    run(
+        "benches (test mode)",
+        cargo().args(["test", "--workspace", "--benches"]),
+    )?;
     generate_with(true, Some(&root().join("target/debug/bmm")))?;
     conformance::server(&root())?;
     conformance::authorization(&root())?;
@@ -166,7 +174,7 @@ fn fuzz(seconds: &str) -> Result<(), String> {
     let seconds: u32 = seconds
         .parse()
         .map_err(|_| format!("`{seconds}` is not a number of seconds"))?;
-    for target in ["authorization_header", "jwks_document"] {
+    for target in ["authorization_header", "jwks_document", "tool_call_body"] {
         run(
             &format!("fuzz {target} for {seconds}s"),
             cargo()
