@@ -9,6 +9,7 @@
 pub mod emit;
 pub mod generate;
 mod names;
+pub mod openapi;
 pub mod spec;
 
 pub use emit::{RuntimeDependency, starter_spec};

@@ -46,12 +46,84 @@ enum Command {
         #[arg(long, default_value = "workspace")]
         runtime: String,
     },
+    /// Write a bmm tool spec for an OpenAPI 3.0 or 3.1 document (JSON or YAML), with a
+    /// report of what was imported and skipped.
+    ImportOpenapi {
+        /// The OpenAPI document.
+        file: PathBuf,
+        /// The spec to write (rewritten on every import).
+        #[arg(long)]
+        out: PathBuf,
+        /// Keep operations with this tag (repeatable).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Keep operations whose path matches this glob (`*` within a segment, `**` across).
+        #[arg(long = "path", value_name = "GLOB")]
+        paths: Vec<String>,
+        /// Keep operations with this HTTP method (repeatable).
+        #[arg(long = "method", value_name = "METHOD")]
+        methods: Vec<String>,
+        /// Keep the operation with this operationId (repeatable).
+        #[arg(long = "operation-id", value_name = "ID")]
+        operation_ids: Vec<String>,
+        /// Longest tool name (room for the prefixes clients add).
+        #[arg(long, default_value_t = 48, value_parser = clap::value_parser!(u16).range(16..=128))]
+        max_name_len: u16,
+        /// Allow `$ref`s to documents on this host (repeatable); others are refused.
+        #[arg(long = "allow-remote-ref-host", value_name = "HOST")]
+        allow_remote_ref_hosts: Vec<String>,
+        /// Warn when the estimated `tools/list` size passes this many tokens.
+        #[arg(long, default_value_t = 25_000)]
+        token_budget: usize,
+        /// The server name (default: from the document's title).
+        #[arg(long)]
+        name: Option<String>,
+        /// The upstream base URL (default: the document's first server).
+        #[arg(long)]
+        base_url: Option<String>,
+        /// Overrides kept across re-imports (default: `<out>` with `.overrides.yaml`).
+        #[arg(long)]
+        overrides: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { spec } => check(&spec),
         Command::New { name, out } => new(&name, out),
+        Command::ImportOpenapi {
+            file,
+            out,
+            tags,
+            paths,
+            methods,
+            operation_ids,
+            max_name_len,
+            allow_remote_ref_hosts,
+            token_budget,
+            name,
+            base_url,
+            overrides,
+        } => {
+            let overrides = overrides.unwrap_or_else(|| overrides_path(&out));
+            let options = bmm_generator::openapi::Options {
+                tags,
+                paths,
+                methods,
+                operation_ids,
+                max_name_len: usize::from(max_name_len),
+                allow_remote_ref_hosts,
+                token_budget,
+                server_name: name,
+                base_url,
+                overrides: None,
+                source_name: file.file_name().map_or_else(
+                    || file.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                ),
+            };
+            import_openapi(&file, &out, &overrides, options)
+        }
         Command::Generate {
             spec,
             out,
@@ -200,4 +272,74 @@ fn generate(spec: &std::path::Path, out: &std::path::Path, check: bool, runtime:
             }
         }
     }
+}
+
+/// `<out>` with its extension replaced by `.overrides.yaml`.
+fn overrides_path(out: &std::path::Path) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map_or_else(|| "spec".to_owned(), |s| s.to_string_lossy().into_owned());
+    out.with_file_name(format!("{stem}.overrides.yaml"))
+}
+
+fn import_openapi(
+    file: &std::path::Path,
+    out: &std::path::Path,
+    overrides: &std::path::Path,
+    mut options: bmm_generator::openapi::Options,
+) -> ExitCode {
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    if size > bmm_generator::openapi::MAX_DOCUMENT_BYTES as u64 {
+        eprintln!(
+            "error: {}: {} MiB is over the {} MiB limit",
+            file.display(),
+            size >> 20,
+            bmm_generator::openapi::MAX_DOCUMENT_BYTES >> 20
+        );
+        return ExitCode::from(1);
+    }
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            return ExitCode::from(1);
+        }
+    };
+    match std::fs::read_to_string(overrides) {
+        Ok(o) => {
+            println!("applying overrides from {}", overrides.display());
+            options.overrides = Some(o);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", overrides.display());
+            return ExitCode::from(1);
+        }
+    }
+    let imported = match bmm_generator::openapi::import(&text, &options) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty())
+        && let Err(e) = std::fs::create_dir_all(parent)
+    {
+        eprintln!("error: cannot create {}: {e}", parent.display());
+        return ExitCode::from(1);
+    }
+    if let Err(e) = std::fs::write(out, &imported.spec) {
+        eprintln!("error: cannot write {}: {e}", out.display());
+        return ExitCode::from(1);
+    }
+    println!("wrote {}", out.display());
+    print!("{}", imported.report);
+    println!(
+        "next: review {}, keep your changes in {}, then `bmm generate {} --out <dir>`",
+        out.display(),
+        overrides.display(),
+        out.display()
+    );
+    ExitCode::SUCCESS
 }

@@ -420,6 +420,52 @@ async fn smoke_async(binary: &str, env: &[(&str, &str)]) -> Result<Report, Strin
     })
 }
 
+/// Starts `binary` behind the stand-in issuer with `env` set, and calls each tool with its
+/// arguments in a stateless 2026-07-28 request, with a token carrying `scope`. Returns
+/// each call's `result` (an `isError` result included; a JSON-RPC error is an `Err`).
+/// For tests of HTTP tools against a local upstream (point the upstream's base URL
+/// variable at it in `env`).
+pub fn call_tools(
+    binary: &str,
+    env: &[(&str, &str)],
+    scope: &str,
+    calls: &[(&str, Value)],
+) -> Result<Vec<Value>, String> {
+    block_on(async {
+        let harness = Harness::start(binary, env).await?;
+        let client = Client {
+            http: harness.http.clone(),
+            url: harness.resource.clone(),
+            token: token(&harness.issuer, &harness.resource, scope)?,
+        };
+        let meta = json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "bmm-test", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {}
+        });
+        let mut results = Vec::new();
+        for (i, (name, arguments)) in calls.iter().enumerate() {
+            let headers = [
+                ("mcp-protocol-version", "2026-07-28".to_owned()),
+                ("mcp-method", "tools/call".to_owned()),
+                ("mcp-name", (*name).to_owned()),
+            ];
+            let id = i64::try_from(i).unwrap_or(i64::MAX - 1) + 1;
+            let result = client
+                .call(
+                    id,
+                    "tools/call",
+                    json!({"_meta": meta, "name": name, "arguments": arguments}),
+                    &headers,
+                )
+                .await
+                .map_err(|e| format!("tools/call {name}: {e}"))?;
+            results.push(result);
+        }
+        Ok(results)
+    })
+}
+
 /// Runs `binary --stdio` with `env` set: `initialize`, `notifications/initialized` and
 /// `tools/list` as newline-delimited JSON-RPC on stdin; returns the listed tool names.
 pub fn smoke_stdio(binary: &str, env: &[(&str, &str)]) -> Result<Vec<String>, String> {

@@ -1,0 +1,264 @@
+//! `$ref` resolution with cycle detection and size bounds (rule 2 of the module docs).
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// Longest chain of references followed before the schema is left open.
+const MAX_DEPTH: usize = 32;
+/// Most schema nodes one resolved value may have; beyond it the rest is left open.
+const MAX_NODES: usize = 20_000;
+/// Deepest literal nesting followed.
+const MAX_NESTING: usize = 128;
+/// Largest remote document fetched.
+const MAX_REMOTE_BYTES: usize = 16 << 20;
+
+/// Resolves references of one document (and of the remote documents it may name).
+pub(super) struct Resolver<'a> {
+    root: &'a Value,
+    allow_hosts: &'a [String],
+    remote: HashMap<String, Value>,
+    notes: Vec<String>,
+    noted: BTreeSet<String>,
+}
+
+impl<'a> Resolver<'a> {
+    pub(super) fn new(root: &'a Value, allow_hosts: &'a [String]) -> Self {
+        Self {
+            root,
+            allow_hosts,
+            remote: HashMap::new(),
+            notes: Vec::new(),
+            noted: BTreeSet::new(),
+        }
+    }
+
+    /// Notes for the report (cycles cut, schemas truncated), each once.
+    pub(super) fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
+    fn note(&mut self, note: String) {
+        if self.noted.insert(note.clone()) {
+            self.notes.push(note);
+        }
+    }
+
+    /// Follows references at the top of `value` only (a path item, a parameter, a
+    /// response): what it points at, not expanded further.
+    pub(super) fn resolve(
+        &mut self,
+        value: &Value,
+        stack: &mut Vec<String>,
+    ) -> Result<Value, String> {
+        let mut current = value.clone();
+        let mut base: Option<String> = None;
+        for _ in 0..MAX_DEPTH {
+            let Some(r) = current.get("$ref").and_then(Value::as_str) else {
+                return Ok(current);
+            };
+            let r = r.to_owned();
+            let (doc, pointer) = self.locate(&r, base.as_deref())?;
+            let key = format!("{}#{pointer}", doc.as_deref().unwrap_or(""));
+            if stack.contains(&key) {
+                return Err(format!("$ref `{}` refers to itself", clip(&r)));
+            }
+            stack.push(key);
+            current = self.lookup(doc.as_deref(), &pointer, &r)?;
+            base = doc;
+        }
+        Err("a chain of more than 32 references".into())
+    }
+
+    /// `value` with every reference expanded: cycles and very long chains become open
+    /// schemas that say so, and the result has at most `MAX_NODES` nodes.
+    pub(super) fn resolve_bounded(
+        &mut self,
+        value: &Value,
+        stack: &mut Vec<String>,
+    ) -> Result<Value, String> {
+        let mut budget = MAX_NODES;
+        self.deep(value, None, stack, &mut budget, 0)
+    }
+
+    fn deep(
+        &mut self,
+        value: &Value,
+        base: Option<&str>,
+        stack: &mut Vec<String>,
+        budget: &mut usize,
+        nesting: usize,
+    ) -> Result<Value, String> {
+        if *budget == 0 || nesting > MAX_NESTING {
+            self.note(
+                "a schema too large to expand was cut short (left open past that point)".to_owned(),
+            );
+            return Ok(json!({"description": "Not expanded further: the schema is too large."}));
+        }
+        *budget -= 1;
+        match value {
+            Value::Object(obj) => {
+                if let Some(Value::String(r)) = obj.get("$ref") {
+                    // A reference that cannot be followed leaves an open schema and a note;
+                    // the rest of the operation is still imported.
+                    let located = self.locate(r, base);
+                    let (doc, pointer) = match located {
+                        Ok(found) => found,
+                        Err(e) => {
+                            self.note(e);
+                            return Ok(unresolved(r));
+                        }
+                    };
+                    let key = format!("{}#{pointer}", doc.as_deref().unwrap_or(""));
+                    let name = pointer.rsplit('/').next().unwrap_or("schema").to_owned();
+                    if stack.contains(&key) || stack.len() >= MAX_DEPTH {
+                        self.note(format!(
+                            "recursive schema `{}` is expanded once; the inner reference is left open",
+                            clip(&name)
+                        ));
+                        return Ok(json!({
+                            "description": format!("Recursive reference to {}; not expanded further.", clip(&name))
+                        }));
+                    }
+                    let target = match self.lookup(doc.as_deref(), &pointer, r) {
+                        Ok(target) => target,
+                        Err(e) => {
+                            self.note(e);
+                            return Ok(unresolved(r));
+                        }
+                    };
+                    stack.push(key);
+                    let resolved = self.deep(&target, doc.as_deref(), stack, budget, nesting + 1);
+                    stack.pop();
+                    let mut resolved = resolved?;
+                    // OpenAPI 3.1 allows keywords next to `$ref`; they refine the target.
+                    for (k, v) in obj {
+                        if k == "$ref" || k == "example" || k == "examples" {
+                            continue;
+                        }
+                        let v = self.deep(v, base, stack, budget, nesting + 1)?;
+                        if let Some(out) = resolved.as_object_mut() {
+                            out.insert(k.clone(), v);
+                        }
+                    }
+                    return Ok(resolved);
+                }
+                let mut out = serde_json::Map::new();
+                for (k, v) in obj {
+                    if k == "example" || k == "examples" {
+                        continue;
+                    }
+                    out.insert(k.clone(), self.deep(v, base, stack, budget, nesting + 1)?);
+                }
+                Ok(Value::Object(out))
+            }
+            Value::Array(items) => items
+                .iter()
+                .map(|v| self.deep(v, base, stack, budget, nesting + 1))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+            other => Ok(other.clone()),
+        }
+    }
+
+    /// Which document and JSON pointer a reference names.
+    fn locate(&self, r: &str, base: Option<&str>) -> Result<(Option<String>, String), String> {
+        if let Some(pointer) = r.strip_prefix('#') {
+            return Ok((base.map(str::to_owned), pointer.to_owned()));
+        }
+        let absolute = if r.starts_with("http://") || r.starts_with("https://") {
+            r.to_owned()
+        } else if let Some(base) = base {
+            url::Url::parse(base)
+                .and_then(|b| b.join(r))
+                .map_err(|e| format!("$ref `{}` cannot be resolved against {base}: {e}", clip(r)))?
+                .to_string()
+        } else {
+            return Err(format!(
+                "$ref `{}` points at another file; bundle the document into one file first (for example `npx @redocly/cli bundle openapi.yaml -o bundled.yaml`)",
+                clip(r)
+            ));
+        };
+        let (url, fragment) = absolute.split_once('#').unwrap_or((&absolute, ""));
+        let host = url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        if !self
+            .allow_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(&host))
+        {
+            return Err(format!(
+                "remote $ref `{}` refused: pass --allow-remote-ref-host {} to fetch documents from that host",
+                clip(r),
+                if host.is_empty() { "<host>" } else { &host }
+            ));
+        }
+        Ok((Some(url.to_owned()), fragment.to_owned()))
+    }
+
+    fn lookup(&mut self, doc: Option<&str>, pointer: &str, r: &str) -> Result<Value, String> {
+        let pointer = percent_encoding::percent_decode_str(pointer)
+            .decode_utf8()
+            .map_err(|_| format!("$ref `{}` is not valid UTF-8 once decoded", clip(r)))?;
+        let document = match doc {
+            None => self.root,
+            Some(url) => {
+                if !self.remote.contains_key(url) {
+                    let fetched = fetch(url)?;
+                    self.remote.insert(url.to_owned(), fetched);
+                }
+                &self.remote[url]
+            }
+        };
+        if !(pointer.is_empty() || pointer.starts_with('/')) {
+            return Err(format!(
+                "$ref `{}` is not a JSON pointer (`#/components/...`)",
+                clip(r)
+            ));
+        }
+        document
+            .pointer(&pointer)
+            .cloned()
+            .ok_or_else(|| format!("$ref `{}` points at nothing in the document", clip(r)))
+    }
+}
+
+/// Fetches a remote document (an allowed host only: checked by the caller).
+fn fetch(url: &str) -> Result<Value, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime to fetch {url}: {e}"))?;
+    let text = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut response = client.get(url).send().await.map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            if body.len() + chunk.len() > MAX_REMOTE_BYTES {
+                return Err("larger than 16 MiB".to_owned());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        String::from_utf8(body).map_err(|_| "not UTF-8".to_owned())
+    });
+    let text = text.map_err(|e| format!("cannot fetch {url}: {e}"))?;
+    super::parse_document(&text).map_err(|e| format!("{url}: {e}"))
+}
+
+fn unresolved(r: &str) -> Value {
+    json!({"description": format!("Unresolved reference {}; not expanded.", clip(r))})
+}
+
+fn clip(text: &str) -> String {
+    super::clip(text, 160).escape_default().to_string()
+}

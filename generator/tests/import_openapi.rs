@@ -1,0 +1,496 @@
+//! `bmm import-openapi`: real public documents (`tests/openapi/`, sources in SOURCES.md)
+//! and hostile ones. Every imported spec must pass the same validator as `bmm check`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+
+use bmm_generator::openapi::{Imported, Options, import};
+use serde_json::{Value, json};
+
+const DOCS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openapi");
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(format!("{DOCS}/{name}")).unwrap()
+}
+
+fn spec_of(imported: &Imported) -> Value {
+    serde_saphyr::from_str(&imported.spec).unwrap()
+}
+
+fn tools(imported: &Imported) -> Vec<Value> {
+    spec_of(imported)["tools"].as_array().unwrap().clone()
+}
+
+fn tool(imported: &Imported, name: &str) -> Value {
+    tools(imported)
+        .into_iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no tool {name} in:\n{}", imported.spec))
+}
+
+fn assert_checks(imported: &Imported) {
+    let findings = bmm_generator::spec::check_text("imported.yaml", &imported.spec);
+    let errors: Vec<_> = findings.iter().filter(|d| d.is_error()).collect();
+    assert!(errors.is_empty(), "{errors:?}\n{}", imported.spec);
+}
+
+fn doc(paths: Value) -> String {
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Test API", "version": "1.2.3"},
+        "servers": [{"url": "https://api.example.com/v1"}],
+        "paths": paths,
+    })
+    .to_string()
+}
+
+#[test]
+fn committed_public_documents_import_into_specs_that_pass_check() {
+    for (file, at_least) in [
+        ("petstore-3.0.yaml", 18),
+        ("petstore-3.1.yaml", 6),
+        ("discord-3.1.json", 200),
+    ] {
+        let options = Options {
+            source_name: file.to_owned(),
+            ..Options::default()
+        };
+        let imported = import(&read(file), &options).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_checks(&imported);
+        let tools = tools(&imported);
+        assert!(tools.len() >= at_least, "{file}: {} tools", tools.len());
+        let names: BTreeSet<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
+        assert_eq!(names.len(), tools.len(), "{file}: names are unique");
+        for name in &names {
+            assert!(name.len() <= 48, "{file}: {name}");
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{file}: {name}"
+            );
+        }
+        // Re-importing gives the same bytes.
+        assert_eq!(
+            import(&read(file), &options).unwrap().spec,
+            imported.spec,
+            "{file}"
+        );
+        assert_eq!(imported.report.tools, tools.len());
+    }
+}
+
+#[test]
+fn the_large_document_reports_its_size_against_the_token_budget() {
+    let imported = import(&read("discord-3.1.json"), &Options::default()).unwrap();
+    assert!(imported.report.over_budget(), "{}", imported.report);
+    assert!(
+        imported
+            .report
+            .to_string()
+            .contains("over the token budget")
+    );
+    // Operations bmm cannot express are listed with a reason, not dropped silently.
+    assert!(
+        imported
+            .report
+            .skipped
+            .iter()
+            .any(|(op, why)| op.starts_with("POST ") && why.contains("multipart/form-data")),
+        "{:?}",
+        imported.report.skipped
+    );
+    // The issuer's credential (an API key in the Authorization header) is a secret and
+    // upstream auth.
+    let spec = spec_of(&imported);
+    assert_eq!(spec["upstreams"]["api"]["auth"]["type"], "header");
+    assert_eq!(spec["upstreams"]["api"]["auth"]["name"], "Authorization");
+    let small = Options {
+        tags: Vec::new(),
+        paths: vec!["/users/@me".to_owned()],
+        token_budget: 25_000,
+        ..Options::default()
+    };
+    let filtered = import(&read("discord-3.1.json"), &small).unwrap();
+    assert!(!filtered.report.over_budget(), "{}", filtered.report);
+}
+
+#[test]
+fn petstore_credentials_become_secrets_never_arguments() {
+    let imported = import(&read("petstore-3.0.yaml"), &Options::default()).unwrap();
+    let delete = tool(&imported, "delete_pet");
+    // `api_key` is a security scheme's header: the server's secret, not an input.
+    assert!(
+        delete["input"]["properties"].get("api_key").is_none(),
+        "{delete}"
+    );
+    assert_eq!(delete["annotations"]["destructive"], true);
+    assert_eq!(delete["run"]["http"]["path"], "/pet/{pet_id}");
+    let get = tool(&imported, "get_pet_by_id");
+    assert_eq!(get["annotations"]["read_only"], true);
+    assert_eq!(get["annotations"]["open_world"], true);
+    assert_eq!(get["output"]["type"], "object");
+    // A body property and a path parameter with the same name: the parameter is renamed,
+    // the body key is kept.
+    let update = tool(&imported, "update_user");
+    assert_eq!(update["run"]["http"]["path"], "/user/{path_username}");
+    assert!(update["input"]["properties"].get("username").is_some());
+    // An array response is wrapped the way the runtime wraps it.
+    let by_status = tool(&imported, "find_pets_by_status");
+    assert_eq!(by_status["output"]["properties"]["result"]["type"], "array");
+}
+
+#[test]
+fn the_committed_petstore_spec_is_what_the_importer_writes() {
+    let options = Options {
+        server_name: Some("petstore".to_owned()),
+        base_url: Some("https://petstore3.swagger.io/api/v3".to_owned()),
+        source_name: "petstore-3.0.yaml".to_owned(),
+        ..Options::default()
+    };
+    let imported = import(&read("petstore-3.0.yaml"), &options).unwrap();
+    let committed = std::fs::read_to_string(format!("{ROOT}/specs/petstore.yaml")).unwrap();
+    assert_eq!(
+        imported.spec, committed,
+        "re-run: bmm import-openapi generator/tests/openapi/petstore-3.0.yaml --out specs/petstore.yaml --name petstore --base-url https://petstore3.swagger.io/api/v3"
+    );
+}
+
+#[test]
+fn swagger_2_and_other_versions_are_refused_with_what_to_do() {
+    let e = import(
+        r#"{"swagger": "2.0", "info": {}, "paths": {}}"#,
+        &Options::default(),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("Swagger 2.0") && e.contains("swagger2openapi"),
+        "{e}"
+    );
+    let e = import("openapi: 4.0.0\npaths: {}\n", &Options::default()).unwrap_err();
+    assert!(e.contains("4.0.0") && e.contains("3.0.x and 3.1.x"), "{e}");
+    let e = import("- a\n- b\n", &Options::default()).unwrap_err();
+    assert!(e.contains("not an OpenAPI object"), "{e}");
+    let e = import("{\"openapi\": ", &Options::default()).unwrap_err();
+    assert!(e.contains("not valid JSON"), "{e}");
+    let e = import("info: {title: x}\n", &Options::default()).unwrap_err();
+    assert!(e.contains("no `openapi` field"), "{e}");
+}
+
+#[test]
+fn reference_cycles_become_bounded_schemas() {
+    let mut text: Value = serde_json::from_str(&doc(json!({
+        "/nodes": {"post": {"operationId": "createNode",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Node"}}}},
+            "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/A"}}}}}}}
+    })))
+    .unwrap();
+    text["components"] = json!({"schemas": {
+        "Node": {"type": "object", "properties": {"name": {"type": "string"}, "children": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}}}},
+        "A": {"type": "object", "properties": {"b": {"$ref": "#/components/schemas/B"}}},
+        "B": {"type": "object", "properties": {"a": {"$ref": "#/components/schemas/A"}}},
+    }});
+    let imported = import(&text.to_string(), &Options::default()).unwrap();
+    assert_checks(&imported);
+    let t = tool(&imported, "create_node");
+    // The body is a Node: its children are Nodes, left open.
+    assert_eq!(
+        t["input"]["properties"]["children"]["items"]["description"],
+        "Recursive reference to Node; not expanded further."
+    );
+    // A -> B -> A: expanded once around the cycle.
+    assert_eq!(
+        t["output"]["properties"]["b"]["properties"]["a"]["description"],
+        "Recursive reference to A; not expanded further."
+    );
+    assert!(
+        imported
+            .report
+            .warnings
+            .iter()
+            .any(|w| w.contains("recursive schema"))
+    );
+}
+
+#[test]
+fn exponential_reference_fan_out_is_cut_short() {
+    // Each level refers to the next twice: 2^40 nodes if expanded naively.
+    let mut schemas = serde_json::Map::new();
+    for i in 0..40 {
+        schemas.insert(
+            format!("L{i}"),
+            json!({"type": "object", "properties": {
+                "x": {"$ref": format!("#/components/schemas/L{}", i + 1)},
+                "y": {"$ref": format!("#/components/schemas/L{}", i + 1)}}}),
+        );
+    }
+    schemas.insert("L40".to_owned(), json!({"type": "string"}));
+    let mut text: Value = serde_json::from_str(&doc(json!({
+        "/x": {"get": {"operationId": "getX", "responses": {"200": {"description": "ok",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/L0"}}}}}}}
+    })))
+    .unwrap();
+    text["components"] = json!({"schemas": schemas});
+    let started = std::time::Instant::now();
+    let imported = import(&text.to_string(), &Options::default()).unwrap();
+    assert_checks(&imported);
+    assert!(
+        imported
+            .report
+            .warnings
+            .iter()
+            .any(|w| w.contains("too large"))
+    );
+    assert!(started.elapsed().as_secs() < 60);
+}
+
+#[test]
+fn yaml_alias_bombs_are_refused_or_bounded() {
+    let mut bomb = String::from(
+        "openapi: 3.0.0\ninfo: {title: bomb, version: 1.0.0}\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n",
+    );
+    for i in 1..9 {
+        let prev = format!("*a{}", i - 1);
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [{}]\n",
+            [prev.as_str(); 10].join(", ")
+        ));
+    }
+    bomb.push_str("paths: {}\n");
+    let started = std::time::Instant::now();
+    let result = import(&bomb, &Options::default());
+    assert!(result.is_err(), "an alias bomb must not import");
+    assert!(started.elapsed().as_secs() < 30);
+}
+
+#[test]
+fn remote_refs_are_refused_unless_their_host_is_allowed() {
+    // A local "remote" document server.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let mut stream = stream.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let body = r#"{"Pet": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let text = doc(json!({
+        "/pets": {"post": {"operationId": "addPet",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": format!("http://{addr}/schemas.json#/Pet")}}}},
+            "responses": {"201": {"description": "created"}}}}
+    }));
+    let refused = import(&text, &Options::default());
+    match refused {
+        Ok(imported) => panic!("imported without the remote schema:\n{}", imported.spec),
+        Err(e) => assert!(e.contains("no operation was imported"), "{e}"),
+    }
+    let warnings = import(
+        &doc(json!({"/pets": {"get": {"operationId": "listPets", "responses": {"200": {"description": "ok",
+            "content": {"application/json": {"schema": {"$ref": format!("http://{addr}/schemas.json#/Pet")}}}}}}}})),
+        &Options::default(),
+    )
+    .unwrap()
+    .report
+    .warnings;
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("--allow-remote-ref-host 127.0.0.1")),
+        "{warnings:?}"
+    );
+    let allowed = Options {
+        allow_remote_ref_hosts: vec!["127.0.0.1".to_owned()],
+        ..Options::default()
+    };
+    let imported = import(&text, &allowed).unwrap();
+    let add = tool(&imported, "add_pet");
+    assert_eq!(add["input"]["required"], json!(["name"]));
+    assert_eq!(add["run"]["http"]["body"], json!(["name"]));
+}
+
+#[test]
+fn hostile_text_is_clipped_escaped_and_never_becomes_code() {
+    let evil = "\"); std::process::exit(1); /* */ // }\n- name: injected\n  run: {rust: {fn: main}}\n{{weird}}";
+    let text = doc(json!({
+        "/items/{id}": {
+            "get": {
+                "operationId": "../../etc/passwd\"; DROP",
+                "summary": evil,
+                "description": "x".repeat(1_000_000),
+                "parameters": [
+                    {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": evil},
+                    {"name": "q\"}", "in": "query", "schema": {"type": "string"}},
+                ],
+                "x-bmm": {"scopes": ["items:read", "bad scope\"}"], "annotations": {"open_world": false}},
+                "responses": {"200": {"description": "ok"}}
+            },
+            "delete": {"operationId": "bad-header", "parameters": [{"name": "X-A\r\nB", "in": "header", "schema": {"type": "string"}}],
+                "responses": {"204": {"description": "gone"}}}
+        }
+    }));
+    let imported = import(&text, &Options::default()).unwrap();
+    assert_checks(&imported);
+    let t = &tools(&imported)[0];
+    let name = t["name"].as_str().unwrap();
+    assert!(
+        name.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+        "{name}"
+    );
+    let description = t["description"].as_str().unwrap();
+    assert!(description.chars().count() <= 1_000);
+    assert!(
+        description.starts_with(evil),
+        "the text survives the YAML round trip"
+    );
+    assert_eq!(t["scopes"], json!(["items:read"]));
+    assert_eq!(t["annotations"]["open_world"], false);
+    assert!(
+        imported
+            .report
+            .skipped
+            .iter()
+            .any(|(op, why)| op.starts_with("DELETE") && why.contains("header name"))
+    );
+    // Nothing was injected as a tool.
+    assert_eq!(tools(&imported).len(), 1);
+
+    // The generator turns it into code that parses, with the text only in literals.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("hostile.yaml");
+    std::fs::write(&spec, &imported.spec).unwrap();
+    let (files, _) =
+        bmm_generator::generate::render(&spec, &bmm_generator::RuntimeDependency::Workspace)
+            .unwrap();
+    let generated = files
+        .iter()
+        .find(|f| f.path == "src/generated/mod.rs")
+        .unwrap();
+    let file: proc_macro2::TokenStream = generated.contents.parse().unwrap();
+    syn::parse_file(&generated.contents).unwrap();
+    // Outside string literals, none of the hostile words exist.
+    fn idents(tokens: proc_macro2::TokenStream, out: &mut BTreeSet<String>) {
+        for t in tokens {
+            match t {
+                proc_macro2::TokenTree::Group(g) => idents(g.stream(), out),
+                proc_macro2::TokenTree::Ident(i) => {
+                    out.insert(i.to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    idents(file, &mut seen);
+    for word in ["exit", "injected", "DROP", "passwd", "weird"] {
+        assert!(!seen.contains(word), "`{word}` became code");
+    }
+}
+
+#[test]
+fn filters_x_bmm_and_overrides_decide_what_is_imported_and_how() {
+    let text = doc(json!({
+        "/pets": {
+            "get": {"operationId": "listPets", "tags": ["pets"], "responses": {"200": {"description": "ok"}}},
+            "post": {"operationId": "createPet", "tags": ["pets"], "x-bmm": {"name": "make_pet", "scopes": ["pets:write"]},
+                "responses": {"201": {"description": "ok"}}}
+        },
+        "/pets/{id}": {
+            "delete": {"operationId": "deletePet", "tags": ["pets"], "x-bmm": {"disabled": true}, "responses": {"204": {"description": "ok"}}},
+            "put": {"tags": ["admin"], "responses": {"200": {"description": "ok"}}}
+        },
+        "/a/very/long/path/that/goes/on/and/on/and/on/forever/and/ever/{id}": {
+            "get": {"responses": {"200": {"description": "ok"}}}
+        }
+    }));
+    let all = import(&text, &Options::default()).unwrap();
+    assert_checks(&all);
+    let names: Vec<String> = tools(&all)
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(names.contains(&"list_pets".to_owned()));
+    assert!(names.contains(&"make_pet".to_owned()));
+    assert!(names.contains(&"put_pets_id".to_owned()));
+    assert!(!names.iter().any(|n| n.contains("delete")), "{names:?}");
+    let long = names.iter().find(|n| n.starts_with("get_a_very")).unwrap();
+    assert_eq!(long.len(), 48);
+    assert_eq!(tool(&all, "make_pet")["scopes"], json!(["pets:write"]));
+    assert_eq!(
+        spec_of(&all)["auth"]["scopes_supported"],
+        json!(["pets:write"])
+    );
+
+    let only = |options: Options| -> Vec<String> {
+        tools(&import(&text, &options).unwrap())
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        only(Options {
+            tags: vec!["admin".into()],
+            ..Options::default()
+        }),
+        ["put_pets_id"]
+    );
+    assert_eq!(
+        only(Options {
+            methods: vec!["POST".into()],
+            ..Options::default()
+        }),
+        ["make_pet"]
+    );
+    assert_eq!(
+        only(Options {
+            operation_ids: vec!["listPets".into()],
+            ..Options::default()
+        }),
+        ["list_pets"]
+    );
+    assert_eq!(
+        only(Options {
+            paths: vec!["/pets/*".into()],
+            ..Options::default()
+        }),
+        ["put_pets_id"]
+    );
+
+    let overrides = "operations:\n  GET /pets:\n    name: all_pets\n    description: Every pet, edited by hand.\n  createPet:\n    disabled: true\n  GET /gone:\n    name: nothing\n";
+    let edited = import(
+        &text,
+        &Options {
+            overrides: Some(overrides.to_owned()),
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert_checks(&edited);
+    let t = tool(&edited, "all_pets");
+    assert_eq!(t["description"], "Every pet, edited by hand.");
+    assert!(!tools(&edited).iter().any(|t| t["name"] == "make_pet"));
+    assert!(
+        edited
+            .report
+            .warnings
+            .iter()
+            .any(|w| w.contains("GET /gone"))
+    );
+    let e = import(
+        &text,
+        &Options {
+            overrides: Some("operations:\n  GET /pets:\n    nmae: x\n".to_owned()),
+            ..Options::default()
+        },
+    )
+    .unwrap_err();
+    assert!(e.contains("overrides file"), "{e}");
+}
