@@ -559,6 +559,10 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
                     None => quote!(BodyDef::None),
                     Some(Body::Keyword(_)) => quote!(BodyDef::Rest),
                     Some(Body::Fields(f)) => quote!(BodyDef::Fields(&[#(#f),*])),
+                    Some(Body::Whole(w)) => {
+                        let f = &w.field;
+                        quote!(BodyDef::Field(#f))
+                    }
                 };
                 let map = h.response.iter().flat_map(|r| r.map.iter()).map(|(k, v)| {
                     let v = v.value.as_str();

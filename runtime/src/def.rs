@@ -206,6 +206,8 @@ pub enum BodyDef {
     Fields(&'static [&'static str]),
     /// Every field not used in the path, query or headers.
     Rest,
+    /// This field's value is the whole body (absent: no body).
+    Field(&'static str),
 }
 
 /// An HTTP tool body.

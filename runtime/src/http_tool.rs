@@ -244,6 +244,7 @@ pub(crate) async fn execute(
                 .filter_map(|f| args.get(*f).map(|v| ((*f).to_owned(), v.clone())))
                 .collect(),
         )),
+        BodyDef::Field(field) => args.get(field).cloned(),
         BodyDef::Rest => Some(Value::Object(
             args.iter()
                 .filter(|(k, _)| !used.contains(&k.as_str()))

@@ -205,7 +205,8 @@ pub struct HttpRun {
     /// Request headers: name -> template.
     #[serde(default)]
     pub headers: BTreeMap<String, Spanned<String>>,
-    /// Input fields sent as the JSON body (`body: [title, text]`), or `all`.
+    /// Input fields sent as the JSON body (`body: [title, text]`), `all`, or one field's
+    /// value as the whole body (`body: { field: items }`).
     #[serde(default)]
     pub body: Option<Spanned<Body>>,
     /// How the response becomes the result.
@@ -232,6 +233,16 @@ pub enum Body {
     Fields(Vec<String>),
     /// `all`: every field not used by the path, query or headers.
     Keyword(String),
+    /// `{ field: items }`: that field's value is the whole body (an array, say).
+    Whole(WholeBody),
+}
+
+/// A body that is one input field's value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WholeBody {
+    /// The input property sent as the body.
+    pub field: String,
 }
 
 /// Response projection.

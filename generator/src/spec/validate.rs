@@ -391,8 +391,13 @@ impl Checker<'_> {
                                     "body `{}` is neither a list of fields nor `all`",
                                     k.escape_default()
                                 ),
-                                "write `body: all` or `body: [field, other]`",
+                                "write `body: all`, `body: [field, other]` or `body: { field: name }`",
                             ),
+                            Body::Whole(whole) => {
+                                if input_ok && !properties.contains(&whole.field) {
+                                    self.error(body, format!("body field `{}` is not an input property of tool `{n}`", whole.field.escape_default()), "name a property declared under `input.properties`");
+                                }
+                            }
                             Body::Fields(fields) => {
                                 for f in fields {
                                     if input_ok && !properties.contains(f) {
