@@ -136,6 +136,10 @@ fn petstore_credentials_become_secrets_never_arguments() {
     let update = tool(&imported, "update_user");
     assert_eq!(update["run"]["http"]["path"], "/user/{path_username}");
     assert!(update["input"]["properties"].get("username").is_some());
+    // An array body is one argument sent as the whole body.
+    let with_list = tool(&imported, "create_users_with_list_input");
+    assert_eq!(with_list["run"]["http"]["body"], json!({"field": "body"}));
+    assert_eq!(with_list["input"]["properties"]["body"]["type"], "array");
     // An array response is wrapped the way the runtime wraps it.
     let by_status = tool(&imported, "find_pets_by_status");
     assert_eq!(by_status["output"]["properties"]["result"]["type"], "array");
@@ -287,24 +291,27 @@ fn remote_refs_are_refused_unless_their_host_is_allowed() {
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": format!("http://{addr}/schemas.json#/Pet")}}}},
             "responses": {"201": {"description": "created"}}}}
     }));
-    let refused = import(&text, &Options::default());
-    match refused {
-        Ok(imported) => panic!("imported without the remote schema:\n{}", imported.spec),
-        Err(e) => assert!(e.contains("no operation was imported"), "{e}"),
-    }
-    let warnings = import(
-        &doc(json!({"/pets": {"get": {"operationId": "listPets", "responses": {"200": {"description": "ok",
-            "content": {"application/json": {"schema": {"$ref": format!("http://{addr}/schemas.json#/Pet")}}}}}}}})),
-        &Options::default(),
-    )
-    .unwrap()
-    .report
-    .warnings;
+    // Refused: the schema is left open (one free-form `body` argument) and the report
+    // names the flag that would fetch it.
+    let refused = import(&text, &Options::default()).unwrap();
+    assert_checks(&refused);
+    let add = tool(&refused, "add_pet");
+    assert_eq!(add["run"]["http"]["body"], json!({"field": "body"}));
     assert!(
-        warnings
+        add["input"]["properties"]["body"]["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Unresolved reference"),
+        "{add}"
+    );
+    assert!(
+        refused
+            .report
+            .warnings
             .iter()
             .any(|w| w.contains("--allow-remote-ref-host 127.0.0.1")),
-        "{warnings:?}"
+        "{:?}",
+        refused.report.warnings
     );
     let allowed = Options {
         allow_remote_ref_hosts: vec!["127.0.0.1".to_owned()],

@@ -18,6 +18,7 @@ const TOOLS: &[&str] = &[
     "get_order_by_id",
     "delete_order",
     "create_user",
+    "create_users_with_list_input",
     "login_user",
     "logout_user",
     "get_user_by_name",

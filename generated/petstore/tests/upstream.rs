@@ -1,5 +1,6 @@
 //! The imported Petstore tools called against a local upstream that serves recorded
-//! responses (`tests/recorded/`): path, query and JSON body built from the arguments, the
+//! responses (`tests/recorded/`): path, query and JSON body (named fields, or one field as
+//! the whole body) built from the arguments, the
 //! server's own credential sent, the MCP client's token never, and the JSON response
 //! returned as structured content. This file is not generated.
 
@@ -62,6 +63,7 @@ fn upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
                     Some("find-by-status-available.json")
                 }
                 "POST /api/v3/pet" => Some("post-pet.json"),
+                "POST /api/v3/user/createWithList" => Some("post-user-create-with-list.json"),
                 _ => None,
             };
             log.lock().unwrap().push(Seen {
@@ -114,6 +116,10 @@ fn imported_tools_call_the_upstream_with_the_server_credential() {
                 json!({"name": "rex", "photoUrls": ["https://example.com/rex.png"], "status": "pending"}),
             ),
             ("get_pet_by_id", json!({"pet_id": 99})),
+            (
+                "create_users_with_list_input",
+                json!({"body": [{"username": "theUser", "email": "john@email.com"}, {"username": "second"}]}),
+            ),
         ],
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -128,6 +134,10 @@ fn imported_tools_call_the_upstream_with_the_server_credential() {
     // A 404 from the upstream is a tool error naming the status, not a protocol error.
     assert_eq!(results[3]["isError"], json!(true), "{}", results[3]);
     assert!(results[3].to_string().contains("404"), "{}", results[3]);
+    assert_eq!(
+        results[4]["structuredContent"],
+        recorded("post-user-create-with-list.json")
+    );
 
     let seen = seen.lock().unwrap().clone();
     let lines: Vec<&str> = seen.iter().map(|s| s.line.as_str()).collect();
@@ -138,6 +148,7 @@ fn imported_tools_call_the_upstream_with_the_server_credential() {
             "GET /api/v3/pet/findByStatus?status=available HTTP/1.1",
             "POST /api/v3/pet HTTP/1.1",
             "GET /api/v3/pet/99 HTTP/1.1",
+            "POST /api/v3/user/createWithList HTTP/1.1",
         ]
     );
     for s in &seen {
@@ -152,5 +163,11 @@ fn imported_tools_call_the_upstream_with_the_server_credential() {
     assert_eq!(
         body,
         json!({"name": "rex", "photoUrls": ["https://example.com/rex.png"], "status": "pending"})
+    );
+    // A body that is an array in the document is one argument, sent as the whole body.
+    let body: Value = bmm_runtime::serde_json::from_str(&seen[4].body).unwrap();
+    assert_eq!(
+        body,
+        json!([{"username": "theUser", "email": "john@email.com"}, {"username": "second"}])
     );
 }

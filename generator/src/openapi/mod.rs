@@ -20,7 +20,9 @@
 //!    letter, and are at most `max_name_len` long: longer ones keep a prefix and a hash of
 //!    the full name. Collisions get `_2`, `_3`, ... in document order. Same document, same
 //!    names.
-//! 5. Inputs: the JSON body's properties keep their names (they are the body's keys); path,
+//! 5. Inputs: the JSON body's properties keep their names (they are the body's keys); a
+//!    body that is not an object with properties (an array, a `oneOf`) is one field, `body`,
+//!    sent as the whole body; path,
 //!    query and header parameters are snake_cased and renamed `<in>_<name>` when taken.
 //!    `required` is kept. Parameters that carry credentials (the API key schemes' names,
 //!    `Authorization`) are never inputs: they become a declared secret and upstream auth.
@@ -28,7 +30,7 @@
 //!    destructive and idempotent; `open_world` always true.
 //! 7. Output schema from the first 2xx JSON response: an object root as is, an array or
 //!    scalar root wrapped in `{result: ...}` (as the runtime wraps the value); a root that
-//!    is neither (`oneOf`, ...) gets no output schema.
+//!    is neither (`oneOf`, ...) gets no output schema, nor does one over 16 KiB of JSON.
 //! 8. The first server URL (variables at their defaults) is the upstream base URL, with an
 //!    `<NAME>_BASE_URL` environment override. Plain `http` is kept only for loopback hosts.
 //! 9. Descriptions are cut at 1,000 characters (parameters at 300); all text reaches the
@@ -52,6 +54,8 @@ use refs::Resolver;
 pub const MAX_DOCUMENT_BYTES: usize = 64 << 20;
 const MAX_DESCRIPTION: usize = 1_000;
 const MAX_PARAM_DESCRIPTION: usize = 300;
+/// Largest output schema kept (JSON bytes).
+const MAX_OUTPUT_SCHEMA_BYTES: usize = 16 << 10;
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
@@ -348,6 +352,15 @@ impl Importer<'_> {
         text.push_str(
             &serde_saphyr::to_string(&spec).map_err(|e| format!("cannot write YAML: {e}"))?,
         );
+        if text.len() > crate::spec::MAX_SPEC_BYTES {
+            return Err(format!(
+                "the imported spec would be {:.1} MiB, over bmm's {} MiB limit for a spec ({} tools, about {} tokens of tools/list): import fewer operations with --tag, --path, --method or --operation-id, or split the API into several servers",
+                text.len() as f64 / f64::from(1u32 << 20),
+                crate::spec::MAX_SPEC_BYTES >> 20,
+                self.report.tools,
+                self.report.estimated_tokens
+            ));
+        }
         let findings = crate::spec::check_text("imported.yaml", &text);
         let errors: Vec<String> = findings
             .iter()
@@ -622,7 +635,7 @@ impl Importer<'_> {
 
         // Body first: its property names are JSON keys and cannot be renamed.
         let mut fields: Vec<Field> = Vec::new();
-        let mut body_fields: Vec<String> = Vec::new();
+        let mut body_out: Option<BodyOut> = None;
         let mut taken: BTreeSet<String> = BTreeSet::new();
         if let Some(body) = op.get("requestBody") {
             let body = self.resolver.resolve(body, &mut Vec::new())?;
@@ -638,30 +651,51 @@ impl Importer<'_> {
             });
             match json_media {
                 Some(media) => {
-                    let schema = self.schema(media.get("schema").unwrap_or(&json!({})), true);
-                    let Some(properties) = object_properties(&schema) else {
-                        return Err("its JSON request body is not an object with properties (bmm sends named fields as the body)".into());
-                    };
-                    let body_required: BTreeSet<String> = schema
-                        .get("required")
-                        .and_then(Value::as_array)
-                        .map(|r| {
-                            r.iter()
-                                .filter_map(Value::as_str)
-                                .map(str::to_owned)
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    for (name, prop) in properties {
-                        if prop.get("readOnly") == Some(&Value::Bool(true)) {
-                            continue;
+                    let mut schema = self.schema(media.get("schema").unwrap_or(&json!({})), true);
+                    if let Some(properties) = object_properties(&schema) {
+                        let body_required: BTreeSet<String> = schema
+                            .get("required")
+                            .and_then(Value::as_array)
+                            .map(|r| {
+                                r.iter()
+                                    .filter_map(Value::as_str)
+                                    .map(str::to_owned)
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        let mut names = Vec::new();
+                        for (name, prop) in properties {
+                            if prop.get("readOnly") == Some(&Value::Bool(true)) {
+                                continue;
+                            }
+                            taken.insert(name.clone());
+                            names.push(name.clone());
+                            fields.push(Field {
+                                required: required && body_required.contains(&name),
+                                name,
+                                schema: prop,
+                            });
                         }
-                        taken.insert(name.clone());
-                        body_fields.push(name.clone());
+                        body_out = (!names.is_empty()).then_some(BodyOut::Fields(names));
+                    } else {
+                        // An array, a `oneOf`, an open object: one field is the whole body.
+                        let field = unique_field("body", "request", &mut taken);
+                        if let Some(obj) = schema.as_object_mut()
+                            && !obj.contains_key("description")
+                            && let Some(d) = body.get("description").and_then(Value::as_str)
+                        {
+                            obj.insert(
+                                "description".into(),
+                                Value::String(clip(d.trim(), MAX_PARAM_DESCRIPTION)),
+                            );
+                        }
+                        body_out = Some(BodyOut::Whole {
+                            field: field.clone(),
+                        });
                         fields.push(Field {
-                            required: required && body_required.contains(&name),
-                            name,
-                            schema: prop,
+                            name: field,
+                            schema,
+                            required,
                         });
                     }
                 }
@@ -818,7 +852,21 @@ impl Importer<'_> {
         }
         input.insert("additionalProperties".into(), json!(false));
 
-        let output = self.output_schema(&op);
+        let output = self.output_schema(&op).filter(|schema| {
+            // Output schemas are optional: a huge one costs every client on every list and
+            // buys little, so it is left out (and counted in the report).
+            let size = schema.to_string().len();
+            if size > MAX_OUTPUT_SCHEMA_BYTES {
+                self.report.warn(format!(
+                    "{key}: output schema left out ({} KiB of JSON, over {} KiB)",
+                    size >> 10,
+                    MAX_OUTPUT_SCHEMA_BYTES >> 10
+                ));
+                false
+            } else {
+                true
+            }
+        });
         Ok(Some(ToolOut {
             name,
             description,
@@ -833,7 +881,7 @@ impl Importer<'_> {
                     path: path_template,
                     query,
                     headers,
-                    body: (!body_fields.is_empty()).then_some(body_fields),
+                    body: body_out,
                 },
             },
         }))
@@ -1393,7 +1441,15 @@ struct HttpOut {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     headers: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<Vec<String>>,
+    body: Option<BodyOut>,
+}
+
+/// `body: [fields]` or `body: { field: name }`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BodyOut {
+    Fields(Vec<String>),
+    Whole { field: String },
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 /// Longest chain of references followed before the schema is left open.
 const MAX_DEPTH: usize = 32;
 /// Most schema nodes one resolved value may have; beyond it the rest is left open.
-const MAX_NODES: usize = 20_000;
+const MAX_NODES: usize = 5_000;
 /// Deepest literal nesting followed.
 const MAX_NESTING: usize = 128;
 /// Largest remote document fetched.

@@ -375,6 +375,31 @@ pub(crate) fn server() -> ServerDef {
                 }),
             },
             ToolDef {
+                name: "create_users_with_list_input",
+                title: None,
+                description: "Creates list of users with given input array.",
+                input_schema: "{\"additionalProperties\":false,\"properties\":{\"body\":{\"items\":{\"properties\":{\"email\":{\"type\":\"string\"},\"firstName\":{\"type\":\"string\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"lastName\":{\"type\":\"string\"},\"password\":{\"type\":\"string\"},\"phone\":{\"type\":\"string\"},\"userStatus\":{\"description\":\"User Status\",\"format\":\"int32\",\"type\":\"integer\"},\"username\":{\"type\":\"string\"}},\"type\":\"object\"},\"type\":\"array\"}},\"type\":\"object\"}",
+                output_schema: Some(
+                    "{\"properties\":{\"email\":{\"type\":\"string\"},\"firstName\":{\"type\":\"string\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"lastName\":{\"type\":\"string\"},\"password\":{\"type\":\"string\"},\"phone\":{\"type\":\"string\"},\"userStatus\":{\"description\":\"User Status\",\"format\":\"int32\",\"type\":\"integer\"},\"username\":{\"type\":\"string\"}},\"type\":\"object\"}",
+                ),
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: Some(true),
+                },
+                scopes: &[],
+                handler: Handler::Http(HttpDef {
+                    upstream: "api",
+                    method: Method::Post,
+                    path: "/user/createWithList",
+                    query: &[],
+                    headers: &[],
+                    body: BodyDef::Field("body"),
+                    response_map: &[],
+                }),
+            },
+            ToolDef {
                 name: "login_user",
                 title: None,
                 description: "Logs user into the system.\n\nLog into the system.",
