@@ -180,6 +180,16 @@ fn swagger_2_and_other_versions_are_refused_with_what_to_do() {
     assert!(e.contains("not valid JSON"), "{e}");
     let e = import("info: {title: x}\n", &Options::default()).unwrap_err();
     assert!(e.contains("no `openapi` field"), "{e}");
+    let bad_name = Options {
+        server_name: Some("Bad Name".to_owned()),
+        ..Options::default()
+    };
+    let e = import(
+        &doc(json!({"/x": {"get": {"responses": {"200": {"description": "ok"}}}}})),
+        &bad_name,
+    )
+    .unwrap_err();
+    assert!(e.contains("not a valid crate name"), "{e}");
 }
 
 #[test]
@@ -340,12 +350,20 @@ fn hostile_text_is_clipped_escaped_and_never_becomes_code() {
                 "responses": {"200": {"description": "ok"}}
             },
             "delete": {"operationId": "bad-header", "parameters": [{"name": "X-A\r\nB", "in": "header", "schema": {"type": "string"}}],
-                "responses": {"204": {"description": "gone"}}}
+                "responses": {"204": {"description": "gone"}}},
+            "put": {"operationId": "headers", "parameters": [
+                    {"name": "Cookie", "in": "header", "schema": {"type": "string"}},
+                    {"name": "Content-Type", "in": "header", "schema": {"type": "string"}},
+                    {"name": "Accept", "in": "header", "schema": {"type": "string"}},
+                    {"name": "Authorization", "in": "header", "schema": {"type": "string"}},
+                    {"name": "X-Trace", "in": "header", "schema": {"type": "string"}}],
+                "responses": {"204": {"description": "ok"}}}
         }
     }));
     let imported = import(&text, &Options::default()).unwrap();
     assert_checks(&imported);
     let t = &tools(&imported)[0];
+    assert_ne!(t["name"], "headers");
     let name = t["name"].as_str().unwrap();
     assert!(
         name.bytes()
@@ -367,8 +385,14 @@ fn hostile_text_is_clipped_escaped_and_never_becomes_code() {
             .iter()
             .any(|(op, why)| op.starts_with("DELETE") && why.contains("header name"))
     );
+    // Headers OpenAPI says to ignore, and cookies, never become arguments.
+    let put = tool(&imported, "headers");
+    assert_eq!(
+        put["run"]["http"]["headers"],
+        json!({"X-Trace": "{x_trace}"})
+    );
     // Nothing was injected as a tool.
-    assert_eq!(tools(&imported).len(), 1);
+    assert_eq!(tools(&imported).len(), 2);
 
     // The generator turns it into code that parses, with the text only in literals.
     let dir = tempfile::tempdir().unwrap();

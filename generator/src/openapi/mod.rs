@@ -232,7 +232,13 @@ impl Importer<'_> {
             .unwrap_or("API")
             .to_owned();
         let server_name = match &self.options.server_name {
-            Some(n) => n.clone(),
+            Some(n) if is_crate_name(n) => n.clone(),
+            Some(n) => {
+                return Err(format!(
+                    "server name `{}` is not a valid crate name: use lowercase letters, digits and `-`, starting with a letter, at most 48 characters",
+                    clip(n, 60).escape_default()
+                ));
+            }
             None => crate_name(&title),
         };
         let env_prefix = server_name.replace('-', "_").to_ascii_uppercase();
@@ -725,12 +731,18 @@ impl Importer<'_> {
             };
             let location = p.get("in").and_then(Value::as_str).unwrap_or("");
             let required = location == "path" || p.get("required") == Some(&Value::Bool(true));
+            // OpenAPI: header parameters named Accept, Content-Type or Authorization "SHALL be
+            // ignored"; credentials never become arguments.
             if credential_params.contains(&(location.to_owned(), name.to_ascii_lowercase()))
-                || (location == "header" && name.eq_ignore_ascii_case("authorization"))
+                || (location == "header"
+                    && ["authorization", "accept", "content-type"]
+                        .iter()
+                        .any(|h| name.eq_ignore_ascii_case(h)))
             {
                 continue;
             }
-            if location == "cookie" {
+            if location == "cookie" || (location == "header" && name.eq_ignore_ascii_case("cookie"))
+            {
                 if required {
                     return Err(format!(
                         "it needs the cookie `{}`; bmm HTTP tools do not send cookies",
@@ -800,9 +812,9 @@ impl Importer<'_> {
         };
         names.insert(name.clone());
 
-        let description = match &user.description {
-            Some(d) => clip(d.trim(), MAX_DESCRIPTION),
-            None => self.describe(op.as_object().unwrap_or(&Map::new()), method, path),
+        let description = match user.description.as_deref().map(str::trim) {
+            Some(d) if !d.is_empty() => clip(d, MAX_DESCRIPTION),
+            _ => self.describe(op.as_object().unwrap_or(&Map::new()), method, path),
         };
         let mut annotations = AnnotationsOut {
             read_only: matches!(method, "get").then_some(true),
@@ -1279,6 +1291,14 @@ fn crate_name(title: &str) -> String {
     } else {
         name
     }
+}
+
+fn is_crate_name(name: &str) -> bool {
+    name.len() <= 48
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn env_name(text: &str) -> String {
