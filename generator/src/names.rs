@@ -6,8 +6,9 @@ use proc_macro2::Span;
 
 const STRICT: &[&str] = &["self", "Self", "super", "crate", "_"];
 
-/// A field or function identifier for `name` (snake_case; raw identifier for keywords).
-pub(crate) fn snake_ident(name: &str) -> Ident {
+/// `name` in snake_case, `[a-z0-9_]` only: camelCase split at case changes, every other
+/// character an underscore, no leading, trailing or doubled underscores.
+pub(crate) fn snake_case(name: &str) -> String {
     let mut out = String::new();
     let mut prev_lower = false;
     for c in name.chars() {
@@ -27,7 +28,12 @@ pub(crate) fn snake_ident(name: &str) -> Ident {
             prev_lower = false;
         }
     }
-    let mut out = out.trim_matches('_').to_owned();
+    out.trim_matches('_').to_owned()
+}
+
+/// A field or function identifier for `name` (snake_case; raw identifier for keywords).
+pub(crate) fn snake_ident(name: &str) -> Ident {
+    let mut out = snake_case(name);
     if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert_str(0, "field_");
     }

@@ -1175,10 +1175,7 @@ fn is_header_name(name: &str) -> bool {
 }
 
 fn is_scope_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 200
-        && s.bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+    s.len() <= 200 && crate::spec::is_scope_token(s)
 }
 
 fn is_tool_name(name: &str, max: usize) -> bool {
@@ -1190,28 +1187,9 @@ fn is_tool_name(name: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-/// `[a-z0-9_]` from any text: camelCase split, everything else an underscore.
+/// `[a-z0-9_]` from any text (the generator's own snake_case).
 fn snake(text: &str) -> String {
-    let mut out = String::new();
-    let mut prev_lower = false;
-    for c in text.chars() {
-        if c.is_ascii_uppercase() {
-            if prev_lower && !out.ends_with('_') {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-            prev_lower = false;
-        } else if c.is_ascii_alphanumeric() {
-            out.push(c);
-            prev_lower = c.is_ascii_lowercase() || c.is_ascii_digit();
-        } else {
-            if !out.is_empty() && !out.ends_with('_') {
-                out.push('_');
-            }
-            prev_lower = false;
-        }
-    }
-    out.trim_matches('_').to_owned()
+    crate::names::snake_case(text)
 }
 
 fn unique_field(base: &str, location: &str, taken: &mut BTreeSet<String>) -> String {

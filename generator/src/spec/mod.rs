@@ -10,6 +10,7 @@ use std::path::Path;
 pub use diagnostic::{Diagnostic, Severity};
 pub use load::{MAX_SPEC_BYTES, load, parse};
 pub use model::Spec;
+pub(crate) use validate::is_scope_token;
 pub use validate::{placeholders, validate};
 
 /// Loads and validates a spec file. `Err` holds the parse error, `Ok` the spec and every

@@ -55,7 +55,8 @@ struct Checker<'a> {
     out: Vec<Diagnostic>,
 }
 
-fn is_scope_token(s: &str) -> bool {
+/// An RFC 6749 scope token (also used by the OpenAPI importer for `x-bmm` scopes).
+pub(crate) fn is_scope_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
