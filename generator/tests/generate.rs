@@ -143,6 +143,19 @@ fn bmm_new_writes_a_starter_spec_that_passes_check() {
     }
 }
 
+/// Makes the generated crate at `out` its own workspace with this workspace's dev profile
+/// for dependencies, so its build reuses the artifacts already in the shared target dir.
+fn standalone(out: &Path) {
+    let manifest = out.join("Cargo.toml");
+    let mut cargo_toml = std::fs::read_to_string(&manifest).unwrap();
+    assert!(
+        !cargo_toml.contains("[workspace]"),
+        "generated Cargo.toml already declares a workspace"
+    );
+    cargo_toml.push_str("\n[workspace]\n\n[profile.dev.package.\"*\"]\nopt-level = 1\n");
+    std::fs::write(manifest, cargo_toml).unwrap();
+}
+
 /// A spec edit that renames an argument breaks the user's function, and the compiler says
 /// so in the user's file, which regeneration left untouched. Builds a copy of
 /// `generated/notes` (its own workspace, sharing this workspace's target directory and
@@ -162,9 +175,7 @@ fn a_schema_change_that_breaks_a_user_function_is_a_compile_error_in_that_file()
         let path = entry.unwrap().path();
         std::fs::copy(&path, out.join("src/tools").join(path.file_name().unwrap())).unwrap();
     }
-    let mut cargo_toml = std::fs::read_to_string(out.join("Cargo.toml")).unwrap();
-    cargo_toml.push_str("\n[workspace]\n\n[profile.dev.package.\"*\"]\nopt-level = 1\n");
-    std::fs::write(out.join("Cargo.toml"), cargo_toml).unwrap();
+    standalone(&out);
     std::fs::copy(root.join("Cargo.lock"), out.join("Cargo.lock")).unwrap();
     let check = || {
         Command::new(env!("CARGO"))
@@ -192,6 +203,9 @@ fn a_schema_change_that_breaks_a_user_function_is_a_compile_error_in_that_file()
     assert_ne!(edited, spec, "the edit must change the spec");
     std::fs::write(&spec_path, edited).unwrap();
     bmm_generator::generate(&spec_path, &out, &runtime, false).unwrap();
+    // Regeneration rewrote Cargo.toml; without the same profile the second check would
+    // rebuild every dependency at another opt-level (minutes and gigabytes of target dir).
+    standalone(&out);
     assert_eq!(
         std::fs::read(&user_file).unwrap(),
         user_text,

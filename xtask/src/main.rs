@@ -76,8 +76,16 @@ pub(crate) fn run(description: &str, command: &mut Command) -> Result<(), String
     }
 }
 
+/// Set by `ci`: every cargo it starts (and the cargo a test starts, which inherits the
+/// environment) builds without incremental state, which a clean clone never reuses.
+static CLEAN_BUILD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub(crate) fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    if CLEAN_BUILD.load(std::sync::atomic::Ordering::Relaxed) {
+        command.env("CARGO_INCREMENTAL", "0");
+    }
+    command
 }
 
 /// Regenerates every `specs/*.yaml` into `generated/<server name>/` (or, with `check`,
@@ -136,6 +144,7 @@ fn generate_with(check: bool, bmm: Option<&Path>) -> Result<(), String> {
 }
 
 fn ci() -> Result<(), String> {
+    CLEAN_BUILD.store(true, std::sync::atomic::Ordering::Relaxed);
     run("rustfmt", cargo().args(["fmt", "--all", "--check"]))?;
     // Drift of generated/ is checked by bmm-generator's own tests (no extra build here).
     run(
