@@ -525,3 +525,58 @@ fn filters_x_bmm_and_overrides_decide_what_is_imported_and_how() {
     .unwrap_err();
     assert!(e.contains("overrides file"), "{e}");
 }
+
+#[test]
+fn array_parameters_are_kept_and_object_parameters_are_refused_or_left_out() {
+    let imported = import(
+        &doc(json!({
+            "/search": {"get": {
+                "operationId": "search",
+                "parameters": [
+                    {"name": "tags", "in": "query", "schema": {"type": "array", "items": {"type": "string"}}},
+                    {"name": "ids", "in": "query", "style": "pipeDelimited", "explode": false,
+                     "schema": {"type": "array", "items": {"type": "integer"}}},
+                    {"name": "filter", "in": "query", "style": "deepObject",
+                     "schema": {"type": "object", "properties": {"a": {"type": "string"}}}},
+                ],
+                "responses": {"200": {"description": "ok"}},
+            }},
+            "/strict": {"get": {
+                "operationId": "strict",
+                "parameters": [
+                    {"name": "where", "in": "query", "required": true,
+                     "schema": {"type": "array", "items": {"type": "object"}}},
+                ],
+                "responses": {"200": {"description": "ok"}},
+            }},
+        })),
+        &Options::default(),
+    )
+    .unwrap();
+    assert_checks(&imported);
+    let search = tool(&imported, "search");
+    let properties = search["input"]["properties"].as_object().unwrap();
+    assert_eq!(properties["tags"]["type"], "array", "{search}");
+    assert!(properties.contains_key("ids"), "{search}");
+    assert!(
+        !properties.contains_key("filter"),
+        "an object parameter: {search}"
+    );
+    assert_eq!(search["run"]["http"]["query"]["tags"], "{tags}", "{search}");
+    let warnings = imported.report.warnings.join("\n");
+    assert!(
+        warnings.contains("`ids`") && warnings.contains("pipeDelimited"),
+        "{warnings}"
+    );
+    assert!(warnings.contains("`filter` left out"), "{warnings}");
+    assert!(
+        imported
+            .report
+            .skipped
+            .iter()
+            .any(|(op, why)| op == "GET /strict" && why.contains("`where`")),
+        "{:?}",
+        imported.report.skipped
+    );
+    assert!(tools(&imported).iter().all(|t| t["name"] != "strict"));
+}

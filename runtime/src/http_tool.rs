@@ -5,7 +5,10 @@
 //! Rules:
 //! 1. Placeholders are filled from arguments and percent-encoded for their position; a query
 //!    parameter whose template is a single absent placeholder is left out; any other
-//!    missing argument is a tool error.
+//!    missing argument is a tool error. An array argument whose placeholder is a query
+//!    parameter's whole template becomes one pair per element (`tags=a&tags=b`, OpenAPI's
+//!    default `form` style); anywhere else its elements are joined with commas (`simple`
+//!    style). Elements must be scalars; an object argument is a tool error.
 //! 2. The credential comes from a declared secret (bearer, header or query). The MCP
 //!    client's `Authorization` header is never forwarded: it is not even visible here.
 //! 3. The final URL's host must be in the upstream's allow-list.
@@ -76,6 +79,28 @@ fn scalar(value: &Value) -> Option<String> {
     }
 }
 
+/// The texts of an array argument's elements, each a scalar.
+fn elements(name: &str, items: &[Value]) -> Result<Vec<String>, ToolError> {
+    items
+        .iter()
+        .map(|item| {
+            scalar(item).ok_or_else(|| {
+                ToolError::new(format!(
+                    "argument `{name}`: array elements must be strings, numbers or booleans"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The argument a template consists of alone (`"{tags}"`), if that is all it is.
+fn sole_placeholder(template: &str) -> Option<&str> {
+    match crate::template::parse(template).ok()?.as_slice() {
+        [Segment::Var(name)] => Some(name),
+        _ => None,
+    }
+}
+
 /// Fills `{placeholders}`; `encode` escapes each value. `Ok(None)` when a placeholder has no
 /// argument.
 fn fill(
@@ -105,20 +130,28 @@ fn fill(
         let Some(value) = args.get(name).filter(|v| !v.is_null()) else {
             return Ok(None);
         };
-        let text = scalar(value).ok_or_else(|| {
-            ToolError::new(format!(
-                "argument `{name}` must be a string, number or boolean"
-            ))
-        })?;
-        if encode {
-            out.extend(utf8_percent_encode(&text, COMPONENT));
-        } else {
-            if text.contains(['\r', '\n']) {
-                return Err(ToolError::new(format!(
-                    "argument `{name}` contains a line break"
-                )));
+        let texts = match value {
+            Value::Array(items) => elements(name, items)?,
+            other => vec![scalar(other).ok_or_else(|| {
+                ToolError::new(format!(
+                    "argument `{name}` must be a string, number, boolean or an array of them"
+                ))
+            })?],
+        };
+        for (i, text) in texts.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
             }
-            out.push_str(&text);
+            if encode {
+                out.extend(utf8_percent_encode(text, COMPONENT));
+            } else {
+                if text.contains(['\r', '\n']) {
+                    return Err(ToolError::new(format!(
+                        "argument `{name}` contains a line break"
+                    )));
+                }
+                out.push_str(text);
+            }
         }
     }
     Ok(Some(out))
@@ -140,14 +173,14 @@ fn retry_after(response: &reqwest::Response, attempt: u32) -> Duration {
     }
 }
 
-/// Runs one HTTP tool call.
-pub(crate) async fn execute(
+/// The request URL (base, filled path, query, a query credential), checked against the
+/// upstream's allowed hosts; with the arguments the path and query used.
+fn request_url(
     def: &HttpDef,
     upstream: &Upstream,
     secrets: &Secrets,
-    client: &reqwest::Client,
     args: &Map<String, Value>,
-) -> Result<ToolOutput, ToolError> {
+) -> Result<(Url, Vec<&'static str>), ToolError> {
     let path = fill(def.path, args, true)?.ok_or_else(|| {
         let missing: Vec<_> = placeholder_names(def.path)
             .into_iter()
@@ -166,7 +199,15 @@ pub(crate) async fn execute(
         let mut query = url.query_pairs_mut();
         for (name, template) in def.query {
             used.extend(placeholder_names(template));
-            if let Some(value) = fill(template, args, false)? {
+            // An array that is the whole value: one pair per element (OpenAPI's default
+            // `form` style, exploded). Elsewhere arrays are joined with commas.
+            if let Some(var) = sole_placeholder(template)
+                && let Some(Value::Array(items)) = args.get(var)
+            {
+                for text in elements(var, items)? {
+                    query.append_pair(name, &text);
+                }
+            } else if let Some(value) = fill(template, args, false)? {
                 query.append_pair(name, &value);
             }
         }
@@ -189,6 +230,18 @@ pub(crate) async fn execute(
             "the request to `{host}` is outside the upstream's allowed hosts"
         )));
     }
+    Ok((url, used))
+}
+
+/// Runs one HTTP tool call.
+pub(crate) async fn execute(
+    def: &HttpDef,
+    upstream: &Upstream,
+    secrets: &Secrets,
+    client: &reqwest::Client,
+    args: &Map<String, Value>,
+) -> Result<ToolOutput, ToolError> {
+    let (url, mut used) = request_url(def, upstream, secrets, args)?;
     let method = match def.method {
         Method::Get => reqwest::Method::GET,
         Method::Post => reqwest::Method::POST,
@@ -352,6 +405,89 @@ mod tests {
         );
         assert_eq!(fill("/x/{missing}", &a, true).unwrap(), None);
         assert!(fill("/x/{obj}", &args(serde_json::json!({"obj": {}})), true).is_err());
+    }
+
+    fn url_for(
+        path: &'static str,
+        query: &'static [(&'static str, &'static str)],
+        a: Value,
+    ) -> Result<String, ToolError> {
+        let upstream = Upstream::resolve(
+            UpstreamDef {
+                id: "api",
+                base_url: "https://api.example/v3",
+                base_url_env: None,
+                auth: None,
+                allow_hosts: &[],
+                timeout_ms: 1000,
+                max_retries: 0,
+            },
+            |_| None,
+        )
+        .unwrap();
+        let def = HttpDef {
+            upstream: "api",
+            method: Method::Get,
+            path,
+            query,
+            headers: &[],
+            body: BodyDef::None,
+            response_map: &[],
+        };
+        request_url(&def, &upstream, &Secrets::default(), &args(a)).map(|(url, _)| url.to_string())
+    }
+
+    #[test]
+    fn an_array_query_argument_is_one_pair_per_element() {
+        let url = url_for(
+            "/pet/findByTags",
+            &[("tags", "{tags}"), ("limit", "{limit}")],
+            serde_json::json!({"tags": ["a b", "c&d", 3, true], "limit": 5}),
+        )
+        .unwrap();
+        assert_eq!(
+            url,
+            "https://api.example/v3/pet/findByTags?tags=a+b&tags=c%26d&tags=3&tags=true&limit=5"
+        );
+        let empty = url_for("/p", &[("tags", "{tags}")], serde_json::json!({"tags": []})).unwrap();
+        assert_eq!(empty, "https://api.example/v3/p", "no element, no pair");
+    }
+
+    #[test]
+    fn an_array_elsewhere_is_joined_with_commas_each_element_encoded() {
+        let url = url_for(
+            "/items/{ids}",
+            &[("q", "in:{names}")],
+            serde_json::json!({"ids": [1, "a/b", "c,d"], "names": ["x", "y"]}),
+        )
+        .unwrap();
+        assert_eq!(
+            url,
+            "https://api.example/v3/items/1,a%2Fb,c%2Cd?q=in%3Ax%2Cy"
+        );
+    }
+
+    #[test]
+    fn nested_arrays_and_objects_in_the_url_are_tool_errors() {
+        for value in [
+            serde_json::json!([["a"]]),
+            serde_json::json!([{"k": 1}]),
+            serde_json::json!({"k": 1}),
+        ] {
+            let query = url_for(
+                "/p",
+                &[("v", "{v}")],
+                serde_json::json!({ "v": value.clone() }),
+            );
+            let path = url_for("/p/{v}", &[], serde_json::json!({ "v": value.clone() }));
+            for result in [query, path] {
+                let err = result.expect_err("refused");
+                assert!(
+                    format!("{err:?}").contains("`v`"),
+                    "{err:?} names the argument"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The imported Petstore tools called against a local upstream that serves recorded
-//! responses (`tests/recorded/`): path, query and JSON body (named fields, or one field as
-//! the whole body) built from the arguments, the
+//! responses (`tests/recorded/`): path, query (an array as one pair per element) and JSON
+//! body (named fields, or one field as the whole body) built from the arguments, the
 //! server's own credential sent, the MCP client's token never, and the JSON response
 //! returned as structured content. This file is not generated.
 
@@ -64,6 +64,7 @@ fn upstream() -> (String, Arc<Mutex<Vec<Seen>>>) {
                 }
                 "POST /api/v3/pet" => Some("post-pet.json"),
                 "POST /api/v3/user/createWithList" => Some("post-user-create-with-list.json"),
+                "GET /api/v3/pet/findByTags?tags=tag1&tags=tag+2" => Some("find-by-tags.json"),
                 _ => None,
             };
             log.lock().unwrap().push(Seen {
@@ -120,6 +121,7 @@ fn imported_tools_call_the_upstream_with_the_server_credential() {
                 "create_users_with_list_input",
                 json!({"body": [{"username": "theUser", "email": "john@email.com"}, {"username": "second"}]}),
             ),
+            ("find_pets_by_tags", json!({"tags": ["tag1", "tag 2"]})),
         ],
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -138,6 +140,13 @@ fn imported_tools_call_the_upstream_with_the_server_credential() {
         results[4]["structuredContent"],
         recorded("post-user-create-with-list.json")
     );
+    // An array argument in the query: one pair per element (OpenAPI's default form style).
+    assert_eq!(
+        results[5]["structuredContent"],
+        json!({"result": recorded("find-by-tags.json")}),
+        "{}",
+        results[5]
+    );
 
     let seen = seen.lock().unwrap().clone();
     let lines: Vec<&str> = seen.iter().map(|s| s.line.as_str()).collect();
@@ -149,6 +158,7 @@ fn imported_tools_call_the_upstream_with_the_server_credential() {
             "POST /api/v3/pet HTTP/1.1",
             "GET /api/v3/pet/99 HTTP/1.1",
             "POST /api/v3/user/createWithList HTTP/1.1",
+            "GET /api/v3/pet/findByTags?tags=tag1&tags=tag+2 HTTP/1.1",
         ]
     );
     for s in &seen {

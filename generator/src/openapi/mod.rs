@@ -24,7 +24,10 @@
 //!    body that is not an object with properties (an array, a `oneOf`) is one field, `body`,
 //!    sent as the whole body; path,
 //!    query and header parameters are snake_cased and renamed `<in>_<name>` when taken.
-//!    `required` is kept. Parameters that carry credentials (the API key schemes' names,
+//!    `required` is kept. Array parameters are sent in OpenAPI's default styles (the
+//!    runtime repeats query pairs and comma-joins elsewhere; another declared style is a
+//!    warning); an object (or nested array) parameter is left out with a warning, or its
+//!    operation skipped when it is required. Parameters that carry credentials (the API key schemes' names,
 //!    `Authorization`) are never inputs: they become a declared secret and upstream auth.
 //! 6. Annotations from the method: GET read-only and idempotent, PUT idempotent, DELETE
 //!    destructive and idempotent; `open_world` always true.
@@ -774,6 +777,36 @@ impl Importer<'_> {
                     Value::String(clip(d.trim(), MAX_PARAM_DESCRIPTION)),
                 );
             }
+            match url_shape(&schema) {
+                UrlShape::Scalar => {}
+                UrlShape::Array => {
+                    let style = p.get("style").and_then(Value::as_str);
+                    let explode = p.get("explode").and_then(Value::as_bool);
+                    let default_form =
+                        matches!(style, None | Some("form")) && explode != Some(false);
+                    if location == "query" && !default_form {
+                        self.report.warn(format!(
+                            "{key}: query parameter `{}` is declared `style: {}, explode: {}`; bmm sends arrays as repeated pairs (`{0}=a&{0}=b`): check the upstream accepts that",
+                            clip(name, 60).escape_default(),
+                            style.unwrap_or("form"),
+                            explode.unwrap_or(true),
+                        ));
+                    }
+                }
+                UrlShape::Unsupported if required => {
+                    return Err(format!(
+                        "its {location} parameter `{}` is an object or nested array; bmm HTTP tools put scalars and arrays of scalars in URLs and headers",
+                        clip(name, 60).escape_default()
+                    ));
+                }
+                UrlShape::Unsupported => {
+                    self.report.warn(format!(
+                        "{key}: optional {location} parameter `{}` left out: it is an object or nested array, which bmm does not put in URLs or headers",
+                        clip(name, 60).escape_default()
+                    ));
+                    continue;
+                }
+            }
             let template = format!("{{{field}}}");
             match location {
                 "path" => {
@@ -1124,6 +1157,34 @@ fn normalize(schema: Value, v30: bool, input: bool, depth: usize) -> Value {
 }
 
 /// The properties of an object schema (merging `allOf` parts), in document order.
+/// What a parameter's value is, for the URL and headers.
+enum UrlShape {
+    /// A string, number, boolean, or a type the schema leaves open.
+    Scalar,
+    /// An array of scalars: repeated query pairs, or comma-joined elsewhere.
+    Array,
+    /// An object, or an array of objects or arrays.
+    Unsupported,
+}
+
+fn url_shape(schema: &Value) -> UrlShape {
+    let is = |schema: &Value, kind: &str| match schema.get("type") {
+        Some(Value::String(t)) => t == kind,
+        Some(Value::Array(types)) => types.iter().all(|t| t == kind || t == "null"),
+        _ => false,
+    };
+    if is(schema, "object") {
+        UrlShape::Unsupported
+    } else if is(schema, "array") {
+        match schema.get("items") {
+            Some(items) if is(items, "object") || is(items, "array") => UrlShape::Unsupported,
+            _ => UrlShape::Array,
+        }
+    } else {
+        UrlShape::Scalar
+    }
+}
+
 fn object_properties(schema: &Value) -> Option<Vec<(String, Value)>> {
     let mut out: Vec<(String, Value)> = Vec::new();
     let mut any = false;

@@ -199,7 +199,9 @@ pub struct HttpRun {
     /// Path template appended to the base URL; `{field}` placeholders name input fields and
     /// are percent-encoded.
     pub path: Spanned<String>,
-    /// Query parameters: name -> template.
+    /// Query parameters: name -> template. An array argument that is the whole template is
+    /// sent as one pair per element; inside a longer template its elements are joined
+    /// with commas.
     #[serde(default)]
     pub query: BTreeMap<String, Spanned<String>>,
     /// Request headers: name -> template.
