@@ -12,7 +12,7 @@ use quote::{format_ident, quote};
 use serde_json::Value;
 
 use crate::names::{pascal, snake_ident};
-use crate::spec::model::{Body, HttpMethod, Run, Spec, UpstreamAuthKind};
+use crate::spec::model::{Body, BodyFormat, HttpMethod, Run, Spec, UpstreamAuthKind};
 
 /// One file of the generated crate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -564,12 +564,16 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
                         quote!(BodyDef::Field(#f))
                     }
                 };
+                let body_format = match h.body_format.as_ref().map(|f| f.value) {
+                    Some(BodyFormat::Form) => quote!(BodyFormat::Form),
+                    Some(BodyFormat::Json) | None => quote!(BodyFormat::Json),
+                };
                 let map = h.response.iter().flat_map(|r| r.map.iter()).map(|(k, v)| {
                     let v = v.value.as_str();
                     quote!((#k, #v))
                 });
                 quote! {
-                    Handler::Http(HttpDef { upstream: #upstream, method: #method, path: #path, query: &[#(#query),*], headers: &[#(#headers),*], body: #body, response_map: &[#(#map),*] })
+                    Handler::Http(HttpDef { upstream: #upstream, method: #method, path: #path, query: &[#(#query),*], headers: &[#(#headers),*], body: #body, body_format: #body_format, response_map: &[#(#map),*] })
                 }
             }
             Run::Rust(r) => {

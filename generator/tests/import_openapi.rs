@@ -580,3 +580,56 @@ fn array_parameters_are_kept_and_object_parameters_are_refused_or_left_out() {
     );
     assert!(tools(&imported).iter().all(|t| t["name"] != "strict"));
 }
+
+#[test]
+fn url_encoded_form_bodies_become_form_tools() {
+    let form = |schema: Value| {
+        json!({"requestBody": {"required": true, "content": {
+            "application/x-www-form-urlencoded": {"schema": schema}}},
+            "responses": {"200": {"description": "ok"}}})
+    };
+    let mut charge = form(
+        json!({"type": "object", "required": ["amount"], "properties": {
+            "amount": {"type": "integer"},
+            "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+            "expand": {"type": "array", "items": {"type": "string"}},
+        }}),
+    );
+    charge["operationId"] = json!("create_charge");
+    let mut both = form(json!({"type": "object", "properties": {"a": {"type": "string"}}}));
+    both["operationId"] = json!("prefers_json");
+    both["requestBody"]["content"]["application/json"] =
+        json!({"schema": {"type": "object", "properties": {"b": {"type": "string"}}}});
+    let mut list = form(json!({"type": "array", "items": {"type": "string"}}));
+    list["operationId"] = json!("form_list");
+    let imported = import(
+        &doc(json!({
+            "/charges": {"post": charge},
+            "/both": {"post": both},
+            "/list": {"post": list},
+        })),
+        &Options::default(),
+    )
+    .unwrap();
+    assert_checks(&imported);
+    let charge = tool(&imported, "create_charge");
+    assert_eq!(charge["run"]["http"]["body_format"], "form", "{charge}");
+    assert_eq!(
+        charge["run"]["http"]["body"],
+        json!(["amount", "expand", "metadata"]),
+        "{charge}"
+    );
+    assert_eq!(charge["input"]["required"], json!(["amount"]), "{charge}");
+    let both = tool(&imported, "prefers_json");
+    assert!(both["run"]["http"].get("body_format").is_none(), "{both}");
+    assert_eq!(both["run"]["http"]["body"], json!(["b"]), "{both}");
+    assert!(
+        imported
+            .report
+            .skipped
+            .iter()
+            .any(|(op, why)| op == "POST /list" && why.contains("form body")),
+        "{:?}",
+        imported.report.skipped
+    );
+}

@@ -210,6 +210,18 @@ pub enum BodyDef {
     Field(&'static str),
 }
 
+/// How an HTTP tool's body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyFormat {
+    /// `application/json`.
+    #[default]
+    Json,
+    /// `application/x-www-form-urlencoded`: a scalar is `key=value`, an array of scalars is
+    /// one pair per element, an object is bracketed (`key[field]=value`, arrays of objects
+    /// `key[0][field]=value`); null values are left out. The body must be an object.
+    Form,
+}
+
 /// An HTTP tool body.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpDef {
@@ -225,6 +237,8 @@ pub struct HttpDef {
     pub headers: &'static [(&'static str, &'static str)],
     /// Body.
     pub body: BodyDef,
+    /// Body encoding.
+    pub body_format: BodyFormat,
     /// Output field, JSON pointer into the response.
     pub response_map: &'static [(&'static str, &'static str)],
 }

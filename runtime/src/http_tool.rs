@@ -16,7 +16,9 @@
 //!    configured count, honouring `Retry-After` (capped at 10 s).
 //! 5. Response bodies are read up to 4 MiB. A non-2xx status becomes a tool error with the
 //!    status and a short, secret-redacted excerpt of the body.
-//! 6. JSON responses become `structuredContent` (projected through the response map when
+//! 6. Bodies are JSON, or form-encoded when the tool says so ([`BodyFormat::Form`]: nested
+//!    objects bracketed, at most 16 levels deep).
+//! 7. JSON responses become `structuredContent` (projected through the response map when
 //!    there is one); other responses become text.
 
 use std::time::Duration;
@@ -25,7 +27,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Url;
 use serde_json::{Map, Value};
 
-use crate::def::{BodyDef, HttpDef, Method, UpstreamAuthDef, UpstreamDef};
+use crate::def::{BodyDef, BodyFormat, HttpDef, Method, UpstreamAuthDef, UpstreamDef};
 use crate::output::{ToolError, ToolOutput};
 use crate::secrets::Secrets;
 use crate::template::Segment;
@@ -233,6 +235,66 @@ fn request_url(
     Ok((url, used))
 }
 
+/// A request body, encoded once for every attempt.
+enum Encoded {
+    Json(Value),
+    Form(String),
+}
+
+/// Deepest nesting a form body may have (bracketed keys grow with it).
+const MAX_FORM_DEPTH: usize = 16;
+
+/// `application/x-www-form-urlencoded` text of an object body (the rules of
+/// [`BodyFormat::Form`]).
+fn form_body(body: &Value) -> Result<String, ToolError> {
+    fn pairs(
+        key: &str,
+        value: &Value,
+        depth: usize,
+        out: &mut url::form_urlencoded::Serializer<'_, String>,
+    ) -> Result<(), ToolError> {
+        if depth > MAX_FORM_DEPTH {
+            return Err(ToolError::new(format!(
+                "the form body is nested deeper than {MAX_FORM_DEPTH} levels"
+            )));
+        }
+        match value {
+            Value::Null => {}
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::Array(_) | Value::Object(_) => {
+                            pairs(&format!("{key}[{i}]"), item, depth + 1, out)?;
+                        }
+                        scalar_item => pairs(key, scalar_item, depth + 1, out)?,
+                    }
+                }
+            }
+            Value::Object(fields) => {
+                for (field, v) in fields {
+                    pairs(&format!("{key}[{field}]"), v, depth + 1, out)?;
+                }
+            }
+            other => {
+                if let Some(text) = scalar(other) {
+                    out.append_pair(key, &text);
+                }
+            }
+        }
+        Ok(())
+    }
+    let Value::Object(fields) = body else {
+        return Err(ToolError::new(
+            "a form body must be an object of fields, not an array or a single value",
+        ));
+    };
+    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    for (key, value) in fields {
+        pairs(key, value, 0, &mut out)?;
+    }
+    Ok(out.finish())
+}
+
 /// Runs one HTTP tool call.
 pub(crate) async fn execute(
     def: &HttpDef,
@@ -305,6 +367,11 @@ pub(crate) async fn execute(
                 .collect(),
         )),
     };
+    let body = match (body, def.body_format) {
+        (None, _) => None,
+        (Some(value), BodyFormat::Json) => Some(Encoded::Json(value)),
+        (Some(value), BodyFormat::Form) => Some(Encoded::Form(form_body(&value)?)),
+    };
     let timeout = Duration::from_millis(upstream.def.timeout_ms);
     let mut attempt = 0;
     let response = loop {
@@ -312,8 +379,17 @@ pub(crate) async fn execute(
             .request(method.clone(), url.clone())
             .headers(headers.clone())
             .timeout(timeout);
-        if let Some(body) = &body {
-            request = request.json(body);
+        match &body {
+            Some(Encoded::Json(body)) => request = request.json(body),
+            Some(Encoded::Form(text)) => {
+                request = request
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        "application/x-www-form-urlencoded",
+                    )
+                    .body(text.clone());
+            }
+            None => {}
         }
         let response = request.send().await.map_err(|e| {
             let reason = if e.is_timeout() {
@@ -432,6 +508,7 @@ mod tests {
             query,
             headers: &[],
             body: BodyDef::None,
+            body_format: BodyFormat::Json,
             response_map: &[],
         };
         request_url(&def, &upstream, &Secrets::default(), &args(a)).map(|(url, _)| url.to_string())
@@ -488,6 +565,135 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn form_bodies_repeat_arrays_and_bracket_objects() {
+        let text = form_body(&serde_json::json!({
+            "amount": 2000,
+            "currency": "eur",
+            "description": "a & b = c",
+            "expand": ["customer", "invoice"],
+            "metadata": {"order": "6735", "note": null},
+            "items": [{"price": "p_1", "quantity": 2}],
+            "skipped": null,
+            "flag": true,
+        }))
+        .unwrap();
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(text.as_bytes())
+            .into_owned()
+            .collect();
+        let expected: Vec<(String, String)> = [
+            ("amount", "2000"),
+            ("currency", "eur"),
+            ("description", "a & b = c"),
+            ("expand", "customer"),
+            ("expand", "invoice"),
+            ("flag", "true"),
+            ("items[0][price]", "p_1"),
+            ("items[0][quantity]", "2"),
+            ("metadata[order]", "6735"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        assert_eq!(pairs, expected, "{text}");
+    }
+
+    #[test]
+    fn a_form_body_that_is_not_an_object_or_too_deep_is_a_tool_error() {
+        assert!(form_body(&serde_json::json!(["a"])).is_err());
+        assert!(form_body(&serde_json::json!("a")).is_err());
+        let mut deep = serde_json::json!("leaf");
+        for _ in 0..100 {
+            deep = serde_json::json!({ "k": deep });
+        }
+        let err = form_body(&serde_json::json!({ "root": deep })).expect_err("too deep");
+        assert!(format!("{err:?}").contains("deeper"), "{err:?}");
+    }
+
+    /// The request as a real upstream on 127.0.0.1 received it: content type and body.
+    #[tokio::test]
+    async fn a_form_tool_posts_url_encoded_fields_to_the_upstream() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base: &'static str =
+            Box::leak(format!("http://{}/v1", listener.local_addr().unwrap()).into_boxed_str());
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then the body's announced length.
+            loop {
+                let n = stream.read(&mut buf).unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= length {
+                        break;
+                    }
+                }
+                assert!(n > 0, "the connection closed early");
+            }
+            let reply = "{\"id\":\"ch_1\"}";
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                reply.len()
+            )
+            .unwrap();
+            String::from_utf8(request).unwrap()
+        });
+        let upstream = Upstream::resolve(
+            UpstreamDef {
+                id: "pay",
+                base_url: base,
+                base_url_env: None,
+                auth: None,
+                allow_hosts: &[],
+                timeout_ms: 5000,
+                max_retries: 0,
+            },
+            |_| None,
+        )
+        .unwrap();
+        let def = HttpDef {
+            upstream: "pay",
+            method: Method::Post,
+            path: "/charges",
+            query: &[],
+            headers: &[],
+            body: BodyDef::Rest,
+            body_format: BodyFormat::Form,
+            response_map: &[],
+        };
+        let output = execute(
+            &def,
+            &upstream,
+            &Secrets::default(),
+            &reqwest::Client::new(),
+            &args(serde_json::json!({"amount": 5, "metadata": {"k": "v w"}})),
+        )
+        .await
+        .unwrap();
+        let request = server.join().unwrap();
+        let (head, body) = request.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("POST /v1/charges HTTP/1.1"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/x-www-form-urlencoded"),
+            "{head}"
+        );
+        assert_eq!(body, "amount=5&metadata%5Bk%5D=v+w");
+        assert!(format!("{output:?}").contains("ch_1"), "{output:?}");
     }
 
     #[test]

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bmm_runtime::def::{
-    AnnotationsDef, BodyDef, Handler, HttpDef, Method, PromptArgumentDef, PromptContent, PromptDef,
-    PromptMessageDef, ResourceContent, ResourceDef, SecretDef, ToolDef, UpstreamAuthDef,
-    UpstreamDef,
+    AnnotationsDef, BodyDef, BodyFormat, Handler, HttpDef, Method, PromptArgumentDef,
+    PromptContent, PromptDef, PromptMessageDef, ResourceContent, ResourceDef, SecretDef, ToolDef,
+    UpstreamAuthDef, UpstreamDef,
 };
 use bmm_runtime::run::{Args, prepare, serve};
 use bmm_runtime::{ServerDef, ToolOutput};
@@ -120,6 +120,7 @@ fn def() -> ServerDef {
                     query: &[("verbose", "true")],
                     headers: &[],
                     body: BodyDef::None,
+                    body_format: BodyFormat::Json,
                     response_map: &[("name", "/item/name")],
                 }),
             },

@@ -22,7 +22,8 @@
 //!    names.
 //! 5. Inputs: the JSON body's properties keep their names (they are the body's keys); a
 //!    body that is not an object with properties (an array, a `oneOf`) is one field, `body`,
-//!    sent as the whole body; path,
+//!    sent as the whole body; without a JSON body, an `application/x-www-form-urlencoded`
+//!    one is taken the same way (object properties only) and sent as a form; path,
 //!    query and header parameters are snake_cased and renamed `<in>_<name>` when taken.
 //!    `required` is kept. Array parameters are sent in OpenAPI's default styles (the
 //!    runtime repeats query pairs and comma-joins elsewhere; another declared style is a
@@ -645,6 +646,7 @@ impl Importer<'_> {
         // Body first: its property names are JSON keys and cannot be renamed.
         let mut fields: Vec<Field> = Vec::new();
         let mut body_out: Option<BodyOut> = None;
+        let mut body_form = false;
         let mut taken: BTreeSet<String> = BTreeSet::new();
         if let Some(body) = op.get("requestBody") {
             let body = self.resolver.resolve(body, &mut Vec::new())?;
@@ -653,12 +655,16 @@ impl Importer<'_> {
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
             let content = body.get("content").and_then(Value::as_object);
-            let json_media = content.and_then(|c| {
-                c.iter()
-                    .find(|(k, _)| is_json_media(k))
-                    .map(|(_, v)| v.clone())
-            });
-            match json_media {
+            let media_of = |wanted: fn(&str) -> bool| {
+                content.and_then(|c| c.iter().find(|(k, _)| wanted(k)).map(|(_, v)| v.clone()))
+            };
+            // JSON when offered, else a URL-encoded form (Stripe, Twilio, OAuth endpoints).
+            let (media, form) = match media_of(is_json_media) {
+                Some(json) => (Some(json), false),
+                None => (media_of(is_form_media), true),
+            };
+            body_form = form && media.is_some();
+            match media {
                 Some(media) => {
                     let mut schema = self.schema(media.get("schema").unwrap_or(&json!({})), true);
                     if let Some(properties) = object_properties(&schema) {
@@ -686,6 +692,11 @@ impl Importer<'_> {
                             });
                         }
                         body_out = (!names.is_empty()).then_some(BodyOut::Fields(names));
+                    } else if form {
+                        return Err(
+                            "its form body is not an object with properties; bmm sends form fields from named arguments"
+                                .to_owned(),
+                        );
                     } else {
                         // An array, a `oneOf`, an open object: one field is the whole body.
                         let field = unique_field("body", "request", &mut taken);
@@ -712,7 +723,7 @@ impl Importer<'_> {
                     let kinds: Vec<&String> =
                         content.map(|c| c.keys().collect()).unwrap_or_default();
                     return Err(format!(
-                        "its request body is required and not JSON ({}); bmm HTTP tools send JSON bodies",
+                        "its request body is required and neither JSON nor a URL-encoded form ({}); bmm HTTP tools send those two",
                         kinds
                             .iter()
                             .map(|k| clip(k, 60))
@@ -926,6 +937,7 @@ impl Importer<'_> {
                     path: path_template,
                     query,
                     headers,
+                    body_format: (body_form && body_out.is_some()).then_some("form"),
                     body: body_out,
                 },
             },
@@ -1218,6 +1230,15 @@ fn object_properties(schema: &Value) -> Option<Vec<(String, Value)>> {
     any.then_some(out)
 }
 
+fn is_form_media(media: &str) -> bool {
+    media
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+}
+
 fn is_json_media(media: &str) -> bool {
     let base = media
         .split(';')
@@ -1501,6 +1522,8 @@ struct HttpOut {
     headers: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     body: Option<BodyOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_format: Option<&'static str>,
 }
 
 /// `body: [fields]` or `body: { field: name }`.

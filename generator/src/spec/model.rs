@@ -211,6 +211,10 @@ pub struct HttpRun {
     /// value as the whole body (`body: { field: items }`).
     #[serde(default)]
     pub body: Option<Spanned<Body>>,
+    /// How the body is encoded: `json` (the default) or `form`
+    /// (`application/x-www-form-urlencoded`; objects bracketed, `key[field]=value`).
+    #[serde(default)]
+    pub body_format: Option<Spanned<BodyFormat>>,
     /// How the response becomes the result.
     #[serde(default)]
     pub response: Option<ResponseMap>,
@@ -237,6 +241,16 @@ pub enum Body {
     Keyword(String),
     /// `{ field: items }`: that field's value is the whole body (an array, say).
     Whole(WholeBody),
+}
+
+/// How an HTTP tool's body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyFormat {
+    /// `application/json`.
+    Json,
+    /// `application/x-www-form-urlencoded`.
+    Form,
 }
 
 /// A body that is one input field's value.

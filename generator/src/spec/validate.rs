@@ -25,7 +25,7 @@ use serde_json::Value;
 use serde_saphyr::Spanned;
 
 use super::diagnostic::{Diagnostic, at};
-use super::model::{Body, Run, Spec, UpstreamAuthKind};
+use super::model::{Body, BodyFormat, Run, Spec, UpstreamAuthKind};
 
 const RUST_KEYWORDS: &[&str] = &[
     "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern",
@@ -407,6 +407,16 @@ impl Checker<'_> {
                                 }
                             }
                         }
+                    }
+                    if let Some(format) = &http.body_format
+                        && format.value == BodyFormat::Form
+                        && http.body.is_none()
+                    {
+                        self.error(
+                            format,
+                            format!("tool `{n}` sets `body_format: form` but sends no body"),
+                            "add `body: [fields]`, `body: all` or `body: { field: x }`, or remove `body_format`",
+                        );
                     }
                     if let Some(response) = &http.response {
                         for pointer in response.map.values() {

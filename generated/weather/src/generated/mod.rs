@@ -73,6 +73,7 @@ pub(crate) fn server() -> ServerDef {
                     query: &[("q", "{city}"), ("units", "{units}")],
                     headers: &[],
                     body: BodyDef::None,
+                    body_format: BodyFormat::Json,
                     response_map: &[
                         ("city", "/name"),
                         ("conditions", "/weather/0/description"),
@@ -100,6 +101,7 @@ pub(crate) fn server() -> ServerDef {
                     query: &[("cnt", "{days}"), ("q", "{city}")],
                     headers: &[],
                     body: BodyDef::None,
+                    body_format: BodyFormat::Json,
                     response_map: &[],
                 }),
             },
