@@ -538,6 +538,10 @@ fn array_parameters_are_kept_and_object_parameters_are_refused_or_left_out() {
                      "schema": {"type": "array", "items": {"type": "integer"}}},
                     {"name": "filter", "in": "query", "style": "deepObject",
                      "schema": {"type": "object", "properties": {"a": {"type": "string"}}}},
+                    {"name": "untyped", "in": "query",
+                     "schema": {"additionalProperties": {"type": "string"}}},
+                    {"name": "X-Ids", "in": "header", "style": "form",
+                     "schema": {"type": "array", "items": {"type": "string"}}},
                 ],
                 "responses": {"200": {"description": "ok"}},
             }},
@@ -569,6 +573,11 @@ fn array_parameters_are_kept_and_object_parameters_are_refused_or_left_out() {
         "{warnings}"
     );
     assert!(warnings.contains("`filter` left out"), "{warnings}");
+    assert!(warnings.contains("`untyped` left out"), "{warnings}");
+    assert!(
+        warnings.contains("header parameter `X-Ids` is declared `style: form`"),
+        "{warnings}"
+    );
     assert!(
         imported
             .report
@@ -600,13 +609,21 @@ fn url_encoded_form_bodies_become_form_tools() {
     both["operationId"] = json!("prefers_json");
     both["requestBody"]["content"]["application/json"] =
         json!({"schema": {"type": "object", "properties": {"b": {"type": "string"}}}});
+    charge["requestBody"]["content"]["application/x-www-form-urlencoded"]["encoding"] = json!({
+        "expand": {"style": "pipeDelimited"},
+        "amount": {"contentType": "application/json"},
+    });
     let mut list = form(json!({"type": "array", "items": {"type": "string"}}));
     list["operationId"] = json!("form_list");
+    let mut optional = form(json!({"type": "array", "items": {"type": "string"}}));
+    optional["operationId"] = json!("optional_list");
+    optional["requestBody"]["required"] = json!(false);
     let imported = import(
         &doc(json!({
             "/charges": {"post": charge},
             "/both": {"post": both},
             "/list": {"post": list},
+            "/optional": {"post": optional},
         })),
         &Options::default(),
     )
@@ -632,4 +649,21 @@ fn url_encoded_form_bodies_become_form_tools() {
         "{:?}",
         imported.report.skipped
     );
+    // An optional body that cannot be a form is left out; the operation stays.
+    let optional = tool(&imported, "optional_list");
+    assert!(optional["run"]["http"].get("body").is_none(), "{optional}");
+    assert!(
+        optional["run"]["http"].get("body_format").is_none(),
+        "{optional}"
+    );
+    // What the fixed encoding rules do not honour is reported, field by field.
+    let warnings = imported.report.warnings.join("\n");
+    for expected in [
+        "form field `metadata` is an object",
+        "form field `expand` is an array sent as repeated fields; the document declares style `pipeDelimited`",
+        "form field `amount` is declared as `application/json`",
+        "POST /optional: its optional form body",
+    ] {
+        assert!(warnings.contains(expected), "{expected}\n{warnings}");
+    }
 }

@@ -216,8 +216,9 @@ pub enum BodyFormat {
     /// `application/json`.
     #[default]
     Json,
-    /// `application/x-www-form-urlencoded`: a scalar is `key=value`, an array of scalars is
-    /// one pair per element, an object is bracketed (`key[field]=value`, arrays of objects
+    /// `application/x-www-form-urlencoded`: a scalar is `key=value`, a top-level array of
+    /// scalars is one pair per element (`key=a&key=b`), an object is bracketed
+    /// (`key[field]=value`) and arrays inside brackets are indexed (`key[field][0]=a`,
     /// `key[0][field]=value`); null values are left out. The body must be an object.
     Form,
 }

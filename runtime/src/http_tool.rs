@@ -8,7 +8,8 @@
 //!    missing argument is a tool error. An array argument whose placeholder is a query
 //!    parameter's whole template becomes one pair per element (`tags=a&tags=b`, OpenAPI's
 //!    default `form` style); anywhere else its elements are joined with commas (`simple`
-//!    style). Elements must be scalars; an object argument is a tool error.
+//!    style; the joining comma is percent-encoded in a query, like any comma). An empty
+//!    array counts as absent. Elements must be scalars; an object argument is a tool error.
 //! 2. The credential comes from a declared secret (bearer, header or query). The MCP
 //!    client's `Authorization` header is never forwarded: it is not even visible here.
 //! 3. The final URL's host must be in the upstream's allow-list.
@@ -17,7 +18,8 @@
 //! 5. Response bodies are read up to 4 MiB. A non-2xx status becomes a tool error with the
 //!    status and a short, secret-redacted excerpt of the body.
 //! 6. Bodies are JSON, or form-encoded when the tool says so ([`BodyFormat::Form`]: nested
-//!    objects bracketed, at most 16 levels deep).
+//!    objects bracketed, at most 16 levels deep and 4 MiB encoded; a field name with a
+//!    bracket is refused; null values and elements are left out).
 //! 7. JSON responses become `structuredContent` (projected through the response map when
 //!    there is one); other responses become text.
 
@@ -133,6 +135,8 @@ fn fill(
             return Ok(None);
         };
         let texts = match value {
+            // An empty list is undefined (RFC 6570): `/items/{ids}` must not become `/items/`.
+            Value::Array(items) if items.is_empty() => return Ok(None),
             Value::Array(items) => elements(name, items)?,
             other => vec![scalar(other).ok_or_else(|| {
                 ToolError::new(format!(
@@ -186,7 +190,10 @@ fn request_url(
     let path = fill(def.path, args, true)?.ok_or_else(|| {
         let missing: Vec<_> = placeholder_names(def.path)
             .into_iter()
-            .filter(|n| !args.contains_key(*n))
+            .filter(|n| {
+                args.get(*n)
+                    .is_none_or(|v| v.is_null() || v.as_array().is_some_and(Vec::is_empty))
+            })
             .collect();
         ToolError::new(format!(
             "missing argument(s) for the request path: {}",
@@ -243,15 +250,44 @@ enum Encoded {
 
 /// Deepest nesting a form body may have (bracketed keys grow with it).
 const MAX_FORM_DEPTH: usize = 16;
+/// Largest encoded form body: keys repeat per value, so the text can outgrow the arguments.
+const MAX_FORM_BYTES: usize = 4 * 1024 * 1024;
 
 /// `application/x-www-form-urlencoded` text of an object body (the rules of
 /// [`BodyFormat::Form`]).
 fn form_body(body: &Value) -> Result<String, ToolError> {
+    struct Form {
+        out: url::form_urlencoded::Serializer<'static, String>,
+        bytes: usize,
+    }
+    impl Form {
+        fn pair(&mut self, key: &str, value: &str) -> Result<(), ToolError> {
+            self.bytes += key.len() + value.len() + 2;
+            if self.bytes > MAX_FORM_BYTES {
+                return Err(ToolError::new(
+                    "the form body would be larger than 4 MiB once encoded",
+                ));
+            }
+            self.out.append_pair(key, value);
+            Ok(())
+        }
+    }
+    fn field_name(name: &str) -> Result<&str, ToolError> {
+        if name.contains(['[', ']']) {
+            Err(ToolError::new(format!(
+                "form field name `{}` contains a bracket, which would change the body's structure",
+                name.escape_default()
+            )))
+        } else {
+            Ok(name)
+        }
+    }
     fn pairs(
         key: &str,
         value: &Value,
         depth: usize,
-        out: &mut url::form_urlencoded::Serializer<'_, String>,
+        bracketed: bool,
+        form: &mut Form,
     ) -> Result<(), ToolError> {
         if depth > MAX_FORM_DEPTH {
             return Err(ToolError::new(format!(
@@ -263,21 +299,26 @@ fn form_body(body: &Value) -> Result<String, ToolError> {
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
                     match item {
-                        Value::Array(_) | Value::Object(_) => {
-                            pairs(&format!("{key}[{i}]"), item, depth + 1, out)?;
+                        // Top level: one pair per element (OpenAPI's default). Inside
+                        // brackets, indices: bracket parsers keep only the last of
+                        // repeated keys.
+                        Value::String(_) | Value::Number(_) | Value::Bool(_) if !bracketed => {
+                            pairs(key, item, depth + 1, false, form)?;
                         }
-                        scalar_item => pairs(key, scalar_item, depth + 1, out)?,
+                        Value::Null => {}
+                        _ => pairs(&format!("{key}[{i}]"), item, depth + 1, true, form)?,
                     }
                 }
             }
             Value::Object(fields) => {
                 for (field, v) in fields {
-                    pairs(&format!("{key}[{field}]"), v, depth + 1, out)?;
+                    let field = field_name(field)?;
+                    pairs(&format!("{key}[{field}]"), v, depth + 1, true, form)?;
                 }
             }
             other => {
                 if let Some(text) = scalar(other) {
-                    out.append_pair(key, &text);
+                    form.pair(key, &text)?;
                 }
             }
         }
@@ -288,11 +329,14 @@ fn form_body(body: &Value) -> Result<String, ToolError> {
             "a form body must be an object of fields, not an array or a single value",
         ));
     };
-    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    let mut form = Form {
+        out: url::form_urlencoded::Serializer::new(String::new()),
+        bytes: 0,
+    };
     for (key, value) in fields {
-        pairs(key, value, 0, &mut out)?;
+        pairs(field_name(key)?, value, 0, false, &mut form)?;
     }
-    Ok(out.finish())
+    Ok(form.out.finish())
 }
 
 /// Runs one HTTP tool call.
@@ -370,6 +414,7 @@ pub(crate) async fn execute(
     let body = match (body, def.body_format) {
         (None, _) => None,
         (Some(value), BodyFormat::Json) => Some(Encoded::Json(value)),
+        (Some(Value::Null), BodyFormat::Form) => None,
         (Some(value), BodyFormat::Form) => Some(Encoded::Form(form_body(&value)?)),
     };
     let timeout = Duration::from_millis(upstream.def.timeout_ms);
@@ -382,12 +427,14 @@ pub(crate) async fn execute(
         match &body {
             Some(Encoded::Json(body)) => request = request.json(body),
             Some(Encoded::Form(text)) => {
-                request = request
-                    .header(
+                // A Content-Type the tool sets itself (a charset, say) is kept, not doubled.
+                if !headers.contains_key(reqwest::header::CONTENT_TYPE) {
+                    request = request.header(
                         reqwest::header::CONTENT_TYPE,
                         "application/x-www-form-urlencoded",
-                    )
-                    .body(text.clone());
+                    );
+                }
+                request = request.body(text.clone());
             }
             None => {}
         }
@@ -574,8 +621,9 @@ mod tests {
             "currency": "eur",
             "description": "a & b = c",
             "expand": ["customer", "invoice"],
-            "metadata": {"order": "6735", "note": null},
+            "metadata": {"order": "6735", "note": null, "tags": ["x", null, "y"]},
             "items": [{"price": "p_1", "quantity": 2}],
+            "ids": [1, null, 2],
             "skipped": null,
             "flag": true,
         }))
@@ -590,9 +638,15 @@ mod tests {
             ("expand", "customer"),
             ("expand", "invoice"),
             ("flag", "true"),
+            ("ids", "1"),
+            ("ids", "2"),
             ("items[0][price]", "p_1"),
             ("items[0][quantity]", "2"),
             ("metadata[order]", "6735"),
+            // Inside brackets, arrays are indexed: bracket parsers keep the last of
+            // repeated keys.
+            ("metadata[tags][0]", "x"),
+            ("metadata[tags][2]", "y"),
         ]
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -604,12 +658,45 @@ mod tests {
     fn a_form_body_that_is_not_an_object_or_too_deep_is_a_tool_error() {
         assert!(form_body(&serde_json::json!(["a"])).is_err());
         assert!(form_body(&serde_json::json!("a")).is_err());
-        let mut deep = serde_json::json!("leaf");
-        for _ in 0..100 {
-            deep = serde_json::json!({ "k": deep });
-        }
-        let err = form_body(&serde_json::json!({ "root": deep })).expect_err("too deep");
+        let nested = |levels: usize| {
+            let mut deep = serde_json::json!("leaf");
+            for _ in 0..levels {
+                deep = serde_json::json!({ "k": deep });
+            }
+            serde_json::json!({ "root": deep })
+        };
+        assert!(
+            form_body(&nested(MAX_FORM_DEPTH)).is_ok(),
+            "the limit itself"
+        );
+        let err = form_body(&nested(MAX_FORM_DEPTH + 1)).expect_err("too deep");
         assert!(format!("{err:?}").contains("deeper"), "{err:?}");
+    }
+
+    #[test]
+    fn form_field_names_with_brackets_and_oversized_forms_are_tool_errors() {
+        for body in [
+            serde_json::json!({"a]b": 1}),
+            serde_json::json!({"metadata": {"a][admin": true}}),
+        ] {
+            let err = form_body(&body).expect_err("bracket");
+            assert!(format!("{err:?}").contains("bracket"), "{err:?}");
+        }
+        // 100,000 elements under a 100-byte key: ~10 MB once each pair repeats the key.
+        let key = "k".repeat(100);
+        let body = serde_json::json!({ key: vec![1; 100_000] });
+        let err = form_body(&body).expect_err("too large");
+        assert!(format!("{err:?}").contains("4 MiB"), "{err:?}");
+    }
+
+    #[test]
+    fn empty_arrays_are_absent_and_header_arrays_are_comma_joined() {
+        let err = url_for("/items/{ids}", &[], serde_json::json!({"ids": []}))
+            .expect_err("an empty path array is a missing argument");
+        assert!(format!("{err:?}").contains("ids"), "{err:?}");
+        let a = args(serde_json::json!({"v": ["a", 1, true], "e": []}));
+        assert_eq!(fill("{v}", &a, false).unwrap().as_deref(), Some("a,1,true"));
+        assert_eq!(fill("x-{e}", &a, false).unwrap(), None);
     }
 
     /// The request as a real upstream on 127.0.0.1 received it: content type and body.

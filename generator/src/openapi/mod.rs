@@ -556,6 +556,44 @@ impl Importer<'_> {
         Some(chosen.clone())
     }
 
+    /// A form body is sent by fixed rules (top-level arrays repeated, objects bracketed):
+    /// the fields whose `encoding` (or type) asks for something else are reported.
+    fn form_encoding_warnings(&mut self, key: &str, media: &Value, fields: &[Field]) {
+        let encoding = media.get("encoding").and_then(Value::as_object);
+        for field in fields {
+            let declared = encoding.and_then(|e| e.get(&field.name));
+            let get = |k: &str| declared.and_then(|d| d.get(k)).and_then(Value::as_str);
+            let style = get("style");
+            let explode = declared
+                .and_then(|d| d.get("explode"))
+                .and_then(Value::as_bool);
+            let name = clip(&field.name, 60).escape_default().to_string();
+            if let Some(content_type) = get("contentType")
+                && !content_type.starts_with("text/plain")
+            {
+                self.report.warn(format!(
+                    "{key}: form field `{name}` is declared as `{}`; bmm sends it as form text",
+                    clip(content_type, 60).escape_default()
+                ));
+            }
+            let shape = url_shape(&field.schema);
+            if matches!(shape, UrlShape::Unsupported) && style != Some("deepObject") {
+                self.report.warn(format!(
+                    "{key}: form field `{name}` is an object (or nested array) sent bracketed (`{name}[key]=value`, as deepObject); the document declares style `{}`",
+                    style.unwrap_or("form")
+                ));
+            } else if matches!(shape, UrlShape::Array)
+                && (!matches!(style, None | Some("form")) || explode == Some(false))
+            {
+                self.report.warn(format!(
+                    "{key}: form field `{name}` is an array sent as repeated fields; the document declares style `{}`, explode {}",
+                    style.unwrap_or("form"),
+                    explode.unwrap_or(true)
+                ));
+            }
+        }
+    }
+
     fn override_for(&mut self, key: &str, operation_id: Option<&str>) -> Override {
         let mut found = Override::default();
         for k in [Some(key), operation_id].into_iter().flatten() {
@@ -691,12 +729,19 @@ impl Importer<'_> {
                                 schema: prop,
                             });
                         }
+                        if form {
+                            self.form_encoding_warnings(key, &media, &fields);
+                        }
                         body_out = (!names.is_empty()).then_some(BodyOut::Fields(names));
-                    } else if form {
+                    } else if form && required {
                         return Err(
                             "its form body is not an object with properties; bmm sends form fields from named arguments"
                                 .to_owned(),
                         );
+                    } else if form {
+                        self.report.warn(format!(
+                            "{key}: its optional form body is not an object with properties; left out"
+                        ));
                     } else {
                         // An array, a `oneOf`, an open object: one field is the whole body.
                         let field = unique_field("body", "request", &mut taken);
@@ -795,6 +840,14 @@ impl Importer<'_> {
                     let explode = p.get("explode").and_then(Value::as_bool);
                     let default_form =
                         matches!(style, None | Some("form")) && explode != Some(false);
+                    let default_simple = matches!(style, None | Some("simple"));
+                    if location != "query" && !default_simple {
+                        self.report.warn(format!(
+                            "{key}: {location} parameter `{}` is declared `style: {}`; bmm joins arrays with commas (`a,b`): check the upstream accepts that",
+                            clip(name, 60).escape_default(),
+                            style.unwrap_or("simple"),
+                        ));
+                    }
                     if location == "query" && !default_form {
                         self.report.warn(format!(
                             "{key}: query parameter `{}` is declared `style: {}, explode: {}`; bmm sends arrays as repeated pairs (`{0}=a&{0}=b`): check the upstream accepts that",
@@ -1168,7 +1221,6 @@ fn normalize(schema: Value, v30: bool, input: bool, depth: usize) -> Value {
     Value::Object(out)
 }
 
-/// The properties of an object schema (merging `allOf` parts), in document order.
 /// What a parameter's value is, for the URL and headers.
 enum UrlShape {
     /// A string, number, boolean, or a type the schema leaves open.
@@ -1183,6 +1235,13 @@ fn url_shape(schema: &Value) -> UrlShape {
     let is = |schema: &Value, kind: &str| match schema.get("type") {
         Some(Value::String(t)) => t == kind,
         Some(Value::Array(types)) => types.iter().all(|t| t == kind || t == "null"),
+        // Untyped, but shaped like an object.
+        None => {
+            kind == "object"
+                && (schema.get("properties").is_some()
+                    || schema.get("additionalProperties").is_some()
+                    || schema.get("patternProperties").is_some())
+        }
         _ => false,
     };
     if is(schema, "object") {
@@ -1197,6 +1256,7 @@ fn url_shape(schema: &Value) -> UrlShape {
     }
 }
 
+/// The properties of an object schema (merging `allOf` parts), in document order.
 fn object_properties(schema: &Value) -> Option<Vec<(String, Value)>> {
     let mut out: Vec<(String, Value)> = Vec::new();
     let mut any = false;

@@ -410,6 +410,28 @@ impl Checker<'_> {
                     }
                     if let Some(format) = &http.body_format
                         && format.value == BodyFormat::Form
+                        && let Some(body) = &http.body
+                        && let Body::Whole(whole) = &body.value
+                        && let Some(kind) = tool.input.value.pointer(&format!(
+                            "/properties/{}/type",
+                            whole.field.replace('~', "~0").replace('/', "~1")
+                        ))
+                        && !(kind == "object"
+                            || kind
+                                .as_array()
+                                .is_some_and(|k| k.contains(&"object".into())))
+                    {
+                        self.error(
+                            body,
+                            format!(
+                                "tool `{n}` sends `{}` as a form body, but its type is not `object`",
+                                whole.field.escape_default()
+                            ),
+                            "a form body is an object of fields: make the property an object, or use `body: [fields]`",
+                        );
+                    }
+                    if let Some(format) = &http.body_format
+                        && format.value == BodyFormat::Form
                         && http.body.is_none()
                     {
                         self.error(
