@@ -93,5 +93,5 @@ pub use metadata::{Metadata, MetadataLayer, ProtectedResourceMetadata};
 pub use origin::{OriginCheck, OriginLayer, OriginPolicy};
 pub use resource::{Issuer, Resource};
 pub use scope::{ScopeHierarchy, ScopePolicy, ScopeSet};
-pub use serve::{ServeConfig, Server, is_loopback_listen, serve, shutdown_signal};
+pub use serve::{ServeConfig, Server, is_loopback_listen, serve, shutdown_signal, stack};
 pub use tool_scope::{ToolScope, ToolScopeLayer};

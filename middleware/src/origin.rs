@@ -153,12 +153,46 @@ impl OriginPolicy {
         if self.any_host {
             return true;
         }
+        self.plain_host_allowed(authority) || self.parsed_host_allowed(authority)
+    }
+
+    /// The full check: the Host parsed as a URL's host (IDNA, IPv4 forms, IPv6).
+    fn parsed_host_allowed(&self, authority: &str) -> bool {
         let Some(found) = parse_host(authority) else {
             return false;
         };
         self.hosts
             .iter()
             .any(|r| r.host == found.host && (r.port.is_none() || r.port == found.port))
+    }
+
+    /// The common case without a URL parse (a few microseconds per request): a Host that
+    /// is already an allowed host's canonical text (ASCII letters, digits, `.` and `-`,
+    /// any case, an optional trailing dot, an optional decimal port). Only ever accepts
+    /// what the full parse would accept; anything else goes to it.
+    fn plain_host_allowed(&self, authority: &str) -> bool {
+        let authority = authority.trim();
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+                match port.parse::<u16>() {
+                    Ok(port) => (host, Some(port)),
+                    Err(_) => return false,
+                }
+            }
+            Some(_) => return false,
+            None => (authority, None),
+        };
+        let host = host.strip_suffix('.').unwrap_or(host);
+        if host.is_empty()
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            return false;
+        }
+        self.hosts
+            .iter()
+            .any(|r| r.host.eq_ignore_ascii_case(host) && (r.port.is_none() || r.port == port))
     }
 
     fn origin_allowed(&self, origin: &str) -> bool {
@@ -392,6 +426,54 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origin_host_fast_path_never_accepts_what_the_full_parse_refuses() {
+        let policies = [
+            OriginPolicy::loopback(),
+            OriginPolicy::for_resource(
+                &crate::Resource::parse("https://mcp.example.com:8443/mcp").unwrap(),
+            ),
+        ];
+        let hosts = [
+            "127.0.0.1",
+            "localhost",
+            "LOCALHOST",
+            "localhost.",
+            "mcp.example.com",
+            "MCP.Example.COM.",
+            "evil.example",
+            "127.0.0.1.nip.io",
+            "0x7f.0.0.1",
+            "127.1",
+            "",
+            ".",
+            "-",
+            "a..b",
+            "mcp.example.com..",
+            "[::1]",
+            "mcp.example.com\t",
+        ];
+        let ports = [
+            "", ":4103", ":8443", ":", ":+80", ":99999", ":08443", ":80", "::80",
+        ];
+        let mut fast = 0;
+        for policy in &policies {
+            for host in hosts {
+                for port in ports {
+                    let authority = format!("{host}{port}");
+                    if policy.plain_host_allowed(&authority) {
+                        fast += 1;
+                        assert!(
+                            policy.parsed_host_allowed(&authority),
+                            "{authority:?} taken by the fast path only"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(fast >= 10, "the fast path took only {fast} hosts");
+    }
 
     #[test]
     fn origin_loopback_defaults_allow_any_port_and_refuse_others() {

@@ -188,33 +188,7 @@ impl Server {
         B::Error: Into<BoxError> + std::fmt::Display,
     {
         let Self { listener, config } = self;
-        let auth_layer = config
-            .auth
-            .clone()
-            .map_or_else(AuthLayer::disabled, AuthLayer::new);
-        let scope_layer = match &config.auth {
-            Some(auth) => ToolScopeLayer::new(auth.clone(), config.max_body_bytes),
-            None => ToolScopeLayer::buffer_only(config.max_body_bytes),
-        };
-        let metadata = MetadataLayer::new_optional(config.metadata.clone());
-        let stack = ServiceBuilder::new()
-            .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(SpanWithoutQuery))
-            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                StatusCode::SERVICE_UNAVAILABLE,
-                config.request_timeout,
-            ))
-            .layer(ConcurrencyLimitLayer::new(config.max_concurrency))
-            .layer(tower_http::limit::RequestBodyLimitLayer::new(
-                config.max_body_bytes,
-            ))
-            .layer(metadata)
-            .layer(RoutesLayer {
-                mcp_path: config.mcp_path.clone(),
-            })
-            .layer(OriginLayer::new(config.origin.clone()))
-            .layer(auth_layer)
-            .layer(scope_layer)
-            .service(service);
+        let stack = stack(&config, service);
 
         if let Some(auth) = &config.auth {
             let auth = auth.clone();
@@ -272,6 +246,63 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// The whole bmm stack (the module docs list it) around `service`, without a socket: what
+/// [`Server::serve`] runs for every connection. Benchmarks and in-memory tests call it
+/// with any request body type.
+pub fn stack<S, B, ReqBody>(
+    config: &ServeConfig,
+    service: S,
+) -> impl Service<
+    Request<ReqBody>,
+    Response = Response<
+        impl Body<Data = Bytes, Error: Into<BoxError> + std::fmt::Display> + Send + 'static,
+    >,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + std::fmt::Display,
+    ReqBody: Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
+{
+    let auth_layer = config
+        .auth
+        .clone()
+        .map_or_else(AuthLayer::disabled, AuthLayer::new);
+    let scope_layer = match &config.auth {
+        Some(auth) => ToolScopeLayer::new(auth.clone(), config.max_body_bytes),
+        None => ToolScopeLayer::buffer_only(config.max_body_bytes),
+    };
+    let metadata = MetadataLayer::new_optional(config.metadata.clone());
+    ServiceBuilder::new()
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(SpanWithoutQuery))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            config.request_timeout,
+        ))
+        .layer(ConcurrencyLimitLayer::new(config.max_concurrency))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            config.max_body_bytes,
+        ))
+        .layer(metadata)
+        .layer(RoutesLayer {
+            mcp_path: config.mcp_path.clone(),
+        })
+        .layer(OriginLayer::new(config.origin.clone()))
+        .layer(auth_layer)
+        .layer(scope_layer)
+        .service(service)
 }
 
 /// Binds `addr` and serves until SIGINT or SIGTERM.

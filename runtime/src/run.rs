@@ -8,9 +8,16 @@
 //! `--no-auth` / `BMM_NO_AUTH=1` (loopback only, with a warning). Every declared secret is
 //! an environment variable; all missing ones are listed at once and the exit code is 2.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use tower_service::Service;
 
 use bmm_middleware::{
     AuthConfig, Authenticator, Issuer, OriginPolicy, ProtectedResourceMetadata, Resource,
@@ -226,12 +233,32 @@ pub async fn serve(
         config,
         max_sessions,
     } = prepared;
-    let hosts = config.allowed_hosts();
+    let service = mcp_service(&server, config.allowed_hosts(), max_sessions);
+    tracing::info!(name = server.def().name, max_sessions, "MCP server ready");
+    listener.serve(service, shutdown).await
+}
+
+/// The MCP service every server runs inside the bmm stack
+/// ([`bmm_middleware::stack`]): rmcp's Streamable HTTP service for `server` (legacy
+/// sessions on, at most `max_sessions` of them; 2026-07-28 requests are stateless), checking
+/// the Host header against `allowed_hosts`.
+pub fn mcp_service(
+    server: &McpServer,
+    allowed_hosts: Vec<String>,
+    max_sessions: usize,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<BoxBody<Bytes, Infallible>>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
     let rmcp_config = StreamableHttpServerConfig::default()
         // Legacy sessions stay on: in rmcp's stateless mode legacy sampling and elicitation
         // hang. 2026-07-28 requests are stateless either way.
         .with_legacy_session_mode(true)
-        .with_allowed_hosts(hosts);
+        .with_allowed_hosts(allowed_hosts);
     let factory = server.clone();
     let sessions = Arc::new(LocalSessionManager::default());
     let service = StreamableHttpService::new(
@@ -239,9 +266,7 @@ pub async fn serve(
         Arc::clone(&sessions),
         rmcp_config,
     );
-    let service = crate::session_cap::SessionCap::new(service, sessions, max_sessions);
-    tracing::info!(name = server.def().name, max_sessions, "MCP server ready");
-    listener.serve(service, shutdown).await
+    crate::session_cap::SessionCap::new(service, sessions, max_sessions)
 }
 
 /// Builds the server for stdio: secrets checked as for HTTP, no authentication layer.
@@ -296,11 +321,18 @@ fn serve_stdio(def: ServerDef) -> ExitCode {
     })
 }
 
+/// The log filter when `RUST_LOG` is not set: bmm's start-up, warnings and errors. rmcp
+/// logs three lines at info for every session it opens, and every 2026-07-28 request is a
+/// session of its own: at info that was three log lines per tool call (and a quarter of a
+/// request's time in the in-memory stack bench), so rmcp is kept to warnings.
+pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
+
 /// The whole `main` of a generated server.
 pub fn main(def: ServerDef) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
         .init();

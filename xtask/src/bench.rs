@@ -296,7 +296,9 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .args(extra)
                 .env("OPENWEATHER_API_KEY", "bench")
-                .env("RUST_LOG", "warn")
+                // A generated server's default logging (`info,rmcp=warn`): the request span
+                // is on, as it is for users.
+                .env_remove("RUST_LOG")
                 .stdout(Stdio::null())
                 .stderr(log(name)?)
                 .spawn()
