@@ -21,7 +21,6 @@ mod word_stats;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bmm_middleware::{AuthConfig, Issuer, Resource, ServeConfig};
 use bmm_runtime::{McpServer, Secrets};
@@ -30,40 +29,20 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde_json::json;
 use tower::{Service, ServiceExt};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../middleware/tests/fixtures");
 const ISSUER: &str = "https://as.example.com";
 const RESOURCE: &str = "http://127.0.0.1:4103/mcp";
 
-fn token() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some("k1".into());
-    let key = EncodingKey::from_rsa_pem(&std::fs::read(format!("{FIXTURES}/rsa-a.pem")).unwrap())
-        .unwrap();
-    let claims = json!({
-        "iss": ISSUER, "sub": "alice", "aud": RESOURCE, "exp": now + 3600, "iat": now,
-        "scope": "mcp:read", "client_id": "bench",
-    });
-    jsonwebtoken::encode(&header, &claims, &key).unwrap()
-}
-
 fn auth_config() -> ServeConfig {
-    let mut jwk: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(format!("{FIXTURES}/rsa-a.jwk.json")).unwrap())
-            .unwrap();
-    jwk["kid"] = json!("k1");
-    jwk["alg"] = json!("RS256");
     let auth = AuthConfig::new(Resource::parse(RESOURCE).unwrap())
-        .issuer_with_static_jwks(Issuer::parse(ISSUER).unwrap(), &json!({"keys": [jwk]}))
+        .issuer_with_static_jwks(
+            Issuer::parse(ISSUER).unwrap(),
+            &bmm_runtime::testing::stand_in_jwks().unwrap(),
+        )
         .unwrap()
         .build()
         .unwrap();
@@ -146,7 +125,7 @@ fn stack(c: &mut Criterion) {
     bench(c, "stack/bmm_auth_off", &bmm_off, None);
 
     let on = auth_config();
-    let token = token();
+    let token = bmm_runtime::testing::stand_in_token(ISSUER, RESOURCE, "mcp:read").unwrap();
     let bmm_on = bmm_middleware::stack(
         &on,
         bmm_runtime::run::mcp_service(&server, on.allowed_hosts(), 256),

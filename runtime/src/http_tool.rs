@@ -97,12 +97,11 @@ fn elements(name: &str, items: &[Value]) -> Result<Vec<String>, ToolError> {
         .collect()
 }
 
-/// The argument a template consists of alone (`"{tags}"`), if that is all it is.
-fn sole_placeholder(template: &str) -> Option<&str> {
-    match crate::template::parse(template).ok()?.as_slice() {
-        [Segment::Var(name)] => Some(name),
-        _ => None,
-    }
+/// An argument's value, `None` when it is absent, null or an empty array (an empty list
+/// is undefined, RFC 6570: `/items/{ids}` must not become `/items/`).
+fn argument<'a>(args: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    args.get(name)
+        .filter(|v| !v.is_null() && v.as_array().is_none_or(|items| !items.is_empty()))
 }
 
 /// Fills `{placeholders}`; `encode` escapes each value. `Ok(None)` when a placeholder has no
@@ -131,12 +130,10 @@ fn fill(
             }
             Segment::Var(name) => name,
         };
-        let Some(value) = args.get(name).filter(|v| !v.is_null()) else {
+        let Some(value) = argument(args, name) else {
             return Ok(None);
         };
         let texts = match value {
-            // An empty list is undefined (RFC 6570): `/items/{ids}` must not become `/items/`.
-            Value::Array(items) if items.is_empty() => return Ok(None),
             Value::Array(items) => elements(name, items)?,
             other => vec![scalar(other).ok_or_else(|| {
                 ToolError::new(format!(
@@ -190,10 +187,7 @@ fn request_url(
     let path = fill(def.path, args, true)?.ok_or_else(|| {
         let missing: Vec<_> = placeholder_names(def.path)
             .into_iter()
-            .filter(|n| {
-                args.get(*n)
-                    .is_none_or(|v| v.is_null() || v.as_array().is_some_and(Vec::is_empty))
-            })
+            .filter(|n| argument(args, n).is_none())
             .collect();
         ToolError::new(format!(
             "missing argument(s) for the request path: {}",
@@ -210,7 +204,7 @@ fn request_url(
             used.extend(placeholder_names(template));
             // An array that is the whole value: one pair per element (OpenAPI's default
             // `form` style, exploded). Elsewhere arrays are joined with commas.
-            if let Some(var) = sole_placeholder(template)
+            if let Some(var) = crate::template::sole_placeholder(template)
                 && let Some(Value::Array(items)) = args.get(var)
             {
                 for text in elements(var, items)? {

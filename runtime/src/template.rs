@@ -82,6 +82,12 @@ pub fn parse(template: &str) -> Result<Vec<Segment<'_>>, TemplateError> {
     Ok(out)
 }
 
+/// The placeholder a template consists of alone (`"{tags}"`), if that is all it is.
+pub fn sole_placeholder(template: &str) -> Option<&str> {
+    let name = template.strip_prefix('{')?.strip_suffix('}')?;
+    (!name.is_empty() && name.bytes().all(is_name_byte)).then_some(name)
+}
+
 /// The placeholder names of a template, in order (malformed templates have none).
 pub fn names(template: &str) -> Vec<&str> {
     parse(template)

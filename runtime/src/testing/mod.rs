@@ -67,11 +67,7 @@ async fn stand_in_issuer() -> Result<String, String> {
         .await
         .map_err(|e| format!("stand-in issuer: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let mut jwk: Value = serde_json::from_str(KEY_JWK).map_err(|e| e.to_string())?;
-    jwk["kid"] = json!(KID);
-    jwk["alg"] = json!("RS256");
-    jwk["use"] = json!("sig");
-    let body = json!({ "keys": [jwk] }).to_string();
+    let body = stand_in_jwks()?.to_string();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
             let body = body.clone();
@@ -87,6 +83,21 @@ async fn stand_in_issuer() -> Result<String, String> {
         }
     });
     Ok(format!("http://{addr}"))
+}
+
+/// The stand-in issuer's key set: one RS256 key, the one [`stand_in_token`] signs with.
+/// For in-memory tests and benches (`AuthConfig::issuer_with_static_jwks`).
+pub fn stand_in_jwks() -> Result<Value, String> {
+    let mut jwk: Value = serde_json::from_str(KEY_JWK).map_err(|e| e.to_string())?;
+    jwk["kid"] = json!(KID);
+    jwk["alg"] = json!("RS256");
+    jwk["use"] = json!("sig");
+    Ok(json!({ "keys": [jwk] }))
+}
+
+/// An RS256 access token from the stand-in issuer, valid for five minutes.
+pub fn stand_in_token(issuer: &str, audience: &str, scope: &str) -> Result<String, String> {
+    token(issuer, audience, scope)
 }
 
 fn token(issuer: &str, audience: &str, scope: &str) -> Result<String, String> {
