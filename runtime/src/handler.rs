@@ -25,11 +25,14 @@ use crate::context::{Retry, SessionLogLevel, ToolContext};
 use crate::def::{Handler, PromptContent, ResourceContent, ResourceTemplateDef, ServerDef};
 use crate::http_tool::{self, Upstream};
 use crate::secrets::Secrets;
+use crate::validate::{self, InputValidator};
 
 /// Everything a running server shares between requests.
 pub(crate) struct Shared {
     pub(crate) def: ServerDef,
     pub(crate) tools: Vec<Tool>,
+    /// Each tool's compiled input schema, in the order of `tools`.
+    pub(crate) validators: Vec<InputValidator>,
     pub(crate) index: HashMap<&'static str, usize>,
     pub(crate) upstreams: HashMap<&'static str, Upstream>,
     pub(crate) secrets: Secrets,
@@ -72,9 +75,15 @@ impl McpServer {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
         let mut tools = Vec::with_capacity(def.tools.len());
+        let mut validators = Vec::with_capacity(def.tools.len());
         let mut index = HashMap::new();
         for (i, t) in def.tools.iter().enumerate() {
-            let mut tool = Tool::new(t.name, t.description, schema(t.input_schema, t.name)?);
+            let input = schema(t.input_schema, t.name)?;
+            validators.push(InputValidator::compile(
+                t.name,
+                &Value::Object((*input).clone()),
+            )?);
+            let mut tool = Tool::new(t.name, t.description, input);
             if let Some(title) = t.title {
                 tool = tool.with_title(title);
             }
@@ -112,6 +121,7 @@ impl McpServer {
                 info: server_info(&def),
                 def,
                 tools,
+                validators,
                 index,
                 upstreams,
                 secrets,
@@ -174,28 +184,41 @@ impl ServerHandler for McpServer {
             input_responses: request.input_responses,
             request_state: request.request_state,
         };
-        let args = request.arguments.unwrap_or_default();
         let tool = &shared.def.tools[i];
+        // Validated before anything else runs (crate::validate, rule 2).
+        let args = Value::Object(request.arguments.unwrap_or_default());
+        shared.validators[i].check(tool.name, &args)?;
         let outcome = match &tool.handler {
-            Handler::Http(http) => match shared.upstreams.get(http.upstream) {
-                Some(upstream) => {
-                    http_tool::execute(http, upstream, &shared.secrets, &shared.http, &args).await
+            Handler::Http(http) => match (shared.upstreams.get(http.upstream), args.as_object()) {
+                (Some(upstream), Some(args)) => {
+                    http_tool::execute(http, upstream, &shared.secrets, &shared.http, args).await
                 }
-                None => Err(crate::ToolError::new(
+                (None, _) | (_, None) => Err(crate::ToolError::new(
                     "the tool's upstream is not configured",
                 )),
             },
             Handler::Rust(f) => {
                 let ctx =
                     ToolContext::new(cx, self.log_level.clone(), retry, self.shared.state.clone());
-                f(ctx, Value::Object(args)).await
+                f(ctx, args).await
             }
         };
-        match outcome {
+        // Secrets never leave in a result, whatever the tool or upstream echoed (rule 9 of
+        // crate::http_tool; crate::secrets).
+        let secrets = &shared.secrets;
+        let response = match outcome {
             Ok(output) => Ok(output.into_result().into()),
+            Err(error) => error.into_response(),
+        };
+        match response {
+            Ok(CallToolResponse::Complete(result)) => {
+                Ok(CallToolResponse::Complete(secrets.redact_result(result)))
+            }
+            Ok(other) => Ok(other),
             Err(error) => {
-                tracing::debug!(tool = tool.name, error = %error, "tool did not complete");
-                error.into_response()
+                let error = secrets.redact_error(error);
+                tracing::debug!(tool = tool.name, error = %error.message, "tool did not complete");
+                Err(error)
             }
         }
     }
@@ -428,15 +451,8 @@ impl ServerHandler for McpServer {
                 None,
             ));
         };
-        let args = request.arguments.unwrap_or_default();
-        for arg in p.arguments {
-            if arg.required && !args.contains_key(arg.name) {
-                return Err(ErrorData::invalid_params(
-                    format!("prompt `{}` needs argument `{}`", p.name, arg.name),
-                    None,
-                ));
-            }
-        }
+        let args =
+            validate::prompt_arguments(p.name, p.arguments, request.arguments.unwrap_or_default())?;
         if let Some(handler) = &p.handler {
             let retry = Retry {
                 input_responses: request.input_responses,

@@ -22,6 +22,17 @@
 //!    bracket is refused; null values and elements are left out).
 //! 7. JSON responses become `structuredContent` (projected through the response map when
 //!    there is one); other responses become text.
+//! 8. A path placeholder's value can never change which path the template addresses: a
+//!    value that is empty, `.` or `..` — also percent-encoded, in any case, any number of
+//!    times (`%2e%2e`, `.%2E`, `%252e`) — is refused with invalid-params before any
+//!    request; every other character outside RFC 3986's unreserved set (`/`, `?`, `#`,
+//!    `\`, `%` included) is percent-encoded; and the final URL's path must still start
+//!    with the upstream's base path followed by the template's literal prefix
+//!    (`path_placeholder_refuses_dot_segments`, and over a real socket
+//!    `path_placeholder_never_reaches_another_upstream_path`).
+//! 9. Secret values are redacted from every result: every string of structured content
+//!    (object keys included), text, and error messages
+//!    (`echoed_secrets_are_redacted_from_structured_content`).
 
 use std::time::Duration;
 
@@ -141,6 +152,16 @@ fn fill(
                 ))
             })?],
         };
+        if encode && addresses_another_path(&texts.join(",")) {
+            return Err(ToolError::protocol(rmcp::ErrorData::invalid_params(
+                format!(
+                    "argument `{name}` may not be empty, `.` or `..` (in any encoding): as a path segment it would change which path the request addresses"
+                ),
+                Some(
+                    serde_json::json!({"errors": [{"path": format!("/{name}"), "rule": "pathSegment"}]}),
+                ),
+            )));
+        }
         for (i, text) in texts.iter().enumerate() {
             if i > 0 {
                 out.push(',');
@@ -158,6 +179,36 @@ fn fill(
         }
     }
     Ok(Some(out))
+}
+
+/// Whether a path placeholder's value is empty, `.` or `..`, also once percent-decoded (any
+/// number of times, any case: `%2e%2E`, `.%2e`, `%252e`): as a whole segment it would
+/// drop or climb a segment once any URL parser resolves dot segments (rule 8).
+fn addresses_another_path(value: &str) -> bool {
+    let mut text = value.to_owned();
+    // Each round removes at least one `%`; a value can hide behind a bounded number only.
+    for _ in 0..8 {
+        if matches!(text.as_str(), "" | "." | "..") {
+            return true;
+        }
+        let decoded = percent_encoding::percent_decode_str(&text)
+            .decode_utf8_lossy()
+            .into_owned();
+        if decoded == text {
+            return false;
+        }
+        text = decoded;
+    }
+    // Still decoding after eight rounds: nothing legitimate looks like that.
+    true
+}
+
+/// The path a URL whose path is set to `path` really has (the URL parser's normalisation:
+/// dot segments resolved, characters it escapes escaped).
+fn normalised_path(base: &Url, path: &str) -> String {
+    let mut probe = base.clone();
+    probe.set_path(path);
+    probe.path().to_owned()
 }
 
 fn placeholder_names(template: &str) -> Vec<&str> {
@@ -195,8 +246,19 @@ fn request_url(
         ))
     })?;
     let mut url = upstream.base.clone();
-    let joined = format!("{}{}", url.path().trim_end_matches('/'), path);
+    let base_path = url.path().trim_end_matches('/').to_owned();
+    let joined = format!("{base_path}{path}");
     url.set_path(&joined);
+    // The filled path keeps the upstream's base path and the template's literal text up to
+    // its first placeholder (rule 8): no value may address another path.
+    let literal = def.path.split('{').next().unwrap_or_default();
+    let prefix = normalised_path(&upstream.base, &format!("{base_path}{literal}"));
+    if !url.path().starts_with(&prefix) {
+        return Err(ToolError::protocol(rmcp::ErrorData::invalid_params(
+            "the arguments would change which path the request addresses",
+            None,
+        )));
+    }
     let mut used: Vec<&str> = placeholder_names(def.path);
     {
         let mut query = url.query_pairs_mut();
@@ -775,6 +837,63 @@ mod tests {
         );
         assert_eq!(body, "amount=5&metadata%5Bk%5D=v+w");
         assert!(format!("{output:?}").contains("ch_1"), "{output:?}");
+    }
+
+    #[test]
+    fn path_placeholder_refuses_dot_segments() {
+        for value in [
+            "",
+            ".",
+            "..",
+            "%2e",
+            "%2E%2e",
+            ".%2E",
+            "%2e.",
+            "%252e%252e",
+            "%25252e",
+        ] {
+            let err = url_for(
+                "/user/{username}",
+                &[],
+                serde_json::json!({ "username": value }),
+            )
+            .expect_err(value);
+            assert!(
+                format!("{err:?}").contains("`username`"),
+                "{value}: {err:?}"
+            );
+            assert!(
+                format!("{err:?}").contains("InvalidParams")
+                    || format!("{err:?}").contains("-32602"),
+                "{value}: {err:?}"
+            );
+        }
+        let err = url_for(
+            "/user/{username}",
+            &[],
+            serde_json::json!({ "username": [".."] }),
+        )
+        .expect_err("an array of one dot segment");
+        assert!(format!("{err:?}").contains("`username`"), "{err:?}");
+        // Separators and escapes inside a value are encoded, never interpreted.
+        assert_eq!(
+            url_for(
+                "/user/{username}",
+                &[],
+                serde_json::json!({ "username": "a/../b?c#d\\e%2F" })
+            )
+            .unwrap(),
+            "https://api.example/v3/user/a%2F..%2Fb%3Fc%23d%5Ce%252F"
+        );
+        // Dots that are not a whole value stay legitimate.
+        assert_eq!(
+            url_for("/files/{name}", &[], serde_json::json!({ "name": "...a" })).unwrap(),
+            "https://api.example/v3/files/...a"
+        );
+        assert_eq!(
+            url_for("/v/{a}.{b}", &[], serde_json::json!({ "a": "x", "b": "y" })).unwrap(),
+            "https://api.example/v3/v/x.y"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod session_cap;
 pub mod template;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod validate;
 
 pub use context::{Question, ToolContext};
 pub use def::ServerDef;

@@ -12,7 +12,8 @@
 //!    `Mcp-Name` headers).
 //!
 //! `tools/call` goes to the first tool with `{}` arguments: any tool result (an `isError`
-//! one included) counts, a JSON-RPC error does not.
+//! one included) counts, and so does the invalid-params error (-32602) of argument
+//! validation when the tool's schema requires arguments; any other JSON-RPC error does not.
 
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
@@ -163,14 +164,27 @@ impl Client {
         params: Value,
         headers: &[(&str, String)],
     ) -> Result<Value, String> {
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let (status, _, text) = self.post(&body, headers).await?;
-        let reply = message(&text, id)
-            .ok_or_else(|| format!("{method}: HTTP {status}, no JSON-RPC answer in: {text}"))?;
+        let reply = self.reply(id, method, params, headers).await?;
         match reply.get("result") {
             Some(result) => Ok(result.clone()),
             None => Err(format!("{method}: JSON-RPC error {}", reply["error"])),
         }
+    }
+}
+
+impl Client {
+    /// The whole JSON-RPC answer (a result or an error).
+    async fn reply(
+        &self,
+        id: i64,
+        method: &str,
+        params: Value,
+        headers: &[(&str, String)],
+    ) -> Result<Value, String> {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let (status, _, text) = self.post(&body, headers).await?;
+        message(&text, id)
+            .ok_or_else(|| format!("{method}: HTTP {status}, no JSON-RPC answer in: {text}"))
     }
 }
 
@@ -186,8 +200,17 @@ fn tool_names(result: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn check_tool_result(era: &str, result: &Value) -> Result<(), String> {
-    if result["content"].is_array() || result["resultType"] == json!("input_required") {
+/// A tool result, or the invalid-params answer of argument validation (the smoke test
+/// calls with `{}`, which a schema with required arguments refuses).
+fn check_tool_result(era: &str, reply: &Value) -> Result<(), String> {
+    let result = &reply["result"];
+    if result["content"].is_array()
+        || result["resultType"] == json!("input_required")
+        || (reply["error"]["code"] == json!(-32602)
+            && reply["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("invalid arguments for tool")))
+    {
         Ok(())
     } else {
         Err(format!("{era} tools/call: not a tool result: {result}"))
@@ -378,7 +401,7 @@ async fn smoke_async(binary: &str, env: &[(&str, &str)]) -> Result<Report, Strin
     let legacy_tools = tool_names(&listed);
     if let Some(first) = legacy_tools.first() {
         let result = client
-            .call(
+            .reply(
                 3,
                 "tools/call",
                 json!({"name": first, "arguments": {}}),
@@ -415,7 +438,7 @@ async fn smoke_async(binary: &str, env: &[(&str, &str)]) -> Result<Report, Strin
     let stateless_tools = tool_names(&listed);
     if let Some(first) = stateless_tools.first() {
         let result = client
-            .call(
+            .reply(
                 5,
                 "tools/call",
                 json!({"_meta": meta, "name": first, "arguments": {}}),
