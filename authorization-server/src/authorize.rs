@@ -14,6 +14,8 @@
 //! 6. The consent form is bound to a pending request (single use, 10 minutes) and protected
 //!    by a double-submit CSRF token (cookie + form field, compared in constant time).
 //! 7. Codes are single-use and live 60 seconds (`--code-ttl`); redirects carry `code`, `state` and `iss`.
+//! 8. A code is checked before it is used up (client, PKCE verifier, redirect URI,
+//!    resource; see [`redeem_code`]): a request that does not fit leaves it redeemable.
 
 use std::collections::HashMap;
 
@@ -39,6 +41,8 @@ const CSRF_COOKIE: &str = "bmm_csrf";
 pub(crate) struct CodeRecord {
     pub(crate) client_id: String,
     pub(crate) redirect_uri: String,
+    /// Whether the authorization request named `redirect_uri` (then `/token` must too).
+    pub(crate) redirect_uri_given: bool,
     pub(crate) code_challenge: String,
     pub(crate) resource: String,
     pub(crate) scope: String,
@@ -60,6 +64,7 @@ pub(crate) struct PendingRequest {
 struct Validated {
     client: Client,
     redirect_uri: String,
+    redirect_uri_given: bool,
     state: Option<String>,
     code_challenge: String,
     resource: String,
@@ -199,6 +204,7 @@ async fn validate(
     let mut v = Validated {
         client,
         redirect_uri,
+        redirect_uri_given: get("redirect_uri").is_some(),
         state: get("state").map(str::to_owned),
         code_challenge: String::new(),
         resource: String::new(),
@@ -306,6 +312,7 @@ fn issue_code(state: &AppState, v: &Validated, subject: &str) -> Response {
     let record = CodeRecord {
         client_id: v.client.client_id.clone(),
         redirect_uri: v.redirect_uri.clone(),
+        redirect_uri_given: v.redirect_uri_given,
         code_challenge: v.code_challenge.clone(),
         resource: v.resource.clone(),
         scope: v.scopes.join(" "),
@@ -501,20 +508,41 @@ fn check_password(state: &AppState, username: &str, password: &str) -> bool {
         .is_ok()
 }
 
-/// Takes a code for redemption. `Err` when unknown, expired, or replayed (the family it
-/// produced is then returned so its tokens can be revoked).
-pub(crate) fn redeem_code(state: &AppState, code: &str) -> Result<CodeRecord, Option<String>> {
+/// Why a code was not redeemed.
+#[derive(Debug)]
+pub(crate) enum CodeRefusal {
+    /// Unknown or expired.
+    Unknown,
+    /// The request does not fit the code (another client, wrong verifier, redirect URI or
+    /// resource): nothing happened to the code, which stays redeemable.
+    Refused(OAuthError),
+    /// A request that fits the code presented it again: the family it produced, whose
+    /// tokens are to be revoked.
+    Replayed(String),
+}
+
+/// Redeems a code: `check` (client, PKCE verifier, redirect URI, resource) runs first, while
+/// the code is held, and the code is used up only when it passes. The check and the use are
+/// one step under the lock, so of two concurrent redemptions exactly one wins, and a
+/// request that does not fit the code (an attacker holding an intercepted code without the
+/// verifier) can neither burn it nor revoke what it produced.
+pub(crate) fn redeem_code(
+    state: &AppState,
+    code: &str,
+    check: impl FnOnce(&CodeRecord) -> Result<(), OAuthError>,
+) -> Result<CodeRecord, CodeRefusal> {
     let Ok(mut codes) = state.inner.codes.lock() else {
-        return Err(None);
+        return Err(CodeRefusal::Unknown);
     };
     let Some(record) = codes.get_mut(code) else {
-        return Err(None);
+        return Err(CodeRefusal::Unknown);
     };
-    if let Some(family) = &record.redeemed_family {
-        return Err(Some(family.clone()));
+    if record.redeemed_family.is_none() && record.expires_at <= now() {
+        return Err(CodeRefusal::Unknown);
     }
-    if record.expires_at <= now() {
-        return Err(None);
+    check(record).map_err(CodeRefusal::Refused)?;
+    if let Some(family) = &record.redeemed_family {
+        return Err(CodeRefusal::Replayed(family.clone()));
     }
     let out = record.clone();
     // Marked as redeemed (with a placeholder family) before any token is minted.

@@ -4,18 +4,30 @@
 //! 1. Clients authenticate as registered: `none` (client_id only), `client_secret_basic`
 //!    or `client_secret_post`; secrets are compared as hashes in constant time.
 //! 2. A code is redeemed once, within 60 s, by the client it was issued to, with the same
-//!    `redirect_uri`, a `code_verifier` whose S256 is the challenge, and (if given) the same
-//!    `resource`. A replayed code revokes the refresh tokens it produced.
+//!    `redirect_uri` (required when the authorization request carried one), a
+//!    `code_verifier` whose S256 is the challenge, and (if given) the same `resource`. All
+//!    of that is checked before the code is used up: a request that fails any check leaves
+//!    the code redeemable. A replayed code (by a request that passes the checks) revokes
+//!    the refresh tokens it produced.
 //! 3. Refresh tokens rotate on every use; presenting a used one revokes its whole family.
 //!    `scope` may narrow the grant; `resource` must be the grant's.
 //! 4. Access tokens are RS256 JWTs with `iss`, `sub`, `aud` (the resource), `exp`, `iat`,
 //!    `jti`, `scope`, `client_id`. Responses carry `Cache-Control: no-store`.
+//! 5. Parameters come as `application/x-www-form-urlencoded` (the default, also when no
+//!    `Content-Type` is given) or as an `application/json` object of strings with the same
+//!    names. Any other media type is refused with 415 and an `invalid_request` body; a
+//!    parameter given twice, a non-string JSON value or a malformed body with 400
+//!    `invalid_request`.
+//! 6. Revocation (RFC 7009) acts only on a token issued to the authenticated client; a
+//!    token of another client is treated like an unknown one: 200, and nothing happens.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, RawForm, State};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -28,6 +40,74 @@ use crate::error::OAuthError;
 use crate::ratelimit::Bucket;
 use crate::store::{Client, RefreshRecord, RefreshUse};
 use crate::{AppState, authorize, clients, now, random_token, secure_eq, sha256_hex};
+
+/// Rule 5: the request's parameters, from a form or a JSON body.
+fn body_params(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<HashMap<String, String>, OAuthError> {
+    let body = body.map_err(|e| OAuthError::new(e.status(), "invalid_request", e.body_text()))?;
+    let media = match headers.get(header::CONTENT_TYPE) {
+        None => return form_params(&body),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(';').next())
+            .map(|m| m.trim().to_ascii_lowercase())
+            .unwrap_or_default(),
+    };
+    match media.as_str() {
+        "application/x-www-form-urlencoded" => form_params(&body),
+        "application/json" => json_params(&body),
+        _ => Err(OAuthError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            "send the parameters as application/x-www-form-urlencoded (or application/json)",
+        )),
+    }
+}
+
+/// A JSON object of string parameters, refusing a name given twice.
+struct JsonParams(HashMap<String, String>);
+
+impl<'de> serde::Deserialize<'de> for JsonParams {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = JsonParams;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object whose values are strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<JsonParams, A::Error> {
+                let mut out = HashMap::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: String = map.next_value()?;
+                    if out.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!(
+                            "the `{key}` parameter is given more than once"
+                        )));
+                    }
+                    out.insert(key, value);
+                }
+                Ok(JsonParams(out))
+            }
+        }
+        deserializer.deserialize_map(Visit)
+    }
+}
+
+fn json_params(body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+    serde_json::from_slice::<JsonParams>(body)
+        .map(|p| p.0)
+        .map_err(|e| {
+            OAuthError::invalid_request(format!(
+                "the JSON body must be an object of string parameters: {e}"
+            ))
+        })
+}
 
 fn form_params(form: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
     let mut map = HashMap::new();
@@ -175,12 +255,12 @@ pub(crate) async fn token(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    RawForm(form): RawForm,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !state.inner.limiter.allow(peer.ip(), Bucket::Token) {
         return OAuthError::rate_limited().into_response();
     }
-    match grant(&state, &headers, &form).await {
+    match grant(&state, &headers, body).await {
         Ok(response) => response,
         Err(error) => {
             tracing::info!(error = error.code(), "token request refused");
@@ -189,17 +269,61 @@ pub(crate) async fn token(
     }
 }
 
-async fn grant(state: &AppState, headers: &HeaderMap, form: &[u8]) -> Result<Response, OAuthError> {
-    let params = form_params(form)?;
+async fn grant(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, OAuthError> {
+    let params = body_params(headers, body)?;
     let client = authenticate(state, headers, &params).await?;
     let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
     match get("grant_type") {
         Some("authorization_code") => {
             let code =
                 get("code").ok_or_else(|| OAuthError::invalid_request("code is required"))?;
-            let record = match authorize::redeem_code(state, code) {
+            let redirect_uri = get("redirect_uri");
+            let verifier = get("code_verifier");
+            let resource = get("resource");
+            // Rule 2: every check runs before the code is used up.
+            let check = |record: &authorize::CodeRecord| {
+                if record.client_id != client.client_id {
+                    return Err(OAuthError::invalid_grant(
+                        "the authorization code was issued to another client",
+                    ));
+                }
+                match redirect_uri {
+                    Some(r) if r != record.redirect_uri => {
+                        return Err(OAuthError::invalid_grant(
+                            "redirect_uri does not match the authorization request",
+                        ));
+                    }
+                    None if record.redirect_uri_given => {
+                        return Err(OAuthError::invalid_request(
+                            "redirect_uri is required: the authorization request carried one",
+                        ));
+                    }
+                    _ => {}
+                }
+                let verifier = verifier
+                    .ok_or_else(|| OAuthError::invalid_grant("code_verifier is required (PKCE)"))?;
+                let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+                if !(43..=128).contains(&verifier.len())
+                    || !secure_eq(&computed, &record.code_challenge)
+                {
+                    return Err(OAuthError::invalid_grant(
+                        "code_verifier does not match the code_challenge",
+                    ));
+                }
+                same_resource(
+                    resource,
+                    &record.resource,
+                    "resource does not match the authorization request",
+                )
+            };
+            let record = match authorize::redeem_code(state, code, check) {
                 Ok(r) => r,
-                Err(Some(family)) => {
+                Err(authorize::CodeRefusal::Refused(error)) => return Err(error),
+                Err(authorize::CodeRefusal::Replayed(family)) => {
                     if !family.is_empty() {
                         state.inner.store.revoke_family(&family)?;
                     }
@@ -208,39 +332,12 @@ async fn grant(state: &AppState, headers: &HeaderMap, form: &[u8]) -> Result<Res
                         "the authorization code was already used; the tokens it produced are revoked",
                     ));
                 }
-                Err(None) => {
+                Err(authorize::CodeRefusal::Unknown) => {
                     return Err(OAuthError::invalid_grant(
                         "the authorization code is unknown or expired",
                     ));
                 }
             };
-            if record.client_id != client.client_id {
-                return Err(OAuthError::invalid_grant(
-                    "the authorization code was issued to another client",
-                ));
-            }
-            if get("redirect_uri").is_some_and(|r| r != record.redirect_uri)
-                || (get("redirect_uri").is_none() && client.redirect_uris.len() != 1)
-            {
-                return Err(OAuthError::invalid_grant(
-                    "redirect_uri does not match the authorization request",
-                ));
-            }
-            let verifier = get("code_verifier")
-                .ok_or_else(|| OAuthError::invalid_grant("code_verifier is required (PKCE)"))?;
-            let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-            if !(43..=128).contains(&verifier.len())
-                || !secure_eq(&computed, &record.code_challenge)
-            {
-                return Err(OAuthError::invalid_grant(
-                    "code_verifier does not match the code_challenge",
-                ));
-            }
-            same_resource(
-                get("resource"),
-                &record.resource,
-                "resource does not match the authorization request",
-            )?;
             let family = random_token(16);
             authorize::record_family(state, code, &family);
             token_response(
@@ -346,21 +443,27 @@ pub(crate) async fn revoke(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    RawForm(form): RawForm,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !state.inner.limiter.allow(peer.ip(), Bucket::Token) {
         return OAuthError::rate_limited().into_response();
     }
     let result = async {
-        let params = form_params(&form)?;
+        let params = body_params(&headers, body)?;
         let client = authenticate(&state, &headers, &params).await?;
         let token = params
             .get("token")
             .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
         // Access tokens are self-contained JWTs and expire on their own; refresh tokens
-        // are revoked with their family. Unknown tokens are not an error (RFC 7009 2.2).
-        let _ = &client;
-        state.inner.store.revoke_refresh(&sha256_hex(token))?;
+        // are revoked with their family. Unknown tokens, and tokens of another client
+        // (rule 6, RFC 7009 2.1), are not an error (RFC 7009 2.2): nothing happens.
+        let revoked = state
+            .inner
+            .store
+            .revoke_refresh(&sha256_hex(token), &client.client_id)?;
+        if !revoked {
+            tracing::info!(client_id = %client.client_id, "revocation of an unknown token or one of another client ignored");
+        }
         Ok::<_, OAuthError>(())
     }
     .await;

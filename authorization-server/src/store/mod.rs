@@ -89,8 +89,9 @@ pub trait Store: Send + Sync + 'static {
     fn use_refresh(&self, token_sha256: &str, now: u64) -> Result<RefreshUse, StoreError>;
     /// Revokes every token of a family.
     fn revoke_family(&self, family: &str) -> Result<(), StoreError>;
-    /// Revokes the family of the given token, if known (RFC 7009). Returns whether it was.
-    fn revoke_refresh(&self, token_sha256: &str) -> Result<bool, StoreError>;
+    /// Revokes the family of the given token if it is known and was issued to `client_id`
+    /// (RFC 7009 section 2.1: only the owner may revoke). Returns whether it was.
+    fn revoke_refresh(&self, token_sha256: &str, client_id: &str) -> Result<bool, StoreError>;
     /// All signing keys, newest first.
     fn keys(&self) -> Result<Vec<StoredKey>, StoreError>;
     /// Adds a new current key and retires the others at `now`.

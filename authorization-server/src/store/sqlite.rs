@@ -171,12 +171,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn revoke_refresh(&self, token_sha256: &str) -> Result<bool, StoreError> {
+    fn revoke_refresh(&self, token_sha256: &str, client_id: &str) -> Result<bool, StoreError> {
         let conn = self.conn()?;
         let family: Option<String> = conn
             .query_row(
-                "SELECT family FROM refresh_tokens WHERE token_sha256 = ?1",
-                params![token_sha256],
+                "SELECT family FROM refresh_tokens WHERE token_sha256 = ?1 AND client_id = ?2",
+                params![token_sha256, client_id],
                 |row| row.get(0),
             )
             .optional()?;
