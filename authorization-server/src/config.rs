@@ -48,6 +48,17 @@ pub struct Args {
     /// Lifetime of authorization codes, in seconds (1 to 600).
     #[arg(long, env = "BMM_AS_CODE_TTL", default_value_t = 60)]
     pub code_ttl: u64,
+    /// Seconds a client has to send a request's headers (and, with `--idle-timeout`, to
+    /// send its first request) before the connection is closed.
+    #[arg(long, env = "BMM_AS_HEADER_READ_TIMEOUT", default_value_t = 10)]
+    pub header_read_timeout: u64,
+    /// Seconds a connection may stay open with no request in flight before it is closed
+    /// (keep-alive idle time; HTTP/2 pings are sent at this interval too).
+    #[arg(long, env = "BMM_AS_IDLE_TIMEOUT", default_value_t = 60)]
+    pub idle_timeout: u64,
+    /// Open connections allowed from one client address; more are closed at once.
+    #[arg(long, env = "BMM_AS_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 64)]
+    pub max_connections_per_address: usize,
 }
 
 /// The optional TOML configuration file.
@@ -126,6 +137,12 @@ pub struct Settings {
     pub rotate_keys: bool,
     /// Authorization-code lifetime (s).
     pub code_ttl: u64,
+    /// Time to send a request's headers (at least 1 s).
+    pub header_read_timeout: std::time::Duration,
+    /// Time a connection may stay open with no request in flight (at least 1 s).
+    pub idle_timeout: std::time::Duration,
+    /// Open connections per client address (at least 1).
+    pub max_connections_per_address: usize,
 }
 
 /// A refused configuration, with what to do.
@@ -145,6 +162,39 @@ pub fn canonical_resource(input: &str) -> Option<String> {
         text.pop();
     }
     Some(text)
+}
+
+/// The issuer's path is where every endpoint is served (`/oauth` -> `/oauth/token`), so it
+/// must be plain segments a router can take literally: unreserved characters only, no
+/// empty, `.` or `..` segment.
+fn check_issuer_path(issuer: &str, path: &str) -> Result<(), ConfigError> {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok(());
+    }
+    let ok = trimmed.split('/').skip(1).all(|segment| {
+        !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+    });
+    if ok && !trimmed.ends_with("/.well-known") && !trimmed.contains("/.well-known/") {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "issuer `{issuer}`: its path must be segments of letters, digits, `-`, `.`, `_` or `~` (like `/oauth`)"
+        )))
+    }
+}
+
+/// The path every endpoint is served under: the issuer's path without a trailing `/`
+/// (`""` for an issuer without a path).
+pub fn issuer_path(issuer: &str) -> String {
+    Url::parse(issuer)
+        .map(|u| u.path().trim_end_matches('/').to_owned())
+        .unwrap_or_default()
 }
 
 impl Settings {
@@ -171,6 +221,7 @@ impl Settings {
                 "issuer `{issuer}` must not have a query or fragment"
             )));
         }
+        check_issuer_path(&issuer, issuer_url.path())?;
         let loopback = args.listen.ip().is_loopback();
         if issuer_url.scheme() != "https" && !loopback {
             return Err(ConfigError(format!(
@@ -241,6 +292,11 @@ impl Settings {
             allow_loopback_cimd: args.allow_loopback_cimd,
             rotate_keys: args.rotate_keys,
             code_ttl: args.code_ttl.clamp(1, 600),
+            header_read_timeout: std::time::Duration::from_secs(
+                args.header_read_timeout.clamp(1, 3600),
+            ),
+            idle_timeout: std::time::Duration::from_secs(args.idle_timeout.clamp(1, 24 * 3600)),
+            max_connections_per_address: args.max_connections_per_address.max(1),
         })
     }
 }

@@ -15,10 +15,20 @@
 //!    stored as SHA-256 hashes and compared in constant time.
 //! 4. Request bodies are bounded (64 KiB) and registration and token requests are rate
 //!    limited per client address.
+//! 5. Every endpoint is served under the issuer's path: issuer `http://host/oauth` serves
+//!    `/oauth/register`, `/oauth/authorize`, `/oauth/token`, `/oauth/revoke`,
+//!    `/oauth/jwks`, and its metadata where RFC 8414 section 3.1 and OpenID Connect
+//!    Discovery look for it (see `metadata`). An issuer without a path serves them at the
+//!    root. `/healthz` is always at the root.
+//! 6. Dev mode (`--dev-user`) approves every authorization request, so its registration,
+//!    token and revocation endpoints answer CORS only for loopback origins: a web page
+//!    elsewhere cannot register a client and read the dev tokens it obtains.
+//! 7. Connections are bounded in time and number per address (see `connections`).
 
 pub mod authorize;
 mod clients;
 pub mod config;
+mod connections;
 pub mod error;
 pub mod keys;
 mod metadata;
@@ -28,7 +38,6 @@ pub mod store;
 mod token;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -117,57 +126,94 @@ impl AppState {
 
 /// The HTTP routes.
 ///
-/// The machine-to-machine endpoints (metadata, JWKS, registration, token, revocation) answer
-/// CORS for any origin, since browser-based MCP clients call them with `fetch` and they use
-/// no cookies; `/authorize` is a page for people and gets no CORS.
+/// Every endpoint lives under the issuer's path (rule 5). The metadata, the JWKS and (out
+/// of dev mode) registration, token and revocation answer CORS for any origin, since
+/// browser-based MCP clients call them with `fetch` and they use no cookies; in dev mode,
+/// registration, token and revocation answer CORS only for loopback origins (rule 6).
+/// `/authorize` is a page for people and gets no CORS.
 pub fn router(state: AppState) -> Router {
-    let cors = tower_http::cors::CorsLayer::new()
-        .allow_origin(tower_http::cors::Any)
-        .allow_methods([http::Method::GET, http::Method::POST, http::Method::OPTIONS])
-        .allow_headers([
-            http::header::CONTENT_TYPE,
-            http::header::AUTHORIZATION,
-            http::HeaderName::from_static("mcp-protocol-version"),
-        ])
-        .max_age(std::time::Duration::from_secs(600));
+    let settings = &state.inner.settings;
+    let prefix = config::issuer_path(&settings.issuer);
+    let cors = |origins: tower_http::cors::AllowOrigin| {
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([http::Method::GET, http::Method::POST, http::Method::OPTIONS])
+            .allow_headers([
+                http::header::CONTENT_TYPE,
+                http::header::AUTHORIZATION,
+                http::HeaderName::from_static("mcp-protocol-version"),
+            ])
+            .max_age(std::time::Duration::from_secs(600))
+    };
+    let any_origin = cors(tower_http::cors::AllowOrigin::any());
+    let client_cors = if settings.dev_user.is_some() {
+        cors(tower_http::cors::AllowOrigin::predicate(|origin, _| {
+            is_loopback_origin(origin)
+        }))
+    } else {
+        any_origin.clone()
+    };
     // axum answers an OPTIONS on a route without one with 405 before a route layer sees
     // it, so each route names OPTIONS; the CORS layer answers the preflight itself.
     let preflight = || async { http::StatusCode::NO_CONTENT };
-    let api = Router::new()
-        .route(
-            "/.well-known/oauth-authorization-server",
-            get(metadata::metadata).options(preflight),
-        )
-        .route(
-            "/.well-known/openid-configuration",
-            get(metadata::metadata).options(preflight),
-        )
+    let public = Router::new()
         .route("/jwks", get(metadata::jwks).options(preflight))
+        .layer(any_origin.clone());
+    let client_api = Router::new()
         .route("/register", post(register::register).options(preflight))
         .route("/token", post(token::token).options(preflight))
         .route("/revoke", post(token::revoke).options(preflight))
-        .layer(cors);
-    Router::new()
-        .merge(api)
-        .route(
-            "/authorize",
-            get(authorize::authorize_get).post(authorize::authorize_post),
-        )
+        .layer(client_cors);
+    let endpoints = Router::new().merge(public).merge(client_api).route(
+        "/authorize",
+        get(authorize::authorize_get).post(authorize::authorize_post),
+    );
+    let mut discovery = Router::new();
+    for path in metadata::well_known_paths(&prefix) {
+        discovery = discovery.route(&path, get(metadata::metadata).options(preflight));
+    }
+    let app = if prefix.is_empty() {
+        Router::new().merge(endpoints)
+    } else {
+        Router::new().nest(&prefix, endpoints)
+    };
+    app.merge(discovery.layer(any_origin))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            http::StatusCode::REQUEST_TIMEOUT,
+            connections::REQUEST_TIMEOUT,
+        ))
         .with_state(state)
 }
 
-/// Serves on `listener` until `shutdown` completes.
+/// Whether a CORS `Origin` is a loopback one (`http://localhost:6274`, `http://127.0.0.1`,
+/// `http://[::1]:3000`): the only browser origins dev mode answers CORS for.
+fn is_loopback_origin(origin: &http::HeaderValue) -> bool {
+    origin
+        .to_str()
+        .ok()
+        .and_then(|o| url::Url::parse(o).ok())
+        .is_some_and(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && match u.host() {
+                    Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                    Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                    Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                    None => false,
+                }
+        })
+}
+
+/// Serves on `listener` until `shutdown` completes, with the connection limits of the
+/// settings (see the `connections` rules).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = connections::Limits::from_settings(state.settings());
+    connections::run(listener, router(state), limits, shutdown).await
 }
 
 /// Seconds since the epoch.

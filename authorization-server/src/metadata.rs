@@ -1,4 +1,15 @@
-//! RFC 8414 authorization server metadata (served at both well-known URLs) and the JWKS.
+//! RFC 8414 authorization server metadata and the JWKS.
+//!
+//! Rules:
+//! 1. The metadata `issuer` is the configured issuer, byte for byte; every endpoint it
+//!    lists is the issuer followed by the endpoint's name (`<issuer>/token`).
+//! 2. It is served at every location a client derives from the issuer: without a path, at
+//!    `/.well-known/oauth-authorization-server` and `/.well-known/openid-configuration`;
+//!    with a path (`/oauth`), at the RFC 8414 section 3.1 path insertion
+//!    `/.well-known/oauth-authorization-server/oauth`, the OpenID path insertion
+//!    `/.well-known/openid-configuration/oauth` and the OpenID Discovery path appending
+//!    `/oauth/.well-known/openid-configuration` (and not at the root, where another
+//!    issuer on the same host would be described).
 
 use axum::Json;
 use axum::extract::State;
@@ -7,6 +18,22 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::AppState;
+
+/// The metadata locations for an issuer whose path is `prefix` (rule 2).
+pub(crate) fn well_known_paths(prefix: &str) -> Vec<String> {
+    if prefix.is_empty() {
+        vec![
+            "/.well-known/oauth-authorization-server".to_owned(),
+            "/.well-known/openid-configuration".to_owned(),
+        ]
+    } else {
+        vec![
+            format!("/.well-known/oauth-authorization-server{prefix}"),
+            format!("/.well-known/openid-configuration{prefix}"),
+            format!("{prefix}/.well-known/openid-configuration"),
+        ]
+    }
+}
 
 pub(crate) async fn metadata(State(state): State<AppState>) -> Response {
     let issuer = &state.inner.settings.issuer;
@@ -62,4 +89,28 @@ pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
         HeaderValue::from_static("public, max-age=300"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_locations_follow_rfc8414_and_openid_discovery_for_an_issuer_path() {
+        assert_eq!(
+            well_known_paths(""),
+            [
+                "/.well-known/oauth-authorization-server",
+                "/.well-known/openid-configuration"
+            ]
+        );
+        assert_eq!(
+            well_known_paths("/oauth"),
+            [
+                "/.well-known/oauth-authorization-server/oauth",
+                "/.well-known/openid-configuration/oauth",
+                "/oauth/.well-known/openid-configuration"
+            ]
+        );
+    }
 }
