@@ -15,8 +15,10 @@
 //! 6. Each key is pinned to its own `alg` when the JWK names one, otherwise to the
 //!    allow-listed algorithms of its key type.
 //! 7. When the issuer is down, the last good keys keep being served. When no key was ever
-//!    obtained, verification answers "unavailable" (503), not "invalid token", and the
-//!    fetch is retried at most once a second (a server may start before its issuer).
+//!    obtained, verification answers "unavailable" (503), not "invalid token"; a token
+//!    arriving then fetches at once (concurrent ones share the fetch, and fetches are at
+//!    least 100 ms apart), and the server keeps retrying in the background with a short
+//!    backoff until keys arrive (a server may start before its issuer).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -37,7 +39,7 @@ use crate::fetch::Fetcher;
 use crate::resource::Issuer;
 
 /// Least time between two fetches while no key set was ever obtained.
-const UNLOADED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+const UNLOADED_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One verification key, pinned to the algorithms it may verify.
 pub(crate) struct VerifyKey {
@@ -368,6 +370,11 @@ impl KeyStore {
         &self.inner.issuer
     }
 
+    /// Whether a key set was ever obtained.
+    pub(crate) fn is_loaded(&self) -> bool {
+        self.inner.snapshot.load().loaded
+    }
+
     /// How many JWKS fetches were attempted (for tests and metrics).
     pub(crate) fn fetch_count(&self) -> u64 {
         self.inner.fetches.load(Ordering::Relaxed)
@@ -419,8 +426,9 @@ impl KeyStore {
     fn decide(&self, kid: Option<&str>, alg: Algorithm, refreshing: bool) -> Lookup {
         let snapshot = self.inner.snapshot.load();
         if !snapshot.loaded {
-            // Until a first key set arrives (the server may start before its issuer),
-            // retry every second at most rather than waiting out the full cooldown.
+            // Until a first key set arrives (the server may start before its issuer), a
+            // token fetches at once, at most every 100 ms, rather than waiting out the
+            // cooldown: the first request after the issuer comes up must not get a 503.
             let retry = self.inner.settings.refetch_cooldown.min(UNLOADED_RETRY);
             return if refreshing || !self.within(retry) {
                 Lookup::NeedsFetch

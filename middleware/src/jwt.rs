@@ -16,6 +16,10 @@
 //!    be in the past (plus leeway); malformed dates fail closed.
 //! 8. `aud` is required and must contain this server's resource (or an explicitly
 //!    configured extra audience): a token issued for another server is refused.
+//! 9. When configured ([`crate::AuthConfig::require_at_jwt_typ`]), the header's `typ` must
+//!    be `at+jwt` or `application/at+jwt` (RFC 9068 section 4, case-insensitive), so an ID
+//!    token or another JWT of the same issuer is never taken for an access token. Off by
+//!    default: some authorization servers issue access tokens with `typ: JWT`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -65,6 +69,7 @@ pub(crate) struct VerifierConfig {
     pub(crate) hierarchy: ScopeHierarchy,
     pub(crate) cache_capacity: usize,
     pub(crate) allowed: Vec<Algorithm>,
+    pub(crate) require_at_jwt_typ: bool,
 }
 
 /// Verifies access tokens for one resource.
@@ -84,6 +89,7 @@ struct JoseHeader {
     kid: Option<String>,
     crit: Option<Value>,
     enc: Option<Value>,
+    typ: Option<String>,
 }
 
 /// A token taken apart, before its signature is checked.
@@ -166,6 +172,11 @@ impl TokenVerifier {
         if header.crit.is_some() {
             return Err(AuthError::invalid_token(
                 "the token has critical header parameters this server does not understand",
+            ));
+        }
+        if config.require_at_jwt_typ && !is_access_token_typ(header.typ.as_deref()) {
+            return Err(AuthError::invalid_token(
+                "the token's typ is not at+jwt (RFC 9068): it is not an access token",
             ));
         }
         let alg = header
@@ -322,6 +333,14 @@ fn numeric_date(v: &Value) -> Option<u64> {
         u64::MAX
     } else {
         f as u64
+    })
+}
+
+/// Whether a JOSE `typ` names an RFC 9068 access token.
+fn is_access_token_typ(typ: Option<&str>) -> bool {
+    typ.is_some_and(|t| {
+        let t = t.strip_prefix("application/").unwrap_or(t);
+        t.eq_ignore_ascii_case("at+jwt")
     })
 }
 

@@ -64,6 +64,7 @@
 pub mod auth;
 mod body;
 pub mod config;
+pub mod conn;
 mod context;
 mod discovery;
 mod fetch;

@@ -10,15 +10,21 @@
 //! and browser clients fetch it cross-origin; DNS-rebinding protection matters for the
 //! MCP endpoint, which stays behind the check.
 //!
+//! `/healthz` answers 200 while the process serves (liveness); `/readyz` answers 200 only
+//! once every trusted issuer's signing keys are loaded, 503 before (readiness: a load
+//! balancer sends no traffic to a server that would answer 503 to valid tokens).
+//!
 //! The accept loop sets `TCP_NODELAY` on every socket (SSE responses otherwise stall for
-//! the delayed-ACK interval), bounds the time to read request headers, serves HTTP/1.1 and
-//! HTTP/2, and shuts down gracefully: on the shutdown signal it stops accepting, lets
+//! the delayed-ACK interval), serves HTTP/1.1 and HTTP/2 under the connection limits of
+//! [`crate::conn`] (idle, header-read and HTTP/2 keep-alive timeouts, connections per
+//! address), and shuts down gracefully: on the shutdown signal it stops accepting, lets
 //! in-flight requests finish for a grace period, then returns.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,7 +34,6 @@ use http_body::Body;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -38,6 +43,7 @@ use tracing::Span;
 
 use crate::auth::{AuthLayer, Authenticator};
 use crate::body::{ResponseBody, json_response};
+use crate::conn::{Activity, Live, PerAddress, Tracked};
 use crate::future::LocalOrInner;
 use crate::limit::ConcurrencyLimitLayer;
 use crate::metadata::{MetadataLayer, ProtectedResourceMetadata};
@@ -57,6 +63,9 @@ pub struct ServeConfig {
     max_body_bytes: usize,
     request_timeout: Duration,
     header_read_timeout: Duration,
+    idle_timeout: Duration,
+    http2_keep_alive: Duration,
+    max_connections_per_address: usize,
     max_concurrency: usize,
     shutdown_grace: Duration,
 }
@@ -87,6 +96,9 @@ impl ServeConfig {
             max_body_bytes: 4 * 1024 * 1024,
             request_timeout: Duration::from_secs(120),
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            http2_keep_alive: Duration::from_secs(30),
+            max_connections_per_address: 256,
             max_concurrency: 512,
             shutdown_grace: Duration::from_secs(10),
         }
@@ -113,6 +125,33 @@ impl ServeConfig {
     /// Time allowed to produce a response head. Default is 120 s.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Time a client gets to send a request's headers (HTTP/1.1). Default is 10 s.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
+    /// Time a connection may stay idle (no request in flight, no response streaming,
+    /// or its protocol not yet detected) before it is closed. Default is 60 s.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// HTTP/2 ping interval; a ping unanswered for as long closes the connection.
+    /// Default is 30 s.
+    pub fn http2_keep_alive(mut self, interval: Duration) -> Self {
+        self.http2_keep_alive = interval;
+        self
+    }
+
+    /// Connections one client address may hold at once; more are closed on accept.
+    /// Default is 256.
+    pub fn max_connections_per_address(mut self, max: usize) -> Self {
+        self.max_connections_per_address = max.max(1);
         self
     }
 
@@ -192,11 +231,7 @@ impl Server {
 
         if let Some(auth) = &config.auth {
             let auth = auth.clone();
-            tokio::spawn(async move {
-                if let Err(e) = auth.prefetch_keys().await {
-                    tracing::warn!(error = %e, "signing keys not available yet; they will be fetched on demand");
-                }
-            });
+            tokio::spawn(async move { auth.load_keys_until_ready().await });
         }
 
         let mut builder = Builder::new(TokioExecutor::new());
@@ -204,13 +239,23 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout);
-        let graceful = GracefulShutdown::new();
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(config.http2_keep_alive)
+            .keep_alive_timeout(config.http2_keep_alive)
+            .max_concurrent_streams(128)
+            .max_header_list_size(64 * 1024);
+        let builder = Arc::new(builder);
+        let per_address = PerAddress::new(config.max_connections_per_address);
+        let live = Live::default();
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut shutdown = std::pin::pin!(shutdown);
         tracing::info!(addr = %listener.local_addr()?, path = %config.mcp_path, auth = config.auth.is_some(), "serving MCP");
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let (stream, _peer) = match accepted {
+                    let (stream, peer) = match accepted {
                         Ok(conn) => conn,
                         Err(error) => {
                             // EMFILE and friends: back off instead of spinning.
@@ -219,18 +264,24 @@ impl Server {
                             continue;
                         }
                     };
+                    let Some(slot) = per_address.acquire(peer.ip()) else {
+                        tracing::debug!(peer = %peer.ip(), "connection refused: too many from this address");
+                        continue;
+                    };
                     if let Err(error) = stream.set_nodelay(true) {
                         tracing::debug!(%error, "TCP_NODELAY could not be set");
                     }
-                    let service = TowerToHyperService::new(stack.clone());
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .into_owned();
-                    let connection = graceful.watch(connection);
+                    let connection = Connection {
+                        builder: Arc::clone(&builder),
+                        idle_timeout: config.idle_timeout,
+                        grace: config.shutdown_grace,
+                        stop: stop_rx.clone(),
+                    };
+                    let guard = live.enter();
+                    let service = stack.clone();
                     tokio::spawn(async move {
-                        if let Err(error) = connection.await {
-                            tracing::debug!(error = %error, "connection ended with an error");
-                        }
+                        connection.run(stream, service).await;
+                        drop((slot, guard));
                     });
                 }
                 () = &mut shutdown => break,
@@ -238,13 +289,74 @@ impl Server {
         }
         drop(listener);
         tracing::info!("shutting down: draining connections");
+        let _ = stop_tx.send(true);
         tokio::select! {
-            () = graceful.shutdown() => {}
+            () = live.drained() => {}
             () = tokio::time::sleep(config.shutdown_grace) => {
                 tracing::warn!("grace period over; closing remaining connections");
             }
         }
         Ok(())
+    }
+}
+
+/// Drives one accepted connection under the rules of [`crate::conn`].
+struct Connection {
+    builder: Arc<Builder<TokioExecutor>>,
+    idle_timeout: Duration,
+    grace: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn run<S, B>(mut self, stream: tokio::net::TcpStream, service: S)
+    where
+        S: Service<Request<hyper::body::Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let activity = Activity::new();
+        let service = TowerToHyperService::new(Tracked::new(service, Arc::clone(&activity)));
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let mut connection = std::pin::pin!(connection);
+        // Checked a few times per idle period, so a connection closes at most a quarter of
+        // the timeout late.
+        let tick = (self.idle_timeout / 4).max(Duration::from_millis(10));
+        let mut closing: Option<tokio::time::Instant> = None;
+        loop {
+            let deadline = closing.unwrap_or_else(|| tokio::time::Instant::now() + tick);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(error = %error, "connection ended with an error");
+                    }
+                    return;
+                }
+                changed = self.stop.changed(), if closing.is_none() => {
+                    if changed.is_err() || *self.stop.borrow() {
+                        connection.as_mut().graceful_shutdown();
+                        closing = Some(tokio::time::Instant::now() + self.grace);
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    if closing.is_some() {
+                        tracing::debug!("connection dropped: it did not close within the grace period");
+                        return;
+                    }
+                    if activity.idle_for().is_some_and(|idle| idle >= self.idle_timeout) {
+                        tracing::debug!("closing an idle connection");
+                        connection.as_mut().graceful_shutdown();
+                        closing = Some(tokio::time::Instant::now() + self.grace.min(Duration::from_secs(2)));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -298,6 +410,7 @@ where
         .layer(metadata)
         .layer(RoutesLayer {
             mcp_path: config.mcp_path.clone(),
+            auth: config.auth.clone(),
         })
         .layer(OriginLayer::new(config.origin.clone()))
         .layer(auth_layer)
@@ -362,6 +475,7 @@ impl<B> tower_http::trace::MakeSpan<B> for SpanWithoutQuery {
 #[derive(Clone, Debug)]
 struct RoutesLayer {
     mcp_path: String,
+    auth: Option<Authenticator>,
 }
 
 impl<S> Layer<S> for RoutesLayer {
@@ -371,15 +485,17 @@ impl<S> Layer<S> for RoutesLayer {
         Routes {
             inner,
             mcp_path: self.mcp_path.clone(),
+            auth: self.auth.clone(),
         }
     }
 }
 
-/// `/healthz`, the MCP path, and 404 for everything else.
+/// `/healthz`, `/readyz`, the MCP path, and 404 for everything else.
 #[derive(Clone, Debug)]
 struct Routes<S> {
     inner: S,
     mcp_path: String,
+    auth: Option<Authenticator>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Routes<S>
@@ -404,6 +520,25 @@ where
                 StatusCode::OK,
                 &serde_json::json!({"status": "ok"}),
             ));
+        }
+        if path == "/readyz" && matches!(*request.method(), Method::GET | Method::HEAD) {
+            let waiting: Vec<String> = self
+                .auth
+                .as_ref()
+                .map(|auth| auth.issuers_without_keys().map(|i| i.to_string()).collect())
+                .unwrap_or_default();
+            return LocalOrInner::local(if waiting.is_empty() {
+                json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+            } else {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({
+                        "status": "not_ready",
+                        "reason": "the signing keys of these issuers are not loaded yet",
+                        "issuers": waiting,
+                    }),
+                )
+            });
         }
         LocalOrInner::local(json_response(
             StatusCode::NOT_FOUND,

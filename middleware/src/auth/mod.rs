@@ -71,6 +71,7 @@ pub struct AuthConfig {
     keys: KeySettings,
     max_token_bytes: usize,
     token_cache_capacity: usize,
+    require_at_jwt_typ: bool,
 }
 
 impl AuthConfig {
@@ -87,6 +88,7 @@ impl AuthConfig {
             keys: KeySettings::default(),
             max_token_bytes: 8 * 1024,
             token_cache_capacity: 10_000,
+            require_at_jwt_typ: false,
         }
     }
 
@@ -179,6 +181,13 @@ impl AuthConfig {
         Ok(self)
     }
 
+    /// Requires the JOSE header `typ` to be `at+jwt` (RFC 9068): tokens without it, such
+    /// as ID tokens, are refused. Default is off (many issuers send `typ: JWT`).
+    pub fn require_at_jwt_typ(mut self, required: bool) -> Self {
+        self.require_at_jwt_typ = required;
+        self
+    }
+
     /// Key fetching and caching settings.
     pub fn key_settings(mut self, settings: KeySettings) -> Self {
         self.keys = settings;
@@ -243,6 +252,7 @@ impl AuthConfig {
             hierarchy: self.policy.hierarchy().clone(),
             cache_capacity: self.token_cache_capacity,
             allowed: self.algorithms,
+            require_at_jwt_typ: self.require_at_jwt_typ,
         });
         Ok(Authenticator {
             inner: Arc::new(Inner {
@@ -315,6 +325,40 @@ impl Authenticator {
         } else {
             Err(errors.join("; "))
         }
+    }
+
+    /// Fetches every issuer's keys, retrying with a short backoff (250 ms doubling to 5 s)
+    /// until each has a key set: the server may start before its authorization server.
+    /// Completes once all are loaded.
+    pub async fn load_keys_until_ready(&self) {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            let mut waiting = Vec::new();
+            for store in self.inner.verifier.stores() {
+                if store.is_loaded() {
+                    continue;
+                }
+                if let Err(e) = store.refresh().await {
+                    waiting.push(format!("{}: {e}", store.issuer()));
+                }
+            }
+            if waiting.is_empty() {
+                return;
+            }
+            tracing::warn!(issuers = %waiting.join("; "), retry_in_ms = delay.as_millis() as u64, "signing keys not available yet");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// The trusted issuers whose signing keys were never obtained (empty: ready).
+    pub fn issuers_without_keys(&self) -> impl Iterator<Item = &Issuer> {
+        self.inner
+            .verifier
+            .stores()
+            .iter()
+            .filter(|s| !s.is_loaded())
+            .map(KeyStore::issuer)
     }
 
     /// How many JWKS fetches were attempted, over all issuers.
