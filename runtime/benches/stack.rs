@@ -119,7 +119,7 @@ fn stack(c: &mut Criterion) {
     bench(c, "stack/plain_rmcp", &plain, None);
 
     let off = ServeConfig::unauthenticated("/mcp");
-    let inner = bmm_runtime::run::mcp_service(&server, off.allowed_hosts(), 256);
+    let inner = bmm_runtime::run::mcp_service(&server, off.allowed_hosts(), 256, 16);
     bench(c, "stack/mcp_service", &inner, None);
     let bmm_off = bmm_middleware::stack(&off, inner);
     bench(c, "stack/bmm_auth_off", &bmm_off, None);
@@ -128,7 +128,7 @@ fn stack(c: &mut Criterion) {
     let token = bmm_runtime::testing::stand_in_token(ISSUER, RESOURCE, "mcp:read").unwrap();
     let bmm_on = bmm_middleware::stack(
         &on,
-        bmm_runtime::run::mcp_service(&server, on.allowed_hosts(), 256),
+        bmm_runtime::run::mcp_service(&server, on.allowed_hosts(), 256, 16),
     );
     bench(c, "stack/bmm_auth_on", &bmm_on, Some(&token));
 

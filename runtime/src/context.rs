@@ -8,6 +8,15 @@
 //! the tool answers "input required" and the client retries the call with the answers
 //! (`inputResponses`). A tool written against `ask` is called again with the answers in
 //! the second case, so it must not have side effects before its questions are answered.
+//!
+//! Sealed request state ([`ToolContext::seal_state`] / [`ToolContext::open_state`]) is
+//! HMAC-sealed with a per-process key and bound (as authenticated associated data) to the
+//! tool or prompt it was issued by, the caller (token `iss` + `sub`), and the call's
+//! arguments (canonical JSON: keys sorted), and it lives [`STATE_TTL`] (10 minutes).
+//! Opening it in another tool, for another caller, with other arguments, after it
+//! expired, or altered, is a JSON-RPC invalid-params error
+//! (`sealed_state_is_refused_in_another_tool_for_another_caller_or_arguments`,
+//! `sealed_state_expires`).
 #![allow(deprecated)] // logging and sampling are deprecated by SEP-2577 but still in the spec
 
 use std::collections::BTreeMap;
@@ -21,6 +30,7 @@ use rmcp::model::{
     ElicitRequest, ElicitRequestParams, ElicitResult, ErrorData, InputRequest, InputRequiredResult,
     InputResponses, ListRootsRequest, ListRootsResult, LoggingLevel,
     LoggingMessageNotificationParam, ProgressNotificationParam, RequestStateCodec,
+    RequestStateError, SealOptions,
 };
 use rmcp::service::RequestContext;
 use serde_json::Value;
@@ -68,6 +78,88 @@ impl SessionLogLevel {
 pub(crate) struct Retry {
     pub(crate) input_responses: Option<InputResponses>,
     pub(crate) request_state: Option<String>,
+}
+
+/// How long a sealed request state can be opened.
+pub const STATE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// What sealed request state is bound to: the call (`tool:<name>` or `prompt:<name>`),
+/// the caller and the arguments, as unambiguous bytes (a JSON array of strings).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Binding(Vec<u8>);
+
+impl Binding {
+    pub(crate) fn new(call: &str, issuer: &str, subject: &str, arguments: &Value) -> Self {
+        let mut args = String::new();
+        canonical_json(arguments, &mut args);
+        let parts = serde_json::json!(["bmm-request-state/1", call, issuer, subject, args]);
+        Self(parts.to_string().into_bytes())
+    }
+}
+
+/// JSON with object keys sorted, whatever order the map keeps them in.
+fn canonical_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                if let Some(v) = map.get(k) {
+                    canonical_json(v, out);
+                }
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(v, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Seals `value` bound to `binding`, opening for `ttl`.
+pub(crate) fn seal_bound<T: serde::Serialize>(
+    codec: &RequestStateCodec,
+    binding: &Binding,
+    value: &T,
+    ttl: std::time::Duration,
+) -> Result<String, ToolError> {
+    codec
+        .seal_json_with(
+            value,
+            &SealOptions::new().associated_data(&binding.0).ttl(ttl),
+        )
+        .map_err(|e| ToolError::new(format!("cannot seal the request state: {e}")))
+}
+
+/// Opens state sealed by [`seal_bound`] for the same binding.
+pub(crate) fn open_bound<T: serde::de::DeserializeOwned>(
+    codec: &RequestStateCodec,
+    binding: &Binding,
+    raw: &str,
+) -> Result<T, ToolError> {
+    codec.open_json_with(raw, &binding.0).map_err(|e| {
+        let message = match e {
+            RequestStateError::Expired => "requestState has expired; start the call again",
+            _ => {
+                "requestState failed integrity verification (altered, or issued for another tool, caller or arguments)"
+            }
+        };
+        ToolError::protocol(ErrorData::invalid_params(message, None))
+    })
 }
 
 /// One question for the client.
@@ -137,25 +229,36 @@ pub struct ToolContext {
     log_level: SessionLogLevel,
     retry: Retry,
     state: Arc<RequestStateCodec>,
+    binding: Binding,
 }
 
 impl ToolContext {
+    /// The context of a call to `call` (`tool:<name>` or `prompt:<name>`) with `arguments`.
     pub(crate) fn new(
         request: RequestContext<RoleServer>,
         log_level: SessionLogLevel,
         retry: Retry,
         state: Arc<RequestStateCodec>,
+        call: &str,
+        arguments: &Value,
     ) -> Self {
         let auth = request
             .extensions
             .get::<http::request::Parts>()
             .and_then(|parts| AuthContext::from_parts(parts).ok().cloned());
+        let binding = Binding::new(
+            call,
+            auth.as_ref().map_or("", AuthContext::issuer),
+            auth.as_ref().and_then(AuthContext::subject).unwrap_or(""),
+            arguments,
+        );
         Self {
             auth,
             request,
             log_level,
             retry,
             state,
+            binding,
         }
     }
 
@@ -232,25 +335,20 @@ impl ToolContext {
     }
 
     /// Seals `value` into an opaque `requestState` (HMAC-signed with a key that lives only
-    /// in this process), for the next round of an "input required" exchange.
+    /// in this process), for the next round of an "input required" exchange. It opens
+    /// only in this tool, for this caller, with these arguments, for [`STATE_TTL`].
     pub fn seal_state<T: serde::Serialize>(&self, value: &T) -> Result<String, ToolError> {
-        self.state
-            .seal_json(value)
-            .map_err(|e| ToolError::new(format!("cannot seal the request state: {e}")))
+        seal_bound(&self.state, &self.binding, value, STATE_TTL)
     }
 
     /// Opens the `requestState` the client echoed back: `Ok(None)` when there is none, a
-    /// JSON-RPC `invalid_params` error when it was not sealed by this server or was altered.
+    /// JSON-RPC `invalid_params` error when it was not sealed by this server, was altered,
+    /// was issued for another tool, caller or arguments, or has expired.
     pub fn open_state<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, ToolError> {
         let Some(raw) = self.request_state() else {
             return Ok(None);
         };
-        self.state.open_json(raw).map(Some).map_err(|_| {
-            ToolError::protocol(ErrorData::invalid_params(
-                "requestState failed integrity verification",
-                None,
-            ))
-        })
+        open_bound(&self.state, &self.binding, raw).map(Some)
     }
 
     /// Asks the client every question at once and returns the answers by key. Legacy
@@ -351,4 +449,60 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     let answer = answer.ok_or_else(|| ToolError::new(format!("no answer to `{key}`")))?;
     serde_json::from_value(answer)
         .map_err(|e| ToolError::new(format!("the client's answer to `{key}` is malformed: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec() -> RequestStateCodec {
+        RequestStateCodec::new_unchecked(vec![7u8; 32])
+    }
+
+    #[test]
+    fn sealed_state_is_refused_in_another_tool_for_another_caller_or_arguments() {
+        let codec = codec();
+        let args = serde_json::json!({"account": "alice-1", "n": 2});
+        let alice = Binding::new("tool:read_notes", "https://as", "alice", &args);
+        let sealed = seal_bound(&codec, &alice, &"secret step", STATE_TTL).unwrap();
+        // The same call opens it, whatever order the arguments' keys arrive in.
+        let reordered: Value = serde_json::from_str(r#"{"n":2,"account":"alice-1"}"#).unwrap();
+        let same = Binding::new("tool:read_notes", "https://as", "alice", &reordered);
+        assert_eq!(
+            open_bound::<String>(&codec, &same, &sealed).unwrap(),
+            "secret step"
+        );
+        for other in [
+            Binding::new("tool:delete_notes", "https://as", "alice", &args),
+            Binding::new("prompt:read_notes", "https://as", "alice", &args),
+            Binding::new("tool:read_notes", "https://as", "mallory", &args),
+            Binding::new("tool:read_notes", "https://other-as", "alice", &args),
+            Binding::new(
+                "tool:read_notes",
+                "https://as",
+                "alice",
+                &serde_json::json!({"account": "bob-1", "n": 2}),
+            ),
+        ] {
+            let err = open_bound::<String>(&codec, &other, &sealed).unwrap_err();
+            assert!(err.message().contains("integrity"), "{err}");
+        }
+        let mut altered = sealed.clone();
+        altered.push('x');
+        assert!(open_bound::<String>(&codec, &alice, &altered).is_err());
+        // Another process (another key) never opens it.
+        let other_key = RequestStateCodec::new_unchecked(vec![8u8; 32]);
+        assert!(open_bound::<String>(&other_key, &alice, &sealed).is_err());
+    }
+
+    #[test]
+    fn sealed_state_expires() {
+        let codec = codec();
+        let b = Binding::new("tool:t", "i", "s", &serde_json::json!({}));
+        let sealed = seal_bound(&codec, &b, &1, std::time::Duration::from_millis(1)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let err = open_bound::<i32>(&codec, &b, &sealed).unwrap_err();
+        assert!(err.message().contains("expired"), "{err}");
+        assert_eq!(STATE_TTL.as_secs(), 600);
+    }
 }

@@ -198,8 +198,14 @@ impl ServerHandler for McpServer {
                 )),
             },
             Handler::Rust(f) => {
-                let ctx =
-                    ToolContext::new(cx, self.log_level.clone(), retry, self.shared.state.clone());
+                let ctx = ToolContext::new(
+                    cx,
+                    self.log_level.clone(),
+                    retry,
+                    self.shared.state.clone(),
+                    &format!("tool:{}", tool.name),
+                    &args,
+                );
                 f(ctx, args).await
             }
         };
@@ -458,8 +464,14 @@ impl ServerHandler for McpServer {
                 input_responses: request.input_responses,
                 request_state: request.request_state,
             };
-            let ctx =
-                ToolContext::new(cx, self.log_level.clone(), retry, self.shared.state.clone());
+            let ctx = ToolContext::new(
+                cx,
+                self.log_level.clone(),
+                retry,
+                self.shared.state.clone(),
+                &format!("prompt:{}", p.name),
+                &Value::Object(args.clone()),
+            );
             return match handler(ctx, args).await {
                 Ok(messages) => {
                     let mut result = GetPromptResult::new(messages);

@@ -21,7 +21,7 @@ pub mod template;
 pub mod testing;
 mod validate;
 
-pub use context::{Question, ToolContext};
+pub use context::{Question, STATE_TTL, ToolContext};
 pub use def::ServerDef;
 pub use handler::McpServer;
 pub use output::{ToolError, ToolOutput};

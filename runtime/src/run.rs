@@ -72,6 +72,10 @@ pub struct Args {
     /// session is refused with 503. Idle sessions close after 5 minutes.
     #[arg(long, env = "BMM_MAX_SESSIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions: u32,
+    /// At most this many of those sessions per caller (token `iss` + `sub` + client id);
+    /// beyond it that caller's new session is refused with 429. Not applied with --no-auth.
+    #[arg(long, env = "BMM_MAX_SESSIONS_PER_SUBJECT", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions_per_subject: u32,
     /// Serve the same tools over stdin/stdout for a local client that starts this process
     /// (no HTTP, so no HTTP authentication, as the MCP spec says; secrets still come from
     /// the environment). Logs go to stderr.
@@ -107,6 +111,8 @@ pub struct Prepared {
     pub config: ServeConfig,
     /// The legacy session limit.
     pub max_sessions: usize,
+    /// The legacy session limit per caller.
+    pub max_sessions_per_subject: usize,
 }
 
 /// The scope policy of a definition: server-wide, per tool, hierarchy.
@@ -194,6 +200,8 @@ pub fn prepare(
         server,
         config: config.origin_policy(origin),
         max_sessions: usize::try_from(args.max_sessions).unwrap_or(usize::MAX),
+        max_sessions_per_subject: usize::try_from(args.max_sessions_per_subject)
+            .unwrap_or(usize::MAX),
     })
 }
 
@@ -232,20 +240,28 @@ pub async fn serve(
         server,
         config,
         max_sessions,
+        max_sessions_per_subject,
     } = prepared;
-    let service = mcp_service(&server, config.allowed_hosts(), max_sessions);
+    let service = mcp_service(
+        &server,
+        config.allowed_hosts(),
+        max_sessions,
+        max_sessions_per_subject,
+    );
     tracing::info!(name = server.def().name, max_sessions, "MCP server ready");
     listener.serve(service, shutdown).await
 }
 
 /// The MCP service every server runs inside the bmm stack
 /// ([`bmm_middleware::stack`]): rmcp's Streamable HTTP service for `server` (legacy
-/// sessions on, at most `max_sessions` of them; 2026-07-28 requests are stateless), checking
+/// sessions on, at most `max_sessions` of them and `max_sessions_per_subject` per caller,
+/// each bound to the caller that opened it; 2026-07-28 requests are stateless), checking
 /// the Host header against `allowed_hosts`.
 pub fn mcp_service(
     server: &McpServer,
     allowed_hosts: Vec<String>,
     max_sessions: usize,
+    max_sessions_per_subject: usize,
 ) -> impl Service<
     Request<Full<Bytes>>,
     Response = Response<BoxBody<Bytes, Infallible>>,
@@ -266,7 +282,7 @@ pub fn mcp_service(
         Arc::clone(&sessions),
         rmcp_config,
     );
-    crate::session_cap::SessionCap::new(service, sessions, max_sessions)
+    crate::session_cap::SessionCap::new(service, sessions, max_sessions, max_sessions_per_subject)
 }
 
 /// Builds the server for stdio: secrets checked as for HTTP, no authentication layer.

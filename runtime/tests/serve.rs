@@ -139,6 +139,44 @@ fn def() -> ServerDef {
                     Box::pin(async { Ok(ToolOutput::Text("purged".into())) })
                 })),
             },
+            ToolDef {
+                name: "echo_item",
+                title: None,
+                description: "Fetches an item; the upstream echoes the request.",
+                input_schema: r#"{"type":"object","properties":{"id":{"type":"string"}},"required":["id"]}"#,
+                output_schema: None,
+                annotations: AnnotationsDef::default(),
+                scopes: &[],
+                handler: Handler::Http(HttpDef {
+                    upstream: "items",
+                    method: Method::Get,
+                    path: "/items/{id}",
+                    query: &[],
+                    headers: &[],
+                    body: BodyDef::None,
+                    body_format: BodyFormat::Json,
+                    response_map: &[],
+                }),
+            },
+            ToolDef {
+                name: "delete_user",
+                title: None,
+                description: "Deletes a user.",
+                input_schema: r#"{"type":"object","properties":{"username":{"type":"string"}},"required":["username"]}"#,
+                output_schema: None,
+                annotations: AnnotationsDef::default(),
+                scopes: &[],
+                handler: Handler::Http(HttpDef {
+                    upstream: "items",
+                    method: Method::Delete,
+                    path: "/user/{username}",
+                    query: &[],
+                    headers: &[],
+                    body: BodyDef::None,
+                    body_format: BodyFormat::Json,
+                    response_map: &[],
+                }),
+            },
         ],
         resources: RESOURCES,
         prompts: prompts(),
@@ -155,20 +193,32 @@ async fn start_upstream(seen: Arc<Mutex<Vec<http::request::Parts>>>) -> String {
             let (stream, _) = listener.accept().await.unwrap();
             let seen = Arc::clone(&seen);
             tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let service = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| {
                         let seen = Arc::clone(&seen);
                         async move {
                             let (parts, _) = req.into_parts();
                             let id = parts.uri.path().rsplit('/').next().unwrap_or("").to_owned();
+                            // Echoes the request, as some APIs (and httpbin) do.
+                            let headers: serde_json::Map<String, Value> = parts
+                                .headers
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.as_str().to_owned(), json!(v.to_str().unwrap_or("")))
+                                })
+                                .collect();
+                            let echo = json!({"method": parts.method.as_str(), "path": parts.uri.path(), "headers": headers});
                             seen.lock().unwrap().push(parts);
-                            let body = json!({"item": {"name": format!("item {id}")}}).to_string();
+                            let body =
+                                json!({"item": {"name": format!("item {id}")}, "echo": echo})
+                                    .to_string();
                             let mut r = http::Response::new(Full::new(bytes::Bytes::from(body)));
                             r.headers_mut()
                                 .insert("content-type", "application/json".parse().unwrap());
                             Ok::<_, Infallible>(r)
                         }
-                    });
+                    },
+                );
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                     .await;
@@ -208,6 +258,10 @@ async fn start_jwks() -> String {
 }
 
 fn token(issuer: &str, resource: &str, scope: &str) -> String {
+    token_for(issuer, resource, scope, "alice", "client-a")
+}
+
+fn token_for(issuer: &str, resource: &str, scope: &str, sub: &str, client: &str) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -220,7 +274,7 @@ fn token(issuer: &str, resource: &str, scope: &str) -> String {
     .unwrap();
     jsonwebtoken::encode(
         &header,
-        &json!({"iss": issuer, "sub": "alice", "aud": resource, "exp": now + 600, "scope": scope}),
+        &json!({"iss": issuer, "sub": sub, "client_id": client, "aud": resource, "exp": now + 600, "scope": scope}),
         &key,
     )
     .unwrap()
@@ -344,7 +398,7 @@ async fn legacy_session_lists_and_calls_tools_with_a_valid_jwt() {
     .unwrap())
     .await;
     let tools = list["result"]["tools"].as_array().unwrap();
-    assert_eq!(tools.len(), 3);
+    assert_eq!(tools.len(), 5);
     assert_eq!(
         tools[0]["inputSchema"],
         json!({"type": "object", "properties": {"greeting": {"type": "string"}}}),
@@ -536,5 +590,199 @@ async fn legacy_sessions_are_capped_and_stateless_requests_are_not() {
         .unwrap())
     .await;
     assert_eq!(status, 200);
+    assert!(session.is_some());
+}
+
+/// A stateless 2026-07-28 `tools/call`; the JSON-RPC answer.
+async fn call_tool(s: &Running, token: &str, name: &str, arguments: Value) -> Value {
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}, "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"}});
+    let response = reqwest::Client::new()
+        .post(&s.url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", name)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments, "_meta": meta}}))
+        .send()
+        .await
+        .unwrap();
+    rpc(response).await.2
+}
+
+#[tokio::test]
+async fn tool_arguments_are_validated_before_the_upstream_is_called() {
+    let s = start().await;
+    let t = token(&s.issuer, &s.url, "demo:read");
+    let body = call_tool(&s, &t, "get_item", json!({"id": 5})).await;
+    assert_eq!(body["error"]["code"], -32602, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("/id") && message.contains("type"),
+        "{message}"
+    );
+    assert_eq!(body["error"]["data"]["errors"][0]["path"], "/id", "{body}");
+    let body = call_tool(&s, &t, "get_item", json!({})).await;
+    assert_eq!(body["error"]["code"], -32602, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("required")
+    );
+    assert!(
+        s.seen.lock().unwrap().is_empty(),
+        "nothing reached the upstream"
+    );
+    let body = call_tool(&s, &t, "get_item", json!({"id": "7"})).await;
+    assert_eq!(
+        body["result"]["structuredContent"]["name"], "item 7",
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn path_placeholder_never_reaches_another_upstream_path() {
+    let s = start().await;
+    let t = token(&s.issuer, &s.url, "demo:read");
+    for value in ["..", ".", "", "%2e%2e", ".%2E", "%2E", "%252e%252e"] {
+        let body = call_tool(&s, &t, "delete_user", json!({ "username": value })).await;
+        assert_eq!(body["error"]["code"], -32602, "{value}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("`username`"),
+            "{body}"
+        );
+    }
+    assert!(
+        s.seen.lock().unwrap().is_empty(),
+        "no DELETE reached the upstream"
+    );
+    let body = call_tool(
+        &s,
+        &t,
+        "delete_user",
+        json!({ "username": "a/../b?c#d\\e" }),
+    )
+    .await;
+    assert!(body["result"].is_object(), "{body}");
+    let seen = s.seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, http::Method::DELETE);
+    assert_eq!(seen[0].uri.path(), "/api/user/a%2F..%2Fb%3Fc%23d%5Ce");
+    assert_eq!(seen[0].uri.query(), None);
+}
+
+#[tokio::test]
+async fn echoed_secrets_are_redacted_from_structured_content() {
+    let s = start().await;
+    let t = token(&s.issuer, &s.url, "demo:read");
+    let body = call_tool(&s, &t, "echo_item", json!({"id": "x"})).await;
+    let result = &body["result"];
+    assert_eq!(
+        result["structuredContent"]["echo"]["headers"]["x-api-key"], "[redacted]",
+        "{body}"
+    );
+    assert!(!body.to_string().contains("secret-key-123"), "{body}");
+    assert_eq!(
+        s.seen.lock().unwrap()[0].headers["x-api-key"],
+        "secret-key-123",
+        "the upstream still got the real key"
+    );
+}
+
+async fn initialize(s: &Running, token: &str) -> reqwest::Response {
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}});
+    legacy_post(&s.url, token, None, init).send().await.unwrap()
+}
+
+fn with_session(
+    method: reqwest::Method,
+    s: &Running,
+    token: &str,
+    session: &str,
+) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .request(method, &s.url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", "2025-11-25")
+}
+
+#[tokio::test]
+async fn session_is_refused_to_another_subject() {
+    let s = start().await;
+    let alice = token(&s.issuer, &s.url, "demo:read");
+    let bob = token_for(&s.issuer, &s.url, "demo:read", "bob", "client-a");
+    let alice_other_client = token_for(&s.issuer, &s.url, "demo:read", "alice", "client-b");
+    let (status, session, _) = rpc(initialize(&s, &alice).await).await;
+    assert_eq!(status, 200);
+    let session = session.unwrap();
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let unknown = with_session(reqwest::Method::POST, &s, &bob, "no-such-session")
+        .json(&list)
+        .send()
+        .await
+        .unwrap();
+    let unknown_status = unknown.status();
+    let unknown_body = unknown.text().await.unwrap();
+    assert_eq!(unknown_status, 404);
+    for intruder in [&bob, &alice_other_client] {
+        for method in [
+            reqwest::Method::POST,
+            reqwest::Method::GET,
+            reqwest::Method::DELETE,
+        ] {
+            let mut r = with_session(method.clone(), &s, intruder, &session);
+            if method == reqwest::Method::POST {
+                r = r.json(&list);
+            }
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 404, "{method} by another caller");
+            assert_eq!(
+                r.text().await.unwrap(),
+                unknown_body,
+                "indistinguishable from unknown"
+            );
+        }
+    }
+    // Still alice's, still open.
+    let (status, _, body) = rpc(legacy_post(&s.url, &alice, Some(&session), list)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["result"]["tools"].is_array(), "{body}");
+}
+
+#[tokio::test]
+async fn sessions_are_capped_per_subject() {
+    let s = start_with(&["--max-sessions-per-subject", "2"]).await;
+    let alice = token(&s.issuer, &s.url, "demo:read");
+    let bob = token_for(&s.issuer, &s.url, "demo:read", "bob", "client-a");
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let (status, session, _) = rpc(initialize(&s, &alice).await).await;
+        assert_eq!(status, 200);
+        sessions.push(session.unwrap());
+    }
+    let refused = initialize(&s, &alice).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let (status, _, _) = rpc(initialize(&s, &bob).await).await;
+    assert_eq!(status, 200, "another caller is not affected");
+    let closed = with_session(reqwest::Method::DELETE, &s, &alice, &sessions[0])
+        .send()
+        .await
+        .unwrap();
+    assert!(closed.status().is_success(), "{}", closed.status());
+    let (status, session, _) = rpc(initialize(&s, &alice).await).await;
+    assert_eq!(status, 200, "a closed session makes room");
     assert!(session.is_some());
 }
