@@ -956,3 +956,28 @@ async fn connections_past_the_per_address_cap_are_closed_at_once() {
     drop(second);
     as_.stop().await;
 }
+
+#[tokio::test]
+async fn idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(dir.path(), "", &["--idle-timeout", "1"]).await;
+    let addr = as_.origin.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // HTTP/2 with prior knowledge: the preface and an empty SETTINGS frame, then nothing.
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(
+        n >= 9 && buf[3] == 4,
+        "the server answers with its SETTINGS"
+    );
+    let elapsed = closed_within(&mut stream, Duration::from_secs(4)).await;
+    assert!(
+        elapsed.is_some(),
+        "an HTTP/2 connection with no stream is closed"
+    );
+    as_.stop().await;
+}
