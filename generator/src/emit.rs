@@ -432,7 +432,7 @@ fn schema_struct(name: &syn::Ident, schema: &Value, doc: &str, output: bool) -> 
                 .get("description")
                 .and_then(Value::as_str)
                 .map(|d| {
-                    let d = format!(" {d}");
+                    let d = doc_text(d);
                     quote!(#[doc = #d])
                 });
             let field = if required.contains(prop.as_str()) {
@@ -451,7 +451,7 @@ fn schema_struct(name: &syn::Ident, schema: &Value, doc: &str, output: bool) -> 
         // A tool may ignore some of its arguments; that is not a warning in generated code.
         quote!(#[derive(Debug, Clone, serde::Deserialize)] #[allow(dead_code)])
     };
-    let doc = format!(" {doc}");
+    let doc = doc_text(doc);
     quote! {
         #[doc = #doc]
         #derive
@@ -769,12 +769,37 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
     })
 }
 
+/// Text for a `#[doc]` attribute, which prettyplease prints as `///` lines: every line
+/// ending (CRLF, a bare CR, Unicode line and paragraph separators) becomes `\n`, since
+/// rustc rejects a bare CR in a doc comment, and other control characters are dropped.
+/// The leading space makes `/// text`.
+fn doc_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 1);
+    out.push(' ');
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {
+                if chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                out.push('\n');
+            }
+            '\n' | '\u{2028}' | '\u{2029}' | '\u{85}' => out.push('\n'),
+            '\t' => out.push(' '),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn prompt_stub(function: &str, prompt: &str, description: &str) -> TokenStream {
     let module_doc = format!(
         " The `{prompt}` prompt. Created by bmm once: this file is yours and is never overwritten."
     );
     let f = format_ident!("{}", function);
-    let fn_doc = format!(" {description}");
+    let fn_doc = doc_text(description);
     let message =
         format!("`{prompt}` is not implemented yet: write it in src/prompts/{function}.rs");
     quote! {
@@ -798,7 +823,7 @@ fn user_stub(function: &str, tool: &str, description: &str, has_output: bool) ->
     );
     let f = format_ident!("{}", function);
     let input = format_ident!("{}Input", pascal(tool));
-    let fn_doc = format!(" {description}");
+    let fn_doc = doc_text(description);
     let message = format!("`{tool}` is not implemented yet: write it in src/tools/{function}.rs");
     if has_output {
         let output = format_ident!("{}Output", pascal(tool));

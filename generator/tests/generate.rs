@@ -103,6 +103,35 @@ fn spec_text_reaches_generated_code_only_as_escaped_literals() {
     );
 }
 
+/// Issue 12 item 20: a bare CR (or another line separator or control character) in a
+/// description, as a hostile OpenAPI document can carry, must not reach a `///` line,
+/// which rustc rejects ("bare CR not allowed in doc-comment").
+#[test]
+fn doc_comments_normalise_line_endings_so_a_bare_cr_cannot_break_the_build() {
+    // YAML escapes: the spec carries the raw characters after parsing.
+    let nasty = r"first line\rsecond\r\nthird\u2028fourth\abell\vvt";
+    let spec_text = format!(
+        "server: {{ name: demo, version: 0.1.0 }}\nauth: {{ scopes_supported: [a] }}\ntools:\n  - name: t\n    description: \"{nasty}\"\n    input:\n      type: object\n      description: \"{nasty}\"\n      properties:\n        x: {{ type: string, description: \"{nasty}\" }}\n    output: {{ type: object, description: \"{nasty}\", properties: {{ r: {{ type: string, description: \"{nasty}\" }} }} }}\n    run: {{ rust: {{ fn: t }} }}\nprompts:\n  - name: p\n    description: \"{nasty}\"\n    fn: p\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("cr.yaml");
+    std::fs::write(&spec, spec_text).unwrap();
+    let (files, _) = bmm_generator::generate::render(&spec, &RuntimeDependency::Workspace).unwrap();
+    let mut docs = 0;
+    for file in files.iter().filter(|f| f.path.ends_with(".rs")) {
+        // String literals carry `\r` escaped; a raw control character can only be in a
+        // comment, where rustc refuses a bare CR.
+        assert!(
+            !file.contents.chars().any(|c| c.is_control() && c != '\n'),
+            "{}: raw control character in the source",
+            file.path
+        );
+        docs += file.contents.matches("fourth").count();
+        syn::parse_file(&file.contents).unwrap_or_else(|e| panic!("{}: {e}", file.path));
+    }
+    assert!(docs > 0, "the descriptions reached doc comments");
+}
+
 fn collect_idents(tokens: proc_macro2::TokenStream, out: &mut Vec<String>) {
     for t in tokens {
         match t {
