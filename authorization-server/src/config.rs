@@ -27,7 +27,8 @@ pub struct Args {
     /// TOML file with users, scopes, resources and clients.
     #[arg(long, env = "BMM_AS_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Sign this user in and approve every consent (loopback listen addresses only).
+    /// Sign this user in and approve every consent (loopback listen addresses only; then
+    /// registration, token and revocation answer CORS only for loopback origins).
     #[arg(long, env = "BMM_AS_DEV_USER")]
     pub dev_user: Option<String>,
     /// Pre-register a public client: `ID=REDIRECT_URI`; repeatable.

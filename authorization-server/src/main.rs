@@ -26,12 +26,18 @@ async fn main() -> ExitCode {
     };
     if settings.dev_user.is_some() {
         tracing::warn!(
-            "dev mode: every authorization request is approved as {:?} without sign-in",
+            "dev mode: every authorization request is approved as {:?} without sign-in; registration, token and revocation answer CORS only for loopback origins",
             settings.dev_user
         );
     }
     let listen = settings.listen;
     let issuer = settings.issuer.clone();
+    let limits = format!(
+        "header read {}s, idle {}s, {} connections per address",
+        settings.header_read_timeout.as_secs(),
+        settings.idle_timeout.as_secs(),
+        settings.max_connections_per_address
+    );
     let state = match AppState::open(settings) {
         Ok(s) => s,
         Err(e) => {
@@ -46,7 +52,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(%listen, %issuer, "bmm-as ready");
+    tracing::info!(%listen, %issuer, %limits, "bmm-as ready");
     match serve(listener, state, bmm_shutdown()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
