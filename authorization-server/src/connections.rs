@@ -11,6 +11,8 @@
 //!    a ping goes unanswered for 20 s.
 //! 3. One client address holds at most `--max-connections-per-address` (default 64) open
 //!    connections; a connection past the cap is closed at once, before any byte is read.
+//!    An IPv6 client is counted by its /64 prefix (one host usually has the whole /64), an
+//!    IPv4-mapped IPv6 address as its IPv4 address.
 //! 4. A request (headers, body and handler) must finish within 30 s ([`REQUEST_TIMEOUT`],
 //!    answered 408 otherwise), so a slow body cannot keep a request in flight forever.
 //! 5. Every accepted socket gets `TCP_NODELAY`; at shutdown the server stops accepting,
@@ -71,8 +73,22 @@ struct Slot {
     ip: IpAddr,
 }
 
+/// The address a connection is counted under (rule 3).
+fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                v6.to_bits() & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
+
 impl Counts {
     fn acquire(&self, ip: IpAddr, cap: usize) -> Option<Slot> {
+        let ip = counted_as(ip);
         let mut map = self.0.lock().ok()?;
         let n = map.entry(ip).or_insert(0);
         if *n >= cap {
@@ -243,4 +259,36 @@ async fn connection(
         }
     }
     drop(slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_cap_counts_ipv6_clients_per_64_prefix_and_frees_slots_on_drop() {
+        let counts = Counts::default();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap_or(IpAddr::from([0u8; 16]));
+        let b: IpAddr = "2001:db8:1:2:ffff::9"
+            .parse()
+            .unwrap_or(IpAddr::from([0u8; 16]));
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(IpAddr::from([0u8; 16]));
+        let first = counts.acquire(a, 2);
+        let second = counts.acquire(b, 2);
+        assert!(first.is_some() && second.is_some());
+        assert!(counts.acquire(a, 2).is_none(), "same /64: cap reached");
+        assert!(
+            counts.acquire(other, 2).is_some(),
+            "another /64 has its own cap"
+        );
+        drop(first);
+        assert!(
+            counts.acquire(b, 2).is_some(),
+            "a dropped slot is free again"
+        );
+        let mapped: IpAddr = "::ffff:192.0.2.1"
+            .parse()
+            .unwrap_or(IpAddr::from([0u8; 16]));
+        assert_eq!(counted_as(mapped), IpAddr::from([192, 0, 2, 1]));
+    }
 }
