@@ -223,6 +223,14 @@ impl Settings {
             )));
         }
         check_issuer_path(&issuer, issuer_url.path())?;
+        // Endpoints are the issuer string plus a name and are served at the parsed path, so
+        // the two must agree: no dot segments, default port or upper-case host to normalise.
+        if issuer.trim_end_matches('/') != issuer_url.as_str().trim_end_matches('/') {
+            return Err(ConfigError(format!(
+                "issuer `{issuer}` is not in canonical form; write it as `{}`",
+                issuer_url.as_str().trim_end_matches('/')
+            )));
+        }
         let loopback = args.listen.ip().is_loopback();
         if issuer_url.scheme() != "https" && !loopback {
             return Err(ConfigError(format!(

@@ -386,12 +386,15 @@ async fn product_page_walkthrough_works_with_the_issuer_under_a_path() {
 }
 
 #[test]
-fn issuer_paths_that_are_not_plain_segments_are_refused() {
+fn issuer_that_is_not_canonical_or_has_a_path_of_other_than_plain_segments_is_refused() {
     for issuer in [
         "http://127.0.0.1:4000/:id",
         "http://127.0.0.1:4000/a//b",
         "http://127.0.0.1:4000/a/%7Bx%7D",
         "http://127.0.0.1:4000/.well-known",
+        "http://127.0.0.1:4000/a/../oauth",
+        "http://127.0.0.1:80/oauth",
+        "HTTP://LOCALHOST:4000/oauth",
     ] {
         let args =
             Args::try_parse_from(["bmm-as", "--issuer", issuer, "--resource", RESOURCE]).unwrap();

@@ -567,6 +567,37 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, ToolEr
     Ok(body)
 }
 
+/// The path `GET /v3/user/{username}/items/{id}` addresses with `args` (for the fuzz
+/// target), `None` when the arguments are refused.
+pub(crate) fn fuzz_path(args: &Map<String, Value>) -> Option<String> {
+    let upstream = Upstream::resolve(
+        UpstreamDef {
+            id: "api",
+            base_url: "https://api.example/v3",
+            base_url_env: None,
+            auth: None,
+            allow_hosts: &[],
+            timeout_ms: 1000,
+            max_retries: 0,
+        },
+        |_| None,
+    )
+    .ok()?;
+    let def = HttpDef {
+        upstream: "api",
+        method: Method::Get,
+        path: "/user/{username}/items/{id}",
+        query: &[("q", "{q}")],
+        headers: &[],
+        body: BodyDef::None,
+        body_format: BodyFormat::Json,
+        response_map: &[],
+    };
+    request_url(&def, &upstream, &Secrets::default(), args)
+        .ok()
+        .map(|(url, _)| url.path().to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,8 @@
 
 mod context;
 pub mod def;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 mod http_tool;
 mod output;
@@ -19,7 +21,7 @@ mod session_cap;
 pub mod template;
 #[cfg(feature = "testing")]
 pub mod testing;
-mod validate;
+pub mod validate;
 
 pub use context::{Question, STATE_TTL, ToolContext};
 pub use def::ServerDef;

@@ -27,12 +27,12 @@ use serde_json::{Map, Value, json};
 use crate::def::PromptArgumentDef;
 
 /// At most this many violations are reported per call.
-pub(crate) const MAX_REPORTED: usize = 4;
+pub const MAX_REPORTED: usize = 4;
 /// Each reported text (path, rule, message) is cut to this many characters.
-pub(crate) const MAX_TEXT: usize = 200;
+pub const MAX_TEXT: usize = 200;
 
 /// A tool's compiled input schema.
-pub(crate) struct InputValidator {
+pub struct InputValidator {
     validator: Validator,
 }
 
@@ -53,7 +53,7 @@ fn cut(text: &str) -> String {
 
 impl InputValidator {
     /// Compiles `schema` (a tool's input schema) once.
-    pub(crate) fn compile(tool: &str, schema: &Value) -> Result<Self, String> {
+    pub fn compile(tool: &str, schema: &Value) -> Result<Self, String> {
         let validator = jsonschema::options()
             .with_draft(jsonschema::Draft::Draft202012)
             .build(schema)
@@ -67,7 +67,7 @@ impl InputValidator {
     }
 
     /// Checks `arguments`; the error is the JSON-RPC invalid-params answer.
-    pub(crate) fn check(&self, tool: &str, arguments: &Value) -> Result<(), ErrorData> {
+    pub fn check(&self, tool: &str, arguments: &Value) -> Result<(), ErrorData> {
         if self.validator.is_valid(arguments) {
             return Ok(());
         }
@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(data["errors"].as_array().unwrap().len(), MAX_REPORTED);
         let long = "x".repeat(10_000);
         let v = validator(json!({"type": "object", "additionalProperties": false}));
-        let err = v.check("t", &json!({ long.clone(): 1 })).unwrap_err();
+        let err = v.check("t", &json!({ long: 1 })).unwrap_err();
         assert!(err.message.len() < 4 * MAX_TEXT, "{}", err.message.len());
     }
 

@@ -183,7 +183,12 @@ fn fuzz(seconds: &str) -> Result<(), String> {
     let seconds: u32 = seconds
         .parse()
         .map_err(|_| format!("`{seconds}` is not a number of seconds"))?;
-    for target in ["authorization_header", "jwks_document", "tool_call_body"] {
+    for target in [
+        "authorization_header",
+        "jwks_document",
+        "tool_call_body",
+        "tool_arguments",
+    ] {
         run(
             &format!("fuzz {target} for {seconds}s"),
             cargo()
