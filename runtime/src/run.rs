@@ -5,7 +5,11 @@
 //! `127.0.0.1:4103`), `--resource` / `BMM_RESOURCE` (default `http://<listen>/mcp`),
 //! `--issuer` / `BMM_ISSUER` (repeatable, comma-separated), `--jwks-uri` / `BMM_JWKS_URI`,
 //! `--allowed-origin` / `BMM_ALLOWED_ORIGINS`, `--allowed-host` / `BMM_ALLOWED_HOSTS`,
-//! `--no-auth` / `BMM_NO_AUTH=1` (loopback only, with a warning). Every declared secret is
+//! `--mcp-path` / `BMM_MCP_PATH` (the endpoint path when it differs from the resource
+//! URL's, e.g. resource `https://mcp.example.com` served at `/mcp`),
+//! `--require-at-jwt-typ` / `BMM_REQUIRE_AT_JWT_TYP`, `--max-connections-per-address` /
+//! `BMM_MAX_CONNECTIONS_PER_ADDRESS` (256), `--idle-timeout-secs` / `BMM_IDLE_TIMEOUT_SECS`
+//! (60), `--no-auth` / `BMM_NO_AUTH=1` (loopback only, with a warning). Every declared secret is
 //! an environment variable; all missing ones are listed at once and the exit code is 2.
 
 use std::convert::Infallible;
@@ -41,10 +45,15 @@ pub struct Args {
     /// Address to listen on.
     #[arg(long, env = "BMM_LISTEN", default_value = "127.0.0.1:4103")]
     pub listen: SocketAddr,
-    /// Canonical URL of the MCP endpoint: the required token audience and the metadata's
-    /// `resource` (default `http://<listen>/mcp`).
+    /// Canonical URL of this server (its resource identifier): the required token audience
+    /// and the metadata's `resource` (default `http://<listen><mcp-path>`). It may be the
+    /// bare origin (`https://mcp.example.com`) while MCP is served at `--mcp-path`.
     #[arg(long, env = "BMM_RESOURCE")]
     pub resource: Option<String>,
+    /// Path of the MCP endpoint (default: the resource URL's path, or `/mcp` when neither
+    /// is given).
+    #[arg(long, env = "BMM_MCP_PATH")]
+    pub mcp_path: Option<String>,
     /// Trusted authorization server issuer(s).
     #[arg(long = "issuer", env = "BMM_ISSUER", value_delimiter = ',')]
     pub issuers: Vec<String>,
@@ -65,6 +74,16 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub allowed_hosts: Vec<String>,
+    /// Refuse access tokens whose JOSE `typ` is not `at+jwt` (RFC 9068), e.g. ID tokens.
+    #[arg(long, env = "BMM_REQUIRE_AT_JWT_TYP")]
+    pub require_at_jwt_typ: bool,
+    /// Connections one client address may hold at once (more are closed on accept).
+    #[arg(long, env = "BMM_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_address: u32,
+    /// Seconds a connection may stay idle (no request in flight, no response streaming)
+    /// before it is closed.
+    #[arg(long, env = "BMM_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout_secs: u64,
     /// Serve without authentication (local protocol tests only; refused off loopback).
     #[arg(long, env = "BMM_NO_AUTH")]
     pub no_auth: bool,
@@ -158,10 +177,20 @@ pub fn prepare(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Prepared, StartError> {
     let secrets = load_secrets(&def, &env)?;
-    let resource_text = args
-        .resource
-        .clone()
-        .unwrap_or_else(|| format!("http://{}/mcp", args.listen));
+    if let Some(path) = &args.mcp_path
+        && (!path.starts_with('/') || path.contains(['?', '#', ' ']) || path.len() > 256)
+    {
+        return Err(fail(format!(
+            "--mcp-path `{path}` is not an absolute URL path (like /mcp)"
+        )));
+    }
+    let resource_text = args.resource.clone().unwrap_or_else(|| {
+        format!(
+            "http://{}{}",
+            args.listen,
+            args.mcp_path.as_deref().unwrap_or("/mcp")
+        )
+    });
     let resource =
         Resource::parse_insecure(&resource_text).map_err(|e| fail(format!("--resource: {e}")))?;
     let mut origin = OriginPolicy::for_resource(&resource);
@@ -175,7 +204,10 @@ pub fn prepare(
             .allow_host(h)
             .map_err(|e| fail(format!("--allowed-host: {e}")))?;
     }
-    let path = resource.path().to_owned();
+    let path = args
+        .mcp_path
+        .clone()
+        .unwrap_or_else(|| resource.path().to_owned());
     let config = if args.no_auth {
         if !bmm_middleware::is_loopback_listen(&args.listen) {
             return Err(fail(format!(
@@ -196,9 +228,15 @@ pub fn prepare(
         ServeConfig::new(&path, auth).metadata(metadata)
     };
     let server = McpServer::new(def, secrets, &env).map_err(fail)?;
+    let config = config
+        .origin_policy(origin)
+        .max_connections_per_address(
+            usize::try_from(args.max_connections_per_address).unwrap_or(usize::MAX),
+        )
+        .idle_timeout(std::time::Duration::from_secs(args.idle_timeout_secs));
     Ok(Prepared {
         server,
-        config: config.origin_policy(origin),
+        config,
         max_sessions: usize::try_from(args.max_sessions).unwrap_or(usize::MAX),
         max_sessions_per_subject: usize::try_from(args.max_sessions_per_subject)
             .unwrap_or(usize::MAX),
@@ -215,7 +253,23 @@ fn authenticator(
             "no issuer: pass the authorization server with --issuer (BMM_ISSUER), or --no-auth for a local test",
         ));
     }
-    let mut config = AuthConfig::new(resource.clone()).scope_policy(scope_policy(def)?);
+    // The 401 challenge names the scopes to ask for (MCP: SHOULD): the server-wide required
+    // ones, or, when there are none, the scopes the spec declares (what a client would
+    // otherwise take from the metadata's scopes_supported).
+    let challenge: Vec<&str> = if def.required_scopes.is_empty() {
+        def.scopes_supported
+            .iter()
+            .copied()
+            .filter(|s| *s != "offline_access")
+            .collect()
+    } else {
+        def.required_scopes.to_vec()
+    };
+    let mut config = AuthConfig::new(resource.clone())
+        .scope_policy(scope_policy(def)?)
+        .challenge_scopes(challenge)
+        .map_err(|e| fail(e.to_string()))?
+        .require_at_jwt_typ(args.require_at_jwt_typ);
     for (i, issuer) in args.issuers.iter().enumerate() {
         let issuer = Issuer::parse(issuer).map_err(|e| fail(format!("--issuer: {e}")))?;
         config =

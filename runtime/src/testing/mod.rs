@@ -62,8 +62,9 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Serves the JWKS on every path until the runtime stops.
-async fn stand_in_issuer() -> Result<String, String> {
+/// Serves the stand-in JWKS ([`stand_in_jwks`]) on every path of a loopback listener until
+/// the runtime stops; returns its base URL (pass it as `--jwks-uri`).
+pub async fn stand_in_issuer() -> Result<String, String> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("stand-in issuer: {e}"))?;
