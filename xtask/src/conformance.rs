@@ -104,7 +104,14 @@ pub(crate) fn wait_for(
 }
 
 /// Starts bmm-as on a free loopback port; returns its issuer URL and the process guard.
-fn start_as(root: &Path, out: &Path, extra: &[&str]) -> Result<(String, Guard), String> {
+/// Starts bmm-as; `issuer_path` is empty for an issuer at the origin, or a path such as
+/// `/oauth` (the product page's layout: every endpoint under it).
+fn start_as(
+    root: &Path,
+    out: &Path,
+    issuer_path: &str,
+    extra: &[&str],
+) -> Result<(String, Guard), String> {
     // The test build already made target/debug/bmm-as with the workspace's test features;
     // building it with `-p` alone would resolve other features and recompile dependencies.
     run(
@@ -112,11 +119,11 @@ fn start_as(root: &Path, out: &Path, extra: &[&str]) -> Result<(String, Guard), 
         cargo().args(["test", "--workspace", "--no-run", "--quiet"]),
     )?;
     let port = free_port()?;
-    let issuer = format!("http://127.0.0.1:{port}");
+    let issuer = format!("http://127.0.0.1:{port}{issuer_path}");
     let log = std::fs::File::create(out.join("bmm-as.log")).map_err(|e| e.to_string())?;
     let guard = Guard(
         Command::new(root.join("target/debug/bmm-as"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--issuer", &issuer])
             .arg("--data-dir")
             .arg(out.join("as-data"))
             .args(extra)
@@ -126,7 +133,7 @@ fn start_as(root: &Path, out: &Path, extra: &[&str]) -> Result<(String, Guard), 
             .map_err(|e| format!("cannot start bmm-as: {e}"))?,
     );
     wait_for("bmm-as", Duration::from_secs(30), || {
-        http_get(&format!("{issuer}/healthz"))
+        http_get(&format!("http://127.0.0.1:{port}/healthz"))
             .ok()
             .filter(|(s, _)| *s == 200)
             .map(|_| String::new())
@@ -181,7 +188,7 @@ pub(crate) fn consent(root: &Path) -> Result<(), String> {
     let resource = "http://127.0.0.1:4103/mcp";
     let config = root.join("tests/consent/bmm-as.toml");
     let config = config.to_str().ok_or("non-UTF-8 path")?;
-    let (issuer, _as) = start_as(root, &out, &["--resource", resource, "--config", config])?;
+    let (issuer, _as) = start_as(root, &out, "", &["--resource", resource, "--config", config])?;
     let screenshot = out.join("consent.png");
     run(
         "consent page in headless Chromium",
@@ -203,6 +210,7 @@ pub(crate) fn authorization(root: &Path) -> Result<(), String> {
     let (issuer, _as) = start_as(
         root,
         &out,
+        "",
         &[
             "--resource",
             resource,
@@ -432,7 +440,9 @@ fn start_server(
 
 /// The official TypeScript SDK's OAuth client against bmm-as and the generated `notes`
 /// server (tests/client/oauth-client.mjs): discovery, registration, PKCE, `resource`, the
-/// token's audience, tool calls, and the token refused by a second server.
+/// token's audience, tool calls, and the token refused by a second server. bmm-as runs
+/// under a path (issuer `http://127.0.0.1:<port>/oauth`, the product page's layout), so the
+/// SDK must find its metadata where RFC 8414 section 3.1 puts it.
 pub(crate) fn sdk_client(root: &Path) -> Result<(), String> {
     let node = npm_tools(root)?;
     let out = fresh_dir(root, "sdk-client")?;
@@ -442,6 +452,7 @@ pub(crate) fn sdk_client(root: &Path) -> Result<(), String> {
     let (issuer, _as) = start_as(
         root,
         &out,
+        "/oauth",
         &[
             "--resource",
             &url_one,

@@ -1,12 +1,22 @@
-//! `cargo xtask demo`: the OAuth walkthrough of the product page, end to end, on loopback.
+//! `cargo xtask demo`: the OAuth walkthrough of the product page, end to end, on loopback,
+//! in the page's own layout.
 //!
-//! Starts bmm-as (dev mode) and two instances of the generated `weather` server with
-//! different resource URLs, then behaves like an MCP client: unauthenticated request (401
-//! with `WWW-Authenticate`), protected resource metadata, authorization server metadata,
-//! dynamic registration, authorization code with PKCE and `resource`, token exchange,
-//! `initialize`, `tools/list`, `tools/call`; finally it replays the token against the second
-//! server, which must refuse it (audience binding). Every step is printed; the exit code is 0
-//! only if every step behaved as specified. Everything it started is stopped on exit.
+//! The layout is the page's: bmm-as under a path (issuer `http://127.0.0.1:<port>/oauth`,
+//! endpoints `/oauth/register`, `/oauth/token`, ...), the first MCP server's resource
+//! identifier is its origin (`http://127.0.0.1:<port>`) while MCP is served at `/mcp`
+//! (`--mcp-path /mcp`), its protected resource metadata at the root well-known URL. The
+//! second server uses the default layout (resource `http://127.0.0.1:<port>/mcp`).
+//!
+//! It starts bmm-as (dev mode) and the two instances of the generated `weather` server, then
+//! behaves like an MCP client, printing the page's steps: step 1, the 401 challenge;
+//! step 2, the protected resource metadata; then the AS metadata found where RFC 8414
+//! section 3.1 puts it for an issuer with a path; step 3, dynamic registration with the
+//! page's JSON (`claude://oauth/callback`, a non-standard `resource` member); the
+//! authorization request with PKCE S256 and `resource`; step 4, the token request as JSON,
+//! as the page sends it; then an authenticated `initialize`, `tools/list`, `tools/call`;
+//! finally it replays the token against the second server, which must refuse it (audience
+//! binding). The exit code is 0 only if every step behaved as specified. Everything it
+//! started is stopped on exit.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -213,8 +223,10 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let (as_port, one_port, two_port) = (free_port()?, free_port()?, free_port()?);
-    let issuer = format!("http://127.0.0.1:{as_port}");
-    let one = format!("http://127.0.0.1:{one_port}/mcp");
+    // The page's layout: the AS under /oauth, the first server's resource is its origin.
+    let issuer = format!("http://127.0.0.1:{as_port}/oauth");
+    let one_resource = format!("http://127.0.0.1:{one_port}");
+    let one = format!("{one_resource}/mcp");
     let two = format!("http://127.0.0.1:{two_port}/mcp");
     let log = |name: &str| std::fs::File::create(dir.join(name)).map_err(|e| e.to_string());
     let _as = Guard(
@@ -222,8 +234,10 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
             .args([
                 "--listen",
                 &format!("127.0.0.1:{as_port}"),
+                "--issuer",
+                &issuer,
                 "--resource",
-                &one,
+                &one_resource,
                 "--resource",
                 &two,
                 "--dev-user",
@@ -236,7 +250,7 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
             .spawn()
             .map_err(|e| format!("cannot start bmm-as: {e}"))?,
     );
-    let server = |port: u16, log_name: &str| -> Result<Guard, String> {
+    let server = |port: u16, layout: &[&str], log_name: &str| -> Result<Guard, String> {
         Ok(Guard(
             Command::new(root.join("target/debug/weather"))
                 .args([
@@ -245,6 +259,7 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
                     "--issuer",
                     &issuer,
                 ])
+                .args(layout)
                 .env("OPENWEATHER_API_KEY", "demo-key-not-used-by-word-stats")
                 .stdout(Stdio::null())
                 .stderr(log(log_name)?)
@@ -253,19 +268,23 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
         ))
     };
     // The servers fetch the issuer's keys at start-up: start them once the issuer answers.
-    let as_health = format!("{issuer}/healthz");
+    let as_health = format!("http://127.0.0.1:{as_port}/healthz");
     wait_for("bmm-as", Duration::from_secs(30), || {
         http("GET", &as_health, &[], None)
             .ok()
             .filter(|r| r.status == 200)
             .map(|_| String::new())
     })?;
-    let _one = server(one_port, "weather-1.log")?;
-    let _two = server(two_port, "weather-2.log")?;
+    let _one = server(
+        one_port,
+        &["--resource", &one_resource, "--mcp-path", "/mcp"],
+        "weather-1.log",
+    )?;
+    let _two = server(two_port, &[], "weather-2.log")?;
+    // Ready: each server has loaded the issuer's signing keys.
     for url in [
-        format!("{issuer}/healthz"),
-        format!("http://127.0.0.1:{one_port}/healthz"),
-        format!("http://127.0.0.1:{two_port}/healthz"),
+        format!("http://127.0.0.1:{one_port}/readyz"),
+        format!("http://127.0.0.1:{two_port}/readyz"),
     ] {
         wait_for(&url, Duration::from_secs(30), || {
             http("GET", &url, &[], None)
@@ -275,7 +294,7 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
         })?;
     }
     eprintln!(
-        "bmm-as at {issuer}; weather servers at {one} and {two} (logs in {})",
+        "bmm-as: issuer {issuer}\nweather #1: resource {one_resource}, MCP at {one}\nweather #2: resource {two}\n(logs in {})",
         dir.display()
     );
     let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string();
@@ -284,7 +303,7 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
         ("Accept", "application/json, text/event-stream"),
     ];
 
-    step(1, "an MCP request without a token");
+    step(1, "step 1 — 401 challenge: an MCP request without a token");
     let r = http("POST", &one, &mcp_headers, Some(&list))?;
     show("POST", &one, &r, &["www-authenticate"]);
     let challenge = r.header("www-authenticate").unwrap_or_default().to_owned();
@@ -294,6 +313,7 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
             && challenge.contains("resource_metadata=\""),
         "401 with a Bearer challenge naming resource_metadata",
     )?;
+    let root_prm = format!("{one_resource}/.well-known/oauth-protected-resource");
     let prm_url = challenge
         .split("resource_metadata=\"")
         .nth(1)
@@ -301,31 +321,42 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
         .unwrap_or_default()
         .to_owned();
 
-    step(2, "protected resource metadata (RFC 9728)");
+    step(2, "step 2 — resource metadata (RFC 9728)");
     let r = http("GET", &prm_url, &[], None)?;
     show("GET", &prm_url, &r, &["content-type"]);
     let prm: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
     eprintln!("    {prm}");
     expect(
-        prm["resource"] == json!(one) && prm["authorization_servers"] == json!([issuer]),
-        "resource is this server and the AS is listed",
+        prm_url == root_prm
+            && prm["resource"] == json!(one_resource)
+            && prm["authorization_servers"] == json!([issuer]),
+        "at the root well-known URL: resource is this server's origin, the AS is listed",
     )?;
 
-    step(3, "authorization server metadata (RFC 8414)");
-    let meta_url = format!("{issuer}/.well-known/oauth-authorization-server");
+    step(
+        3,
+        "authorization server metadata (RFC 8414 section 3.1: the issuer's path after the well-known prefix)",
+    );
+    let meta_url = format!(
+        "http://127.0.0.1:{as_port}/.well-known/oauth-authorization-server/oauth"
+    );
     let r = http("GET", &meta_url, &[], None)?;
     show("GET", &meta_url, &r, &[]);
     let meta: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
     expect(
-        meta["issuer"] == json!(issuer)
-            && meta["code_challenge_methods_supported"] == json!(["S256"]),
-        "issuer matches and PKCE S256 is advertised",
+        r.status == 200
+            && meta["issuer"] == json!(issuer)
+            && meta["code_challenge_methods_supported"] == json!(["S256"])
+            && meta["token_endpoint"] == json!(format!("{issuer}/token"))
+            && meta["registration_endpoint"] == json!(format!("{issuer}/register")),
+        "issuer is byte-identical, endpoints under /oauth, PKCE S256 advertised",
     )?;
     let endpoint = |k: &str| meta[k].as_str().unwrap_or_default().to_owned();
 
-    step(4, "dynamic client registration (RFC 7591)");
-    let redirect = "http://127.0.0.1:33418/callback";
-    let registration = json!({"client_name": "bmm demo client", "redirect_uris": [redirect], "token_endpoint_auth_method": "none"}).to_string();
+    step(4, "step 3 — dynamic registration (RFC 7591), the page's JSON");
+    let redirect = "claude://oauth/callback";
+    let registration = json!({"client_name": "Claude Desktop", "redirect_uris": [redirect], "token_endpoint_auth_method": "none", "resource": one_resource}).to_string();
+    eprintln!("    {registration}");
     let r = http(
         "POST",
         &endpoint("registration_endpoint"),
@@ -371,7 +402,7 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
             ("code_challenge_method", "S256"),
             ("state", &state),
             ("scope", &scope),
-            ("resource", &one)
+            ("resource", &one_resource)
         ])
     );
     let r = http("GET", &authorize, &[], None)?;
@@ -405,19 +436,20 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
         "redirect with code, state and iss (RFC 9207)",
     )?;
 
-    step(6, "token exchange");
-    let body = form(&[
-        ("grant_type", "authorization_code"),
-        ("code", &get("code")),
-        ("redirect_uri", redirect),
-        ("code_verifier", &verifier),
-        ("client_id", &client_id),
-        ("resource", &one),
-    ]);
+    step(6, "step 4 — token exchange, the request as JSON as the page sends it");
+    let body = json!({
+        "grant_type": "authorization_code",
+        "code": get("code"),
+        "code_verifier": verifier,
+        "client_id": client_id,
+        "redirect_uri": redirect,
+        "resource": one_resource,
+    })
+    .to_string();
     let r = http(
         "POST",
         &endpoint("token_endpoint"),
-        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &[("Content-Type", "application/json")],
         Some(&body),
     )?;
     show("POST", &endpoint("token_endpoint"), &r, &["cache-control"]);
@@ -437,8 +469,8 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
         claims["iss"], claims["sub"], claims["aud"], claims["scope"]
     );
     expect(
-        r.status == 200 && claims["aud"] == json!(one),
-        "a JWT whose audience is the first server",
+        r.status == 200 && claims["aud"] == json!(one_resource) && claims["iss"] == json!(issuer),
+        "a JWT whose audience is the first server's origin, issued by the AS under /oauth",
     )?;
 
     step(7, "initialize, tools/list and tools/call with the token");
