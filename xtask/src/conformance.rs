@@ -123,7 +123,12 @@ fn start_as(
     let log = std::fs::File::create(out.join("bmm-as.log")).map_err(|e| e.to_string())?;
     let guard = Guard(
         Command::new(root.join("target/debug/bmm-as"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--issuer", &issuer])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--issuer",
+                &issuer,
+            ])
             .arg("--data-dir")
             .arg(out.join("as-data"))
             .args(extra)
@@ -188,7 +193,12 @@ pub(crate) fn consent(root: &Path) -> Result<(), String> {
     let resource = "http://127.0.0.1:4103/mcp";
     let config = root.join("tests/consent/bmm-as.toml");
     let config = config.to_str().ok_or("non-UTF-8 path")?;
-    let (issuer, _as) = start_as(root, &out, "", &["--resource", resource, "--config", config])?;
+    let (issuer, _as) = start_as(
+        root,
+        &out,
+        "",
+        &["--resource", resource, "--config", config],
+    )?;
     let screenshot = out.join("consent.png");
     run(
         "consent page in headless Chromium",

@@ -337,9 +337,8 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
         3,
         "authorization server metadata (RFC 8414 section 3.1: the issuer's path after the well-known prefix)",
     );
-    let meta_url = format!(
-        "http://127.0.0.1:{as_port}/.well-known/oauth-authorization-server/oauth"
-    );
+    let meta_url =
+        format!("http://127.0.0.1:{as_port}/.well-known/oauth-authorization-server/oauth");
     let r = http("GET", &meta_url, &[], None)?;
     show("GET", &meta_url, &r, &[]);
     let meta: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
@@ -353,7 +352,10 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
     )?;
     let endpoint = |k: &str| meta[k].as_str().unwrap_or_default().to_owned();
 
-    step(4, "step 3 — dynamic registration (RFC 7591), the page's JSON");
+    step(
+        4,
+        "step 3 — dynamic registration (RFC 7591), the page's JSON",
+    );
     let redirect = "claude://oauth/callback";
     let registration = json!({"client_name": "Claude Desktop", "redirect_uris": [redirect], "token_endpoint_auth_method": "none", "resource": one_resource}).to_string();
     eprintln!("    {registration}");
@@ -436,7 +438,10 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
         "redirect with code, state and iss (RFC 9207)",
     )?;
 
-    step(6, "step 4 — token exchange, the request as JSON as the page sends it");
+    step(
+        6,
+        "step 4 — token exchange, the request as JSON as the page sends it",
+    );
     let body = json!({
         "grant_type": "authorization_code",
         "code": get("code"),
