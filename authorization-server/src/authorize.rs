@@ -16,13 +16,25 @@
 //! 7. Codes are single-use and live 60 seconds (`--code-ttl`); redirects carry `code`, `state` and `iss`.
 //! 8. A code is checked before it is used up (client, PKCE verifier, redirect URI,
 //!    resource; see [`redeem_code`]): a request that does not fit leaves it redeemable.
+//!
+//! Abuse bounds (issue 12):
+//! - Request errors go back to the client by redirect (rule 2) only for clients the
+//!   operator configured, or when the redirect URI is `http` on a loopback host (the user's
+//!   own machine). Dynamically registered and metadata-document clients otherwise get the
+//!   error page: anyone can register an `https` redirect URI, and a redirect to it after a
+//!   bad request would make this server an open redirector (RFC 9700 section 4.11.2). A
+//!   denial by the user still redirects (`access_denied`): the user saw the page first.
+//! - Pending sign-ins and password guesses are bounded as `signin` describes.
+//! - The consent page shows the client's name cut to 100 characters (it is chosen by the
+//!   client), the host a metadata-document client really is (its `client_id` URL), whether
+//!   the client was registered by the operator, and the full redirect target.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use askama::Template;
 use axum::Form;
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
@@ -30,6 +42,7 @@ use url::Url;
 
 use crate::config::canonical_resource;
 use crate::error::OAuthError;
+use crate::signin::Verdict;
 use crate::store::Client;
 use crate::{AppState, clients, now, random_token, secure_eq};
 
@@ -75,9 +88,13 @@ struct Validated {
 #[template(path = "consent.html")]
 struct ConsentPage<'a> {
     client_name: &'a str,
+    client_host: Option<&'a str>,
+    client_id: &'a str,
+    preregistered: bool,
     resource: &'a str,
     scopes: &'a [String],
     redirect_host: &'a str,
+    redirect_uri: &'a str,
     request_id: &'a str,
     csrf: &'a str,
     error: Option<&'a str>,
@@ -172,11 +189,12 @@ fn is_pkce_value(v: &str) -> bool {
 async fn validate(
     state: &AppState,
     params: &HashMap<String, String>,
+    caller: IpAddr,
 ) -> Result<Validated, Response> {
     let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let client_id = get("client_id")
         .ok_or_else(|| error_page(&OAuthError::invalid_request("client_id is required")))?;
-    let client = match clients::find(state, client_id).await {
+    let client = match clients::find_for(state, client_id, Some(caller)).await {
         Ok(Some(c)) => c,
         Ok(None) => {
             return Err(error_page(&OAuthError::invalid_request(
@@ -210,7 +228,17 @@ async fn validate(
         resource: String::new(),
         scopes: Vec::new(),
     };
-    let fail = |v: &Validated, e: OAuthError| Err(redirect_error(state, v, &e));
+    // Errors are redirected only to trusted targets (see "Abuse bounds").
+    let redirect_errors = clients::is_preregistered(state, &v.client.client_id)
+        || Url::parse(&v.redirect_uri)
+            .is_ok_and(|u| u.scheme() == "http" && crate::register::is_loopback(&u));
+    let fail = |v: &Validated, e: OAuthError| {
+        if redirect_errors {
+            Err(redirect_error(state, v, &e))
+        } else {
+            Err(error_page(&e))
+        }
+    };
     match get("response_type") {
         Some("code") => {}
         Some(_) => {
@@ -326,6 +354,9 @@ fn issue_code(state: &AppState, v: &Validated, subject: &str) -> Response {
         codes.retain(|_, c| c.expires_at + 600 > t);
         codes.insert(code.clone(), record);
     }
+    if let Err(error) = state.inner.store.mark_client_used(&v.client.client_id) {
+        tracing::error!(%error, "cannot record that the client completed an authorization");
+    }
     tracing::info!(client_id = %v.client.client_id, subject, "authorization code issued");
     redirect_to(
         state,
@@ -335,7 +366,13 @@ fn issue_code(state: &AppState, v: &Validated, subject: &str) -> Response {
     )
 }
 
-fn consent_page(v: &Validated, request_id: &str, csrf: &str, error: Option<&str>) -> Response {
+fn consent_page(
+    state: &AppState,
+    v: &Validated,
+    request_id: &str,
+    csrf: &str,
+    error: Option<(StatusCode, &str)>,
+) -> Response {
     let redirect_host = Url::parse(&v.redirect_uri)
         .ok()
         .map(|u| {
@@ -343,25 +380,36 @@ fn consent_page(v: &Validated, request_id: &str, csrf: &str, error: Option<&str>
                 .map_or_else(|| format!("{}:", u.scheme()), str::to_owned)
         })
         .unwrap_or_default();
-    let page = ConsentPage {
-        client_name: v
-            .client
+    let client_host = clients::is_metadata_document(state, &v.client.client_id)
+        .then(|| Url::parse(&v.client.client_id).ok())
+        .flatten()
+        .and_then(|u| u.host_str().map(str::to_owned));
+    let client_name = crate::register::display_name(
+        v.client
             .client_name
             .as_deref()
             .unwrap_or(&v.client.client_id),
+    );
+    let page = ConsentPage {
+        client_name: &client_name,
+        client_host: client_host.as_deref(),
+        client_id: &v.client.client_id,
+        preregistered: clients::is_preregistered(state, &v.client.client_id),
         resource: &v.resource,
         scopes: &v.scopes,
         redirect_host: &redirect_host,
+        redirect_uri: &v.redirect_uri,
         request_id,
         csrf,
-        error,
+        error: error.map(|(_, e)| e),
     };
+    let status = error.map_or(StatusCode::OK, |(s, _)| s);
     match page.render() {
         Ok(body) => {
             let cookie = format!(
                 "{CSRF_COOKIE}={csrf}; Path=/; HttpOnly; SameSite=Strict; Max-Age={PENDING_TTL}"
             );
-            let mut response = (no_store(), Html(body)).into_response();
+            let mut response = (status, no_store(), Html(body)).into_response();
             if let Ok(value) = HeaderValue::from_str(&cookie) {
                 response.headers_mut().insert(header::SET_COOKIE, value);
             }
@@ -373,13 +421,14 @@ fn consent_page(v: &Validated, request_id: &str, csrf: &str, error: Option<&str>
 
 pub(crate) async fn authorize_get(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
 ) -> Response {
     let params = match single_params(query.as_deref()) {
         Ok(p) => p,
         Err(e) => return error_page(&e),
     };
-    let v = match validate(&state, &params).await {
+    let v = match validate(&state, &params, peer.ip()).await {
         Ok(v) => v,
         Err(response) => return response,
     };
@@ -388,27 +437,18 @@ pub(crate) async fn authorize_get(
     }
     let request_id = random_token(24);
     let csrf = random_token(24);
-    if let Ok(mut pending) = state.inner.pending.lock() {
-        let t = now();
-        pending.retain(|_, p| p.expires_at > t);
-        if pending.len() > 10_000 {
-            return OAuthError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "temporarily_unavailable",
-                "too many pending sign-ins",
-            )
-            .into_response();
-        }
-        pending.insert(
-            request_id.clone(),
-            PendingRequest {
-                request: v.clone(),
-                csrf: csrf.clone(),
-                expires_at: t + PENDING_TTL,
-            },
-        );
-    }
-    consent_page(&v, &request_id, &csrf, None)
+    let expires_at = now() + PENDING_TTL;
+    state.inner.pending.insert(
+        request_id.clone(),
+        peer.ip(),
+        PendingRequest {
+            request: v.clone(),
+            csrf: csrf.clone(),
+            expires_at,
+        },
+        expires_at,
+    );
+    consent_page(&state, &v, &request_id, &csrf, None)
 }
 
 #[derive(Debug, Deserialize)]
@@ -433,15 +473,14 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 pub(crate) async fn authorize_post(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<ConsentForm>,
 ) -> Response {
     let pending = state
         .inner
         .pending
-        .lock()
-        .ok()
-        .and_then(|mut p| p.remove(&form.request_id))
+        .take(&form.request_id)
         .filter(|p| p.expires_at > now());
     let Some(pending) = pending else {
         return error_page(&OAuthError::invalid_request(
@@ -469,43 +508,46 @@ pub(crate) async fn authorize_post(
     }
     let username = form.username.unwrap_or_default();
     let password = form.password.unwrap_or_default();
-    if !check_password(&state, &username, &password) {
-        // Keep the request alive for another try, with a fresh CSRF token.
-        let request_id = random_token(24);
-        let csrf = random_token(24);
-        if let Ok(mut p) = state.inner.pending.lock() {
-            p.insert(
-                request_id.clone(),
-                PendingRequest {
-                    request: v.clone(),
-                    csrf: csrf.clone(),
-                    expires_at: pending.expires_at,
-                },
-            );
-        }
-        tracing::info!("sign-in failed");
-        return consent_page(v, &request_id, &csrf, Some("Wrong user name or password."));
-    }
-    issue_code(&state, v, &username)
-}
-
-fn check_password(state: &AppState, username: &str, password: &str) -> bool {
-    let Some(user) = state
+    let verdict = state
         .inner
-        .settings
-        .users
-        .iter()
-        .find(|u| u.name == username)
-    else {
-        return false;
+        .throttle
+        .check(&state.inner.settings.users, peer.ip(), &username, &password)
+        .await;
+    let message = match verdict {
+        Verdict::Valid => return issue_code(&state, v, &username),
+        Verdict::Invalid => {
+            tracing::info!("sign-in failed");
+            (StatusCode::OK, "Wrong user name or password.".to_owned())
+        }
+        Verdict::Wait(wait) => {
+            tracing::info!("sign-in refused: too many failures");
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "Too many failed sign-ins. Wait {} seconds, then try again.",
+                    wait.as_secs().max(1)
+                ),
+            )
+        }
+        Verdict::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The server is busy. Try again in a moment.".to_owned(),
+        ),
     };
-    let Ok(hash) = PasswordHash::new(&user.password_hash) else {
-        tracing::warn!(user = %user.name, "the configured password hash is not a PHC string");
-        return false;
-    };
-    Argon2::default()
-        .verify_password(password.as_bytes(), &hash)
-        .is_ok()
+    // Keep the request alive for another try, with a fresh CSRF token.
+    let request_id = random_token(24);
+    let csrf = random_token(24);
+    state.inner.pending.insert(
+        request_id.clone(),
+        peer.ip(),
+        PendingRequest {
+            request: v.clone(),
+            csrf: csrf.clone(),
+            expires_at: pending.expires_at,
+        },
+        pending.expires_at,
+    );
+    consent_page(&state, v, &request_id, &csrf, Some((message.0, &message.1)))
 }
 
 /// Why a code was not redeemed.

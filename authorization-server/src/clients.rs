@@ -1,29 +1,60 @@
 //! Finding a client: registered ones (store), pre-registered ones (configuration), and
 //! Client ID Metadata Documents (an `https` URL as `client_id`, fetched and cached).
 //!
-//! CIMD rules: the document is fetched with a 5 s timeout and a 64 KiB limit, must be a
-//! JSON object whose `client_id` equals the URL, lists `redirect_uris` that pass the
-//! registration rules, and is cached for 5 minutes. Such clients are public
-//! (`token_endpoint_auth_method: none`). `http` URLs are accepted only on loopback hosts and
-//! only when the operator allowed it (local tests).
+//! CIMD rules:
+//! 1. The document is fetched with a 5 s timeout and a 64 KiB limit, must be a JSON object
+//!    whose `client_id` equals the URL, lists `redirect_uris` that pass the registration
+//!    rules (and its limits), and is cached for 5 minutes. Such clients are public
+//!    (`token_endpoint_auth_method: none`).
+//! 2. No server-side request forgery: the fetch goes through `bmm-netguard`, which refuses
+//!    URLs whose IP-literal host is not a public address (`127.0.0.1`, `2130706433`,
+//!    `0x7f000001`, `[::ffff:10.0.0.1]`, ...) before connecting, resolves names once and
+//!    connects only to the public addresses it checked (so `localhost`, private, link-local,
+//!    CGNAT, ULA and IPv4-mapped answers are refused), follows no redirect and uses no proxy.
+//! 3. Loopback is reachable only with `--allow-loopback-cimd` (local development and tests),
+//!    which also admits `http` document URLs on loopback hosts; nothing else non-public is
+//!    reachable even then.
+//! 4. Fetches are bounded: at most 2 at a time per caller address (IPv6 callers by /64) and
+//!    16 in all; a caller over either bound is answered `temporarily_unavailable` at once,
+//!    without a fetch.
+//! 5. A failed fetch is remembered for 60 seconds (up to 1,000 URLs, oldest dropped first):
+//!    asking again for that URL in that time fails without a fetch. Successful documents are
+//!    cached (up to 1,000, oldest dropped first).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::http::StatusCode;
+use bmm_netguard::{Guard, Policy};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
 use crate::error::OAuthError;
+use crate::ratelimit::caller_key;
 use crate::store::Client;
 use crate::{AppState, sha256_hex};
 
 const CIMD_TTL: Duration = Duration::from_secs(300);
+const CIMD_TIMEOUT: Duration = Duration::from_secs(5);
 const CIMD_MAX_BYTES: usize = 64 * 1024;
+/// Concurrent fetches per caller address (rule 4).
+pub(crate) const CIMD_FETCHES_PER_CALLER: usize = 2;
+/// Concurrent fetches in all (rule 4).
+pub(crate) const CIMD_FETCHES_GLOBAL: usize = 16;
+/// How long a failure is remembered (rule 5).
+pub(crate) const CIMD_FAILURE_TTL: Duration = Duration::from_secs(60);
+/// Most documents (and most failures) remembered.
+const CIMD_CACHE_ENTRIES: usize = 1000;
 
 pub(crate) struct CimdCache {
     allow_loopback_http: bool,
-    http: Option<reqwest::Client>,
+    guard: Option<Guard>,
     entries: Mutex<HashMap<String, (Instant, Client)>>,
+    failures: Mutex<HashMap<String, (Instant, OAuthError)>>,
+    global: Arc<Semaphore>,
+    per_caller: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl std::fmt::Debug for CimdCache {
@@ -32,17 +63,67 @@ impl std::fmt::Debug for CimdCache {
     }
 }
 
+/// One caller's slot among its concurrent fetches; freed on drop.
+struct CallerSlot {
+    key: IpAddr,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for CallerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.counts.lock()
+            && let Some(n) = counts.get_mut(&self.key)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Inserts into a cache bounded to `cap` entries: expired ones (older than `ttl`) go first,
+/// then the oldest.
+fn insert_bounded<V>(
+    map: &mut HashMap<String, (Instant, V)>,
+    key: String,
+    value: V,
+    ttl: Duration,
+) {
+    if map.len() >= CIMD_CACHE_ENTRIES && !map.contains_key(&key) {
+        map.retain(|_, (at, _)| at.elapsed() < ttl);
+        while map.len() >= CIMD_CACHE_ENTRIES {
+            let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            map.remove(&oldest);
+        }
+    }
+    map.insert(key, (Instant::now(), value));
+}
+
+fn busy() -> OAuthError {
+    OAuthError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "too many client metadata documents are being fetched; try again shortly",
+    )
+}
+
 impl CimdCache {
     pub(crate) fn new(allow_loopback_http: bool) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .ok();
+        let policy = Policy::public_only().allow_loopback(allow_loopback_http);
         Self {
             allow_loopback_http,
-            http,
+            guard: Guard::new(policy, CIMD_TIMEOUT).ok(),
             entries: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            global: Arc::new(Semaphore::new(CIMD_FETCHES_GLOBAL)),
+            per_caller: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -55,22 +136,82 @@ impl CimdCache {
         }
     }
 
-    async fn fetch(&self, url: &Url) -> Result<Client, OAuthError> {
-        let bad = |why: String| {
-            OAuthError::invalid_request(format!("client metadata document {url}: {why}"))
+    /// Takes a fetch slot for `caller` and one of the global ones (rule 4).
+    fn slots(
+        &self,
+        caller: Option<IpAddr>,
+    ) -> Result<(Option<CallerSlot>, OwnedSemaphorePermit), OAuthError> {
+        let slot = match caller {
+            Some(ip) => {
+                let key = caller_key(ip);
+                let mut counts = self.per_caller.lock().map_err(|_| busy())?;
+                let n = counts.entry(key).or_insert(0);
+                if *n >= CIMD_FETCHES_PER_CALLER {
+                    return Err(busy());
+                }
+                *n += 1;
+                Some(CallerSlot {
+                    key,
+                    counts: Arc::clone(&self.per_caller),
+                })
+            }
+            None => None,
         };
+        let permit = Arc::clone(&self.global)
+            .try_acquire_owned()
+            .map_err(|_| busy())?;
+        Ok((slot, permit))
+    }
+
+    async fn fetch(&self, url: &Url, caller: Option<IpAddr>) -> Result<Client, OAuthError> {
         if let Ok(entries) = self.entries.lock()
             && let Some((at, client)) = entries.get(url.as_str())
             && at.elapsed() < CIMD_TTL
         {
             return Ok(client.clone());
         }
-        let http = self.http.as_ref().ok_or_else(OAuthError::server_error)?;
-        let mut response = http
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| bad(format!("fetch failed: {e}")))?;
+        if let Ok(failures) = self.failures.lock()
+            && let Some((at, error)) = failures.get(url.as_str())
+            && at.elapsed() < CIMD_FAILURE_TTL
+        {
+            return Err(error.clone());
+        }
+        let (_slot, _permit) = self.slots(caller)?;
+        match self.fetch_document(url).await {
+            Ok(client) => {
+                if let Ok(mut entries) = self.entries.lock() {
+                    insert_bounded(&mut entries, url.to_string(), client.clone(), CIMD_TTL);
+                }
+                Ok(client)
+            }
+            Err(error) => {
+                if let Ok(mut failures) = self.failures.lock() {
+                    insert_bounded(
+                        &mut failures,
+                        url.to_string(),
+                        error.clone(),
+                        CIMD_FAILURE_TTL,
+                    );
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn fetch_document(&self, url: &Url) -> Result<Client, OAuthError> {
+        let bad = |why: String| {
+            OAuthError::invalid_request(format!("client metadata document {url}: {why}"))
+        };
+        let guard = self.guard.as_ref().ok_or_else(OAuthError::server_error)?;
+        let request = guard.get(url.clone()).map_err(|r| bad(r.to_string()))?;
+        let mut response =
+            request
+                .send()
+                .await
+                .map_err(|e| match bmm_netguard::refused_in(&e) {
+                    Some(refused) => bad(refused.to_string()),
+                    None => bad(format!("fetch failed: {e}")),
+                })?;
         if !response.status().is_success() {
             return Err(bad(format!("answered {}", response.status())));
         }
@@ -99,12 +240,8 @@ impl CimdCache {
                     .collect()
             })
             .unwrap_or_default();
-        if redirect_uris.is_empty() {
-            return Err(bad("it lists no redirect_uris".to_owned()));
-        }
-        for uri in &redirect_uris {
-            crate::register::check_redirect_uri(uri)?;
-        }
+        crate::register::check_redirect_uris(&redirect_uris)
+            .map_err(|e| bad(e.description().to_owned()))?;
         let client = Client {
             client_id: url.to_string(),
             secret_sha256: None,
@@ -112,52 +249,79 @@ impl CimdCache {
             client_name: doc
                 .get("client_name")
                 .and_then(|v| v.as_str())
-                .map(str::to_owned),
+                .map(crate::register::display_name),
             token_endpoint_auth_method: "none".to_owned(),
             created_at: crate::now(),
         };
-        if let Ok(mut entries) = self.entries.lock() {
-            if entries.len() > 1000 {
-                entries.clear();
-            }
-            entries.insert(url.to_string(), (Instant::now(), client.clone()));
-        }
         Ok(client)
     }
 }
 
 /// Finds a client by id. `Ok(None)` when no such client exists.
 pub(crate) async fn find(state: &AppState, client_id: &str) -> Result<Option<Client>, OAuthError> {
+    find_for(state, client_id, None).await
+}
+
+/// [`find`] on behalf of a caller whose concurrent metadata-document fetches are bounded.
+pub(crate) async fn find_for(
+    state: &AppState,
+    client_id: &str,
+    caller: Option<IpAddr>,
+) -> Result<Option<Client>, OAuthError> {
     if client_id.is_empty() || client_id.len() > 2048 {
         return Ok(None);
     }
     if let Some(client) = state.inner.store.client(client_id)? {
+        if crate::register::expired_unused(state, &client)? {
+            return Ok(None);
+        }
         return Ok(Some(client));
     }
-    if let Some(c) = state
+    if let Some(c) = preregistered(state, client_id) {
+        return Ok(Some(c));
+    }
+    if let Some(url) = state.inner.cimd.is_cimd_id(client_id) {
+        return state.inner.cimd.fetch(&url, caller).await.map(Some);
+    }
+    Ok(None)
+}
+
+/// A client from the configuration.
+fn preregistered(state: &AppState, client_id: &str) -> Option<Client> {
+    let c = state
         .inner
         .settings
         .clients
         .iter()
-        .find(|c| c.client_id == client_id)
-    {
-        let secret = c.client_secret.as_deref().map(sha256_hex);
-        return Ok(Some(Client {
-            client_id: c.client_id.clone(),
-            token_endpoint_auth_method: if secret.is_some() {
-                "client_secret_basic"
-            } else {
-                "none"
-            }
-            .to_owned(),
-            secret_sha256: secret,
-            redirect_uris: c.redirect_uris.clone(),
-            client_name: c.client_name.clone(),
-            created_at: 0,
-        }));
-    }
-    if let Some(url) = state.inner.cimd.is_cimd_id(client_id) {
-        return state.inner.cimd.fetch(&url).await.map(Some);
-    }
-    Ok(None)
+        .find(|c| c.client_id == client_id)?;
+    let secret = c.client_secret.as_deref().map(sha256_hex);
+    Some(Client {
+        client_id: c.client_id.clone(),
+        token_endpoint_auth_method: if secret.is_some() {
+            "client_secret_basic"
+        } else {
+            "none"
+        }
+        .to_owned(),
+        secret_sha256: secret,
+        redirect_uris: c.redirect_uris.clone(),
+        client_name: c.client_name.clone(),
+        created_at: 0,
+    })
+}
+
+/// Whether `client_id` names a client the operator configured (trusted to receive error
+/// redirects), as opposed to a dynamically registered or metadata-document one.
+pub(crate) fn is_preregistered(state: &AppState, client_id: &str) -> bool {
+    state
+        .inner
+        .settings
+        .clients
+        .iter()
+        .any(|c| c.client_id == client_id)
+}
+
+/// Whether `client_id` is a Client ID Metadata Document URL (this server would fetch it).
+pub(crate) fn is_metadata_document(state: &AppState, client_id: &str) -> bool {
+    state.inner.cimd.is_cimd_id(client_id).is_some()
 }

@@ -40,9 +40,18 @@ pub struct Args {
     /// Lifetime of refresh tokens, in seconds.
     #[arg(long, env = "BMM_AS_REFRESH_TOKEN_TTL", default_value_t = 30 * 24 * 3600)]
     pub refresh_token_ttl: u64,
-    /// Accept `http` Client ID Metadata Document URLs on loopback hosts (local tests).
+    /// Accept `http` Client ID Metadata Document URLs on loopback hosts, and let metadata
+    /// documents be fetched from loopback addresses (local development and tests only).
     #[arg(long, env = "BMM_AS_ALLOW_LOOPBACK_CIMD")]
     pub allow_loopback_cimd: bool,
+    /// Most dynamically registered clients that have not completed an authorization yet;
+    /// registration answers 503 past it.
+    #[arg(long, env = "BMM_AS_MAX_UNUSED_CLIENTS", default_value_t = 1000)]
+    pub max_unused_clients: u64,
+    /// Seconds a dynamically registered client has to complete an authorization before it
+    /// is deleted.
+    #[arg(long, env = "BMM_AS_UNUSED_CLIENT_TTL", default_value_t = 24 * 3600)]
+    pub unused_client_ttl: u64,
     /// Rotate the signing key at start-up (the old key stays published).
     #[arg(long)]
     pub rotate_keys: bool,
@@ -134,6 +143,10 @@ pub struct Settings {
     pub refresh_token_ttl: u64,
     /// Loopback http CIMD allowed.
     pub allow_loopback_cimd: bool,
+    /// Quota of registered clients that have not completed an authorization.
+    pub max_unused_clients: u64,
+    /// Lifetime (s) of a registered client that has not completed an authorization.
+    pub unused_client_ttl: u64,
     /// Rotate keys at start.
     pub rotate_keys: bool,
     /// Authorization-code lifetime (s).
@@ -299,6 +312,8 @@ impl Settings {
             access_token_ttl: args.access_token_ttl.clamp(60, 24 * 3600),
             refresh_token_ttl: args.refresh_token_ttl.max(60),
             allow_loopback_cimd: args.allow_loopback_cimd,
+            max_unused_clients: args.max_unused_clients,
+            unused_client_ttl: args.unused_client_ttl.max(1),
             rotate_keys: args.rotate_keys,
             code_ttl: args.code_ttl.clamp(1, 600),
             header_read_timeout: std::time::Duration::from_secs(

@@ -34,6 +34,7 @@ pub mod keys;
 mod metadata;
 mod ratelimit;
 pub mod register;
+mod signin;
 pub mod store;
 mod token;
 
@@ -64,7 +65,8 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) keys: KeyRing,
     pub(crate) codes: Mutex<HashMap<String, authorize::CodeRecord>>,
-    pub(crate) pending: Mutex<HashMap<String, authorize::PendingRequest>>,
+    pub(crate) pending: signin::Pending<authorize::PendingRequest>,
+    pub(crate) throttle: signin::Throttle,
     pub(crate) limiter: ratelimit::RateLimiter,
     pub(crate) cimd: clients::CimdCache,
 }
@@ -102,7 +104,8 @@ impl AppState {
                 store,
                 keys,
                 codes: Mutex::new(HashMap::new()),
-                pending: Mutex::new(HashMap::new()),
+                pending: signin::Pending::new(),
+                throttle: signin::Throttle::new(),
                 limiter: ratelimit::RateLimiter::new(),
             }),
         })

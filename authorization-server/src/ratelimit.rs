@@ -1,4 +1,5 @@
 //! Fixed-window rate limits per client address for registration and token requests.
+//! IPv6 callers are counted by /64 ([`caller_key`]), since one host usually holds a whole /64.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -21,6 +22,18 @@ impl Bucket {
     }
 }
 
+/// The key a caller's address is counted under: the address itself for IPv4, its /64 for
+/// IPv6 (one host usually holds a whole /64, so counting single addresses would not bound it).
+pub(crate) fn caller_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
 const WINDOW: Duration = Duration::from_secs(60);
 const MAX_ENTRIES: usize = 10_000;
 
@@ -38,8 +51,9 @@ impl RateLimiter {
 
     /// Counts a request; false when the address is over its limit.
     pub(crate) fn allow(&self, ip: IpAddr, bucket: Bucket) -> bool {
+        let ip = caller_key(ip);
         let Ok(mut windows) = self.windows.lock() else {
-            return true;
+            return false;
         };
         let now = Instant::now();
         if windows.len() >= MAX_ENTRIES {
@@ -69,5 +83,20 @@ mod tests {
         assert!(!limiter.allow(a, Bucket::Register));
         assert!(limiter.allow(b, Bucket::Register));
         assert!(limiter.allow(a, Bucket::Token));
+    }
+
+    #[test]
+    fn ipv6_callers_are_counted_by_their_64_prefix() {
+        let limiter = RateLimiter::new();
+        for i in 0..60u32 {
+            let ip: IpAddr = format!("2001:db8:1:2::{i:x}").parse().unwrap();
+            assert!(limiter.allow(ip, Bucket::Register));
+        }
+        let same_64: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(!limiter.allow(same_64, Bucket::Register));
+        assert!(limiter.allow(other_64, Bucket::Register));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(caller_key(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
     }
 }

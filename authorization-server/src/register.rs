@@ -2,13 +2,29 @@
 //!
 //! Rules:
 //! 1. Redirect URIs are `https` URLs, `http` URLs on a loopback host (any port, RFC 8252
-//!    section 7.3), or private-use schemes (`com.example.app:/cb`, `claude://cb`); no
-//!    fragment; never `javascript:`, `data:`, `file:` or the like.
-//! 2. Public clients register with `token_endpoint_auth_method: none`; confidential ones
+//!    section 7.3), or private-use schemes (`com.example.app:/cb`, `claude://oauth/callback`,
+//!    `cursor://...`, `vscode://...`); no fragment.
+//! 2. Schemes a browser or the operating system handles itself are never redirect targets:
+//!    `javascript:`, `data:`, `file:`, `vbscript:`, `about:`, `blob:`, `filesystem:`,
+//!    `view-source:`, `jar:`, `intent:`, `chrome:`, `chrome-extension:`, `search-ms:`,
+//!    `shell:`, every `ms-*` scheme (`ms-msdt:`, `ms-settings:`, ...) and the other families
+//!    in [`FORBIDDEN_SCHEME_PREFIXES`], network protocols other than http(s) (`ftp:`,
+//!    `ws:`, `smb:`, `mailto:`, `tel:`, ...), and one-letter schemes (Windows drive letters).
+//! 3. Public clients register with `token_endpoint_auth_method: none`; confidential ones
 //!    (`client_secret_basic`, `client_secret_post`) get a generated secret, stored hashed.
-//! 3. Only the `authorization_code` and `refresh_token` grants and the `code` response type
+//! 4. Only the `authorization_code` and `refresh_token` grants and the `code` response type
 //!    are accepted.
-//! 4. Client ids look like `bmm_<random>`.
+//! 5. Client ids look like `bmm_<random>`.
+//! 6. Field limits: at most 10 redirect URIs of at most 1,024 bytes each, `client_name` at
+//!    most 100 characters, `scope` at most 1,024 bytes, `client_uri` and `logo_uri` at most
+//!    1,024 bytes, `software_id` and `software_version` at most 256 bytes.
+//! 7. Quota: at most `--max-unused-clients` (default 1,000) registered clients that have not
+//!    completed an authorization may exist; past it, registration answers 503
+//!    `temporarily_unavailable`. A client that has not completed an authorization within
+//!    `--unused-client-ttl` seconds (default 86,400) of registering is deleted and no
+//!    longer found. A client counts as used once an authorization code is issued to it.
+//! 8. Names shown to people ([`display_name`]) are cut to 100 characters and lose control
+//!    and bidirectional-override characters.
 
 use axum::Json;
 use axum::extract::State;
@@ -22,17 +38,146 @@ use crate::error::OAuthError;
 use crate::store::Client;
 use crate::{AppState, now, random_token, sha256_hex};
 
-const FORBIDDEN_SCHEMES: &[&str] = &[
+/// Most redirect URIs per client (rule 6).
+pub const MAX_REDIRECT_URIS: usize = 10;
+/// Longest redirect URI, in bytes (rule 6).
+pub const MAX_REDIRECT_URI_LEN: usize = 1024;
+/// Longest client name, in characters (rules 6 and 8).
+pub const MAX_CLIENT_NAME_CHARS: usize = 100;
+
+/// Schemes that are never redirect targets (rule 2).
+pub const FORBIDDEN_SCHEMES: &[&str] = &[
+    // Script and content schemes of browsers.
     "javascript",
-    "data",
-    "file",
     "vbscript",
-    "about",
+    "livescript",
+    "jscript",
+    "data",
     "blob",
+    "filesystem",
+    "about",
+    "view-source",
+    "jar",
+    "mhtml",
+    "wyciwyg",
+    "cid",
+    "mid",
+    "resource",
+    "res",
+    "intent",
+    "android-app",
+    "content",
+    "devtools",
+    "chrome",
+    "edge",
+    "opera",
+    "brave",
+    "vivaldi",
+    "isolated-app",
+    // Operating-system handlers.
+    "file",
+    "shell",
+    "search",
+    "search-ms",
+    "hcp",
+    "help",
+    "its",
+    "mk",
+    "microsoft-edge",
+    "read",
+    "x-apple",
+    "x-apple-helpbook",
+    "prefs",
+    "app-settings",
+    // Network protocols other than http(s).
     "ftp",
+    "ftps",
+    "sftp",
+    "tftp",
     "ws",
     "wss",
+    "gopher",
+    "smb",
+    "nfs",
+    "afp",
+    "dav",
+    "webdav",
+    "ldap",
+    "ldaps",
+    "telnet",
+    "ssh",
+    "rlogin",
+    "mailto",
+    "news",
+    "nntp",
+    "snews",
+    "tel",
+    "sms",
+    "callto",
+    "urn",
+    "tag",
 ];
+
+/// Scheme families that are never redirect targets (rule 2): a scheme equal to one of these
+/// without its trailing `-`, or starting with one, is refused.
+pub const FORBIDDEN_SCHEME_PREFIXES: &[&str] = &[
+    "ms-",
+    "microsoft-",
+    "chrome-",
+    "moz-",
+    "webkit-",
+    "safari-",
+    "edge-",
+    "opera-",
+    "x-apple-",
+    "web+",
+];
+
+/// Whether a (lower-case) scheme is one rule 2 refuses.
+fn forbidden_scheme(scheme: &str) -> bool {
+    scheme.len() < 2
+        || FORBIDDEN_SCHEMES.contains(&scheme)
+        || FORBIDDEN_SCHEME_PREFIXES
+            .iter()
+            .any(|p| scheme.starts_with(p) || scheme == p.trim_end_matches(['-', '+']))
+}
+
+/// A client-chosen name as shown to people (rule 8): at most 100 characters, without
+/// control or bidirectional-override characters, marked with `…` when cut.
+pub fn display_name(name: &str) -> String {
+    let clean = name.chars().filter(|c| {
+        !c.is_control() && !matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+    });
+    let mut out: String = clean.clone().take(MAX_CLIENT_NAME_CHARS).collect();
+    if clean.count() > MAX_CLIENT_NAME_CHARS {
+        out.push('…');
+    }
+    out
+}
+
+/// Checks a client's redirect URI list: not empty, at most [`MAX_REDIRECT_URIS`], each at
+/// most [`MAX_REDIRECT_URI_LEN`] bytes and passing [`check_redirect_uri`].
+pub fn check_redirect_uris(uris: &[String]) -> Result<(), OAuthError> {
+    if uris.is_empty() {
+        return Err(OAuthError::invalid_redirect_uri(
+            "redirect_uris is required and must not be empty",
+        ));
+    }
+    if uris.len() > MAX_REDIRECT_URIS {
+        return Err(OAuthError::invalid_redirect_uri(format!(
+            "at most {MAX_REDIRECT_URIS} redirect_uris"
+        )));
+    }
+    for uri in uris {
+        if uri.len() > MAX_REDIRECT_URI_LEN {
+            return Err(OAuthError::invalid_redirect_uri(format!(
+                "a redirect URI is longer than {MAX_REDIRECT_URI_LEN} bytes"
+            )));
+        }
+        check_redirect_uri(uri)?;
+    }
+    Ok(())
+}
 
 /// Checks one redirect URI against rule 1.
 pub fn check_redirect_uri(uri: &str) -> Result<(), OAuthError> {
@@ -61,9 +206,9 @@ pub fn check_redirect_uri(uri: &str) -> Result<(), OAuthError> {
                 )))
             }
         }
-        scheme if FORBIDDEN_SCHEMES.contains(&scheme) => Err(OAuthError::invalid_redirect_uri(
-            format!("`{uri}`: the `{scheme}:` scheme is never a redirect target"),
-        )),
+        scheme if forbidden_scheme(scheme) => Err(OAuthError::invalid_redirect_uri(format!(
+            "`{uri}`: the `{scheme}:` scheme is handled by the browser or the operating system and is never a redirect target"
+        ))),
         _ => Ok(()),
     }
 }
@@ -133,6 +278,81 @@ pub(crate) async fn register(
     }
 }
 
+/// Rule 6, besides the redirect URIs.
+fn check_field_limits(req: &RegistrationRequest) -> Result<(), OAuthError> {
+    if req
+        .client_name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > MAX_CLIENT_NAME_CHARS)
+    {
+        return Err(OAuthError::invalid_client_metadata(format!(
+            "client_name is longer than {MAX_CLIENT_NAME_CHARS} characters"
+        )));
+    }
+    for (field, value, max) in [
+        ("scope", &req.scope, 1024),
+        ("client_uri", &req.client_uri, 1024),
+        ("logo_uri", &req.logo_uri, 1024),
+        ("software_id", &req.software_id, 256),
+        ("software_version", &req.software_version, 256),
+    ] {
+        if value.as_ref().is_some_and(|v| v.len() > max) {
+            return Err(OAuthError::invalid_client_metadata(format!(
+                "{field} is longer than {max} bytes"
+            )));
+        }
+    }
+    for (field, list) in [
+        ("grant_types", &req.grant_types),
+        ("response_types", &req.response_types),
+    ] {
+        if list.as_ref().is_some_and(|l| l.len() > 4) {
+            return Err(OAuthError::invalid_client_metadata(format!(
+                "{field} lists more than 4 values"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Rule 7: unused clients past their time are deleted; a full quota refuses.
+fn check_quota(state: &AppState) -> Result<(), OAuthError> {
+    let settings = &state.inner.settings;
+    let store = &state.inner.store;
+    store.prune_unused_clients(now().saturating_sub(settings.unused_client_ttl))?;
+    if store.unused_clients()? >= settings.max_unused_clients {
+        tracing::warn!(
+            max = settings.max_unused_clients,
+            "registration refused: the quota of clients that have not completed an authorization is full"
+        );
+        return Err(OAuthError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "too many registered clients have not completed an authorization yet; try again later",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a stored client is past rule 7's time without having completed an
+/// authorization (it is then deleted and treated as unknown).
+pub(crate) fn expired_unused(
+    state: &AppState,
+    client: &crate::store::Client,
+) -> Result<bool, OAuthError> {
+    let ttl = state.inner.settings.unused_client_ttl;
+    if client.created_at.saturating_add(ttl) > now()
+        || state.inner.store.client_used(&client.client_id)?
+    {
+        return Ok(false);
+    }
+    state
+        .inner
+        .store
+        .prune_unused_clients(now().saturating_sub(ttl))?;
+    Ok(true)
+}
+
 fn register_client(
     state: &AppState,
     body: Result<Json<RegistrationRequest>, axum::extract::rejection::JsonRejection>,
@@ -144,24 +364,8 @@ fn register_client(
         ))
     })?;
     let redirect_uris = req.redirect_uris.clone().unwrap_or_default();
-    if redirect_uris.is_empty() {
-        return Err(OAuthError::invalid_redirect_uri(
-            "redirect_uris is required and must not be empty",
-        ));
-    }
-    if redirect_uris.len() > 20 {
-        return Err(OAuthError::invalid_client_metadata(
-            "at most 20 redirect_uris",
-        ));
-    }
-    for uri in &redirect_uris {
-        if uri.len() > 2048 {
-            return Err(OAuthError::invalid_redirect_uri(
-                "a redirect URI is longer than 2048 characters",
-            ));
-        }
-        check_redirect_uri(uri)?;
-    }
+    check_redirect_uris(&redirect_uris)?;
+    check_field_limits(&req)?;
     let method = req
         .token_endpoint_auth_method
         .clone()
@@ -195,15 +399,7 @@ fn register_client(
             "only the `code` response type is supported",
         ));
     }
-    if req
-        .client_name
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > 200)
-    {
-        return Err(OAuthError::invalid_client_metadata(
-            "client_name is longer than 200 characters",
-        ));
-    }
+    check_quota(state)?;
     let secret = (method != "none").then(|| random_token(32));
     let client = Client {
         client_id: format!("bmm_{}", random_token(16)),
@@ -280,6 +476,67 @@ mod tests {
         ] {
             assert!(check_redirect_uri(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn redirect_uris_with_browser_or_os_internal_schemes_are_refused() {
+        for bad in [
+            "javascript:alert(1)",
+            "JavaScript:alert(1)",
+            "data:text/html,x",
+            "file:///etc/passwd",
+            "vbscript:msgbox",
+            "about:blank",
+            "blob:https://a.example/uuid",
+            "filesystem:https://a.example/temporary/x",
+            "view-source:https://a.example/",
+            "jar:https://a.example/x.jar!/",
+            "intent://scan/#Intent;scheme=zxing;end",
+            "chrome://settings",
+            "chrome-extension://abcdef/page.html",
+            "ms-msdt:/id PCWDiagnostic",
+            "ms-settings:privacy",
+            "ms-officecmd:x",
+            "search-ms:query=x",
+            "shell:startup",
+            "moz-extension://uuid/page",
+            "microsoft-edge:https://a.example",
+            "ftp://a.example/x",
+            "ws://a.example/x",
+            "smb://host/share",
+            "mailto:a@example.com",
+            "tel:+15555555",
+            "c:/windows/system32",
+            "web+app:x",
+        ] {
+            assert!(check_redirect_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redirect_uris_with_private_use_schemes_of_real_clients_are_accepted() {
+        for ok in [
+            "claude://oauth/callback",
+            "cursor://anysphere.cursor-retrieval/oauth/user-callback",
+            "vscode://vscode.github-authentication/did-authenticate",
+            "vscode-insiders://x/cb",
+            "com.example.app:/oauth2redirect",
+            "com.googleusercontent.apps.123:/oauth",
+            "msal-app://auth",
+            "myapp://cb",
+        ] {
+            assert!(check_redirect_uri(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn display_names_are_capped_at_100_characters_without_control_or_bidi_characters() {
+        assert_eq!(display_name("Claude"), "Claude");
+        let long = "x".repeat(5000);
+        let shown = display_name(&long);
+        assert_eq!(shown.chars().count(), 101);
+        assert!(shown.ends_with('…'));
+        assert_eq!(display_name("Good\u{202e}lapyap\n"), "Goodlapyap");
     }
 
     #[test]

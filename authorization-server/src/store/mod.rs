@@ -98,4 +98,14 @@ pub trait Store: Send + Sync + 'static {
     fn rotate_in(&self, key: &StoredKey, now: u64) -> Result<(), StoreError>;
     /// Deletes keys retired before `cutoff`.
     fn prune_keys(&self, cutoff: u64) -> Result<(), StoreError>;
+    /// Records that a registered client completed an authorization (it then never expires
+    /// as unused).
+    fn mark_client_used(&self, client_id: &str) -> Result<(), StoreError>;
+    /// Whether a registered client completed an authorization.
+    fn client_used(&self, client_id: &str) -> Result<bool, StoreError>;
+    /// How many registered clients have not completed an authorization.
+    fn unused_clients(&self) -> Result<u64, StoreError>;
+    /// Deletes the registered clients created before `cutoff` that never completed an
+    /// authorization; returns how many.
+    fn prune_unused_clients(&self, cutoff: u64) -> Result<usize, StoreError>;
 }

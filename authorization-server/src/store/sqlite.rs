@@ -29,6 +29,9 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (
     revoked INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens(family);
+CREATE TABLE IF NOT EXISTS used_clients (
+    client_id TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS signing_keys (
     kid TEXT PRIMARY KEY,
     pkcs8 BLOB NOT NULL,
@@ -36,6 +39,103 @@ CREATE TABLE IF NOT EXISTS signing_keys (
     retired_at INTEGER
 );
 ";
+
+/// Owner-only files (issue 12 item 13).
+#[cfg(unix)]
+mod private {
+    use std::io::ErrorKind;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    use std::path::Path;
+
+    use crate::error::StoreError;
+
+    /// Creates `dir` (and missing parents) `0700`; refuses an existing one that group or
+    /// others may write to, warns when they may read it.
+    pub(super) fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
+        if std::fs::symlink_metadata(dir).is_err() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| {
+                    StoreError(format!("cannot create data dir {}: {e}", dir.display()))
+                })?;
+        }
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| StoreError(format!("cannot read data dir {}: {e}", dir.display())))?;
+        if !meta.is_dir() {
+            return Err(StoreError(format!(
+                "data dir {} is not a directory",
+                dir.display()
+            )));
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o022 != 0 {
+            return Err(StoreError(format!(
+                "data dir {} is writable by other users (mode {mode:03o}) and holds the signing key; run `chmod 700 {}`",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "data dir {} is readable by other users (mode {mode:03o}); `chmod 700 {}` is advised",
+                dir.display(),
+                dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks that `path` is a regular file only its owner may read or write; creates it
+    /// `0600` when missing and `create` is set.
+    pub(super) fn prepare_file(path: &Path, create: bool) -> Result<(), StoreError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => {
+                if !meta.file_type().is_file() {
+                    return Err(StoreError(format!(
+                        "{} is not a regular file (a symbolic link?); the store refuses it",
+                        path.display()
+                    )));
+                }
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(StoreError(format!(
+                        "{} is readable or writable by other users (mode {mode:03o}) and holds the signing key; run `chmod 600 {}` (and rotate the key if others may have read it)",
+                        path.display(),
+                        path.display()
+                    )));
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound && create => std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map(|_| ())
+                .map_err(|e| StoreError(format!("cannot create {}: {e}", path.display()))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError(format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+mod private {
+    use std::path::Path;
+
+    use crate::error::StoreError;
+
+    pub(super) fn prepare_dir(dir: &Path) -> Result<(), StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError(format!("cannot create data dir {}: {e}", dir.display())))
+    }
+
+    pub(super) fn prepare_file(_path: &Path, _create: bool) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
 
 /// A refresh record from a row whose first six columns are family, client_id, subject,
 /// scope, resource, expires_at.
@@ -53,14 +153,27 @@ fn refresh_record(token_sha256: &str, row: &rusqlite::Row<'_>) -> rusqlite::Resu
 
 impl SqliteStore {
     /// Opens (creating if needed) `bmm-as.sqlite3` in `dir`.
+    ///
+    /// The data directory is created `0700` and the database file `0600` whatever the
+    /// umask; SQLite gives its `-wal` and `-shm` files the database's mode, and they are
+    /// checked too. A database (or `-wal`/`-shm`) file readable or writable by group or
+    /// others, a data directory writable by them, or a symbolic link in their place, is
+    /// refused with the `chmod` that fixes it: the database holds the signing key.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError(format!("cannot create data dir {}: {e}", dir.display())))?;
-        let conn = Connection::open(dir.join("bmm-as.sqlite3"))?;
+        private::prepare_dir(dir)?;
+        let path = dir.join("bmm-as.sqlite3");
+        private::prepare_file(&path, true)?;
+        for suffix in ["-wal", "-shm"] {
+            private::prepare_file(&dir.join(format!("bmm-as.sqlite3{suffix}")), false)?;
+        }
+        let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        for suffix in ["-wal", "-shm"] {
+            private::prepare_file(&dir.join(format!("bmm-as.sqlite3{suffix}")), false)?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -226,5 +339,44 @@ impl Store for SqliteStore {
             params![cutoff as i64],
         )?;
         Ok(())
+    }
+
+    fn mark_client_used(&self, client_id: &str) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "INSERT OR IGNORE INTO used_clients (client_id)
+             SELECT client_id FROM clients WHERE client_id = ?1",
+            params![client_id],
+        )?;
+        Ok(())
+    }
+
+    fn client_used(&self, client_id: &str) -> Result<bool, StoreError> {
+        let used: Option<i64> = self
+            .conn()?
+            .query_row(
+                "SELECT 1 FROM used_clients WHERE client_id = ?1",
+                params![client_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(used.is_some())
+    }
+
+    fn unused_clients(&self) -> Result<u64, StoreError> {
+        let n: i64 = self.conn()?.query_row(
+            "SELECT COUNT(*) FROM clients WHERE client_id NOT IN (SELECT client_id FROM used_clients)",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+
+    fn prune_unused_clients(&self, cutoff: u64) -> Result<usize, StoreError> {
+        let n = self.conn()?.execute(
+            "DELETE FROM clients WHERE client_id NOT IN (SELECT client_id FROM used_clients)
+             AND json_extract(document, '$.created_at') < ?1",
+            params![cutoff as i64],
+        )?;
+        Ok(n)
     }
 }

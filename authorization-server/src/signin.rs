@@ -1,0 +1,371 @@
+//! Bounds on the sign-in page: pending requests and password guessing.
+//!
+//! Rules:
+//! 1. Pending sign-ins (a consent page shown, waiting for the user) are bounded per caller
+//!    address (16; IPv6 by /64) and in all (10,000). A caller over its bound loses its own
+//!    oldest pending request; a full table loses its oldest one. No anonymous caller can
+//!    make `/authorize` refuse anyone else: the flood only ever evicts the flooder's own
+//!    requests, and a real sign-in from another address still gets a page and completes.
+//! 2. Failed sign-ins are counted per caller address and per user name (known or not, so
+//!    the answer does not tell which names exist). After 10 failures from an address, or 5
+//!    for a name, each further attempt must wait 1 s, doubling per failure up to 5 minutes;
+//!    an attempt made while waiting is refused without checking the password (no Argon2
+//!    run). A success clears the name's count. Counts are forgotten 15 minutes after the
+//!    last failure; each map holds at most 10,000 entries (the stalest dropped first).
+//! 3. An unknown user name (or an unreadable configured hash) is checked against a dummy
+//!    Argon2 hash with the default parameters, so a guess costs the same time whether or
+//!    not the name exists.
+//! 4. Argon2 runs on the blocking pool, at most one per CPU (up to 4) at a time; a guess
+//!    that cannot start within 10 s is answered "busy".
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHasher, SaltString};
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use tokio::sync::Semaphore;
+
+use crate::config::UserConfig;
+use crate::ratelimit::caller_key;
+use crate::{now, sha256_hex};
+
+/// Pending sign-ins per caller address (rule 1).
+pub(crate) const PENDING_PER_CALLER: usize = 16;
+/// Pending sign-ins in all (rule 1).
+pub(crate) const PENDING_GLOBAL: usize = 10_000;
+
+struct PendingEntry<V> {
+    value: V,
+    caller: IpAddr,
+    expires_at: u64,
+}
+
+struct PendingInner<V> {
+    map: HashMap<String, PendingEntry<V>>,
+    by_caller: HashMap<IpAddr, VecDeque<String>>,
+    order: VecDeque<String>,
+}
+
+/// Pending sign-in requests, bounded per caller and in all (rule 1).
+pub(crate) struct Pending<V> {
+    inner: Mutex<PendingInner<V>>,
+}
+
+impl<V> std::fmt::Debug for Pending<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
+impl<V> PendingInner<V> {
+    fn remove(&mut self, id: &str) -> Option<PendingEntry<V>> {
+        let entry = self.map.remove(id)?;
+        if let Some(ids) = self.by_caller.get_mut(&entry.caller) {
+            ids.retain(|i| i != id);
+            if ids.is_empty() {
+                self.by_caller.remove(&entry.caller);
+            }
+        }
+        Some(entry)
+    }
+}
+
+impl<V> Pending<V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: Mutex::new(PendingInner {
+                map: HashMap::new(),
+                by_caller: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// Keeps `value` under `id` for `caller` until `expires_at`, evicting as rule 1 says.
+    pub(crate) fn insert(&self, id: String, caller: IpAddr, value: V, expires_at: u64) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let caller = caller_key(caller);
+        let t = now();
+        // Expired or already taken requests at the front go first.
+        while let Some(front) = inner.order.front().cloned() {
+            match inner.map.get(&front) {
+                Some(e) if e.expires_at > t => break,
+                _ => {
+                    inner.order.pop_front();
+                    inner.remove(&front);
+                }
+            }
+        }
+        let own = inner.by_caller.get(&caller).map_or(0, VecDeque::len);
+        if own >= PENDING_PER_CALLER
+            && let Some(oldest) = inner
+                .by_caller
+                .get(&caller)
+                .and_then(|ids| ids.front().cloned())
+        {
+            inner.remove(&oldest);
+        }
+        while inner.map.len() >= PENDING_GLOBAL {
+            let Some(front) = inner.order.pop_front() else {
+                break;
+            };
+            inner.remove(&front);
+        }
+        if inner.order.len() > 2 * PENDING_GLOBAL {
+            let PendingInner { map, order, .. } = &mut *inner;
+            order.retain(|id| map.contains_key(id));
+        }
+        inner
+            .by_caller
+            .entry(caller)
+            .or_default()
+            .push_back(id.clone());
+        inner.order.push_back(id.clone());
+        inner.map.insert(
+            id,
+            PendingEntry {
+                value,
+                caller,
+                expires_at,
+            },
+        );
+    }
+
+    /// Takes the live request `id` (single use).
+    pub(crate) fn take(&self, id: &str) -> Option<V> {
+        let mut inner = self.inner.lock().ok()?;
+        let entry = inner.remove(id)?;
+        (entry.expires_at > now()).then_some(entry.value)
+    }
+
+    /// How many are pending (tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner.lock().map_or(0, |i| i.map.len())
+    }
+}
+
+/// Failures allowed from one address before backing off (rule 2).
+pub(crate) const FREE_FAILURES_PER_CALLER: u32 = 10;
+/// Failures allowed for one user name before backing off (rule 2).
+pub(crate) const FREE_FAILURES_PER_USER: u32 = 5;
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const FORGET_AFTER: Duration = Duration::from_secs(900);
+const MAX_THROTTLE_ENTRIES: usize = 10_000;
+const ARGON2_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug)]
+struct Failures {
+    count: u32,
+    last: Instant,
+    blocked_until: Instant,
+}
+
+fn backoff(count: u32, free: u32) -> Duration {
+    let over = count.saturating_sub(free);
+    if count < free {
+        return Duration::ZERO;
+    }
+    Duration::from_secs(1u64 << over.min(16)).min(MAX_BACKOFF)
+}
+
+fn remaining<K: Eq + Hash>(map: &Mutex<HashMap<K, Failures>>, key: &K) -> Option<Duration> {
+    let map = map.lock().ok()?;
+    let f = map.get(key)?;
+    let now = Instant::now();
+    (f.blocked_until > now).then(|| f.blocked_until - now)
+}
+
+fn record<K: Eq + Hash + Clone>(map: &Mutex<HashMap<K, Failures>>, key: &K, free: u32) {
+    let Ok(mut map) = map.lock() else {
+        return;
+    };
+    let now = Instant::now();
+    if map.len() >= MAX_THROTTLE_ENTRIES && !map.contains_key(key) {
+        map.retain(|_, f| f.blocked_until > now || now.duration_since(f.last) < FORGET_AFTER);
+        while map.len() >= MAX_THROTTLE_ENTRIES {
+            let Some(stalest) = map
+                .iter()
+                .min_by_key(|(_, f)| f.last)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            map.remove(&stalest);
+        }
+    }
+    let f = map.entry(key.clone()).or_insert(Failures {
+        count: 0,
+        last: now,
+        blocked_until: now,
+    });
+    if now.duration_since(f.last) >= FORGET_AFTER {
+        f.count = 0;
+    }
+    f.count = f.count.saturating_add(1);
+    f.last = now;
+    f.blocked_until = now + backoff(f.count, free);
+}
+
+/// What checking a password found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The name and password match a configured user.
+    Valid,
+    /// They do not.
+    Invalid,
+    /// Too many failures: try again after this long (no password was checked).
+    Wait(Duration),
+    /// No Argon2 slot became free in time.
+    Busy,
+}
+
+/// Sign-in throttling and equal-time password checks (rules 2 to 4).
+pub(crate) struct Throttle {
+    by_caller: Mutex<HashMap<IpAddr, Failures>>,
+    by_user: Mutex<HashMap<String, Failures>>,
+    argon2: Arc<Semaphore>,
+    dummy_hash: Option<String>,
+}
+
+impl std::fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Throttle").finish_non_exhaustive()
+    }
+}
+
+/// An Argon2 hash of a random password, with the default parameters (rule 3).
+fn dummy_hash() -> Option<String> {
+    let mut bytes = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut bytes).ok()?;
+    let salt = SaltString::encode_b64(&bytes[..16]).ok()?;
+    Argon2::default()
+        .hash_password(&bytes[16..], &salt)
+        .ok()
+        .map(|h| h.to_string())
+}
+
+impl Throttle {
+    pub(crate) fn new() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        Self {
+            by_caller: Mutex::new(HashMap::new()),
+            by_user: Mutex::new(HashMap::new()),
+            argon2: Arc::new(Semaphore::new(cpus)),
+            dummy_hash: dummy_hash(),
+        }
+    }
+
+    /// Checks `username`/`password` for `caller` under rules 2 to 4.
+    pub(crate) async fn check(
+        &self,
+        users: &[UserConfig],
+        caller: IpAddr,
+        username: &str,
+        password: &str,
+    ) -> Verdict {
+        let caller = caller_key(caller);
+        let user_key = sha256_hex(username);
+        let wait = remaining(&self.by_caller, &caller)
+            .into_iter()
+            .chain(remaining(&self.by_user, &user_key))
+            .max();
+        if let Some(wait) = wait {
+            return Verdict::Wait(wait);
+        }
+        let Ok(Ok(_permit)) =
+            tokio::time::timeout(ARGON2_WAIT, Arc::clone(&self.argon2).acquire_owned()).await
+        else {
+            return Verdict::Busy;
+        };
+        let known = users
+            .iter()
+            .find(|u| u.name == username)
+            .map(|u| u.password_hash.clone())
+            .filter(|h| PasswordHash::new(h).is_ok());
+        let (hash, real) = match known {
+            Some(h) => (h, true),
+            None => match &self.dummy_hash {
+                Some(d) => (d.clone(), false),
+                None => return Verdict::Busy,
+            },
+        };
+        let password = password.to_owned();
+        let matched = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash).is_ok_and(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+        })
+        .await
+        .unwrap_or(false);
+        if matched && real {
+            if let Ok(mut map) = self.by_user.lock() {
+                map.remove(&user_key);
+            }
+            Verdict::Valid
+        } else {
+            record(&self.by_caller, &caller, FREE_FAILURES_PER_CALLER);
+            record(&self.by_user, &user_key, FREE_FAILURES_PER_USER);
+            Verdict::Invalid
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn pending_requests_per_caller_are_bounded_and_the_callers_oldest_is_evicted() {
+        let pending = Pending::<u32>::new();
+        let flooder: IpAddr = "192.0.2.1".parse().unwrap();
+        let user: IpAddr = "192.0.2.2".parse().unwrap();
+        pending.insert("user".to_owned(), user, 0, now() + 600);
+        for i in 0..1000u32 {
+            pending.insert(format!("f{i}"), flooder, i, now() + 600);
+        }
+        assert_eq!(pending.len(), PENDING_PER_CALLER + 1);
+        assert_eq!(pending.take("f0"), None, "the flooder's oldest went first");
+        assert_eq!(pending.take("f999"), Some(999));
+        assert_eq!(
+            pending.take("user"),
+            Some(0),
+            "another caller's request survives"
+        );
+        assert_eq!(pending.take("user"), None, "single use");
+    }
+
+    #[test]
+    fn pending_ipv6_callers_are_bounded_by_their_64() {
+        let pending = Pending::<u32>::new();
+        for i in 0..100u32 {
+            let ip: IpAddr = format!("2001:db8::{i:x}").parse().unwrap();
+            pending.insert(format!("f{i}"), ip, i, now() + 600);
+        }
+        assert_eq!(pending.len(), PENDING_PER_CALLER);
+    }
+
+    #[test]
+    fn expired_pending_requests_are_not_returned() {
+        let pending = Pending::<u32>::new();
+        pending.insert("old".to_owned(), "192.0.2.1".parse().unwrap(), 1, now());
+        assert_eq!(pending.take("old"), None);
+    }
+
+    #[test]
+    fn backoff_starts_after_the_free_failures_and_is_capped() {
+        assert_eq!(backoff(4, 5), Duration::ZERO);
+        assert_eq!(backoff(5, 5), Duration::from_secs(1));
+        assert_eq!(backoff(6, 5), Duration::from_secs(2));
+        assert_eq!(backoff(100, 5), MAX_BACKOFF);
+    }
+}

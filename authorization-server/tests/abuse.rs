@@ -1,0 +1,759 @@
+//! bmm-as under abuse (issue 12 items 7, 8, 9, 11, 13, 14, 16), over real sockets: SSRF
+//! through Client ID Metadata Documents, password guessing, pending sign-in floods, open
+//! redirects, file permissions of the key store, registration quotas, and what the consent
+//! page shows.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bmm_authorization_server::{AppState, Args, Settings, serve};
+use clap::Parser;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const RESOURCE: &str = "http://127.0.0.1:4103/mcp";
+const CALLBACK: &str = "http://127.0.0.1:33418/callback";
+
+struct TestAs {
+    url: String,
+    _stop: oneshot::Sender<()>,
+}
+
+fn settings(data_dir: &Path, listen: &str, extra: &[&str]) -> Settings {
+    let mut argv = vec![
+        "bmm-as",
+        "--listen",
+        listen,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--resource",
+        RESOURCE,
+    ];
+    argv.extend_from_slice(extra);
+    Settings::from_args(Args::try_parse_from(argv).unwrap()).unwrap()
+}
+
+impl TestAs {
+    async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = AppState::open(settings(data_dir, &addr.to_string(), extra)).unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            url: format!("http://{addr}"),
+            _stop: tx,
+        }
+    }
+}
+
+fn http_from(local: Option<IpAddr>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
+    if let Some(ip) = local {
+        builder = builder.local_address(ip);
+    }
+    builder.build().unwrap()
+}
+
+fn http() -> reqwest::Client {
+    http_from(None)
+}
+
+async fn register(as_: &TestAs, body: Value) -> (u16, Value) {
+    let response = http()
+        .post(format!("{}/register", as_.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn client_with(as_: &TestAs, redirect: &str) -> String {
+    let (status, body) = register(
+        as_,
+        json!({"redirect_uris": [redirect], "token_endpoint_auth_method": "none", "client_name": "Test Client"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body["client_id"].as_str().unwrap().to_owned()
+}
+
+fn challenge() -> String {
+    let mut b = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    let verifier = format!("v{}", URL_SAFE_NO_PAD.encode(b));
+    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+}
+
+fn params(client_id: &str, redirect: &str, challenge: &str) -> Vec<(String, String)> {
+    [
+        ("response_type", "code"),
+        ("client_id", client_id),
+        ("redirect_uri", redirect),
+        ("code_challenge", challenge),
+        ("code_challenge_method", "S256"),
+        ("state", "xyz"),
+        ("scope", "mcp:read"),
+        ("resource", RESOURCE),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect()
+}
+
+async fn authorize_from(
+    client: &reqwest::Client,
+    as_: &TestAs,
+    q: &[(String, String)],
+) -> reqwest::Response {
+    client
+        .get(format!("{}/authorize", as_.url))
+        .query(q)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn hidden(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {page}"))
+        + marker.len();
+    page[start..].split('"').next().unwrap().to_owned()
+}
+
+fn cookie(response: &reqwest::Response) -> String {
+    response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+fn users_config() -> tempfile::NamedTempFile {
+    use argon2::PasswordHasher;
+    use std::io::Write;
+    let salt = argon2::password_hash::SaltString::encode_b64(b"bmm-test-salt-16").unwrap();
+    let hash = argon2::Argon2::default()
+        .hash_password(b"wonderland", &salt)
+        .unwrap()
+        .to_string();
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        config,
+        "scopes = [\"mcp:read\"]\n[[users]]\nname = \"alice\"\npassword_hash = \"{hash}\"\n"
+    )
+    .unwrap();
+    config
+}
+
+/// The consent form of a fresh page: (cookie, request_id, csrf).
+struct Form {
+    cookie: String,
+    request_id: String,
+    csrf: String,
+}
+
+async fn consent_form(client: &reqwest::Client, as_: &TestAs, client_id: &str) -> Form {
+    let page = authorize_from(client, as_, &params(client_id, CALLBACK, &challenge())).await;
+    assert_eq!(page.status(), 200);
+    let cookie = cookie(&page);
+    let html = page.text().await.unwrap();
+    Form {
+        cookie,
+        request_id: hidden(&html, "request_id"),
+        csrf: hidden(&html, "csrf"),
+    }
+}
+
+/// Posts a sign-in; returns the status, the next form (when the page is shown again) and
+/// the body or location.
+async fn sign_in(
+    client: &reqwest::Client,
+    as_: &TestAs,
+    form: &Form,
+    username: &str,
+    password: &str,
+) -> (u16, Option<Form>, String) {
+    let response = client
+        .post(format!("{}/authorize", as_.url))
+        .header("cookie", &form.cookie)
+        .form(&[
+            ("request_id", form.request_id.as_str()),
+            ("csrf", form.csrf.as_str()),
+            ("username", username),
+            ("password", password),
+            ("decision", "approve"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    if response.status().is_redirection() {
+        let location = response.headers()["location"].to_str().unwrap().to_owned();
+        return (status, None, location);
+    }
+    let next_cookie = response
+        .headers()
+        .get("set-cookie")
+        .map(|_| cookie(&response));
+    let html = response.text().await.unwrap();
+    let next = next_cookie.map(|cookie| Form {
+        cookie,
+        request_id: hidden(&html, "request_id"),
+        csrf: hidden(&html, "csrf"),
+    });
+    (status, next, html)
+}
+
+// ---- item 7: SSRF through Client ID Metadata Documents ----
+
+/// A listener that counts the connections it accepts (and never answers).
+async fn counting_listener() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (port, count)
+}
+
+#[tokio::test]
+async fn cimd_fetch_refuses_loopback_and_private_addresses() {
+    let (port, connections) = counting_listener().await;
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(dir.path(), &["--dev-user", "alice"]).await;
+    let c = challenge();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("2130706433:{port}"),
+        format!("0x7f000001:{port}"),
+        format!("127.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+        format!("[::ffff:127.0.0.1]:{port}"),
+        format!("0.0.0.0:{port}"),
+        "10.0.0.1".to_owned(),
+        "172.16.0.1".to_owned(),
+        "192.168.1.1".to_owned(),
+        "100.64.0.1".to_owned(),
+        "169.254.169.254".to_owned(),
+        "[fd00::1]".to_owned(),
+        "[fe80::1]".to_owned(),
+        "[::ffff:10.0.0.1]".to_owned(),
+    ] {
+        let id = format!("https://{host}/client.json");
+        let response = authorize_from(&http(), &as_, &params(&id, CALLBACK, &c)).await;
+        assert_eq!(response.status(), 400, "{id}");
+        assert!(response.headers().get("location").is_none(), "{id}");
+        let page = response.text().await.unwrap();
+        assert!(page.contains("refused to connect"), "{id}: {page}");
+    }
+    // `http` document URLs are not metadata documents at all without the dev flag.
+    let id = format!("http://127.0.0.1:{port}/client.json");
+    let response = authorize_from(&http(), &as_, &params(&id, CALLBACK, &c)).await;
+    assert_eq!(response.status(), 400);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "the loopback listener received a connection"
+    );
+}
+
+#[tokio::test]
+async fn cimd_fetches_are_bounded_per_caller_address() {
+    let (port, connections) = counting_listener().await;
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(
+        dir.path(),
+        &["--dev-user", "alice", "--allow-loopback-cimd"],
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let id = format!("http://127.0.0.1:{port}/client{i}.json");
+        let url = format!("{}/authorize", as_.url);
+        let q = params(&id, CALLBACK, &challenge());
+        tasks.push(tokio::spawn(async move {
+            let response = http().get(url).query(&q).send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "two fetches at a time per caller address"
+    );
+    let mut busy = 0;
+    for task in tasks.iter_mut().skip(2) {
+        let (status, page) = tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, 400);
+        assert!(
+            page.contains("too many client metadata documents"),
+            "{page}"
+        );
+        busy += 1;
+    }
+    assert_eq!(busy, 4, "the others are answered at once, without a fetch");
+    for task in tasks {
+        task.abort();
+    }
+}
+
+#[tokio::test]
+async fn cimd_failures_are_cached_so_a_failing_url_is_not_fetched_again() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&hits);
+    let app = axum::Router::new().fallback(move || {
+        let seen = Arc::clone(&seen);
+        async move {
+            seen.fetch_add(1, Ordering::SeqCst);
+            axum::http::StatusCode::NOT_FOUND
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(
+        dir.path(),
+        &["--dev-user", "alice", "--allow-loopback-cimd"],
+    )
+    .await;
+    let id = format!("http://127.0.0.1:{port}/missing.json");
+    for _ in 0..5 {
+        let response = authorize_from(&http(), &as_, &params(&id, CALLBACK, &challenge())).await;
+        assert_eq!(response.status(), 400);
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+// ---- item 8: password guessing ----
+
+#[tokio::test]
+async fn sign_in_backs_off_per_user_name_without_checking_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = users_config();
+    let as_ = TestAs::start(dir.path(), &["--config", config.path().to_str().unwrap()]).await;
+    let client_id = client_with(&as_, CALLBACK).await;
+    let browser = http();
+    let mut form = consent_form(&browser, &as_, &client_id).await;
+    for _ in 0..5 {
+        let (status, next, _) = sign_in(&browser, &as_, &form, "alice", "guess").await;
+        assert_eq!(status, 200);
+        form = next.unwrap();
+    }
+    // The right password is not even checked while the name is backing off.
+    let (status, next, page) = sign_in(&browser, &as_, &form, "alice", "wonderland").await;
+    assert_eq!(status, 429, "{page}");
+    assert!(page.contains("Too many failed sign-ins"), "{page}");
+    // Another address is backed off for that name too (the count is per name).
+    let other = http_from(Some("127.0.0.2".parse().unwrap()));
+    let form2 = consent_form(&other, &as_, &client_id).await;
+    let (status, _, _) = sign_in(&other, &as_, &form2, "alice", "wonderland").await;
+    assert_eq!(status, 429);
+    // After the wait, the right password works.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _, location) =
+        sign_in(&browser, &as_, &next.unwrap(), "alice", "wonderland").await;
+    assert_eq!(status, 303, "{location}");
+    assert!(location.contains("code="));
+}
+
+#[tokio::test]
+async fn sign_in_backs_off_per_address_across_user_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = users_config();
+    let as_ = TestAs::start(dir.path(), &["--config", config.path().to_str().unwrap()]).await;
+    let client_id = client_with(&as_, CALLBACK).await;
+    let browser = http_from(Some("127.0.0.3".parse().unwrap()));
+    let mut form = consent_form(&browser, &as_, &client_id).await;
+    for i in 0..10 {
+        let (status, next, _) = sign_in(&browser, &as_, &form, &format!("user{i}"), "x").await;
+        assert_eq!(status, 200);
+        form = next.unwrap();
+    }
+    let (status, _, _) = sign_in(&browser, &as_, &form, "someone-else", "x").await;
+    assert_eq!(status, 429);
+    // Another address is unaffected.
+    let other = http_from(Some("127.0.0.4".parse().unwrap()));
+    let form = consent_form(&other, &as_, &client_id).await;
+    let (status, _, location) = sign_in(&other, &as_, &form, "alice", "wonderland").await;
+    assert_eq!(status, 303, "{location}");
+}
+
+#[tokio::test]
+async fn unknown_user_names_cost_the_same_argon2_time_as_known_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = users_config();
+    let as_ = TestAs::start(dir.path(), &["--config", config.path().to_str().unwrap()]).await;
+    let client_id = client_with(&as_, CALLBACK).await;
+    let browser = http_from(Some("127.0.0.5".parse().unwrap()));
+    let mut form = consent_form(&browser, &as_, &client_id).await;
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    for i in 0..4 {
+        for (name, times) in [("alice", &mut known), ("nobody", &mut unknown)] {
+            let name = if name == "alice" {
+                name.to_owned()
+            } else {
+                format!("{name}{i}")
+            };
+            let start = Instant::now();
+            let (status, next, _) = sign_in(&browser, &as_, &form, &name, "wrong").await;
+            times.push(start.elapsed());
+            assert_eq!(status, 200);
+            form = next.unwrap();
+        }
+    }
+    known.sort();
+    unknown.sort();
+    let (k, u) = (known[1], unknown[1]);
+    assert!(
+        u * 2 >= k && k * 2 >= u,
+        "known {k:?} vs unknown {u:?}: an unknown name must cost an Argon2 run too"
+    );
+}
+
+// ---- item 9: pending sign-ins ----
+
+#[tokio::test]
+async fn pending_sign_in_flood_from_one_address_does_not_lock_out_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = users_config();
+    let as_ = TestAs::start(dir.path(), &["--config", config.path().to_str().unwrap()]).await;
+    let client_id = client_with(&as_, CALLBACK).await;
+    // A real user opens the page first, then an attacker floods from another address.
+    let user = http_from(Some("127.0.0.7".parse().unwrap()));
+    let early = consent_form(&user, &as_, &client_id).await;
+    let flooder = http_from(Some("127.0.0.6".parse().unwrap()));
+    let first = consent_form(&flooder, &as_, &client_id).await;
+    let c = challenge();
+    for _ in 0..400 {
+        let response = authorize_from(&flooder, &as_, &params(&client_id, CALLBACK, &c)).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "the flood is served, never a 503 for others"
+        );
+    }
+    // The flooder only evicted its own oldest requests.
+    let (status, _, _) = sign_in(&flooder, &as_, &first, "alice", "wonderland").await;
+    assert_eq!(
+        status, 400,
+        "the flooder's oldest pending request was evicted"
+    );
+    let (status, _, location) = sign_in(&user, &as_, &early, "alice", "wonderland").await;
+    assert_eq!(status, 303, "{location}");
+    let later = consent_form(&user, &as_, &client_id).await;
+    let (status, _, location) = sign_in(&user, &as_, &later, "alice", "wonderland").await;
+    assert_eq!(status, 303, "{location}");
+}
+
+// ---- item 11: open redirector ----
+
+#[tokio::test]
+async fn bad_requests_of_self_registered_clients_get_an_error_page_not_a_redirect() {
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(
+        dir.path(),
+        &[
+            "--dev-user",
+            "alice",
+            "--client",
+            "operator-app=https://operator.example/cb",
+        ],
+    )
+    .await;
+    let evil = client_with(&as_, "https://evil.example/land").await;
+    let c = challenge();
+    let base = params(&evil, "https://evil.example/land", &c);
+    let set = |key: &str, value: Option<&str>| {
+        let mut q: Vec<(String, String)> = base.iter().filter(|(k, _)| k != key).cloned().collect();
+        if let Some(v) = value {
+            q.push((key.to_owned(), v.to_owned()));
+        }
+        q
+    };
+    for (q, error) in [
+        (
+            set("response_type", Some("token")),
+            "unsupported_response_type",
+        ),
+        (set("code_challenge", None), "invalid_request"),
+        (
+            set("code_challenge_method", Some("plain")),
+            "invalid_request",
+        ),
+        (
+            set("resource", Some("https://other.example/mcp")),
+            "invalid_target",
+        ),
+        (set("scope", Some("a\"b")), "invalid_scope"),
+    ] {
+        let response = authorize_from(&http(), &as_, &q).await;
+        assert_eq!(response.status(), 400, "{error}");
+        assert!(
+            response.headers().get("location").is_none(),
+            "{error}: redirected"
+        );
+        assert!(response.text().await.unwrap().contains(error));
+    }
+    // A client the operator configured still gets errors by redirect (RFC 6749 4.1.2.1).
+    let q = params("operator-app", "https://operator.example/cb", &c);
+    let q: Vec<_> = q
+        .into_iter()
+        .filter(|(k, _)| k != "code_challenge")
+        .collect();
+    let response = authorize_from(&http(), &as_, &q).await;
+    assert_eq!(response.status(), 303);
+    let location = response.headers()["location"].to_str().unwrap();
+    assert!(
+        location.starts_with("https://operator.example/cb?error=invalid_request"),
+        "{location}"
+    );
+}
+
+// ---- item 13: file permissions ----
+
+#[cfg(unix)]
+#[tokio::test]
+async fn data_dir_is_created_0700_and_the_key_store_files_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("as-data");
+    let state = AppState::open(settings(&dir, "127.0.0.1:0", &[])).unwrap();
+    drop(state);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    for name in ["bmm-as.sqlite3", "bmm-as.sqlite3-wal", "bmm-as.sqlite3-shm"] {
+        let path = dir.join(name);
+        if path.exists() {
+            assert_eq!(mode(&path), 0o600, "{name}");
+        }
+    }
+    assert_eq!(mode(&dir.join("bmm-as.sqlite3")), 0o600);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn start_is_refused_on_a_group_or_world_readable_key_store() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("as-data");
+    drop(AppState::open(settings(&dir, "127.0.0.1:0", &[])).unwrap());
+    let db = dir.join("bmm-as.sqlite3");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let error = AppState::open(settings(&dir, "127.0.0.1:0", &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(&format!("chmod 600 {}", db.display())),
+        "{error}"
+    );
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let error = AppState::open(settings(&dir, "127.0.0.1:0", &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(&format!("chmod 700 {}", dir.display())),
+        "{error}"
+    );
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(AppState::open(settings(&dir, "127.0.0.1:0", &[])).is_ok());
+}
+
+// ---- item 14: registration quota, expiry and field limits ----
+
+#[tokio::test]
+async fn registration_quota_counts_clients_that_never_completed_an_authorization() {
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(
+        dir.path(),
+        &["--dev-user", "alice", "--max-unused-clients", "3"],
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(client_with(&as_, CALLBACK).await);
+    }
+    let (status, body) = register(
+        &as_,
+        json!({"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none"}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable");
+    // One completes an authorization: it no longer counts.
+    let response = authorize_from(&http(), &as_, &params(&ids[0], CALLBACK, &challenge())).await;
+    assert_eq!(response.status(), 303);
+    client_with(&as_, CALLBACK).await;
+}
+
+#[tokio::test]
+async fn clients_that_never_complete_an_authorization_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(
+        dir.path(),
+        &["--dev-user", "alice", "--unused-client-ttl", "1"],
+    )
+    .await;
+    let unused = client_with(&as_, CALLBACK).await;
+    let used = client_with(&as_, CALLBACK).await;
+    let response = authorize_from(&http(), &as_, &params(&used, CALLBACK, &challenge())).await;
+    assert_eq!(response.status(), 303);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let response = authorize_from(&http(), &as_, &params(&unused, CALLBACK, &challenge())).await;
+    assert_eq!(
+        response.status(),
+        400,
+        "an expired unused client is unknown"
+    );
+    let response = authorize_from(&http(), &as_, &params(&used, CALLBACK, &challenge())).await;
+    assert_eq!(response.status(), 303, "a used client stays");
+}
+
+#[tokio::test]
+async fn registration_field_limits_are_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(dir.path(), &[]).await;
+    let many: Vec<String> = (0..11)
+        .map(|i| format!("https://a.example/cb{i}"))
+        .collect();
+    let long_uri = format!("https://a.example/{}", "a".repeat(1024));
+    for body in [
+        json!({"redirect_uris": ["https://a.example/cb"], "client_name": "n".repeat(101)}),
+        json!({"redirect_uris": many}),
+        json!({"redirect_uris": [long_uri]}),
+        json!({"redirect_uris": ["https://a.example/cb"], "scope": "s".repeat(1025)}),
+        json!({"redirect_uris": ["https://a.example/cb"], "logo_uri": format!("https://a.example/{}", "l".repeat(1024))}),
+        json!({"redirect_uris": ["https://a.example/cb"], "software_id": "x".repeat(257)}),
+    ] {
+        let (status, response) = register(&as_, body).await;
+        assert_eq!(status, 400, "{response}");
+    }
+    let (status, _) = register(
+        &as_,
+        json!({"redirect_uris": ["https://a.example/cb"], "client_name": "n".repeat(100)}),
+    )
+    .await;
+    assert_eq!(status, 201);
+}
+
+// ---- item 16: consent page and redirect schemes ----
+
+#[tokio::test]
+async fn consent_page_shows_the_cimd_host_a_capped_name_and_the_full_redirect_target() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let doc_url = format!(
+        "http://localhost:{}/client.json",
+        listener.local_addr().unwrap().port()
+    );
+    let served = doc_url.clone();
+    let name = format!("Trusted Bank {}", "A".repeat(5000));
+    let app = axum::Router::new().route(
+        "/client.json",
+        axum::routing::get(move || {
+            let id = served.clone();
+            let name = name.clone();
+            async move { axum::Json(json!({"client_id": id, "client_name": name, "redirect_uris": ["http://127.0.0.1:33418/callback?tenant=x"]})) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let config = users_config();
+    let as_ = TestAs::start(
+        dir.path(),
+        &[
+            "--config",
+            config.path().to_str().unwrap(),
+            "--allow-loopback-cimd",
+        ],
+    )
+    .await;
+    let response = authorize_from(
+        &http(),
+        &as_,
+        &params(
+            &doc_url,
+            "http://127.0.0.1:33418/callback?tenant=x",
+            &challenge(),
+        ),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let html = response.text().await.unwrap();
+    assert!(
+        html.contains("<strong id=\"client-host\">localhost</strong>"),
+        "{html}"
+    );
+    assert!(!html.contains(&"A".repeat(101)), "the name is capped");
+    assert!(html.contains(&format!("Trusted Bank {}…", "A".repeat(100 - 13))));
+    assert!(
+        html.contains("<code id=\"redirect-uri\">http://127.0.0.1:33418/callback?tenant=x</code>"),
+        "{html}"
+    );
+}
+
+#[tokio::test]
+async fn registration_refuses_browser_internal_redirect_schemes_and_keeps_app_schemes() {
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(dir.path(), &[]).await;
+    for bad in [
+        "ms-msdt:/id PCWDiagnostic",
+        "view-source:https://a.example/",
+        "chrome://settings",
+        "search-ms:query=x",
+    ] {
+        let (status, body) = register(
+            &as_,
+            json!({"redirect_uris": [bad], "token_endpoint_auth_method": "none"}),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"], "invalid_redirect_uri");
+    }
+    for good in [
+        "claude://oauth/callback",
+        "cursor://anysphere.cursor-retrieval/oauth",
+        "vscode://vscode.github-authentication/did-authenticate",
+        "com.example.app:/cb",
+    ] {
+        let (status, body) = register(
+            &as_,
+            json!({"redirect_uris": [good], "token_endpoint_auth_method": "none"}),
+        )
+        .await;
+        assert_eq!(status, 201, "{good}: {body}");
+    }
+}
