@@ -786,3 +786,43 @@ async fn sessions_are_capped_per_subject() {
     assert_eq!(status, 200, "a closed session makes room");
     assert!(session.is_some());
 }
+
+/// rmcp opens a legacy session for an `initialize` body even when the request is labelled
+/// 2026-07-28 (which the session layer does not count in advance): that session is bound
+/// to its caller all the same.
+#[tokio::test]
+async fn session_opened_by_a_2026_labelled_initialize_is_bound_to_its_caller() {
+    let s = start().await;
+    let alice = token(&s.issuer, &s.url, "demo:read");
+    let bob = token_for(&s.issuer, &s.url, "demo:read", "bob", "client-a");
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2026-07-28", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}});
+    let response = legacy_post(&s.url, &alice, None, init)
+        .header("mcp-protocol-version", "2026-07-28")
+        .send()
+        .await
+        .unwrap();
+    let (_, session, body) = rpc(response).await;
+    let Some(session) = session else {
+        return; // no session opened: nothing to bind
+    };
+    let version = body["result"]["protocolVersion"]
+        .as_str()
+        .unwrap_or("2025-11-25")
+        .to_owned();
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    for (who, expected) in [(&bob, 404), (&alice, 200)] {
+        let r = reqwest::Client::new()
+            .post(&s.url)
+            .header("authorization", format!("Bearer {who}"))
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", &version)
+            .json(&list)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), expected);
+    }
+}
