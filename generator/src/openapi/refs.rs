@@ -227,18 +227,36 @@ impl<'a> Resolver<'a> {
 }
 
 /// Fetches a remote document (an allowed host only: checked by the caller).
+///
+/// The fetch goes through `bmm-netguard` (a hostile document must not turn the importer
+/// into a probe of the local network): the name is resolved once and only public addresses
+/// are connected to, IP-literal hosts in non-public ranges are refused before connecting,
+/// no redirect is followed and no proxy is used. Loopback is reachable only when the allowed
+/// host itself names loopback (`--allow-remote-ref-host localhost` or `127.0.0.1`): the
+/// user asked for it explicitly. Private, link-local and the other non-public ranges are
+/// never reachable.
 fn fetch(url: &str) -> Result<Value, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("cannot fetch {url}: {e}"))?;
+    let loopback_named = match parsed.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    let policy = bmm_netguard::Policy::public_only().allow_loopback(loopback_named);
+    let guard = bmm_netguard::Guard::new(policy, Duration::from_secs(15))
+        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
+    let request = guard
+        .get(parsed)
+        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a runtime to fetch {url}: {e}"))?;
     let text = runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(15))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| e.to_string())?;
-        let mut response = client.get(url).send().await.map_err(|e| e.to_string())?;
+        let mut response = request.send().await.map_err(|e| {
+            bmm_netguard::refused_in(&e).map_or_else(|| e.to_string(), ToString::to_string)
+        })?;
         if !response.status().is_success() {
             return Err(format!("status {}", response.status()));
         }
@@ -261,4 +279,23 @@ fn unresolved(r: &str) -> Value {
 
 fn clip(text: &str) -> String {
     super::clip(text, 160).escape_default().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_ref_fetch_refuses_non_public_addresses_even_on_an_allowed_host() {
+        for url in [
+            "http://10.0.0.1/openapi.json",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[fd00::1]/openapi.json",
+            "http://[::ffff:192.168.0.1]/openapi.json",
+            "http://0.0.0.0/openapi.json",
+        ] {
+            let error = fetch(url).err().unwrap_or_default();
+            assert!(error.contains("refused to connect"), "{url}: {error}");
+        }
+    }
 }
