@@ -1,6 +1,7 @@
 //! Secrets: read once from the environment at start-up, every missing one reported at
 //! once, never printed (`Debug` shows names only), and redacted (values of 4 bytes or
-//! more) from everything a tool call returns: every string of structured content, object
+//! more, also JSON-escaped, percent-encoded or form-encoded as an echo may show them) from
+//! everything a tool call returns: every string of structured content, object
 //! keys included, every content block, tool error texts and JSON-RPC error messages and
 //! data (`echoed_secrets_are_redacted_from_structured_content`,
 //! `secrets_are_redacted_from_nested_json_keys_and_values`).
@@ -14,6 +15,22 @@ use crate::def::SecretDef;
 #[derive(Clone, Default)]
 pub struct Secrets {
     values: Arc<HashMap<&'static str, String>>,
+    /// What is redacted: every value of 4 bytes or more, and the forms an echo may show it
+    /// in (JSON-escaped, percent-encoded, form-encoded), longest first.
+    patterns: Arc<Vec<String>>,
+}
+
+/// A secret's value and the forms an echo may carry it in.
+fn patterns_of(value: &str) -> Vec<String> {
+    let mut out = vec![value.to_owned()];
+    let json = serde_json::Value::String(value.to_owned()).to_string();
+    out.push(json[1..json.len() - 1].to_owned());
+    out.push(
+        percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+            .to_string(),
+    );
+    out.push(url::form_urlencoded::byte_serialize(value.as_bytes()).collect());
+    out
 }
 
 impl std::fmt::Debug for Secrets {
@@ -43,6 +60,16 @@ impl Secrets {
         }
         if missing.is_empty() {
             Ok(Self {
+                patterns: Arc::new({
+                    let mut p: Vec<String> = values
+                        .values()
+                        .filter(|v: &&String| v.len() >= 4)
+                        .flat_map(|v| patterns_of(v))
+                        .collect();
+                    p.sort_by_key(|x| std::cmp::Reverse(x.len()));
+                    p.dedup();
+                    p
+                }),
                 values: Arc::new(values),
             })
         } else {
@@ -57,7 +84,7 @@ impl Secrets {
 
     /// Whether there is any secret worth redacting.
     fn any(&self) -> bool {
-        self.values.values().any(|v| v.len() >= 4)
+        !self.patterns.is_empty()
     }
 
     /// Replaces every secret value in every string of `value`, object keys included (an
@@ -137,9 +164,9 @@ impl Secrets {
     /// Replaces every secret value in `text` (upstream error bodies may echo them).
     pub(crate) fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
-        for value in self.values.values() {
-            if value.len() >= 4 {
-                out = out.replace(value.as_str(), "[redacted]");
+        for pattern in self.patterns.iter() {
+            if out.contains(pattern.as_str()) {
+                out = out.replace(pattern.as_str(), "[redacted]");
             }
         }
         out
@@ -199,6 +226,29 @@ mod tests {
             Some(serde_json::json!({"v": "value-of-B_KEY"})),
         ));
         assert!(!format!("{e:?}").contains("value-of"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_their_escaped_and_encoded_forms() {
+        let s = Secrets::load(DEFS, |n| Some(format!("k+y/\"{n}\" ü"))).unwrap();
+        let raw = "k+y/\"A_KEY\" ü";
+        let echoes = [
+            raw.to_owned(),
+            serde_json::json!({"echo": raw}).to_string(),
+            format!(
+                "https://api/x?key={}",
+                url::form_urlencoded::byte_serialize(raw.as_bytes()).collect::<String>()
+            ),
+            percent_encoding::utf8_percent_encode(raw, percent_encoding::NON_ALPHANUMERIC)
+                .to_string(),
+        ];
+        for echo in echoes {
+            let out = s.redact(&echo);
+            assert!(
+                out.contains("[redacted]") && !out.contains("A_KEY"),
+                "{echo} -> {out}"
+            );
+        }
     }
 
     #[test]
