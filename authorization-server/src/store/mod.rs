@@ -2,6 +2,10 @@
 //! keys. [`SqliteStore`] keeps them in one SQLite file in the data directory; another
 //! implementation (a shared database) lets several AS instances serve together.
 //! Authorization codes are short-lived and stay in memory.
+//!
+//! The data directory is created `0700` and the SQLite files are `0600` whatever the umask;
+//! a database readable by group or others, or a directory they may write to, refuses the
+//! start with the `chmod` to run ([`SqliteStore::open`]): the database holds the signing key.
 
 mod sqlite;
 
