@@ -826,3 +826,18 @@ async fn session_opened_by_a_2026_labelled_initialize_is_bound_to_its_caller() {
         assert_eq!(r.status(), expected);
     }
 }
+
+#[test]
+fn a_tool_schema_that_does_not_compile_refuses_start_up() {
+    let args = Args::try_parse_from(["demo", "--issuer", "https://as.example.com"]).unwrap();
+    let mut broken = def();
+    broken.tools[0].input_schema = r#"{"type":"object","properties":{"n":{"type":"integr"}}}"#;
+    let err = prepare(broken, &args, |n| {
+        (n == "ITEMS_API_KEY").then(|| "k".repeat(8))
+    })
+    .unwrap_err();
+    assert!(
+        err.message.contains("`whoami`") && err.message.contains("2020-12"),
+        "{err}"
+    );
+}
