@@ -804,9 +804,7 @@ async fn session_opened_by_a_2026_labelled_initialize_is_bound_to_its_caller() {
         .await
         .unwrap();
     let (_, session, body) = rpc(response).await;
-    let Some(session) = session else {
-        return; // no session opened: nothing to bind
-    };
+    let session = session.expect("rmcp 3.11 opens a legacy session for any initialize");
     let version = body["result"]["protocolVersion"]
         .as_str()
         .unwrap_or("2025-11-25")
@@ -840,4 +838,26 @@ fn a_tool_schema_that_does_not_compile_refuses_start_up() {
         err.message.contains("`whoami`") && err.message.contains("2020-12"),
         "{err}"
     );
+}
+
+/// The same path can not exceed the caps: the session rmcp opened is closed again and the
+/// caller gets the cap's answer.
+#[tokio::test]
+async fn a_2026_labelled_initialize_cannot_exceed_the_session_caps() {
+    let s = start_with(&["--max-sessions-per-subject", "1"]).await;
+    let alice = token(&s.issuer, &s.url, "demo:read");
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2026-07-28", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}});
+    let labelled = || {
+        legacy_post(&s.url, &alice, None, init.clone())
+            .header("mcp-protocol-version", "2026-07-28")
+            .send()
+    };
+    let (status, session, _) = rpc(labelled().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert!(session.is_some());
+    let refused = labelled().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().get("mcp-session-id").is_none());
 }
