@@ -40,13 +40,70 @@ const MAX_ENTRIES: usize = 10_000;
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
     windows: Mutex<HashMap<(IpAddr, Bucket), (Instant, u32)>>,
+    /// Clients each address registered that may still be unused (registration rule 7).
+    registered: Mutex<HashMap<IpAddr, Vec<(String, u64)>>>,
 }
+
+/// Registered clients one address may have that have not completed an authorization.
+pub(crate) const UNUSED_CLIENTS_PER_ADDRESS: usize = 20;
 
 impl RateLimiter {
     pub(crate) fn new() -> Self {
         Self {
             windows: Mutex::new(HashMap::new()),
+            registered: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether `ip` may register another client: fewer than [`UNUSED_CLIENTS_PER_ADDRESS`]
+    /// of its registrations since `since` are still `unused`. Fails closed.
+    pub(crate) fn may_register(
+        &self,
+        ip: IpAddr,
+        since: u64,
+        unused: impl Fn(&str) -> bool,
+    ) -> bool {
+        let key = caller_key(ip);
+        let Ok(mut registered) = self.registered.lock() else {
+            return false;
+        };
+        let Some(list) = registered.get_mut(&key) else {
+            return true;
+        };
+        list.retain(|(id, at)| *at >= since && unused(id));
+        if list.is_empty() {
+            registered.remove(&key);
+            return true;
+        }
+        list.len() < UNUSED_CLIENTS_PER_ADDRESS
+    }
+
+    /// Records that `ip` registered `client_id` at `at`.
+    pub(crate) fn registered(&self, ip: IpAddr, client_id: &str, at: u64, since: u64) {
+        let key = caller_key(ip);
+        let Ok(mut registered) = self.registered.lock() else {
+            return;
+        };
+        if registered.len() >= MAX_ENTRIES && !registered.contains_key(&key) {
+            registered.retain(|_, list| {
+                list.retain(|(_, t)| *t >= since);
+                !list.is_empty()
+            });
+            if registered.len() >= MAX_ENTRIES {
+                // The oldest registration's address goes first.
+                if let Some(oldest) = registered
+                    .iter()
+                    .min_by_key(|(_, list)| list.iter().map(|(_, t)| *t).max().unwrap_or(0))
+                    .map(|(k, _)| *k)
+                {
+                    registered.remove(&oldest);
+                }
+            }
+        }
+        registered
+            .entry(key)
+            .or_default()
+            .push((client_id.to_owned(), at));
     }
 
     /// Counts a request; false when the address is over its limit.

@@ -23,6 +23,8 @@
 //!    `temporarily_unavailable`. A client that has not completed an authorization within
 //!    `--unused-client-ttl` seconds (default 86,400) of registering is deleted and no
 //!    longer found. A client counts as used once an authorization code is issued to it.
+//!    One address (IPv6: one /64) may hold at most 20 of those unused clients (429 past
+//!    it), so a single caller cannot fill the quota and lock registration for everyone.
 //! 8. Names shown to people ([`display_name`]) are cut to 100 characters and lose control
 //!    and bidirectional-override characters.
 
@@ -272,7 +274,18 @@ pub(crate) async fn register(
     {
         return OAuthError::rate_limited().into_response();
     }
-    match register_client(&state, body) {
+    let since = now().saturating_sub(state.inner.settings.unused_client_ttl);
+    let store = &state.inner.store;
+    let unused = |id: &str| !store.client_used(id).unwrap_or(false);
+    if !state.inner.limiter.may_register(peer.ip(), since, unused) {
+        return OAuthError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "slow_down",
+            "this address registered too many clients that have not completed an authorization; complete one or retry later",
+        )
+        .into_response();
+    }
+    match register_client(&state, peer.ip(), body) {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -355,6 +368,7 @@ pub(crate) fn expired_unused(
 
 fn register_client(
     state: &AppState,
+    caller: std::net::IpAddr,
     body: Result<Json<RegistrationRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, OAuthError> {
     let Json(req) = body.map_err(|e| {
@@ -410,6 +424,12 @@ fn register_client(
         created_at: now(),
     };
     state.inner.store.put_client(&client)?;
+    state.inner.limiter.registered(
+        caller,
+        &client.client_id,
+        client.created_at,
+        now().saturating_sub(state.inner.settings.unused_client_ttl),
+    );
     tracing::info!(client_id = %client.client_id, "client registered");
     let mut body = json!({
         "client_id": client.client_id,

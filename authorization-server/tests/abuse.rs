@@ -789,3 +789,38 @@ async fn cimd_fetches_are_bounded_globally_across_callers() {
         task.abort();
     }
 }
+
+#[tokio::test]
+async fn one_address_cannot_fill_the_registration_quota_with_unused_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(dir.path(), &["--dev-user", "alice"]).await;
+    let mut first = None;
+    for _ in 0..20 {
+        let id = client_with(&as_, CALLBACK).await;
+        first.get_or_insert(id);
+    }
+    let (status, body) = register(
+        &as_,
+        json!({"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none"}),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    // Another address still registers.
+    let other = http_from(Some("127.0.0.9".parse().unwrap()));
+    let response = other
+        .post(format!("{}/register", as_.url))
+        .json(&json!({"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    // Completing an authorization frees a slot.
+    let response = authorize_from(
+        &http(),
+        &as_,
+        &params(&first.unwrap(), CALLBACK, &challenge()),
+    )
+    .await;
+    assert_eq!(response.status(), 303);
+    client_with(&as_, CALLBACK).await;
+}
