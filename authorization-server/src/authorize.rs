@@ -113,7 +113,12 @@ fn error_page(error: &OAuthError) -> Response {
         description: error.description(),
     };
     let body = page.render().unwrap_or_else(|_| error.to_string());
-    (StatusCode::BAD_REQUEST, no_store(), Html(body)).into_response()
+    // A busy or failing server says so (503, 500, 429); every other error is the request's.
+    let status = match error.status() {
+        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => s,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    (status, no_store(), Html(body)).into_response()
 }
 
 fn no_store() -> [(header::HeaderName, HeaderValue); 2] {

@@ -88,6 +88,11 @@ impl OAuthError {
         )
     }
 
+    /// The HTTP status it is answered with.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
     /// The error code.
     pub fn code(&self) -> &'static str {
         self.code

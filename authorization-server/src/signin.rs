@@ -3,9 +3,13 @@
 //! Rules:
 //! 1. Pending sign-ins (a consent page shown, waiting for the user) are bounded per caller
 //!    address (16; IPv6 by /64) and in all (10,000). A caller over its bound loses its own
-//!    oldest pending request; a full table loses its oldest one. No anonymous caller can
-//!    make `/authorize` refuse anyone else: the flood only ever evicts the flooder's own
-//!    requests, and a real sign-in from another address still gets a page and completes.
+//!    oldest pending request; when the table is full, the caller holding the most pending
+//!    requests loses its oldest one (among equal holders, the caller whose oldest request
+//!    is the most recent). No anonymous caller can make `/authorize` refuse anyone
+//!    else: a flood from one address only evicts the flooder's own requests, and one from
+//!    many addresses evicts the largest holders, then the newest, first, so a sign-in under
+//!    way survives. (A flood from more than 10,000 addresses can still evict a sign-in
+//!    started during it: pending requests are kept server-side, not in signed form state.)
 //! 2. Failed sign-ins are counted per caller address and per user name (known or not, so
 //!    the answer does not tell which names exist). After 10 failures from an address, or 5
 //!    for a name, each further attempt must wait 1 s, doubling per failure up to 5 minutes;
@@ -41,12 +45,14 @@ struct PendingEntry<V> {
     value: V,
     caller: IpAddr,
     expires_at: u64,
+    seq: u64,
 }
 
 struct PendingInner<V> {
     map: HashMap<String, PendingEntry<V>>,
     by_caller: HashMap<IpAddr, VecDeque<String>>,
     order: VecDeque<String>,
+    seq: u64,
 }
 
 /// Pending sign-in requests, bounded per caller and in all (rule 1).
@@ -80,6 +86,7 @@ impl<V> Pending<V> {
                 map: HashMap::new(),
                 by_caller: HashMap::new(),
                 order: VecDeque::new(),
+                seq: 0,
             }),
         }
     }
@@ -111,10 +118,22 @@ impl<V> Pending<V> {
             inner.remove(&oldest);
         }
         while inner.map.len() >= PENDING_GLOBAL {
-            let Some(front) = inner.order.pop_front() else {
+            // The caller holding the most pending requests loses its oldest one; among
+            // equal holders, the most recent caller (requests already under way survive).
+            let newest_first = |ids: &VecDeque<String>| {
+                ids.front()
+                    .and_then(|id| inner.map.get(id))
+                    .map_or(0, |e| e.seq)
+            };
+            let Some(oldest) = inner
+                .by_caller
+                .values()
+                .max_by_key(|ids| (ids.len(), newest_first(ids)))
+                .and_then(|ids| ids.front().cloned())
+            else {
                 break;
             };
-            inner.remove(&front);
+            inner.remove(&oldest);
         }
         if inner.order.len() > 2 * PENDING_GLOBAL {
             let PendingInner { map, order, .. } = &mut *inner;
@@ -126,12 +145,15 @@ impl<V> Pending<V> {
             .or_default()
             .push_back(id.clone());
         inner.order.push_back(id.clone());
+        inner.seq += 1;
+        let seq = inner.seq;
         inner.map.insert(
             id,
             PendingEntry {
                 value,
                 caller,
                 expires_at,
+                seq,
             },
         );
     }
@@ -352,6 +374,37 @@ mod tests {
             pending.insert(format!("f{i}"), ip, i, now() + 600);
         }
         assert_eq!(pending.len(), PENDING_PER_CALLER);
+    }
+
+    #[test]
+    fn full_pending_table_evicts_from_the_largest_holder_not_a_lone_user() {
+        let pending = Pending::<u32>::new();
+        let t = now() + 600;
+        pending.insert("user".to_owned(), "198.51.100.1".parse().unwrap(), 0, t);
+        let mut n = 0u32;
+        'fill: for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                let ip = IpAddr::from([10, 1, a, b]);
+                let holders = if a == 0 && b == 0 {
+                    PENDING_PER_CALLER
+                } else {
+                    1
+                };
+                for _ in 0..holders {
+                    pending.insert(format!("f{n}"), ip, n, t);
+                    n += 1;
+                }
+                if n as usize >= PENDING_GLOBAL + 100 {
+                    break 'fill;
+                }
+            }
+        }
+        assert_eq!(pending.len(), PENDING_GLOBAL);
+        assert_eq!(
+            pending.take("user"),
+            Some(0),
+            "a lone pending sign-in survives"
+        );
     }
 
     #[test]

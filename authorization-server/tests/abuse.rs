@@ -316,7 +316,7 @@ async fn cimd_fetches_are_bounded_per_caller_address() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(status, 400);
+        assert_eq!(status, 503, "busy, not a bad request");
         assert!(
             page.contains("too many client metadata documents"),
             "{page}"
