@@ -861,3 +861,24 @@ async fn a_2026_labelled_initialize_cannot_exceed_the_session_caps() {
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().get("mcp-session-id").is_none());
 }
+
+#[tokio::test]
+async fn prompt_arguments_must_be_declared_strings_over_http() {
+    let s = start().await;
+    let t = token(&s.issuer, &s.url, "");
+    let (_, session, _) = rpc(initialize(&s, &t).await).await;
+    let session = session.unwrap();
+    for (arguments, needle) in [(json!({"who": 5}), "string"), (json!({}), "`who`")] {
+        let get = json!({"jsonrpc": "2.0", "id": 3, "method": "prompts/get", "params": {"name": "greet", "arguments": arguments}});
+        let (_, _, body) = rpc(legacy_post(&s.url, &t, Some(&session), get)
+            .send()
+            .await
+            .unwrap())
+        .await;
+        assert_eq!(body["error"]["code"], -32602, "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(needle),
+            "{body}"
+        );
+    }
+}
