@@ -17,7 +17,11 @@
 //! 4. Fetches are bounded: at most 2 at a time per caller address (IPv6 callers by /64) and
 //!    16 in all; a caller over either bound is answered `temporarily_unavailable` at once,
 //!    without a fetch.
-//! 5. A failed fetch is remembered for 60 seconds (up to 1,000 URLs, oldest dropped first):
+//! 5. The `client_id` must be a URL in its normalised form (what the URL parser prints for
+//!    it: so `https://2130706433/` or `https://a.example/x/../y` are refused without a
+//!    fetch), with a path other than `/`, no user name or password, no fragment, no `.` or
+//!    `..` segment; the document must then name exactly that URL.
+//! 6. A failed fetch is remembered for 60 seconds (up to 1,000 URLs, oldest dropped first):
 //!    asking again for that URL in that time fails without a fetch. Successful documents are
 //!    cached (up to 1,000, oldest dropped first).
 
@@ -134,6 +138,33 @@ impl CimdCache {
             "http" if self.allow_loopback_http && crate::register::is_loopback(&url) => Some(url),
             _ => None,
         }
+    }
+
+    /// Rule 5: why `client_id` (parsed as `url`) is not an acceptable document URL.
+    fn malformed(client_id: &str, url: &Url) -> Option<&'static str> {
+        if url.as_str() != client_id {
+            return Some("it is not in normalised form (write the URL exactly as it is served)");
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Some("it carries a user name or password");
+        }
+        if url.fragment().is_some() {
+            return Some("it has a fragment");
+        }
+        if url.path() == "/" {
+            return Some("it has no path");
+        }
+        if url.path_segments().is_some_and(|mut s| {
+            s.any(|seg| {
+                seg == "."
+                    || seg == ".."
+                    || seg.eq_ignore_ascii_case("%2e")
+                    || seg.eq_ignore_ascii_case("%2e%2e")
+            })
+        }) {
+            return Some("it has a dot segment");
+        }
+        None
     }
 
     /// Takes a fetch slot for `caller` and one of the global ones (rule 4).
@@ -281,6 +312,11 @@ pub(crate) async fn find_for(
         return Ok(Some(c));
     }
     if let Some(url) = state.inner.cimd.is_cimd_id(client_id) {
+        if let Some(why) = CimdCache::malformed(client_id, &url) {
+            return Err(OAuthError::invalid_request(format!(
+                "client_id is not a usable Client ID Metadata Document URL: {why}"
+            )));
+        }
         return state.inner.cimd.fetch(&url, caller).await.map(Some);
     }
     Ok(None)

@@ -270,7 +270,10 @@ async fn cimd_fetch_refuses_loopback_and_private_addresses() {
         assert_eq!(response.status(), 400, "{id}");
         assert!(response.headers().get("location").is_none(), "{id}");
         let page = response.text().await.unwrap();
-        assert!(page.contains("refused to connect"), "{id}: {page}");
+        assert!(
+            page.contains("refused to connect") || page.contains("normalised form"),
+            "{id}: {page}"
+        );
     }
     // `http` document URLs are not metadata documents at all without the dev flag.
     let id = format!("http://127.0.0.1:{port}/client.json");
@@ -282,6 +285,35 @@ async fn cimd_fetch_refuses_loopback_and_private_addresses() {
         0,
         "the loopback listener received a connection"
     );
+}
+
+#[tokio::test]
+async fn cimd_client_ids_must_be_normalised_urls_with_a_path_and_no_credentials() {
+    let (port, connections) = counting_listener().await;
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(
+        dir.path(),
+        &["--dev-user", "alice", "--allow-loopback-cimd"],
+    )
+    .await;
+    for id in [
+        format!("http://2130706433:{port}/client.json"),
+        format!("http://127.0.0.1:{port}/a/../client.json"),
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://user:pw@127.0.0.1:{port}/client.json"),
+        format!("http://127.0.0.1:{port}/client.json#x"),
+        format!("HTTP://127.0.0.1:{port}/client.json"),
+    ] {
+        let response = authorize_from(&http(), &as_, &params(&id, CALLBACK, &challenge())).await;
+        assert_eq!(response.status(), 400, "{id}");
+        let page = response.text().await.unwrap();
+        assert!(
+            page.contains("not a usable Client ID Metadata Document URL"),
+            "{id}: {page}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(connections.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
