@@ -17,15 +17,16 @@
 //!    run). A success clears the name's count. Counts are forgotten 15 minutes after the
 //!    last failure; each map holds at most 10,000 entries (the stalest dropped first).
 //! 3. An unknown user name (or an unreadable configured hash) is checked against a dummy
-//!    Argon2 hash with the default parameters, so a guess costs the same time whether or
-//!    not the name exists.
+//!    Argon2 hash with the algorithm and parameters of the first configured user's hash
+//!    (the defaults without users), so a guess costs the same time whether or not the name
+//!    exists.
 //! 4. Argon2 runs on the blocking pool, at most one per CPU (up to 4) at a time; a guess
 //!    that cannot start within 10 s is answered "busy".
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHasher, SaltString};
@@ -252,7 +253,7 @@ pub(crate) struct Throttle {
     by_caller: Mutex<HashMap<IpAddr, Failures>>,
     by_user: Mutex<HashMap<String, Failures>>,
     argon2: Arc<Semaphore>,
-    dummy_hash: Option<String>,
+    dummy_hash: Arc<OnceLock<Option<String>>>,
 }
 
 impl std::fmt::Debug for Throttle {
@@ -261,12 +262,24 @@ impl std::fmt::Debug for Throttle {
     }
 }
 
-/// An Argon2 hash of a random password, with the default parameters (rule 3).
-fn dummy_hash() -> Option<String> {
+/// An Argon2 hash of a random password (rule 3), with the algorithm and parameters of
+/// `template` (a configured user's hash) so that checking it costs what checking that user
+/// costs; the defaults without one.
+fn dummy_hash(template: Option<&str>) -> Option<String> {
     let mut bytes = [0u8; 32];
     aws_lc_rs::rand::fill(&mut bytes).ok()?;
     let salt = SaltString::encode_b64(&bytes[..16]).ok()?;
-    Argon2::default()
+    let like = template.and_then(|t| {
+        let parsed = PasswordHash::new(t).ok()?;
+        let algorithm = argon2::Algorithm::try_from(parsed.algorithm).ok()?;
+        let version = parsed
+            .version
+            .and_then(|v| argon2::Version::try_from(v).ok())
+            .unwrap_or_default();
+        let params = argon2::Params::try_from(&parsed).ok()?;
+        Some(Argon2::new(algorithm, version, params))
+    });
+    like.unwrap_or_default()
         .hash_password(&bytes[16..], &salt)
         .ok()
         .map(|h| h.to_string())
@@ -279,7 +292,7 @@ impl Throttle {
             by_caller: Mutex::new(HashMap::new()),
             by_user: Mutex::new(HashMap::new()),
             argon2: Arc::new(Semaphore::new(cpus)),
-            dummy_hash: dummy_hash(),
+            dummy_hash: Arc::new(OnceLock::new()),
         }
     }
 
@@ -305,20 +318,24 @@ impl Throttle {
         else {
             return Verdict::Busy;
         };
+        let readable = |u: &&UserConfig| PasswordHash::new(&u.password_hash).is_ok();
         let known = users
             .iter()
+            .filter(readable)
             .find(|u| u.name == username)
-            .map(|u| u.password_hash.clone())
-            .filter(|h| PasswordHash::new(h).is_ok());
-        let (hash, real) = match known {
-            Some(h) => (h, true),
-            None => match &self.dummy_hash {
-                Some(d) => (d.clone(), false),
-                None => return Verdict::Busy,
-            },
-        };
+            .map(|u| u.password_hash.clone());
+        let real = known.is_some();
+        let template = users.iter().find(readable).map(|u| u.password_hash.clone());
+        let dummy = Arc::clone(&self.dummy_hash);
         let password = password.to_owned();
         let matched = tokio::task::spawn_blocking(move || {
+            let hash = match known {
+                Some(h) => h,
+                None => match dummy.get_or_init(|| dummy_hash(template.as_deref())) {
+                    Some(d) => d.clone(),
+                    None => return false,
+                },
+            };
             PasswordHash::new(&hash).is_ok_and(|parsed| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &parsed)
@@ -412,6 +429,23 @@ mod tests {
         let pending = Pending::<u32>::new();
         pending.insert("old".to_owned(), "192.0.2.1".parse().unwrap(), 1, now());
         assert_eq!(pending.take("old"), None);
+    }
+
+    #[test]
+    fn dummy_hash_takes_the_configured_users_argon2_parameters() {
+        let params = argon2::Params::new(8192, 3, 1, None).unwrap();
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let user = Argon2::new(argon2::Algorithm::Argon2i, argon2::Version::V0x13, params)
+            .hash_password(b"pw", &salt)
+            .unwrap()
+            .to_string();
+        let dummy = dummy_hash(Some(&user)).unwrap();
+        assert!(
+            dummy.starts_with("$argon2i$v=19$m=8192,t=3,p=1$"),
+            "{dummy}"
+        );
+        let default = dummy_hash(None).unwrap();
+        assert!(default.starts_with("$argon2id$"), "{default}");
     }
 
     #[test]
