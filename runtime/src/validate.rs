@@ -58,9 +58,15 @@ impl InputValidator {
             .with_draft(jsonschema::Draft::Draft202012)
             .build(schema)
             .map_err(|e| {
+                let at = e.instance_path().as_str();
                 format!(
-                    "the input schema of tool `{tool}` is not a valid JSON Schema 2020-12: {}",
-                    cut(&e.masked().to_string())
+                    "the input schema of tool `{tool}` is not a valid JSON Schema 2020-12: {}{}",
+                    if at.is_empty() {
+                        String::new()
+                    } else {
+                        format!("at `{}`: ", cut(at))
+                    },
+                    cut(&e.to_string())
                 )
             })?;
         Ok(Self { validator })
