@@ -91,10 +91,7 @@ impl<'a> Resolver<'a> {
         nesting: usize,
     ) -> Result<Value, String> {
         if *budget == 0 || nesting > MAX_NESTING {
-            self.note(
-                "a schema too large to expand was cut short (left open past that point)".to_owned(),
-            );
-            return Ok(json!({"description": "Not expanded further: the schema is too large."}));
+            return Ok(self.cut_short(None, value));
         }
         *budget -= 1;
         match value {
@@ -137,7 +134,11 @@ impl<'a> Resolver<'a> {
                         if k == "$ref" || k == "example" || k == "examples" {
                             continue;
                         }
-                        let v = self.deep(v, base, stack, budget, nesting + 1)?;
+                        let v = if *budget == 0 || nesting + 1 > MAX_NESTING {
+                            self.cut_short(Some(k), v)
+                        } else {
+                            self.deep(v, base, stack, budget, nesting + 1)?
+                        };
                         if let Some(out) = resolved.as_object_mut() {
                             out.insert(k.clone(), v);
                         }
@@ -149,7 +150,12 @@ impl<'a> Resolver<'a> {
                     if k == "example" || k == "examples" {
                         continue;
                     }
-                    out.insert(k.clone(), self.deep(v, base, stack, budget, nesting + 1)?);
+                    let v = if *budget == 0 || nesting + 1 > MAX_NESTING {
+                        self.cut_short(Some(k), v)
+                    } else {
+                        self.deep(v, base, stack, budget, nesting + 1)?
+                    };
+                    out.insert(k.clone(), v);
                 }
                 Ok(Value::Object(out))
             }
@@ -159,6 +165,50 @@ impl<'a> Resolver<'a> {
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array),
             other => Ok(other.clone()),
+        }
+    }
+
+    /// What stands in for `value` (found under `key`) once the budget is spent: the shape
+    /// a keyword's value needs is kept, so the cut schema still compiles as JSON Schema
+    /// 2020-12 (the server validates every call against it and refuses to start with a
+    /// schema that does not compile). Scalars (`type: object`) and lists of scalars
+    /// (`required`, `enum`) stay as written, a map of schemas (`properties`) becomes empty,
+    /// and any other object (a schema) becomes an open schema that says it was cut.
+    fn cut_short(&mut self, key: Option<&str>, value: &Value) -> Value {
+        let placeholder =
+            || json!({"description": "Not expanded further: the schema is too large."});
+        match value {
+            Value::Object(_)
+                if matches!(
+                    key,
+                    Some(
+                        "properties"
+                            | "patternProperties"
+                            | "$defs"
+                            | "definitions"
+                            | "dependentSchemas"
+                    )
+                ) =>
+            {
+                json!({})
+            }
+            Value::Object(_) => {
+                self.note(
+                    "a schema too large to expand was cut short (left open past that point)"
+                        .to_owned(),
+                );
+                placeholder()
+            }
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|item| match item {
+                        Value::Object(_) => placeholder(),
+                        other => other.clone(),
+                    })
+                    .collect(),
+            ),
+            other => other.clone(),
         }
     }
 

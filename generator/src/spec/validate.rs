@@ -6,7 +6,9 @@
 //!    `server.version` is `MAJOR.MINOR.PATCH`.
 //! 2. Tool, resource and prompt names are unique; tool names use `[A-Za-z0-9_.-]`, 1 to 128
 //!    characters, with a warning past 64 (clients prefix them).
-//! 3. `input` and `output` are JSON Schema objects whose root has `type: object`.
+//! 3. `input` and `output` are JSON Schema objects whose root has `type: object`; the
+//!    `input` schema compiles as JSON Schema 2020-12 exactly as the server will compile it
+//!    at start-up to validate every call (`$ref`s resolve inside the schema only).
 //! 4. `{placeholders}` in path, query and header templates name input properties.
 //! 5. Secrets and upstreams referenced anywhere are declared; upstream auth names a header
 //!    or query parameter when its type needs one.
@@ -339,6 +341,15 @@ impl Checker<'_> {
                 }
             }
             let input_ok = self.object_schema(&tool.input, n, "input");
+            if input_ok
+                && let Err(e) = bmm_runtime::validate::InputValidator::compile(n, &tool.input.value)
+            {
+                self.error(
+                    &tool.input,
+                    e,
+                    "fix the schema: the server validates every call's arguments against it and refuses to start with a schema that does not compile; `$ref`s resolve only inside the schema (`$defs`), nothing is fetched",
+                );
+            }
             if let Some(output) = &tool.output {
                 self.object_schema(output, n, "output");
             }
