@@ -15,7 +15,7 @@
 //!    by a double-submit CSRF token (cookie + form field, compared in constant time).
 //! 7. Codes are single-use and live 60 seconds (`--code-ttl`); redirects carry `code`, `state` and `iss`.
 //! 8. A code is checked before it is used up (client, PKCE verifier, redirect URI,
-//!    resource; see [`redeem_code`]): a request that does not fit leaves it redeemable.
+//!    resource; see `redeem_code`): a request that does not fit leaves it redeemable.
 //!
 //! Abuse bounds (issue 12):
 //! - Request errors go back to the client by redirect (rule 2) only for clients the

@@ -1,7 +1,7 @@
 //! Entry points for the fuzz targets in `fuzz/` (not a stable API).
 //!
 //! A finding is a panic: the checks here assert the rules of [`crate::validate`] and
-//! [`crate::http_tool`] (rule 8) on whatever arguments the fuzzer makes up.
+//! `http_tool` (rule 8) on whatever arguments the fuzzer makes up.
 
 use std::sync::OnceLock;
 
