@@ -16,7 +16,9 @@
 //! 4. Each attempt has the upstream's timeout; 429, 502 and 503 are retried up to the
 //!    configured count, honouring `Retry-After` (capped at 10 s).
 //! 5. Response bodies are read up to 4 MiB. A non-2xx status becomes a tool error with the
-//!    status and a short, secret-redacted excerpt of the body.
+//!    status and a short excerpt of the body (300 characters), cut only after the whole
+//!    body is redacted, so a secret straddling the cut never leaves even as a prefix
+//!    (`secrets_are_redacted_before_an_error_excerpt_is_cut`).
 //! 6. Bodies are JSON, or form-encoded when the tool says so ([`BodyFormat::Form`]: nested
 //!    objects bracketed, at most 16 levels deep and 4 MiB encoded; a field name with a
 //!    bracket is refused; null values and elements are left out).
@@ -46,6 +48,8 @@ use crate::secrets::Secrets;
 use crate::template::Segment;
 
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// A non-2xx body is quoted in the tool error up to this many characters.
+const MAX_ERROR_EXCERPT: usize = 300;
 /// Unreserved characters stay as they are (RFC 3986 section 2.3).
 const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
@@ -518,12 +522,14 @@ pub(crate) async fn execute(
         .is_some_and(|v| v.contains("json"));
     let bytes = read_bounded(response).await?;
     if !status.is_success() {
-        let excerpt: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
+        // Redacted whole, then cut: a secret straddling the cut never leaves as a prefix.
+        let redacted = secrets.redact(&String::from_utf8_lossy(&bytes));
+        let excerpt: String = redacted.trim().chars().take(MAX_ERROR_EXCERPT).collect();
         return Err(ToolError::new(format!(
             "upstream `{}` answered {}: {}",
             upstream.def.id,
             status.as_u16(),
-            secrets.redact(excerpt.trim())
+            excerpt.trim()
         )));
     }
     if !is_json {
@@ -925,6 +931,101 @@ mod tests {
             url_for("/v/{a}.{b}", &[], serde_json::json!({ "a": "x", "b": "y" })).unwrap(),
             "https://api.example/v3/v/x.y"
         );
+    }
+
+    /// An upstream on a real socket that answers 404 quoting the whole request target.
+    async fn start_echoing_404() -> &'static str {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base: &'static str =
+            Box::leak(format!("http://{}/v1", listener.local_addr().unwrap()).into_boxed_str());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        |req: http::Request<hyper::body::Incoming>| async move {
+                            let body = format!("not found: {}", req.uri());
+                            let mut r = http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(body),
+                            ));
+                            *r.status_mut() = http::StatusCode::NOT_FOUND;
+                            Ok::<_, std::convert::Infallible>(r)
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        base
+    }
+
+    /// Rule 5: an attacker pads an argument so the echoed `api_key=SECRET` straddles the
+    /// excerpt's cut; no padding length leaks any part of the secret.
+    #[tokio::test]
+    async fn secrets_are_redacted_before_an_error_excerpt_is_cut() {
+        static DEFS: &[crate::def::SecretDef] = &[crate::def::SecretDef {
+            name: "API_KEY",
+            description: "key",
+        }];
+        const SECRET: &str = "Zq9Xk2secretvalue";
+        let secrets = Secrets::load(DEFS, |_| Some(SECRET.to_owned())).unwrap();
+        let base = start_echoing_404().await;
+        let upstream = Upstream::resolve(
+            UpstreamDef {
+                id: "api",
+                base_url: base,
+                base_url_env: None,
+                auth: Some(UpstreamAuthDef::Query {
+                    name: "api_key",
+                    secret: "API_KEY",
+                }),
+                allow_hosts: &[],
+                timeout_ms: 5000,
+                max_retries: 0,
+            },
+            |_| None,
+        )
+        .unwrap();
+        let def = HttpDef {
+            upstream: "api",
+            method: Method::Get,
+            path: "/items/{id}",
+            query: &[],
+            headers: &[],
+            body: BodyDef::None,
+            body_format: BodyFormat::Json,
+            response_map: &[],
+        };
+        let client = reqwest::Client::new();
+        let mut straddled = false;
+        for pad in 240..320 {
+            let id = "a".repeat(pad);
+            let err = execute(
+                &def,
+                &upstream,
+                &secrets,
+                &client,
+                &args(serde_json::json!({ "id": id })),
+            )
+            .await
+            .expect_err("a 404");
+            let message = err.message();
+            assert!(message.contains("answered 404"), "{message}");
+            // Any 4-character piece of the secret would be a leak.
+            for i in 0..=SECRET.len() - 4 {
+                assert!(
+                    !message.contains(&SECRET[i..i + 4]),
+                    "padding {pad} leaks {:?}: {message}",
+                    &SECRET[i..i + 4]
+                );
+            }
+            straddled |= !message.contains("[redacted]") && message.contains("api_key=");
+        }
+        assert!(straddled, "some padding put the secret across the cut");
     }
 
     #[test]
