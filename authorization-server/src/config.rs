@@ -69,6 +69,15 @@ pub struct Args {
     /// Open connections allowed from one client address; more are closed at once.
     #[arg(long, env = "BMM_AS_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 64)]
     pub max_connections_per_address: usize,
+    /// A reverse proxy (CIDR or address) whose `X-Forwarded-For` / `Forwarded` header names
+    /// the caller for per-address limits; repeatable. Other peers' headers are ignored.
+    #[arg(
+        long = "trusted-proxy",
+        value_name = "CIDR",
+        env = "BMM_AS_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// The optional TOML configuration file.
@@ -157,6 +166,8 @@ pub struct Settings {
     pub idle_timeout: std::time::Duration,
     /// Open connections per client address (at least 1).
     pub max_connections_per_address: usize,
+    /// Trusted reverse proxies (see `--trusted-proxy`).
+    pub(crate) trusted_proxies: Vec<crate::forwarded::Cidr>,
 }
 
 /// A refused configuration, with what to do.
@@ -299,7 +310,20 @@ impl Settings {
         {
             return Err(ConfigError("--dev-user must name a user".to_owned()));
         }
+        let trusted_proxies = args
+            .trusted_proxies
+            .iter()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| {
+                crate::forwarded::Cidr::parse(t).ok_or_else(|| {
+                    ConfigError(format!(
+                        "--trusted-proxy `{t}` is not an address or CIDR (like 10.0.0.0/8)"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
+            trusted_proxies,
             listen: args.listen,
             issuer,
             data_dir: args.data_dir,

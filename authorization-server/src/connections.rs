@@ -17,6 +17,10 @@
 //!    answered 408 otherwise), so a slow body cannot keep a request in flight forever.
 //! 5. Every accepted socket gets `TCP_NODELAY`; at shutdown the server stops accepting,
 //!    asks every connection to finish gracefully, and waits at most 5 s for them.
+//! 6. The connection cap (rule 3) counts the TCP peer, but handlers see the caller address
+//!    of each request: the forwarded client when the peer is a `--trusted-proxy` (see
+//!    `forwarded`), the peer otherwise.
+//! 7. An HTTP/2 connection carries at most 16 concurrent streams.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,6 +39,7 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use crate::Settings;
+use crate::forwarded::{self, Cidr};
 
 /// The longest a single request may take, body and handler included (rule 4).
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,11 +51,12 @@ const PING_TIMEOUT: Duration = Duration::from_secs(20);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Connection limits taken from the settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Limits {
     header_read: Duration,
     idle: Duration,
     per_address: usize,
+    trusted_proxies: Arc<[Cidr]>,
 }
 
 impl Limits {
@@ -59,6 +65,7 @@ impl Limits {
             header_read: settings.header_read_timeout,
             idle: settings.idle_timeout,
             per_address: settings.max_connections_per_address,
+            trusted_proxies: settings.trusted_proxies.clone().into(),
         }
     }
 }
@@ -178,7 +185,7 @@ pub(crate) async fn run(
         .timer(TokioTimer::new())
         .keep_alive_interval(limits.idle)
         .keep_alive_timeout(PING_TIMEOUT)
-        .max_concurrent_streams(64);
+        .max_concurrent_streams(16);
     let builder = Arc::new(builder);
     let counts = Counts::default();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -210,7 +217,7 @@ pub(crate) async fn run(
             peer,
             router.clone(),
             Arc::clone(&builder),
-            limits,
+            limits.clone(),
             stop_rx.clone(),
             slot,
         ));
@@ -236,8 +243,14 @@ async fn connection(
 ) {
     let activity = Activity::new();
     let tracker = activity.clone();
+    let proxies = Arc::clone(&limits.trusted_proxies);
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
+        // Handlers see the caller address (rule 6), which is the TCP peer unless the peer is
+        // a trusted proxy.
+        let caller = forwarded::caller(peer.ip(), request.headers(), &proxies);
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::new(caller, peer.port())));
         let in_flight = tracker.begin();
         let router = router.clone();
         async move {

@@ -14,7 +14,9 @@
 //! 3. Codes, tokens and secrets are never logged; refresh tokens and client secrets are
 //!    stored as SHA-256 hashes and compared in constant time.
 //! 4. Request bodies are bounded (64 KiB) and registration and token requests are rate
-//!    limited per client address.
+//!    limited per client address. Behind a reverse proxy named by `--trusted-proxy`, the
+//!    client address is the one the proxy forwards (see `forwarded`); every per-address
+//!    limit counts it, and a peer that is not trusted cannot choose it.
 //! 5. Every endpoint is served under the issuer's path: issuer `http://host/oauth` serves
 //!    `/oauth/register`, `/oauth/authorize`, `/oauth/token`, `/oauth/revoke`,
 //!    `/oauth/jwks`, and its metadata where RFC 8414 section 3.1 and OpenID Connect
@@ -30,6 +32,7 @@ mod clients;
 pub mod config;
 mod connections;
 pub mod error;
+mod forwarded;
 pub mod keys;
 mod metadata;
 mod ratelimit;

@@ -856,3 +856,61 @@ async fn one_address_cannot_fill_the_registration_quota_with_unused_clients() {
     assert_eq!(response.status(), 303);
     client_with(&as_, CALLBACK).await;
 }
+
+/// Registers one client, sending `headers`; the status.
+async fn register_with_headers(as_: &TestAs, headers: &[(&str, &str)]) -> u16 {
+    let mut request = http()
+        .post(format!("{}/register", as_.url))
+        .json(&json!({"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none"}));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_an_untrusted_peer_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(dir.path(), &[]).await;
+    // A different spoofed address on every request: all are still counted as 127.0.0.1.
+    for i in 0..20 {
+        let xff = format!("198.51.100.{i}");
+        let status = register_with_headers(&as_, &[("x-forwarded-for", &xff)]).await;
+        assert_eq!(status, 201);
+    }
+    let status = register_with_headers(&as_, &[("x-forwarded-for", "203.0.113.1")]).await;
+    assert_eq!(status, 429);
+    let status = register_with_headers(&as_, &[("forwarded", "for=203.0.113.2")]).await;
+    assert_eq!(status, 429);
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_limits_apply_per_forwarded_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(dir.path(), &["--trusted-proxy", "127.0.0.0/8"]).await;
+    for _ in 0..20 {
+        let status = register_with_headers(&as_, &[("x-forwarded-for", "198.51.100.1")]).await;
+        assert_eq!(status, 201);
+    }
+    // The same forwarded client, also when a (trusted) second proxy is listed after it.
+    let status = register_with_headers(&as_, &[("x-forwarded-for", "198.51.100.1")]).await;
+    assert_eq!(status, 429);
+    let status = register_with_headers(
+        &as_,
+        &[("x-forwarded-for", "6.6.6.6, 198.51.100.1, 127.0.0.5")],
+    )
+    .await;
+    assert_eq!(
+        status, 429,
+        "the right-most untrusted address is the caller"
+    );
+    // Other forwarded clients have their own budgets, by either header.
+    let status = register_with_headers(&as_, &[("x-forwarded-for", "198.51.100.2")]).await;
+    assert_eq!(status, 201);
+    let status = register_with_headers(&as_, &[("forwarded", "for=\"198.51.100.3:443\"")]).await;
+    assert_eq!(status, 201);
+    // No header, or a malformed one: the peer address (127.0.0.1), its own budget.
+    assert_eq!(register_with_headers(&as_, &[]).await, 201);
+    let status = register_with_headers(&as_, &[("x-forwarded-for", "not-an-address")]).await;
+    assert_eq!(status, 201);
+}
