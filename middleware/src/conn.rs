@@ -1,17 +1,22 @@
 //! Connection limits of the accept loop: what one TCP connection may hold.
 //!
 //! Rules:
-//! 1. A connection that is idle — no request in flight and no response body still being
-//!    sent — for the idle timeout is closed, whatever the protocol: an HTTP/1.1 keep-alive
-//!    connection between requests, an HTTP/2 connection without open streams, and a
+//! 1. A connection that is idle — no request being handled and no response body making
+//!    progress — for the idle timeout is closed, whatever the protocol: an HTTP/1.1
+//!    keep-alive connection between requests, an HTTP/2 connection without open streams, a
 //!    connection whose protocol is still being detected (a client that connects and sends
-//!    nothing, or a partial HTTP/2 preface). A long response stream (SSE) is not idle.
+//!    nothing, or a partial HTTP/2 preface), and one whose response bodies have not been
+//!    polled for the idle timeout (a client that stops reading). A long response stream
+//!    (SSE) that keeps sending, keep-alives included, is not idle; nor is a request whose
+//!    response is still being computed (a slow tool), which the request timeout bounds.
 //! 2. HTTP/1.1 request headers must arrive within the header-read timeout.
 //! 3. HTTP/2 connections are pinged every keep-alive interval and closed when a ping is not
 //!    answered within the keep-alive timeout; at most a bounded number of concurrent
 //!    streams and header bytes per connection.
-//! 4. One client address holds at most a bounded number of connections at once; a
-//!    connection beyond it is closed as soon as it is accepted (before any byte is read).
+//! 4. One client address holds at most a bounded number of connections at once (IPv6
+//!    counted per /64, see `bmm_netguard::caller_key`), and the server as a whole a bounded
+//!    number; a connection beyond either is closed as soon as it is accepted (before any
+//!    byte is read).
 //! 5. A closing connection (idle, or server shutdown) first gets a graceful shutdown, and
 //!    is dropped if it has not finished within the shutdown grace.
 
@@ -33,44 +38,52 @@ use tower_service::Service;
 #[derive(Debug)]
 pub(crate) struct Activity {
     epoch: Instant,
-    active: AtomicUsize,
-    /// Milliseconds since `epoch` when the connection last became idle.
-    idle_since: AtomicU64,
+    /// Requests whose response head is not ready yet.
+    computing: AtomicUsize,
+    /// Milliseconds since `epoch` of the last sign of life: a request arriving, a response
+    /// head, a response body polled or finished.
+    last: AtomicU64,
 }
 
 impl Activity {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Self {
             epoch: Instant::now(),
-            active: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(0),
+            computing: AtomicUsize::new(0),
+            last: AtomicU64::new(0),
         })
     }
 
-    fn begin(self: &Arc<Self>) -> ActivityGuard {
-        self.active.fetch_add(1, Ordering::AcqRel);
-        ActivityGuard(Arc::clone(self))
+    fn touch(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Release);
     }
 
-    /// How long the connection has been idle (`None` while something is in flight).
+    fn begin(self: &Arc<Self>) -> ComputeGuard {
+        self.computing.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        ComputeGuard(Arc::clone(self))
+    }
+
+    /// How long the connection has shown no sign of life (`None` while a response is being
+    /// computed).
     pub(crate) fn idle_for(&self) -> Option<Duration> {
-        if self.active.load(Ordering::Acquire) > 0 {
+        if self.computing.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let since = Duration::from_millis(self.idle_since.load(Ordering::Acquire));
+        let since = Duration::from_millis(self.last.load(Ordering::Acquire));
         Some(self.epoch.elapsed().saturating_sub(since))
     }
 }
 
-/// Marks one request (and then its response body) in flight.
+/// Marks one request whose response head is being computed.
 #[derive(Debug)]
-struct ActivityGuard(Arc<Activity>);
+struct ComputeGuard(Arc<Activity>);
 
-impl Drop for ActivityGuard {
+impl Drop for ComputeGuard {
     fn drop(&mut self) {
-        let now = u64::try_from(self.0.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.idle_since.store(now, Ordering::Release);
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
+        self.0.computing.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -115,7 +128,7 @@ pin_project! {
     pub(crate) struct TrackedFuture<F> {
         #[pin]
         inner: F,
-        guard: Option<ActivityGuard>,
+        guard: Option<ComputeGuard>,
     }
 }
 
@@ -128,21 +141,19 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
-        let guard = this.guard.take();
-        Poll::Ready(Ok(response.map(|body| TrackedBody {
-            body,
-            _guard: guard,
-        })))
+        // The head is ready: from now on the body's polls are the connection's signs of life.
+        let activity = this.guard.take().map(|guard| Arc::clone(&guard.0));
+        Poll::Ready(Ok(response.map(|body| TrackedBody { body, activity })))
     }
 }
 
 pin_project! {
-    /// A response body that keeps its connection active until it is dropped.
+    /// A response body whose every poll is a sign of life of its connection.
     #[derive(Debug)]
     pub(crate) struct TrackedBody<B> {
         #[pin]
         body: B,
-        _guard: Option<ActivityGuard>,
+        activity: Option<Arc<Activity>>,
     }
 }
 
@@ -154,7 +165,11 @@ impl<B: Body> Body for TrackedBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().body.poll_frame(cx)
+        let this = self.project();
+        if let Some(activity) = this.activity {
+            activity.touch();
+        }
+        this.body.poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -166,32 +181,43 @@ impl<B: Body> Body for TrackedBody<B> {
     }
 }
 
-/// Counts open connections per client address (rule 4). Cheap to clone.
+/// Counts open connections per client address and in all (rule 4). Cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct PerAddress {
     max: usize,
+    max_total: usize,
     open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    total: Arc<AtomicUsize>,
 }
 
 impl PerAddress {
-    pub(crate) fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize, max_total: usize) -> Self {
         Self {
             max,
+            max_total,
             open: Arc::new(Mutex::new(HashMap::new())),
+            total: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// A slot for one more connection from `ip`, or `None` when it holds the maximum.
+    /// A slot for one more connection from `ip`, or `None` when its address (or the
+    /// server) holds the maximum.
     pub(crate) fn acquire(&self, ip: IpAddr) -> Option<AddressSlot> {
+        let ip = bmm_netguard::caller_key(ip);
         let mut open = self.open.lock().ok()?;
+        if self.total.load(Ordering::Acquire) >= self.max_total {
+            return None;
+        }
         let count = open.entry(ip).or_insert(0);
         if *count >= self.max {
             return None;
         }
         *count += 1;
+        self.total.fetch_add(1, Ordering::AcqRel);
         Some(AddressSlot {
             ip,
             open: Arc::clone(&self.open),
+            total: Arc::clone(&self.total),
         })
     }
 }
@@ -201,10 +227,12 @@ impl PerAddress {
 pub(crate) struct AddressSlot {
     ip: IpAddr,
     open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    total: Arc<AtomicUsize>,
 }
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
+        self.total.fetch_sub(1, Ordering::AcqRel);
         if let Ok(mut open) = self.open.lock()
             && let Some(count) = open.get_mut(&self.ip)
         {
@@ -259,7 +287,7 @@ mod tests {
 
     #[test]
     fn per_address_cap_refuses_beyond_the_maximum_and_frees_on_drop() {
-        let limit = PerAddress::new(2);
+        let limit = PerAddress::new(2, 100);
         let ip: IpAddr = [127, 0, 0, 1].into();
         let other: IpAddr = [127, 0, 0, 2].into();
         let a = limit.acquire(ip);
@@ -275,7 +303,22 @@ mod tests {
     }
 
     #[test]
-    fn idle_connection_is_not_idle_while_a_request_or_body_is_in_flight() {
+    fn per_address_cap_counts_ipv6_callers_per_64_and_the_total_is_capped() {
+        let limit = PerAddress::new(1, 3);
+        let a: IpAddr = "2001:db8::1".parse().unwrap_or(IpAddr::V4([0; 4].into()));
+        let b: IpAddr = "2001:db8::2".parse().unwrap_or(a);
+        let _first = limit.acquire(a);
+        assert!(limit.acquire(b).is_none(), "same /64, same count");
+        let _two = limit.acquire([127, 0, 0, 2].into());
+        let _three = limit.acquire([127, 0, 0, 3].into());
+        assert!(
+            limit.acquire([127, 0, 0, 4].into()).is_none(),
+            "the server-wide cap"
+        );
+    }
+
+    #[test]
+    fn idle_connection_is_not_idle_while_a_response_is_computed() {
         let activity = Activity::new();
         assert!(activity.idle_for().is_some());
         let guard = activity.begin();

@@ -66,6 +66,7 @@ pub struct ServeConfig {
     idle_timeout: Duration,
     http2_keep_alive: Duration,
     max_connections_per_address: usize,
+    max_connections: usize,
     max_concurrency: usize,
     shutdown_grace: Duration,
 }
@@ -99,6 +100,7 @@ impl ServeConfig {
             idle_timeout: Duration::from_secs(60),
             http2_keep_alive: Duration::from_secs(30),
             max_connections_per_address: 256,
+            max_connections: 4096,
             max_concurrency: 512,
             shutdown_grace: Duration::from_secs(10),
         }
@@ -152,6 +154,13 @@ impl ServeConfig {
     /// Default is 256.
     pub fn max_connections_per_address(mut self, max: usize) -> Self {
         self.max_connections_per_address = max.max(1);
+        self
+    }
+
+    /// Connections open at once over all clients; more are closed on accept. Default is
+    /// 4096.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
         self
     }
 
@@ -247,7 +256,8 @@ impl Server {
             .max_concurrent_streams(128)
             .max_header_list_size(64 * 1024);
         let builder = Arc::new(builder);
-        let per_address = PerAddress::new(config.max_connections_per_address);
+        let per_address =
+            PerAddress::new(config.max_connections_per_address, config.max_connections);
         let live = Live::default();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut shutdown = std::pin::pin!(shutdown);
@@ -265,7 +275,7 @@ impl Server {
                         }
                     };
                     let Some(slot) = per_address.acquire(peer.ip()) else {
-                        tracing::debug!(peer = %peer.ip(), "connection refused: too many from this address");
+                        tracing::debug!(peer = %peer.ip(), "connection refused: too many from this address or in all");
                         continue;
                     };
                     if let Err(error) = stream.set_nodelay(true) {

@@ -146,6 +146,70 @@ async fn a_streaming_response_is_not_idle() {
     let _ = tx.send(());
 }
 
+/// An endless body: as much as the client will read.
+struct Endless;
+
+impl http_body::Body for Endless {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; 64 * 1024])))))
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_cannot_hold_its_connection() {
+    let service = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Endless))
+    });
+    let config = short_limits(ServeConfig::unauthenticated("/mcp"));
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.serve(service, async move {
+        let _ = rx.await;
+    }));
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2\r\n\r\n{{}}")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    // Not reading: the server's writes back up and the body is no longer polled.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // What was buffered drains, then the stream ends; an open connection would go on.
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0usize;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => {
+                    total += n;
+                    if total > 256 * 1024 * 1024 {
+                        return false;
+                    }
+                }
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        ended,
+        "the stalled connection was still served ({total} bytes)"
+    );
+    let _ = tx.send(());
+}
+
 #[tokio::test]
 async fn connections_beyond_the_per_address_cap_are_closed_on_accept() {
     let key = TestKey::rsa_a();

@@ -28,6 +28,9 @@
 //!    would resolve the name itself).
 //! 6. Loopback addresses (and nothing else non-public) are allowed only when the caller
 //!    opts in with [`Policy::allow_loopback`] — an explicit development flag.
+//!
+//! It also holds the one rule for the other direction, shared by bmm-as and generated
+//! servers: [`caller_key`], how a caller's address is counted for per-address limits.
 
 use std::error::Error as StdError;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -35,6 +38,20 @@ use std::time::Duration;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::{Host, Url};
+
+/// The key a caller's address is counted under for per-address limits: an IPv4 address
+/// as itself (also when it arrives IPv4-mapped, `::ffff:a.b.c.d`), an IPv6 address by its
+/// /64 prefix, since one host commonly holds a whole /64 and could otherwise rotate
+/// addresses inside it to escape any per-address limit.
+pub fn caller_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !((1u128 << 64) - 1))),
+        },
+    }
+}
 
 /// Most addresses handed to reqwest for one name.
 const MAX_ADDRS: usize = 16;
@@ -388,6 +405,20 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
+
+    #[test]
+    fn callers_are_counted_by_ipv4_address_and_ipv6_64_prefix() {
+        assert_eq!(caller_key(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(caller_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            caller_key(ip("2001:db8:1:2:aaaa::1")),
+            caller_key(ip("2001:db8:1:2:bbbb::9"))
+        );
+        assert_ne!(
+            caller_key(ip("2001:db8:1:2::1")),
+            caller_key(ip("2001:db8:1:3::1"))
+        );
+    }
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()

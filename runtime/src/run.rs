@@ -8,8 +8,8 @@
 //! `--mcp-path` / `BMM_MCP_PATH` (the endpoint path when it differs from the resource
 //! URL's, e.g. resource `https://mcp.example.com` served at `/mcp`),
 //! `--require-at-jwt-typ` / `BMM_REQUIRE_AT_JWT_TYP`, `--max-connections-per-address` /
-//! `BMM_MAX_CONNECTIONS_PER_ADDRESS` (256), `--idle-timeout-secs` / `BMM_IDLE_TIMEOUT_SECS`
-//! (60), `--no-auth` / `BMM_NO_AUTH=1` (loopback only, with a warning). Every declared secret is
+//! `BMM_MAX_CONNECTIONS_PER_ADDRESS` (256), `--max-connections` / `BMM_MAX_CONNECTIONS`
+//! (4096), `--idle-timeout-secs` / `BMM_IDLE_TIMEOUT_SECS` (60, at least 20), `--no-auth` / `BMM_NO_AUTH=1` (loopback only, with a warning). Every declared secret is
 //! an environment variable; all missing ones are listed at once and the exit code is 2.
 
 use std::convert::Infallible;
@@ -80,10 +80,14 @@ pub struct Args {
     /// Connections one client address may hold at once (more are closed on accept).
     #[arg(long, env = "BMM_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections_per_address: u32,
-    /// Seconds a connection may stay idle (no request in flight, no response streaming)
-    /// before it is closed.
-    #[arg(long, env = "BMM_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    /// Seconds a connection may stay idle (no request being handled, no response body
+    /// making progress) before it is closed; at least 20 (SSE streams send a keep-alive
+    /// every 15 s).
+    #[arg(long, env = "BMM_IDLE_TIMEOUT_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(20..=3600))]
     pub idle_timeout_secs: u64,
+    /// Connections open at once over all clients (more are closed on accept).
+    #[arg(long, env = "BMM_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// Serve without authentication (local protocol tests only; refused off loopback).
     #[arg(long, env = "BMM_NO_AUTH")]
     pub no_auth: bool,
@@ -233,6 +237,7 @@ pub fn prepare(
         .max_connections_per_address(
             usize::try_from(args.max_connections_per_address).unwrap_or(usize::MAX),
         )
+        .max_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX))
         .idle_timeout(std::time::Duration::from_secs(args.idle_timeout_secs));
     Ok(Prepared {
         server,
