@@ -58,9 +58,12 @@ impl RuntimeDependency {
     }
 }
 
-/// A TOML basic string (JSON string syntax is a subset of it).
+/// A TOML basic string. JSON string syntax is a subset of it, except that TOML also
+/// forbids a raw DEL (U+007F), which JSON leaves as it is: escaped here.
 fn toml_string(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
+    serde_json::to_string(text)
+        .unwrap_or_else(|_| "\"\"".to_owned())
+        .replace('\u{7f}', "\\u007F")
 }
 
 #[derive(Template)]

@@ -132,6 +132,24 @@ fn doc_comments_normalise_line_endings_so_a_bare_cr_cannot_break_the_build() {
     assert!(docs > 0, "the descriptions reached doc comments");
 }
 
+/// The sibling of item 20 in `Cargo.toml`: a DEL (or another control character) in the
+/// server's description must still make a valid TOML file.
+#[test]
+fn cargo_toml_description_escapes_every_control_character() {
+    let spec_text = "server: { name: demo, version: 0.1.0, description: \"del\\x7Fbell\\a cr\\r\\\"quote\" }\nauth: { scopes_supported: [a] }\ntools:\n  - name: t\n    description: t\n    input: { type: object }\n    run: { rust: { fn: t } }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("del.yaml");
+    std::fs::write(&spec, spec_text).unwrap();
+    let (files, _) = bmm_generator::generate::render(&spec, &RuntimeDependency::Workspace).unwrap();
+    let cargo = files.iter().find(|f| f.path == "Cargo.toml").unwrap();
+    let parsed: toml::Table =
+        toml::from_str(&cargo.contents).unwrap_or_else(|e| panic!("{e}\n{}", cargo.contents));
+    assert_eq!(
+        parsed["package"]["description"].as_str(),
+        Some("del\u{7f}bell\u{7} cr\r\"quote")
+    );
+}
+
 fn collect_idents(tokens: proc_macro2::TokenStream, out: &mut Vec<String>) {
     for t in tokens {
         match t {
