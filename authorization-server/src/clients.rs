@@ -24,6 +24,10 @@
 //! 6. A failed fetch is remembered for 60 seconds (up to 1,000 URLs, oldest dropped first):
 //!    asking again for that URL in that time fails without a fetch. Successful documents are
 //!    cached (up to 1,000, oldest dropped first).
+//! 7. Only `/authorize` fetches documents (with the caller's bound of rule 4). `/token` and
+//!    `/revoke` never fetch: a document URL as `client_id` is known there only from the
+//!    cache (at any age) or as the client the presented code or refresh token was issued
+//!    to; a document URL never seen at `/authorize` is answered `invalid_client`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -288,12 +292,52 @@ impl CimdCache {
     }
 }
 
-/// Finds a client by id. `Ok(None)` when no such client exists.
-pub(crate) async fn find(state: &AppState, client_id: &str) -> Result<Option<Client>, OAuthError> {
-    find_for(state, client_id, None).await
+/// Finds a client by id without ever fetching a metadata document (rule 7): a document URL
+/// is found in the cache, or is `owner` (the client a presented code or refresh token was
+/// issued to), a public client. `Ok(None)` when no such client is known.
+pub(crate) fn find_known(
+    state: &AppState,
+    client_id: &str,
+    owner: Option<&str>,
+) -> Result<Option<Client>, OAuthError> {
+    if client_id.is_empty() || client_id.len() > 2048 {
+        return Ok(None);
+    }
+    if let Some(client) = state.inner.store.client(client_id)? {
+        if crate::register::expired_unused(state, &client)? {
+            return Ok(None);
+        }
+        return Ok(Some(client));
+    }
+    if let Some(c) = preregistered(state, client_id) {
+        return Ok(Some(c));
+    }
+    let Some(url) = state.inner.cimd.is_cimd_id(client_id) else {
+        return Ok(None);
+    };
+    if CimdCache::malformed(client_id, &url).is_some() {
+        return Ok(None);
+    }
+    if let Ok(entries) = state.inner.cimd.entries.lock()
+        && let Some((_, client)) = entries.get(url.as_str())
+    {
+        return Ok(Some(client.clone()));
+    }
+    if owner == Some(client_id) {
+        return Ok(Some(Client {
+            client_id: client_id.to_owned(),
+            secret_sha256: None,
+            redirect_uris: Vec::new(),
+            client_name: None,
+            token_endpoint_auth_method: "none".to_owned(),
+            created_at: 0,
+        }));
+    }
+    Ok(None)
 }
 
-/// [`find`] on behalf of a caller whose concurrent metadata-document fetches are bounded.
+/// Finds a client by id on behalf of `caller`, fetching a metadata document if need be
+/// (its concurrent fetches bounded, rule 4). `Ok(None)` when no such client exists.
 pub(crate) async fn find_for(
     state: &AppState,
     client_id: &str,

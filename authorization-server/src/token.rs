@@ -2,7 +2,10 @@
 //!
 //! Rules:
 //! 1. Clients authenticate as registered: `none` (client_id only), `client_secret_basic`
-//!    or `client_secret_post`; secrets are compared as hashes in constant time.
+//!    or `client_secret_post`; secrets are compared as hashes in constant time. Neither
+//!    endpoint fetches a Client ID Metadata Document: such a client is known from the
+//!    document cache or as the owner of the code or refresh token presented, and is
+//!    `invalid_client` otherwise (so these endpoints cannot be used to make bmm-as fetch).
 //! 2. A code is redeemed once, within 60 s, by the client it was issued to, with the same
 //!    `redirect_uri` (required when the authorization request carried one), a
 //!    `code_verifier` whose S256 is the challenge, and (if given) the same `resource`. All
@@ -122,10 +125,33 @@ fn form_params(form: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
 }
 
 /// Rule 1: which client is calling, authenticated as it registered.
-async fn authenticate(
+/// The client the code or refresh token a request presents was issued to, if it is live
+/// (`token_param`: the parameter holding a refresh token, `refresh_token` or `token`).
+fn presented_owner(
+    state: &AppState,
+    params: &HashMap<String, String>,
+    token_param: &str,
+) -> Option<String> {
+    if params.get("grant_type").map(String::as_str) == Some("authorization_code") {
+        let code = params.get("code")?;
+        let codes = state.inner.codes.lock().ok()?;
+        return codes.get(code).map(|c| c.client_id.clone());
+    }
+    let token = params.get(token_param)?;
+    state
+        .inner
+        .store
+        .peek_refresh(&sha256_hex(token), now())
+        .ok()
+        .flatten()
+        .map(|r| r.client_id)
+}
+
+fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
+    owner: Option<&str>,
 ) -> Result<Client, OAuthError> {
     let basic = headers
         .get(header::AUTHORIZATION)
@@ -177,8 +203,7 @@ async fn authenticate(
                 ));
             }
         };
-    let client = clients::find(state, &client_id)
-        .await?
+    let client = clients::find_known(state, &client_id, owner)?
         .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
     match (&client.secret_sha256, secret) {
         (None, None) => Ok(client),
@@ -260,7 +285,7 @@ pub(crate) async fn token(
     if !state.inner.limiter.allow(peer.ip(), Bucket::Token) {
         return OAuthError::rate_limited().into_response();
     }
-    match grant(&state, &headers, body).await {
+    match grant(&state, &headers, body) {
         Ok(response) => response,
         Err(error) => {
             tracing::info!(error = error.code(), "token request refused");
@@ -269,13 +294,14 @@ pub(crate) async fn token(
     }
 }
 
-async fn grant(
+fn grant(
     state: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OAuthError> {
     let params = body_params(headers, body)?;
-    let client = authenticate(state, headers, &params).await?;
+    let owner = presented_owner(state, &params, "refresh_token");
+    let client = authenticate(state, headers, &params, owner.as_deref())?;
     let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
     match get("grant_type") {
         Some("authorization_code") => {
@@ -450,7 +476,8 @@ pub(crate) async fn revoke(
     }
     let result = async {
         let params = body_params(&headers, body)?;
-        let client = authenticate(&state, &headers, &params).await?;
+        let owner = presented_owner(&state, &params, "token");
+        let client = authenticate(&state, &headers, &params, owner.as_deref())?;
         let token = params
             .get("token")
             .ok_or_else(|| OAuthError::invalid_request("token is required"))?;

@@ -914,3 +914,115 @@ async fn behind_a_trusted_proxy_limits_apply_per_forwarded_address() {
     let status = register_with_headers(&as_, &[("x-forwarded-for", "not-an-address")]).await;
     assert_eq!(status, 201);
 }
+
+/// A PKCE pair: (verifier, S256 challenge).
+fn pkce_pair() -> (String, String) {
+    let mut b = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    let verifier = format!("v{}", URL_SAFE_NO_PAD.encode(b));
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    (verifier, challenge)
+}
+
+async fn post_form(as_: &TestAs, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let response = http()
+        .post(format!("{}{path}", as_.url))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn token_and_revoke_never_fetch_client_metadata_documents() {
+    // A document URL never seen at /authorize: invalid_client, and no fetch.
+    let (port, fetches) = counting_listener().await;
+    let unseen = format!("http://127.0.0.1:{port}/client.json");
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--dev-user", "alice", "--allow-loopback-cimd"];
+    let as_ = TestAs::start(dir.path(), &args).await;
+    let (status, body) = post_form(
+        &as_,
+        "/token",
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "guess"),
+            ("client_id", &unseen),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_client"))
+    );
+    let (status, _) = post_form(
+        &as_,
+        "/revoke",
+        &[("token", "guess"), ("client_id", &unseen)],
+    )
+    .await;
+    assert_eq!(status, 401);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(fetches.load(Ordering::SeqCst), 0, "nothing was fetched");
+
+    // A client seen at /authorize keeps working at /token from the token it holds, also
+    // after a restart emptied the document cache, without another fetch.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let doc_url = format!("http://{}/client.json", listener.local_addr().unwrap());
+    let served = doc_url.clone();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&hits);
+    let app = axum::Router::new().route(
+        "/client.json",
+        axum::routing::get(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let id = served.clone();
+            async move { axum::Json(json!({"client_id": id, "redirect_uris": [CALLBACK]})) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (verifier, challenge) = pkce_pair();
+    let response = authorize_from(&http(), &as_, &params(&doc_url, CALLBACK, &challenge)).await;
+    assert_eq!(response.status(), 303);
+    let location = url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
+    let code = location
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let (status, tokens) = post_form(
+        &as_,
+        "/token",
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", CALLBACK),
+            ("code_verifier", &verifier),
+            ("client_id", &doc_url),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    drop(as_);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let as_ = TestAs::start(dir.path(), &args).await;
+    let (status, refreshed) = post_form(
+        &as_,
+        "/token",
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
+            ("client_id", &doc_url),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{refreshed}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "fetched once, at /authorize"
+    );
+}
