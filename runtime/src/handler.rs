@@ -17,13 +17,14 @@ use rmcp::model::{
     ServerCapabilities, ServerConfig, SetLevelRequestParams, SubscribeRequestParams,
     SubscriptionFilter, Tool, ToolAnnotations, ToolsCapability, UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::Value;
 
 use crate::context::{Retry, SessionLogLevel, ToolContext};
 use crate::def::{Handler, PromptContent, ResourceContent, ResourceTemplateDef, ServerDef};
 use crate::http_tool::{self, Upstream};
+use crate::listen_cap::ListenCap;
 use crate::secrets::Secrets;
 use crate::validate::{self, InputValidator};
 
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) info: ServerConfig,
     /// Seals `requestState` (HMAC, key random per process).
     pub(crate) state: Arc<RequestStateCodec>,
+    /// Open `subscriptions/listen` streams (crate::listen_cap).
+    pub(crate) listens: ListenCap,
 }
 
 /// The MCP server: cheap to clone, one per session or request as rmcp asks.
@@ -129,6 +132,7 @@ impl McpServer {
                 state: Arc::new(RequestStateCodec::new_unchecked(
                     rand::random::<[u8; 32]>().to_vec(),
                 )),
+                listens: ListenCap::default(),
             }),
             log_level: SessionLogLevel::new(),
         })
@@ -316,18 +320,21 @@ impl ServerHandler for McpServer {
 
     /// 2026-07-28 `subscriptions/listen`: accepted for subscribable resources. The lists
     /// are static (no `listChanged` is advertised) and static content never changes, so the
-    /// stream only carries its acknowledgment until the client closes it.
+    /// stream only carries its acknowledgment until the client closes it. A server without
+    /// subscribable resources does not implement it (crate::listen_cap, rule 1).
     fn accepted_subscription_filter(
         &self,
         requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
+        let resources = self.shared.def.resources;
+        if !resources.iter().any(|r| r.subscribable) {
+            return None;
+        }
         let mut accepted = SubscriptionFilter::new();
         accepted.resource_subscriptions = requested.resource_subscriptions.as_ref().map(|uris| {
             uris.iter()
                 .filter(|uri| {
-                    self.shared
-                        .def
-                        .resources
+                    resources
                         .iter()
                         .any(|r| r.subscribable && r.uri == uri.as_str())
                 })
@@ -335,6 +342,19 @@ impl ServerHandler for McpServer {
                 .collect()
         });
         Some(accepted)
+    }
+
+    /// Holds the stream open until the client closes it, counted against the caps of
+    /// crate::listen_cap (rule 2).
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let auth = context
+            .request_context()
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| bmm_middleware::AuthContext::from_parts(parts).ok());
+        let _permit = self.shared.listens.acquire(auth)?;
+        context.cancelled().await;
+        Ok(())
     }
 
     async fn subscribe(

@@ -14,6 +14,7 @@ pub mod def;
 pub mod fuzzing;
 mod handler;
 mod http_tool;
+mod listen_cap;
 mod output;
 pub mod run;
 mod secrets;

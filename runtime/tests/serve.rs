@@ -291,6 +291,10 @@ async fn start() -> Running {
 }
 
 async fn start_with(extra: &[&str]) -> Running {
+    start_def(def(), extra).await
+}
+
+async fn start_def(def: ServerDef, extra: &[&str]) -> Running {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let upstream = start_upstream(Arc::clone(&seen)).await;
     let jwks = start_jwks().await;
@@ -317,7 +321,7 @@ async fn start_with(extra: &[&str]) -> Running {
         "ITEMS_BASE_URL" => Some(upstream.clone()),
         _ => None,
     };
-    let prepared = prepare(def(), &args, env).unwrap();
+    let prepared = prepare(def, &args, env).unwrap();
     let server = bmm_middleware::Server::bind(addr, prepared.config.clone())
         .await
         .unwrap();
@@ -881,4 +885,96 @@ async fn prompt_arguments_must_be_declared_strings_over_http() {
             "{body}"
         );
     }
+}
+
+/// A stateless 2026-07-28 `subscriptions/listen` for `uri`.
+fn listen(s: &Running, token: &str, uri: &str) -> reqwest::RequestBuilder {
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}, "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"}});
+    reqwest::Client::new()
+        .post(&s.url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "subscriptions/listen")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "subscriptions/listen", "params": {"notifications": {"resourceSubscriptions": [uri]}, "_meta": meta}}))
+}
+
+/// The JSON-RPC messages of a response that must end by itself (within 10 s).
+async fn messages_of_closed_stream(response: reqwest::RequestBuilder) -> Vec<Value> {
+    let text = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        response.send().await.unwrap().text().await.unwrap()
+    })
+    .await
+    .expect("the stream closes");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(str::trim)
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .chain(serde_json::from_str::<Value>(&text).ok())
+        .collect()
+}
+
+/// listen_cap rule 1: with nothing subscribable, listen is refused at once, not held open.
+#[tokio::test]
+async fn listen_is_refused_when_nothing_is_subscribable() {
+    let s = start().await;
+    let t = token(&s.issuer, &s.url, "demo:read");
+    let messages = messages_of_closed_stream(listen(&s, &t, "demo://readme")).await;
+    assert!(
+        messages.iter().any(|m| m["error"]["code"] == -32601),
+        "{messages:?}"
+    );
+}
+
+static SUBSCRIBABLE: &[ResourceDef] = &[ResourceDef {
+    uri: "demo://live",
+    name: "live",
+    title: None,
+    description: None,
+    mime_type: Some("text/plain"),
+    content: ResourceContent::Text("live"),
+    subscribable: true,
+}];
+
+/// listen_cap rule 2: four open streams per subject; a fifth is refused with a JSON-RPC
+/// error and closes, while another subject may still listen (the global cap of 256 is
+/// tested in listen_cap's unit tests).
+#[tokio::test]
+async fn listen_streams_are_capped_per_subject_and_globally() {
+    let mut d = def();
+    d.resources = SUBSCRIBABLE;
+    let s = start_def(d, &[]).await;
+    let alice = token(&s.issuer, &s.url, "demo:read");
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let mut response = listen(&s, &alice, "demo://live").send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), response.chunk())
+            .await
+            .expect("the acknowledgment")
+            .unwrap()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&first).contains("acknowledged"),
+            "{first:?}"
+        );
+        open.push(response);
+    }
+    // Another client of the same subject counts against the same cap.
+    let alice_elsewhere = token_for(&s.issuer, &s.url, "demo:read", "alice", "client-b");
+    let messages = messages_of_closed_stream(listen(&s, &alice_elsewhere, "demo://live")).await;
+    let refusal = messages
+        .iter()
+        .find(|m| m.get("error").is_some())
+        .unwrap_or_else(|| panic!("{messages:?}"));
+    assert_eq!(refusal["error"]["code"], -32000, "{refusal}");
+    let bob = token_for(&s.issuer, &s.url, "demo:read", "bob", "client-a");
+    let mut response = listen(&s, &bob, "demo://live").send().await.unwrap();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), response.chunk())
+        .await
+        .expect("bob's acknowledgment")
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("acknowledged"));
+    drop(open);
 }
