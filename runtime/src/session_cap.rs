@@ -6,11 +6,13 @@
 //!    a request that would open another is answered **503** with `Retry-After`; requests
 //!    of open sessions and stateless 2026-07-28 requests (which open none) pass untouched
 //!    (`legacy_sessions_are_capped_and_stateless_requests_are_not`).
-//! 2. At most `per_subject` of them belong to one caller (the verified token's `iss`,
-//!    `sub` and `client_id`): beyond it a new session is answered **429** with
-//!    `Retry-After`, so one caller cannot hold every session
-//!    (`sessions_are_capped_per_subject`). Without authentication (`--no-auth`) there is
-//!    no caller to count, and only rule 1 applies.
+//! 2. At most `per_subject` of them belong to one subject (the verified token's `iss` and
+//!    `sub`, whichever client it used; a token without `sub` counts by its `client_id`):
+//!    beyond it a new session is answered **429** with `Retry-After`, so one user cannot
+//!    hold every session, not even by registering many clients
+//!    (`sessions_are_capped_per_subject`,
+//!    `sessions_are_capped_per_subject_across_clients`). Without authentication
+//!    (`--no-auth`) there is no caller to count, and only rule 1 applies.
 //! 3. Each session is bound at `initialize` to that caller. A POST, GET (stream) or DELETE
 //!    naming a session that another caller opened — or that was not opened through this
 //!    layer at all — is answered exactly like an unknown session (**404** `Session not
@@ -42,6 +44,22 @@ struct Owner {
     client: Option<String>,
 }
 
+impl Owner {
+    /// What the per-subject cap counts: issuer and subject, whichever client; a token
+    /// without a subject counts by its client.
+    fn counted(&self) -> Self {
+        Self {
+            issuer: self.issuer.clone(),
+            subject: self.subject.clone(),
+            client: if self.subject.is_some() {
+                None
+            } else {
+                self.client.clone()
+            },
+        }
+    }
+}
+
 /// The caller of a request (`None` without authentication).
 fn caller<B>(req: &Request<B>) -> Option<Owner> {
     AuthContext::from_request(req).ok().map(|a| Owner {
@@ -51,11 +69,23 @@ fn caller<B>(req: &Request<B>) -> Option<Owner> {
     })
 }
 
-/// Session ids and their owners, and sessions being opened right now per caller.
+/// Session ids and their owners, and sessions being opened right now per counted subject
+/// ([`Owner::counted`]).
 #[derive(Debug, Default)]
 struct Owners {
     by_session: HashMap<String, Option<Owner>>,
     opening: HashMap<Owner, usize>,
+}
+
+impl Owners {
+    /// Open sessions counted against `who`'s subject.
+    fn open_for(&self, who: &Owner) -> usize {
+        let counted = who.counted();
+        self.by_session
+            .values()
+            .filter(|o| o.as_ref().is_some_and(|o| o.counted() == counted))
+            .count()
+    }
 }
 
 type SharedOwners = Arc<Mutex<Owners>>;
@@ -74,11 +104,12 @@ struct Opening {
 impl Drop for Opening {
     fn drop(&mut self) {
         if let Some(owner) = &self.owner {
+            let counted = owner.counted();
             let mut owners = lock(&self.owners);
-            if let Some(n) = owners.opening.get_mut(owner) {
+            if let Some(n) = owners.opening.get_mut(&counted) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    owners.opening.remove(owner);
+                    owners.opening.remove(&counted);
                 }
             }
         }
@@ -221,13 +252,7 @@ where
                     table
                         .by_session
                         .retain(|id, _| live.contains_key(id.as_str()));
-                    let open = owner.as_ref().map_or(0, |who| {
-                        table
-                            .by_session
-                            .values()
-                            .filter(|o| o.as_ref() == Some(who))
-                            .count()
-                    });
+                    let open = owner.as_ref().map_or(0, |who| table.open_for(who));
                     if live.len() > max {
                         Some(full())
                     } else if owner.is_some() && open >= per_subject {
@@ -267,12 +292,8 @@ where
                     .by_session
                     .retain(|id, _| live.contains_key(id.as_str()));
                 if let Some(who) = &owner {
-                    let open = table
-                        .by_session
-                        .values()
-                        .filter(|o| o.as_ref() == Some(who))
-                        .count();
-                    let pending = table.opening.get(who).copied().unwrap_or(0);
+                    let open = table.open_for(who);
+                    let pending = table.opening.get(&who.counted()).copied().unwrap_or(0);
                     if open + pending >= per_subject {
                         tracing::warn!(
                             per_subject,
@@ -280,7 +301,7 @@ where
                         );
                         return Ok(too_many_for_caller());
                     }
-                    *table.opening.entry(who.clone()).or_default() += 1;
+                    *table.opening.entry(who.counted()).or_default() += 1;
                 }
                 Opening {
                     owners: Arc::clone(&owners),

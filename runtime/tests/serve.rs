@@ -978,3 +978,33 @@ async fn listen_streams_are_capped_per_subject_and_globally() {
     assert!(String::from_utf8_lossy(&first).contains("acknowledged"));
     drop(open);
 }
+
+/// session_cap rule 2 counts the subject (`iss` + `sub`), not each of its clients, while
+/// rule 3 still binds every session to the full caller, client included.
+#[tokio::test]
+async fn sessions_are_capped_per_subject_across_clients() {
+    let s = start_with(&["--max-sessions-per-subject", "2"]).await;
+    let via = |client: &str| token_for(&s.issuer, &s.url, "demo:read", "alice", client);
+    let (status, first, _) = rpc(initialize(&s, &via("client-a")).await).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = rpc(initialize(&s, &via("client-b")).await).await;
+    assert_eq!(status, 200);
+    let refused = initialize(&s, &via("client-c")).await;
+    assert_eq!(
+        refused.status(),
+        429,
+        "a third client of alice is over her cap"
+    );
+    let other_client = with_session(reqwest::Method::GET, &s, &via("client-b"), &first.unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        other_client.status(),
+        404,
+        "a session stays bound to the client that opened it"
+    );
+    let bob = token_for(&s.issuer, &s.url, "demo:read", "bob", "client-c");
+    let (status, _, _) = rpc(initialize(&s, &bob).await).await;
+    assert_eq!(status, 200, "another subject is not affected");
+}
