@@ -11,12 +11,16 @@
 //!
 //! Sealed request state ([`ToolContext::seal_state`] / [`ToolContext::open_state`]) is
 //! HMAC-sealed with a per-process key and bound (as authenticated associated data) to the
-//! tool or prompt it was issued by, the caller (token `iss` + `sub`), and the call's
-//! arguments (canonical JSON: keys sorted), and it lives [`STATE_TTL`] (10 minutes).
-//! Opening it in another tool, for another caller, with other arguments, after it
-//! expired, or altered, is a JSON-RPC invalid-params error
+//! tool or prompt it was issued by, the caller (token `iss`, `sub` and `client_id`), and
+//! the call's arguments (canonical JSON: keys sorted), and it lives [`STATE_TTL`] (10
+//! minutes). Opening it in another tool, for another caller (another client of the same
+//! user included), with other arguments, after it expired, or altered, is a JSON-RPC
+//! invalid-params error
 //! (`sealed_state_is_refused_in_another_tool_for_another_caller_or_arguments`,
-//! `sealed_state_expires`).
+//! `sealed_state_expires`). A token with neither `sub` nor `client_id` cannot be told
+//! apart from another such token, so state is never sealed (a tool error) or opened
+//! (invalid params) for it (`sealed_state_needs_a_caller_with_sub_or_client_id`). Without
+//! authentication there is one anonymous caller.
 #![allow(deprecated)] // logging and sampling are deprecated by SEP-2577 but still in the spec
 
 use std::collections::BTreeMap;
@@ -83,19 +87,61 @@ pub(crate) struct Retry {
 /// How long a sealed request state can be opened.
 pub const STATE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// What sealed request state is bound to: the call (`tool:<name>` or `prompt:<name>`),
-/// the caller and the arguments, as unambiguous bytes (a JSON array of strings).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Binding(Vec<u8>);
+/// Who a call is made by, as far as sealed request state is concerned.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Caller<'a> {
+    /// No authentication (`--no-auth`, stdio): there is one anonymous caller.
+    Anonymous,
+    /// A verified token: its `iss`, `sub` and `client_id`.
+    Token {
+        issuer: &'a str,
+        subject: Option<&'a str>,
+        client: Option<&'a str>,
+    },
+}
 
-impl Binding {
-    pub(crate) fn new(call: &str, issuer: &str, subject: &str, arguments: &Value) -> Self {
-        let mut args = String::new();
-        canonical_json(arguments, &mut args);
-        let parts = serde_json::json!(["bmm-request-state/1", call, issuer, subject, args]);
-        Self(parts.to_string().into_bytes())
+impl<'a> Caller<'a> {
+    pub(crate) fn of(auth: Option<&'a AuthContext>) -> Self {
+        auth.map_or(Self::Anonymous, |a| Self::Token {
+            issuer: a.issuer(),
+            subject: a.subject(),
+            client: a.client_id(),
+        })
     }
 }
+
+/// What sealed request state is bound to: the call (`tool:<name>` or `prompt:<name>`),
+/// the caller (`iss`, `sub`, `client_id`) and the arguments, as unambiguous bytes (a
+/// JSON array; an absent claim is `null`, never `""`). A token with neither `sub` nor
+/// `client_id` names no caller that could be told apart from another: nothing is bound
+/// (`None`), and state is neither sealed nor opened for it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Binding(Option<Vec<u8>>);
+
+impl Binding {
+    pub(crate) fn new(call: &str, caller: Caller<'_>, arguments: &Value) -> Self {
+        let (issuer, subject, client) = match caller {
+            Caller::Anonymous => (None, None, None),
+            Caller::Token {
+                subject: None,
+                client: None,
+                ..
+            } => return Self(None),
+            Caller::Token {
+                issuer,
+                subject,
+                client,
+            } => (Some(issuer), subject, client),
+        };
+        let mut args = String::new();
+        canonical_json(arguments, &mut args);
+        let parts = serde_json::json!(["bmm-request-state/2", call, issuer, subject, client, args]);
+        Self(Some(parts.to_string().into_bytes()))
+    }
+}
+
+const NO_CALLER: &str =
+    "request state needs a caller: the access token has neither `sub` nor `client_id`";
 
 /// JSON with object keys sorted, whatever order the map keeps them in.
 fn canonical_json(value: &Value, out: &mut String) {
@@ -137,11 +183,11 @@ pub(crate) fn seal_bound<T: serde::Serialize>(
     value: &T,
     ttl: std::time::Duration,
 ) -> Result<String, ToolError> {
+    let Some(binding) = &binding.0 else {
+        return Err(ToolError::new(NO_CALLER));
+    };
     codec
-        .seal_json_with(
-            value,
-            &SealOptions::new().associated_data(&binding.0).ttl(ttl),
-        )
+        .seal_json_with(value, &SealOptions::new().associated_data(binding).ttl(ttl))
         .map_err(|e| ToolError::new(format!("cannot seal the request state: {e}")))
 }
 
@@ -151,7 +197,12 @@ pub(crate) fn open_bound<T: serde::de::DeserializeOwned>(
     binding: &Binding,
     raw: &str,
 ) -> Result<T, ToolError> {
-    codec.open_json_with(raw, &binding.0).map_err(|e| {
+    let Some(binding) = &binding.0 else {
+        return Err(ToolError::protocol(ErrorData::invalid_params(
+            NO_CALLER, None,
+        )));
+    };
+    codec.open_json_with(raw, binding).map_err(|e| {
         let message = match e {
             RequestStateError::Expired => "requestState has expired; start the call again",
             _ => {
@@ -246,12 +297,7 @@ impl ToolContext {
             .extensions
             .get::<http::request::Parts>()
             .and_then(|parts| AuthContext::from_parts(parts).ok().cloned());
-        let binding = Binding::new(
-            call,
-            auth.as_ref().map_or("", AuthContext::issuer),
-            auth.as_ref().and_then(AuthContext::subject).unwrap_or(""),
-            arguments,
-        );
+        let binding = Binding::new(call, Caller::of(auth.as_ref()), arguments);
         Self {
             auth,
             request,
@@ -463,24 +509,49 @@ mod tests {
     fn sealed_state_is_refused_in_another_tool_for_another_caller_or_arguments() {
         let codec = codec();
         let args = serde_json::json!({"account": "alice-1", "n": 2});
-        let alice = Binding::new("tool:read_notes", "https://as", "alice", &args);
+        let alice = Binding::new("tool:read_notes", who("https://as", "alice", "app"), &args);
         let sealed = seal_bound(&codec, &alice, &"secret step", STATE_TTL).unwrap();
         // The same call opens it, whatever order the arguments' keys arrive in.
         let reordered: Value = serde_json::from_str(r#"{"n":2,"account":"alice-1"}"#).unwrap();
-        let same = Binding::new("tool:read_notes", "https://as", "alice", &reordered);
+        let same = Binding::new(
+            "tool:read_notes",
+            who("https://as", "alice", "app"),
+            &reordered,
+        );
         assert_eq!(
             open_bound::<String>(&codec, &same, &sealed).unwrap(),
             "secret step"
         );
         for other in [
-            Binding::new("tool:delete_notes", "https://as", "alice", &args),
-            Binding::new("prompt:read_notes", "https://as", "alice", &args),
-            Binding::new("tool:read_notes", "https://as", "mallory", &args),
-            Binding::new("tool:read_notes", "https://other-as", "alice", &args),
+            Binding::new(
+                "tool:delete_notes",
+                who("https://as", "alice", "app"),
+                &args,
+            ),
+            Binding::new(
+                "prompt:read_notes",
+                who("https://as", "alice", "app"),
+                &args,
+            ),
             Binding::new(
                 "tool:read_notes",
-                "https://as",
-                "alice",
+                who("https://as", "mallory", "app"),
+                &args,
+            ),
+            Binding::new(
+                "tool:read_notes",
+                who("https://other-as", "alice", "app"),
+                &args,
+            ),
+            Binding::new(
+                "tool:read_notes",
+                who("https://as", "alice", "other-app"),
+                &args,
+            ),
+            Binding::new("tool:read_notes", Caller::Anonymous, &args),
+            Binding::new(
+                "tool:read_notes",
+                who("https://as", "alice", "app"),
                 &serde_json::json!({"account": "bob-1", "n": 2}),
             ),
         ] {
@@ -495,10 +566,60 @@ mod tests {
         assert!(open_bound::<String>(&other_key, &alice, &sealed).is_err());
     }
 
+    fn who<'a>(issuer: &'a str, subject: &'a str, client: &'a str) -> Caller<'a> {
+        Caller::Token {
+            issuer,
+            subject: Some(subject),
+            client: Some(client),
+        }
+    }
+
+    #[test]
+    fn sealed_state_needs_a_caller_with_sub_or_client_id() {
+        let codec = codec();
+        let args = serde_json::json!({});
+        let nobody = Caller::Token {
+            issuer: "https://as",
+            subject: None,
+            client: None,
+        };
+        let unbound = Binding::new("tool:t", nobody, &args);
+        let err = seal_bound(&codec, &unbound, &1, STATE_TTL).unwrap_err();
+        assert!(err.message().contains("caller"), "{err}");
+        // State sealed for anyone else never opens for such a token either, nor does
+        // state of a sub-less token open for another client of the same issuer.
+        let client_only = |client| Caller::Token {
+            issuer: "https://as",
+            subject: None,
+            client: Some(client),
+        };
+        for caller in [Caller::Anonymous, client_only("a")] {
+            let sealed = seal_bound(
+                &codec,
+                &Binding::new("tool:t", caller, &args),
+                &1,
+                STATE_TTL,
+            )
+            .unwrap();
+            assert!(open_bound::<i32>(&codec, &unbound, &sealed).is_err());
+        }
+        let sealed = seal_bound(
+            &codec,
+            &Binding::new("tool:t", client_only("a"), &args),
+            &1,
+            STATE_TTL,
+        )
+        .unwrap();
+        let b = Binding::new("tool:t", client_only("b"), &args);
+        assert!(open_bound::<i32>(&codec, &b, &sealed).is_err());
+        let a = Binding::new("tool:t", client_only("a"), &args);
+        assert_eq!(open_bound::<i32>(&codec, &a, &sealed).unwrap(), 1);
+    }
+
     #[test]
     fn sealed_state_expires() {
         let codec = codec();
-        let b = Binding::new("tool:t", "i", "s", &serde_json::json!({}));
+        let b = Binding::new("tool:t", who("i", "s", "c"), &serde_json::json!({}));
         let sealed = seal_bound(&codec, &b, &1, std::time::Duration::from_millis(1)).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         let err = open_bound::<i32>(&codec, &b, &sealed).unwrap_err();
