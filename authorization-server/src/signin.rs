@@ -16,6 +16,11 @@
 //!    an attempt made while waiting is refused without checking the password (no Argon2
 //!    run). A success clears the name's count. Counts are forgotten 15 minutes after the
 //!    last failure; each map holds at most 10,000 entries (the stalest dropped first).
+//!    Attempts in flight count against the allowance before their password is checked (and
+//!    before they wait for an Argon2 slot): while an address or name has as many attempts
+//!    in flight as it has failures left before backing off, a further attempt is refused
+//!    like one made while waiting; once it is backing off, one attempt at a time. So N
+//!    parallel guesses get no more password checks than N guesses one after the other.
 //! 3. An unknown user name (or an unreadable configured hash) is checked against a dummy
 //!    Argon2 hash with the algorithm and parameters of the first configured user's hash
 //!    (the defaults without users), so a guess costs the same time whether or not the name
@@ -187,6 +192,8 @@ struct Failures {
     count: u32,
     last: Instant,
     blocked_until: Instant,
+    /// Attempts admitted and not yet finished (rule 2).
+    in_flight: u32,
 }
 
 fn backoff(count: u32, free: u32) -> Duration {
@@ -197,20 +204,20 @@ fn backoff(count: u32, free: u32) -> Duration {
     Duration::from_secs(1u64 << over.min(16)).min(MAX_BACKOFF)
 }
 
-fn remaining<K: Eq + Hash>(map: &Mutex<HashMap<K, Failures>>, key: &K) -> Option<Duration> {
-    let map = map.lock().ok()?;
-    let f = map.get(key)?;
-    let now = Instant::now();
-    (f.blocked_until > now).then(|| f.blocked_until - now)
-}
+/// How long a caller refused for attempts in flight is told to wait.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(1);
 
-fn record<K: Eq + Hash + Clone>(map: &Mutex<HashMap<K, Failures>>, key: &K, free: u32) {
-    let Ok(mut map) = map.lock() else {
-        return;
-    };
-    let now = Instant::now();
+/// The entry of `key`, made room for (rule 2's bound) and created if missing, with a count
+/// forgotten after [`FORGET_AFTER`].
+fn entry<'m, K: Eq + Hash + Clone>(
+    map: &'m mut HashMap<K, Failures>,
+    key: &K,
+    now: Instant,
+) -> &'m mut Failures {
     if map.len() >= MAX_THROTTLE_ENTRIES && !map.contains_key(key) {
-        map.retain(|_, f| f.blocked_until > now || now.duration_since(f.last) < FORGET_AFTER);
+        map.retain(|_, f| {
+            f.in_flight > 0 || f.blocked_until > now || now.duration_since(f.last) < FORGET_AFTER
+        });
         while map.len() >= MAX_THROTTLE_ENTRIES {
             let Some(stalest) = map
                 .iter()
@@ -226,10 +233,55 @@ fn record<K: Eq + Hash + Clone>(map: &Mutex<HashMap<K, Failures>>, key: &K, free
         count: 0,
         last: now,
         blocked_until: now,
+        in_flight: 0,
     });
-    if now.duration_since(f.last) >= FORGET_AFTER {
+    if f.count > 0 && now.duration_since(f.last) >= FORGET_AFTER && f.blocked_until <= now {
         f.count = 0;
     }
+    f
+}
+
+/// Admits one attempt for `key` (rule 2), counting it in flight, or says how long to wait.
+fn admit<K: Eq + Hash + Clone>(
+    map: &Mutex<HashMap<K, Failures>>,
+    key: &K,
+    free: u32,
+) -> Result<(), Duration> {
+    let Ok(mut map) = map.lock() else {
+        return Err(IN_FLIGHT_WAIT);
+    };
+    let now = Instant::now();
+    let f = entry(&mut map, key, now);
+    if f.blocked_until > now {
+        return Err(f.blocked_until - now);
+    }
+    let within = f.count.saturating_add(f.in_flight) < free;
+    if !within && f.in_flight > 0 {
+        return Err(IN_FLIGHT_WAIT);
+    }
+    f.in_flight += 1;
+    Ok(())
+}
+
+/// Ends an attempt admitted by [`admit`].
+fn finish<K: Eq + Hash>(map: &Mutex<HashMap<K, Failures>>, key: &K) {
+    let Ok(mut map) = map.lock() else {
+        return;
+    };
+    if let Some(f) = map.get_mut(key) {
+        f.in_flight = f.in_flight.saturating_sub(1);
+        if f.count == 0 && f.in_flight == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+fn record<K: Eq + Hash + Clone>(map: &Mutex<HashMap<K, Failures>>, key: &K, free: u32) {
+    let Ok(mut map) = map.lock() else {
+        return;
+    };
+    let now = Instant::now();
+    let f = entry(&mut map, key, now);
     f.count = f.count.saturating_add(1);
     f.last = now;
     f.blocked_until = now + backoff(f.count, free);
@@ -246,6 +298,20 @@ pub(crate) enum Verdict {
     Wait(Duration),
     /// No Argon2 slot became free in time.
     Busy,
+}
+
+/// An attempt in flight (rule 2); ends when dropped, after its failure is recorded.
+struct Attempt<'t> {
+    throttle: &'t Throttle,
+    caller: IpAddr,
+    user_key: String,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        finish(&self.throttle.by_caller, &self.caller);
+        finish(&self.throttle.by_user, &self.user_key);
+    }
 }
 
 /// Sign-in throttling and equal-time password checks (rules 2 to 4).
@@ -296,6 +362,21 @@ impl Throttle {
         }
     }
 
+    /// Admits an attempt for both the address and the name (rule 2).
+    fn admit(&self, caller: IpAddr, user_key: &str) -> Result<Attempt<'_>, Duration> {
+        admit(&self.by_caller, &caller, FREE_FAILURES_PER_CALLER)?;
+        let user_key = user_key.to_owned();
+        if let Err(wait) = admit(&self.by_user, &user_key, FREE_FAILURES_PER_USER) {
+            finish(&self.by_caller, &caller);
+            return Err(wait);
+        }
+        Ok(Attempt {
+            throttle: self,
+            caller,
+            user_key,
+        })
+    }
+
     /// Checks `username`/`password` for `caller` under rules 2 to 4.
     pub(crate) async fn check(
         &self,
@@ -306,13 +387,12 @@ impl Throttle {
     ) -> Verdict {
         let caller = caller_key(caller);
         let user_key = sha256_hex(username);
-        let wait = remaining(&self.by_caller, &caller)
-            .into_iter()
-            .chain(remaining(&self.by_user, &user_key))
-            .max();
-        if let Some(wait) = wait {
-            return Verdict::Wait(wait);
-        }
+        // Rule 2: the attempt counts in flight from here (also if it is cancelled), before
+        // it waits for an Argon2 slot.
+        let _attempt = match self.admit(caller, &user_key) {
+            Ok(attempt) => attempt,
+            Err(wait) => return Verdict::Wait(wait),
+        };
         let Ok(Ok(_permit)) =
             tokio::time::timeout(ARGON2_WAIT, Arc::clone(&self.argon2).acquire_owned()).await
         else {
@@ -345,8 +425,11 @@ impl Throttle {
         .await
         .unwrap_or(false);
         if matched && real {
-            if let Ok(mut map) = self.by_user.lock() {
-                map.remove(&user_key);
+            if let Ok(mut map) = self.by_user.lock()
+                && let Some(f) = map.get_mut(&user_key)
+            {
+                f.count = 0;
+                f.blocked_until = Instant::now();
             }
             Verdict::Valid
         } else {

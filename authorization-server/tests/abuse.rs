@@ -1026,3 +1026,36 @@ async fn token_and_revoke_never_fetch_client_metadata_documents() {
         "fetched once, at /authorize"
     );
 }
+
+#[tokio::test]
+async fn sign_in_attempts_in_flight_count_against_the_backoff_allowance() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = users_config();
+    let as_ = TestAs::start(dir.path(), &["--config", config.path().to_str().unwrap()]).await;
+    let client_id = client_with(&as_, CALLBACK).await;
+    let browser = http_from(Some("127.0.0.5".parse().unwrap()));
+    let mut forms = Vec::new();
+    for _ in 0..12 {
+        forms.push(consent_form(&browser, &as_, &client_id).await);
+    }
+    // 12 guesses for one name at once: only the name's 5 free failures are checked.
+    let as_ = Arc::new(as_);
+    let mut tasks = Vec::new();
+    for form in forms {
+        let (browser, as_) = (browser.clone(), Arc::clone(&as_));
+        tasks.push(tokio::spawn(async move {
+            sign_in(&browser, &as_, &form, "alice", "guess").await.0
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    let checked = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert!(
+        (1..=5).contains(&checked),
+        "at most 5 passwords checked: {statuses:?}"
+    );
+    assert_eq!(checked + refused, 12, "{statuses:?}");
+}
