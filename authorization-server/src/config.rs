@@ -45,12 +45,12 @@ pub struct Args {
     #[arg(long, env = "BMM_AS_ALLOW_LOOPBACK_CIMD")]
     pub allow_loopback_cimd: bool,
     /// Most dynamically registered clients that have not completed an authorization yet;
-    /// registration answers 503 past it.
+    /// past it, a registration deletes the largest holder's oldest unused client.
     #[arg(long, env = "BMM_AS_MAX_UNUSED_CLIENTS", default_value_t = 1000)]
     pub max_unused_clients: u64,
     /// Seconds a dynamically registered client has to complete an authorization before it
     /// is deleted.
-    #[arg(long, env = "BMM_AS_UNUSED_CLIENT_TTL", default_value_t = 24 * 3600)]
+    #[arg(long, env = "BMM_AS_UNUSED_CLIENT_TTL", default_value_t = 3600)]
     pub unused_client_ttl: u64,
     /// Rotate the signing key at start-up (the old key stays published).
     #[arg(long)]

@@ -34,6 +34,19 @@ pub(crate) fn caller_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The group an address counts in when the registration quota picks the largest holder to
+/// evict from: the address for IPv4, its /48 for IPv6 (a site's usual allocation, so one
+/// holder of many /64s is still one holder).
+pub(crate) fn holder_group(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 80) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
 const WINDOW: Duration = Duration::from_secs(60);
 const MAX_ENTRIES: usize = 10_000;
 
@@ -76,6 +89,44 @@ impl RateLimiter {
             return true;
         }
         list.len() < UNUSED_CLIENTS_PER_ADDRESS
+    }
+
+    /// Takes the oldest registration since `since` that is still `unused` of the largest
+    /// holder (registration rule 7): addresses are grouped as [`holder_group`] says; among
+    /// equal holders, the one that registered most recently. `None` when no address holds
+    /// one.
+    pub(crate) fn evict_candidate(
+        &self,
+        since: u64,
+        unused: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let mut registered = self.registered.lock().ok()?;
+        registered.retain(|_, list| {
+            list.retain(|(id, at)| *at >= since && unused(id));
+            !list.is_empty()
+        });
+        let mut groups: HashMap<IpAddr, (usize, u64)> = HashMap::new();
+        for (key, list) in registered.iter() {
+            let g = groups.entry(holder_group(*key)).or_insert((0, 0));
+            g.0 += list.len();
+            g.1 = g.1.max(list.iter().map(|(_, t)| *t).max().unwrap_or(0));
+        }
+        let largest = groups
+            .iter()
+            .max_by_key(|(_, (n, newest))| (*n, *newest))
+            .map(|(g, _)| *g)?;
+        let (key, index) = registered
+            .iter()
+            .filter(|(k, _)| holder_group(**k) == largest)
+            .flat_map(|(k, list)| list.iter().enumerate().map(move |(i, (_, t))| (*t, *k, i)))
+            .min()
+            .map(|(_, k, i)| (k, i))?;
+        let list = registered.get_mut(&key)?;
+        let (id, _) = list.remove(index);
+        if list.is_empty() {
+            registered.remove(&key);
+        }
+        Some(id)
     }
 
     /// Records that `ip` registered `client_id` at `at`.
@@ -155,5 +206,31 @@ mod tests {
         assert!(limiter.allow(other_64, Bucket::Register));
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         assert_eq!(caller_key(mapped), "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn a_full_registration_quota_evicts_the_largest_holders_oldest_unused_client() {
+        let limiter = RateLimiter::new();
+        // Three /64s of one /48 are one holder of 3; an IPv4 address holds 2.
+        for (i, ip) in ["2001:db8:1:1::1", "2001:db8:1:2::1", "2001:db8:1:3::1"]
+            .iter()
+            .enumerate()
+        {
+            let at = 100 + u64::try_from(i).unwrap_or(0);
+            limiter.registered(ip.parse().unwrap(), &format!("v6-{i}"), at, 0);
+        }
+        limiter.registered("192.0.2.1".parse().unwrap(), "v4-0", 50, 0);
+        limiter.registered("192.0.2.1".parse().unwrap(), "v4-1", 51, 0);
+        let all = |_: &str| true;
+        assert_eq!(limiter.evict_candidate(0, all).as_deref(), Some("v6-0"));
+        // 2 and 2: the holder that registered most recently.
+        assert_eq!(limiter.evict_candidate(0, all).as_deref(), Some("v6-1"));
+        // Used clients are neither candidates nor counted.
+        let unused = |id: &str| id != "v6-2";
+        assert_eq!(limiter.evict_candidate(0, unused).as_deref(), Some("v4-0"));
+        assert_eq!(
+            holder_group("2001:db8:1:ffff::1".parse().unwrap()),
+            "2001:db8:1::".parse::<IpAddr>().unwrap()
+        );
     }
 }

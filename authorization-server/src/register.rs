@@ -19,10 +19,13 @@
 //!    most 100 characters, `scope` at most 1,024 bytes, `client_uri` and `logo_uri` at most
 //!    1,024 bytes, `software_id` and `software_version` at most 256 bytes.
 //! 7. Quota: at most `--max-unused-clients` (default 1,000) registered clients that have not
-//!    completed an authorization may exist; past it, registration answers 503
-//!    `temporarily_unavailable`. A client that has not completed an authorization within
-//!    `--unused-client-ttl` seconds (default 86,400) of registering is deleted and no
-//!    longer found. A client counts as used once an authorization code is issued to it.
+//!    completed an authorization may exist. When it is full, a registration deletes the
+//!    oldest unused client of the largest holder (the address that registered the most of
+//!    them; IPv6 addresses grouped by /48) to make room, so many addresses together
+//!    cannot lock registration either; only when no holder is known (clients registered
+//!    before a restart) does registration answer 503 `temporarily_unavailable`. A client
+//!    that has not completed an authorization within `--unused-client-ttl` seconds
+//!    (default 3,600) of registering is deleted and no longer found. A client counts as used once an authorization code is issued to it.
 //!    One address (IPv6: one /64) may hold at most 20 of those unused clients (429 past
 //!    it), so a single caller cannot fill the quota and lock registration for everyone.
 //! 8. Names shown to people ([`display_name`]) are cut to 100 characters and lose control
@@ -328,11 +331,24 @@ fn check_field_limits(req: &RegistrationRequest) -> Result<(), OAuthError> {
     Ok(())
 }
 
-/// Rule 7: unused clients past their time are deleted; a full quota refuses.
+/// Rule 7: unused clients past their time are deleted; a full quota evicts the oldest unused
+/// client of the largest holder, and refuses only when no holder is known (clients
+/// registered before a restart).
 fn check_quota(state: &AppState) -> Result<(), OAuthError> {
     let settings = &state.inner.settings;
     let store = &state.inner.store;
-    store.prune_unused_clients(now().saturating_sub(settings.unused_client_ttl))?;
+    let since = now().saturating_sub(settings.unused_client_ttl);
+    store.prune_unused_clients(since)?;
+    while settings.max_unused_clients > 0 && store.unused_clients()? >= settings.max_unused_clients
+    {
+        let unused = |id: &str| !store.client_used(id).unwrap_or(true);
+        let Some(victim) = state.inner.limiter.evict_candidate(since, unused) else {
+            break;
+        };
+        if store.delete_unused_client(&victim)? {
+            tracing::info!(client_id = %victim, "registration quota full: the largest holder's oldest unused client was deleted");
+        }
+    }
     if store.unused_clients()? >= settings.max_unused_clients {
         tracing::warn!(
             max = settings.max_unused_clients,

@@ -627,29 +627,50 @@ async fn start_is_refused_on_a_group_or_world_readable_key_store() {
 
 // ---- item 14: registration quota, expiry and field limits ----
 
+async fn register_from(ip: &str, as_: &TestAs) -> (u16, Value) {
+    let response = http_from(Some(ip.parse().unwrap()))
+        .post(format!("{}/register", as_.url))
+        .json(&json!({"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none"}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 #[tokio::test]
-async fn registration_quota_counts_clients_that_never_completed_an_authorization() {
+async fn a_full_registration_quota_evicts_the_largest_holders_oldest_unused_client() {
     let dir = tempfile::tempdir().unwrap();
+    let args = ["--dev-user", "alice", "--max-unused-clients", "4"];
+    let as_ = TestAs::start(dir.path(), &args).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = register_from("127.0.0.1", &as_).await;
+        assert_eq!(status, 201, "{body}");
+        held.push(body["client_id"].as_str().unwrap().to_owned());
+    }
+    let (status, small) = register_from("127.0.0.2", &as_).await;
+    assert_eq!(status, 201);
+    // Full: a newcomer still registers, and the largest holder loses its oldest client.
+    let (status, body) = register_from("127.0.0.3", &as_).await;
+    assert_eq!(status, 201, "{body}");
+    let gone = authorize_from(&http(), &as_, &params(&held[0], CALLBACK, &challenge())).await;
+    assert_eq!(gone.status(), 400, "the largest holder's oldest is deleted");
+    for id in [&held[1], &held[2], small["client_id"].as_str().unwrap()] {
+        let kept = authorize_from(&http(), &as_, &params(id, CALLBACK, &challenge())).await;
+        assert_eq!(kept.status(), 303, "the others stay");
+    }
+    // Clients registered before a restart have no known holder: a full quota refuses.
+    drop(as_);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let as_ = TestAs::start(
         dir.path(),
-        &["--dev-user", "alice", "--max-unused-clients", "3"],
+        &["--dev-user", "alice", "--max-unused-clients", "1"],
     )
     .await;
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        ids.push(client_with(&as_, CALLBACK).await);
-    }
-    let (status, body) = register(
-        &as_,
-        json!({"redirect_uris": [CALLBACK], "token_endpoint_auth_method": "none"}),
-    )
-    .await;
+    let (status, body) = register_from("127.0.0.4", &as_).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "temporarily_unavailable");
-    // One completes an authorization: it no longer counts.
-    let response = authorize_from(&http(), &as_, &params(&ids[0], CALLBACK, &challenge())).await;
-    assert_eq!(response.status(), 303);
-    client_with(&as_, CALLBACK).await;
 }
 
 #[tokio::test]

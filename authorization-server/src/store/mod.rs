@@ -109,6 +109,9 @@ pub trait Store: Send + Sync + 'static {
     fn client_used(&self, client_id: &str) -> Result<bool, StoreError>;
     /// How many registered clients have not completed an authorization.
     fn unused_clients(&self) -> Result<u64, StoreError>;
+    /// Deletes a registered client if it never completed an authorization; returns whether
+    /// it did (to make room in a full registration quota).
+    fn delete_unused_client(&self, client_id: &str) -> Result<bool, StoreError>;
     /// Deletes the registered clients created before `cutoff` that never completed an
     /// authorization; returns how many.
     fn prune_unused_clients(&self, cutoff: u64) -> Result<usize, StoreError>;

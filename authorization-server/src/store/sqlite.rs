@@ -371,6 +371,15 @@ impl Store for SqliteStore {
         Ok(n.max(0) as u64)
     }
 
+    fn delete_unused_client(&self, client_id: &str) -> Result<bool, StoreError> {
+        let n = self.conn()?.execute(
+            "DELETE FROM clients WHERE client_id = ?1
+             AND client_id NOT IN (SELECT client_id FROM used_clients)",
+            params![client_id],
+        )?;
+        Ok(n > 0)
+    }
+
     fn prune_unused_clients(&self, cutoff: u64) -> Result<usize, StoreError> {
         let n = self.conn()?.execute(
             "DELETE FROM clients WHERE client_id NOT IN (SELECT client_id FROM used_clients)
