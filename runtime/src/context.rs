@@ -40,6 +40,7 @@ use rmcp::service::RequestContext;
 use serde_json::Value;
 
 use crate::output::ToolError;
+use crate::secrets::Secrets;
 
 /// The log level a session asked for with `logging/setLevel` (`UNSET` until it does).
 #[derive(Debug, Clone)]
@@ -281,6 +282,7 @@ pub struct ToolContext {
     retry: Retry,
     state: Arc<RequestStateCodec>,
     binding: Binding,
+    secrets: Secrets,
 }
 
 impl ToolContext {
@@ -290,6 +292,7 @@ impl ToolContext {
         log_level: SessionLogLevel,
         retry: Retry,
         state: Arc<RequestStateCodec>,
+        secrets: Secrets,
         call: &str,
         arguments: &Value,
     ) -> Self {
@@ -305,6 +308,7 @@ impl ToolContext {
             retry,
             state,
             binding,
+            secrets,
         }
     }
 
@@ -332,7 +336,8 @@ impl ToolContext {
 
     /// Sends a log message to the client, if it wants messages of this level: in a legacy
     /// session, every level until `logging/setLevel` sets a minimum; in 2026-07-28, only
-    /// when the request's `_meta` names a level. Delivery failures are ignored.
+    /// when the request's `_meta` names a level. Delivery failures are ignored. Secret
+    /// values are redacted from `data`.
     pub async fn log(&self, level: LoggingLevel, data: impl Into<Value>) {
         let minimum = if self.is_stateless() {
             match self.request.meta.log_level() {
@@ -345,20 +350,23 @@ impl ToolContext {
         if severity(level) < minimum {
             return;
         }
-        let param = LoggingMessageNotificationParam::new(level, data.into());
+        let mut data = data.into();
+        self.secrets.redact_value(&mut data);
+        let param = LoggingMessageNotificationParam::new(level, data);
         if let Err(e) = self.request.peer.notify_logging_message(param).await {
             tracing::debug!(error = %e, "log notification not delivered");
         }
     }
 
-    /// Reports progress, if the caller asked for it with a `progressToken`.
+    /// Reports progress, if the caller asked for it with a `progressToken`. Secret values
+    /// are redacted from `message`.
     pub async fn progress(&self, progress: f64, total: Option<f64>, message: Option<&str>) {
         let Some(token) = self.request.meta.get_progress_token() else {
             return;
         };
         let mut param = ProgressNotificationParam::new(token, progress);
         param.total = total;
-        param.message = message.map(str::to_owned);
+        param.message = message.map(|m| self.secrets.redact(m));
         if let Err(e) = self.request.peer.notify_progress(param).await {
             tracing::debug!(error = %e, "progress notification not delivered");
         }
@@ -440,6 +448,7 @@ impl ToolContext {
         }
         let peer = &self.request.peer;
         for (key, q) in questions {
+            let q = self.redact_question(q)?;
             let answer = match q {
                 Question::Elicit(p) => peer
                     .create_elicitation(p)
@@ -460,6 +469,20 @@ impl ToolContext {
             answers.insert(key, answer);
         }
         Ok(answers)
+    }
+
+    /// A question to send to the client, with every secret value replaced.
+    fn redact_question(&self, q: Question) -> Result<Question, ToolError> {
+        let refused = || ToolError::protocol(crate::secrets::unredactable());
+        Ok(match q {
+            Question::Elicit(p) => {
+                Question::Elicit(self.secrets.redact_serde(p).ok_or_else(refused)?)
+            }
+            Question::Sample(p) => {
+                Question::Sample(self.secrets.redact_serde(p).ok_or_else(refused)?)
+            }
+            Question::Roots => Question::Roots,
+        })
     }
 
     /// Asks one elicitation question (see [`ToolContext::ask`]) and returns the answer.

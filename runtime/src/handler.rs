@@ -207,6 +207,7 @@ impl ServerHandler for McpServer {
                     self.log_level.clone(),
                     retry,
                     self.shared.state.clone(),
+                    self.shared.secrets.clone(),
                     &format!("tool:{}", tool.name),
                     &args,
                 );
@@ -224,7 +225,15 @@ impl ServerHandler for McpServer {
             Ok(CallToolResponse::Complete(result)) => {
                 Ok(CallToolResponse::Complete(secrets.redact_result(result)))
             }
-            Ok(other) => Ok(other),
+            Ok(CallToolResponse::InputRequired(result)) => secrets
+                .redact_input_required(result)
+                .map(CallToolResponse::InputRequired),
+            Ok(CallToolResponse::Task(task)) => secrets
+                .redact_serde(task)
+                .map(CallToolResponse::Task)
+                .ok_or_else(crate::secrets::unredactable),
+            // A kind of response this runtime does not know how to redact never leaves.
+            Ok(_) => Err(crate::secrets::unredactable()),
             Err(error) => {
                 let error = secrets.redact_error(error);
                 tracing::debug!(tool = tool.name, error = %error.message, "tool did not complete");
@@ -460,7 +469,30 @@ impl ServerHandler for McpServer {
         })
     }
 
+    /// Every answer, result or error, leaves with secrets redacted (crate::secrets).
     async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let secrets = &self.shared.secrets;
+        match self.prompt(request, cx).await {
+            Ok(GetPromptResponse::Complete(result)) => secrets
+                .redact_serde(result)
+                .map(GetPromptResponse::Complete)
+                .ok_or_else(crate::secrets::unredactable),
+            Ok(GetPromptResponse::InputRequired(result)) => secrets
+                .redact_input_required(result)
+                .map(GetPromptResponse::InputRequired),
+            Ok(_) => Err(crate::secrets::unredactable()),
+            Err(error) => Err(secrets.redact_error(error)),
+        }
+    }
+}
+
+impl McpServer {
+    /// `prompts/get` before redaction.
+    async fn prompt(
         &self,
         request: GetPromptRequestParams,
         cx: RequestContext<RoleServer>,
@@ -489,6 +521,7 @@ impl ServerHandler for McpServer {
                 self.log_level.clone(),
                 retry,
                 self.shared.state.clone(),
+                self.shared.secrets.clone(),
                 &format!("prompt:{}", p.name),
                 &Value::Object(args.clone()),
             );

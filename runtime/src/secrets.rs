@@ -1,10 +1,24 @@
 //! Secrets: read once from the environment at start-up, every missing one reported at
-//! once, never printed (`Debug` shows names only), and redacted (values of 4 bytes or
-//! more, also JSON-escaped, percent-encoded or form-encoded as an echo may show them) from
-//! everything a tool call returns: every string of structured content, object
-//! keys included, every content block, tool error texts and JSON-RPC error messages and
-//! data (`echoed_secrets_are_redacted_from_structured_content`,
-//! `secrets_are_redacted_from_nested_json_keys_and_values`).
+//! once, never printed (`Debug` shows names only), and redacted.
+//!
+//! Rules:
+//! 1. Every value of 4 bytes or more is redacted also in the forms an echo may carry it
+//!    in: JSON-escaped; percent-encoded with every non-alphanumeric byte encoded, as RFC
+//!    3986 encodes a component (unreserved `-._~` kept), and form-encoded — each with
+//!    upper- and lowercase hex digits (`secrets_are_redacted_in_their_escaped_and_encoded_forms`,
+//!    `secrets_are_redacted_in_rfc3986_and_lowercase_hex_forms`).
+//! 2. Every response path is redacted: tool results (every string of structured content,
+//!    object keys included, every content block), tool errors and JSON-RPC error messages
+//!    and data, prompt results and errors, "input required" results (the questions; the
+//!    sealed `requestState` is opaque and kept), questions sent to a legacy session's
+//!    client, and log and progress notifications
+//!    (`echoed_secrets_are_redacted_from_structured_content`,
+//!    `secrets_are_redacted_from_nested_json_keys_and_values`,
+//!    `secrets_are_redacted_from_every_response_path`). A response whose redacted form is
+//!    no longer valid, or of a kind the runtime does not know, is replaced by an internal
+//!    error.
+//! 3. Text is redacted whole before it is cut to an excerpt, so a secret straddling the
+//!    cut never leaves as a prefix (`secrets_are_redacted_before_an_error_excerpt_is_cut`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,16 +34,49 @@ pub struct Secrets {
     patterns: Arc<Vec<String>>,
 }
 
-/// A secret's value and the forms an echo may carry it in.
+/// RFC 3986 section 2.3: unreserved characters stay as they are (`~` included), as
+/// `url` and most HTTP clients encode a path or query component.
+const RFC3986: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `text` with the two hex digits after every `%` in lowercase (`%2f` for `%2F`).
+fn lowercase_hex(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut lower = 0;
+    for c in text.chars() {
+        if lower > 0 {
+            out.push(c.to_ascii_lowercase());
+            lower -= 1;
+        } else {
+            if c == '%' {
+                lower = 2;
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A secret's value and the forms an echo may carry it in: JSON-escaped; percent-encoded
+/// with every non-alphanumeric byte encoded, as RFC 3986 does (unreserved `-._~` kept),
+/// and form-encoded — each encoding with upper- and lowercase hex digits.
 fn patterns_of(value: &str) -> Vec<String> {
     let mut out = vec![value.to_owned()];
     let json = serde_json::Value::String(value.to_owned()).to_string();
     out.push(json[1..json.len() - 1].to_owned());
-    out.push(
+    let encoded = [
         percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
             .to_string(),
-    );
-    out.push(url::form_urlencoded::byte_serialize(value.as_bytes()).collect());
+        percent_encoding::utf8_percent_encode(value, RFC3986).to_string(),
+        url::form_urlencoded::byte_serialize(value.as_bytes()).collect(),
+    ];
+    for form in encoded {
+        out.push(lowercase_hex(&form));
+        out.push(form);
+    }
     out
 }
 
@@ -161,6 +208,34 @@ impl Secrets {
         error
     }
 
+    /// Any serializable response with every secret value replaced in every string;
+    /// `None` when the redacted form is no longer a valid value of its type.
+    pub(crate) fn redact_serde<T>(&self, value: T) -> Option<T>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        if !self.any() {
+            return Some(value);
+        }
+        let mut json = serde_json::to_value(&value).ok()?;
+        if !self.redact_value(&mut json) {
+            return Some(value);
+        }
+        serde_json::from_value(json).ok()
+    }
+
+    /// An "input required" result with every secret replaced in its questions; the sealed
+    /// `requestState` is opaque and kept as it is.
+    pub(crate) fn redact_input_required(
+        &self,
+        mut result: rmcp::model::InputRequiredResult,
+    ) -> Result<rmcp::model::InputRequiredResult, rmcp::ErrorData> {
+        let state = result.request_state.take();
+        let mut result = self.redact_serde(result).ok_or_else(unredactable)?;
+        result.request_state = state;
+        Ok(result)
+    }
+
     /// Replaces every secret value in `text` (upstream error bodies may echo them).
     pub(crate) fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
@@ -171,6 +246,11 @@ impl Secrets {
         }
         out
     }
+}
+
+/// The error sent instead of a response that could not be redacted.
+pub(crate) fn unredactable() -> rmcp::ErrorData {
+    rmcp::ErrorData::internal_error("the response could not be redacted", None)
 }
 
 #[cfg(test)]
@@ -249,6 +329,25 @@ mod tests {
                 "{echo} -> {out}"
             );
         }
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_rfc3986_and_lowercase_hex_forms() {
+        let s = Secrets::load(DEFS, |_| Some("k~y/ü+x-1".to_owned())).unwrap();
+        for echo in [
+            "k~y%2F%C3%BC%2Bx-1",     // RFC 3986 (`~` kept)
+            "k~y%2f%c3%bc%2bx-1",     // the same, lowercase hex
+            "k%7Ey%2F%C3%BC%2Bx%2D1", // every non-alphanumeric byte encoded
+            "k%7ey%2f%c3%bc%2bx%2d1", // the same, lowercase hex
+            "k%7ey%2f%c3%bc%2bx-1",   // form-encoded, lowercase hex
+        ] {
+            assert_eq!(
+                s.redact(&format!("echo {echo}!")),
+                "echo [redacted]!",
+                "{echo}"
+            );
+        }
+        assert_eq!(lowercase_hex("a%2Fb%C3%BCC"), "a%2fb%c3%bcC");
     }
 
     #[test]

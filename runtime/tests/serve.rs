@@ -1008,3 +1008,127 @@ async fn sessions_are_capped_per_subject_across_clients() {
     let (status, _, _) = rpc(initialize(&s, &bob).await).await;
     assert_eq!(status, 200, "another subject is not affected");
 }
+
+/// A tool whose Rust body leaks the server's secret in every way it can reach the client.
+#[allow(deprecated)] // logging is deprecated by SEP-2577 but still in the spec
+fn leaky_tool(name: &'static str) -> ToolDef {
+    ToolDef {
+        name,
+        title: None,
+        description: "Leaks the key.",
+        input_schema: r#"{"type":"object"}"#,
+        output_schema: None,
+        annotations: AnnotationsDef::default(),
+        scopes: &[],
+        handler: Handler::Rust(Arc::new(move |ctx, _| {
+            Box::pin(async move {
+                ctx.log(
+                    rmcp::model::LoggingLevel::Info,
+                    json!({"msg": "key secret-key-123"}),
+                )
+                .await;
+                ctx.progress(1.0, None, Some("at secret-key-123")).await;
+                if name == "leaky_ask" {
+                    ctx.elicit(
+                        "confirm",
+                        "send secret-key-123?",
+                        json!({"type": "object", "properties": {"ok": {"type": "boolean"}}}),
+                    )
+                    .await?;
+                }
+                Ok(ToolOutput::Text("done".into()))
+            })
+        })),
+    }
+}
+
+fn leaky_prompt(name: &'static str, fail: bool) -> PromptDef {
+    PromptDef {
+        name,
+        title: None,
+        description: None,
+        arguments: &[],
+        messages: &[],
+        handler: Some(Arc::new(move |_ctx, _| {
+            Box::pin(async move {
+                if fail {
+                    return Err(bmm_runtime::ToolError::new("failed with secret-key-123"));
+                }
+                Ok(vec![rmcp::model::PromptMessage::new(
+                    rmcp::model::Role::User,
+                    rmcp::model::ContentBlock::text("use secret-key-123 and secret%2dkey%2d123"),
+                )])
+            })
+        })),
+    }
+}
+
+/// A stateless 2026-07-28 request; the whole response text (JSON or SSE).
+async fn stateless_text(s: &Running, method: &str, name: &str, params: Value) -> String {
+    let mut params = params;
+    params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}},
+        "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"},
+        "io.modelcontextprotocol/logLevel": "debug", "progressToken": "p1"});
+    let t = token(&s.issuer, &s.url, "demo:read");
+    reqwest::Client::new()
+        .post(&s.url)
+        .header("authorization", format!("Bearer {t}"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method)
+        .header("mcp-name", name)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// secrets: prompt results and errors, "input required" questions, log and progress
+/// notifications all leave with the secret redacted.
+#[tokio::test]
+async fn secrets_are_redacted_from_every_response_path() {
+    let mut d = def();
+    d.tools.push(leaky_tool("leaky_log"));
+    d.tools.push(leaky_tool("leaky_ask"));
+    d.prompts.push(leaky_prompt("leaky_prompt", false));
+    d.prompts.push(leaky_prompt("leaky_prompt_error", true));
+    let s = start_def(d, &[]).await;
+    for (method, name, params, expect) in [
+        (
+            "tools/call",
+            "leaky_log",
+            json!({"name": "leaky_log", "arguments": {}}),
+            "notifications/progress",
+        ),
+        (
+            "tools/call",
+            "leaky_ask",
+            json!({"name": "leaky_ask", "arguments": {}}),
+            "input_required",
+        ),
+        (
+            "prompts/get",
+            "leaky_prompt",
+            json!({"name": "leaky_prompt"}),
+            "messages",
+        ),
+        (
+            "prompts/get",
+            "leaky_prompt_error",
+            json!({"name": "leaky_prompt_error"}),
+            "error",
+        ),
+    ] {
+        let text = stateless_text(&s, method, name, params).await;
+        assert!(text.contains(expect), "{name}: {text}");
+        assert!(text.contains("[redacted]"), "{name}: {text}");
+        assert!(
+            !text.contains("secret-key-123") && !text.to_lowercase().contains("secret%2dkey"),
+            "{name}: {text}"
+        );
+    }
+}
