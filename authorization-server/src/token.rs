@@ -13,6 +13,8 @@
 //!    the code redeemable. A replayed code (by a request that passes the checks) revokes
 //!    the refresh tokens it produced.
 //! 3. Refresh tokens rotate on every use; presenting a used one revokes its whole family.
+//!    A refresh token presented by a client it was not issued to is answered
+//!    `invalid_grant` and left alone (not used up, its family not revoked), like a code.
 //!    `scope` may narrow the grant; `resource` must be the grant's.
 //! 4. Access tokens are RS256 JWTs with `iss`, `sub`, `aud` (the resource), `exp`, `iat`,
 //!    `jti`, `scope`, `client_id`. Responses carry `Cache-Control: no-store`.
@@ -384,7 +386,7 @@ fn grant(
             let scope = match state.inner.store.peek_refresh(&hash, now())? {
                 Some(record) => {
                     if record.client_id != client.client_id {
-                        state.inner.store.revoke_family(&record.family)?;
+                        // Rule 3: another client's token is refused and left alone.
                         return Err(OAuthError::invalid_grant(
                             "the refresh token was issued to another client",
                         ));
@@ -398,7 +400,11 @@ fn grant(
                 }
                 None => String::new(),
             };
-            let record = match state.inner.store.use_refresh(&hash, now())? {
+            let record = match state
+                .inner
+                .store
+                .use_refresh(&hash, &client.client_id, now())?
+            {
                 RefreshUse::Fresh(r) => r,
                 RefreshUse::Reused => {
                     tracing::warn!(client_id = %client.client_id, "refresh token reused; its family is revoked");
@@ -413,7 +419,6 @@ fn grant(
                 }
             };
             if record.client_id != client.client_id {
-                state.inner.store.revoke_family(&record.family)?;
                 return Err(OAuthError::invalid_grant(
                     "the refresh token was issued to another client",
                 ));

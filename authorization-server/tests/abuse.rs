@@ -1080,3 +1080,70 @@ async fn sign_in_attempts_in_flight_count_against_the_backoff_allowance() {
     );
     assert_eq!(checked + refused, 12, "{statuses:?}");
 }
+
+/// A dev-mode grant for `client_id`: its token response.
+async fn dev_grant(as_: &TestAs, client_id: &str) -> Value {
+    let (verifier, challenge) = pkce_pair();
+    let response = authorize_from(&http(), as_, &params(client_id, CALLBACK, &challenge)).await;
+    assert_eq!(response.status(), 303);
+    let location = url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
+    let code = location
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let (status, tokens) = post_form(
+        as_,
+        "/token",
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", CALLBACK),
+            ("code_verifier", &verifier),
+            ("client_id", client_id),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    tokens
+}
+
+async fn refresh(as_: &TestAs, client_id: &str, token: &str) -> (u16, Value) {
+    post_form(
+        as_,
+        "/token",
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token),
+            ("client_id", client_id),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_refresh_token_presented_by_another_client_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(dir.path(), &["--dev-user", "alice"]).await;
+    let a = client_with(&as_, CALLBACK).await;
+    let b = client_with(&as_, CALLBACK).await;
+    let tokens = dev_grant(&as_, &a).await;
+    let first = tokens["refresh_token"].as_str().unwrap();
+    let (status, body) = refresh(&as_, &b, first).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    // Neither used up nor revoked: A still refreshes with it.
+    let (status, rotated) = refresh(&as_, &a, first).await;
+    assert_eq!(status, 200, "{rotated}");
+    // A used token of A presented by B does not trip reuse detection for A's grant.
+    let (status, body) = refresh(&as_, &b, first).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant"))
+    );
+    let (status, body) = refresh(&as_, &a, rotated["refresh_token"].as_str().unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+}

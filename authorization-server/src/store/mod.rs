@@ -90,7 +90,14 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
     ) -> Result<Option<RefreshRecord>, StoreError>;
     /// Uses a refresh token once: marks it used, or revokes its family if it was used.
-    fn use_refresh(&self, token_sha256: &str, now: u64) -> Result<RefreshUse, StoreError>;
+    /// Only a token issued to `client_id` is acted on: another client's is `Invalid` and
+    /// left as it was (neither used up nor its family revoked).
+    fn use_refresh(
+        &self,
+        token_sha256: &str,
+        client_id: &str,
+        now: u64,
+    ) -> Result<RefreshUse, StoreError>;
     /// Revokes every token of a family.
     fn revoke_family(&self, family: &str) -> Result<(), StoreError>;
     /// Revokes the family of the given token if it is known and was issued to `client_id`

@@ -236,14 +236,19 @@ impl Store for SqliteStore {
         Ok(record)
     }
 
-    fn use_refresh(&self, token_sha256: &str, now: u64) -> Result<RefreshUse, StoreError> {
+    fn use_refresh(
+        &self,
+        token_sha256: &str,
+        client_id: &str,
+        now: u64,
+    ) -> Result<RefreshUse, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let row = tx
             .query_row(
                 "SELECT family, client_id, subject, scope, resource, expires_at, used, revoked
-                 FROM refresh_tokens WHERE token_sha256 = ?1",
-                params![token_sha256],
+                 FROM refresh_tokens WHERE token_sha256 = ?1 AND client_id = ?2",
+                params![token_sha256, client_id],
                 |row| {
                     Ok((
                         refresh_record(token_sha256, row)?,
