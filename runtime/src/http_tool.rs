@@ -25,13 +25,17 @@
 //! 7. JSON responses become `structuredContent` (projected through the response map when
 //!    there is one); other responses become text.
 //! 8. A path placeholder's value can never change which path the template addresses: a
-//!    value that is empty, `.` or `..` — also percent-encoded, in any case, any number of
-//!    times (`%2e%2e`, `.%2E`, `%252e`) — is refused with invalid-params before any
-//!    request; every other character outside RFC 3986's unreserved set (`/`, `?`, `#`,
-//!    `\`, `%` included) is percent-encoded; and the final URL's path must still start
-//!    with the upstream's base path followed by the template's literal prefix
-//!    (`path_placeholder_refuses_dot_segments`, and over a real socket
-//!    `path_placeholder_never_reaches_another_upstream_path`).
+//!    value that is empty, `.` or `..`, or has a `.` or `..` piece between `/` or `\`
+//!    separators (`a/../b`, `./x`) — also percent-encoded, in any case, any number of
+//!    times (`%2e%2e`, `.%2E`, `%252e`, `a%2F..%2Fb`), since upstreams and proxies that
+//!    decode `%2F` before resolving dot segments would honour it — is refused with
+//!    invalid-params before any request; every other character outside RFC 3986's
+//!    unreserved set (`/`, `?`, `#`, `\`, `%` included) is percent-encoded (`a/b` stays
+//!    allowed, sent as `a%2Fb`); and the final URL's path must still start with the
+//!    upstream's base path followed by the template's literal prefix
+//!    (`path_placeholder_refuses_dot_segments`,
+//!    `path_placeholder_refuses_encoded_dot_segments_between_separators`, and over a real
+//!    socket `path_placeholder_never_reaches_another_upstream_path`).
 //! 9. Secret values are redacted from every result: every string of structured content
 //!    (object keys included), text, and error messages
 //!    (`echoed_secrets_are_redacted_from_structured_content`).
@@ -159,7 +163,7 @@ fn fill(
         if encode && addresses_another_path(&texts.join(",")) {
             return Err(ToolError::protocol(rmcp::ErrorData::invalid_params(
                 format!(
-                    "argument `{name}` may not be empty, `.` or `..` (in any encoding): as a path segment it would change which path the request addresses"
+                    "argument `{name}` may not be empty, `.` or `..`, nor have a `.` or `..` piece between `/` or `\\` (in any encoding): as a path segment it would change which path the request addresses"
                 ),
                 Some(
                     serde_json::json!({"errors": [{"path": format!("/{name}"), "rule": "pathSegment"}]}),
@@ -185,14 +189,22 @@ fn fill(
     Ok(Some(out))
 }
 
-/// Whether a path placeholder's value is empty, `.` or `..`, also once percent-decoded (any
-/// number of times, any case: `%2e%2E`, `.%2e`, `%252e`): as a whole segment it would
-/// drop or climb a segment once any URL parser resolves dot segments (rule 8).
+/// Whether a path placeholder's value is empty, or `.` or `..` — whole or as any piece
+/// between `/` or `\` separators — also once percent-decoded (any number of times, any
+/// case: `%2e%2E`, `.%2e`, `%252e`, `a%2F..%2Fb`): as a segment, or once an upstream or
+/// proxy decodes `%2F` before resolving dot segments, it would drop or climb a segment
+/// (rule 8).
 fn addresses_another_path(value: &str) -> bool {
+    if value.is_empty() {
+        return true;
+    }
     let mut text = value.to_owned();
     // Each round removes at least one `%`; a value can hide behind a bounded number only.
     for _ in 0..8 {
-        if matches!(text.as_str(), "" | "." | "..") {
+        if text
+            .split(['/', '\\'])
+            .any(|piece| matches!(piece, "." | ".."))
+        {
             return true;
         }
         let decoded = percent_encoding::percent_decode_str(&text)
@@ -917,10 +929,10 @@ mod tests {
             url_for(
                 "/user/{username}",
                 &[],
-                serde_json::json!({ "username": "a/../b?c#d\\e%2F" })
+                serde_json::json!({ "username": "a/b?c#d\\e%2F" })
             )
             .unwrap(),
-            "https://api.example/v3/user/a%2F..%2Fb%3Fc%23d%5Ce%252F"
+            "https://api.example/v3/user/a%2Fb%3Fc%23d%5Ce%252F"
         );
         // Dots that are not a whole value stay legitimate.
         assert_eq!(
@@ -1026,6 +1038,54 @@ mod tests {
             straddled |= !message.contains("[redacted]") && message.contains("api_key=");
         }
         assert!(straddled, "some padding put the secret across the cut");
+    }
+
+    /// Rule 8: an upstream or proxy that decodes `%2F` before resolving dot segments
+    /// would climb out of the template through `a%2F..%2Fb`.
+    #[test]
+    fn path_placeholder_refuses_encoded_dot_segments_between_separators() {
+        for value in [
+            "a/../b",
+            "a/..",
+            "../a",
+            "./a",
+            "a/./b",
+            "a\\..\\b",
+            "..\\a",
+            "a%2F..%2Fb",
+            "a%2f%2e%2e%2fb",
+            "a%5C..%5Cb",
+            "a%252F..%252Fb",
+            "a%25252F%25252E%25252E",
+        ] {
+            let err = url_for(
+                "/user/{username}/items",
+                &[],
+                serde_json::json!({ "username": value }),
+            )
+            .expect_err(value);
+            assert!(
+                format!("{err:?}").contains("`username`"),
+                "{value}: {err:?}"
+            );
+        }
+        for (value, path) in [
+            ("a/b", "a%2Fb"),
+            ("a..b/c", "a..b%2Fc"),
+            ("a/...", "a%2F..."),
+            (".a/b.", ".a%2Fb."),
+        ] {
+            assert_eq!(
+                url_for(
+                    "/user/{username}/items",
+                    &[],
+                    serde_json::json!({ "username": value }),
+                )
+                .unwrap(),
+                format!("https://api.example/v3/user/{path}/items"),
+                "{value}"
+            );
+        }
     }
 
     #[test]

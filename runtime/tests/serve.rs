@@ -649,7 +649,19 @@ async fn tool_arguments_are_validated_before_the_upstream_is_called() {
 async fn path_placeholder_never_reaches_another_upstream_path() {
     let s = start().await;
     let t = token(&s.issuer, &s.url, "demo:read");
-    for value in ["..", ".", "", "%2e%2e", ".%2E", "%2E", "%252e%252e"] {
+    for value in [
+        "..",
+        ".",
+        "",
+        "%2e%2e",
+        ".%2E",
+        "%2E",
+        "%252e%252e",
+        "a/../b",
+        "a%2F..%2Fb",
+        "a\\..",
+        "a%252F..",
+    ] {
         let body = call_tool(&s, &t, "delete_user", json!({ "username": value })).await;
         assert_eq!(body["error"]["code"], -32602, "{value}: {body}");
         assert!(
@@ -664,18 +676,12 @@ async fn path_placeholder_never_reaches_another_upstream_path() {
         s.seen.lock().unwrap().is_empty(),
         "no DELETE reached the upstream"
     );
-    let body = call_tool(
-        &s,
-        &t,
-        "delete_user",
-        json!({ "username": "a/../b?c#d\\e" }),
-    )
-    .await;
+    let body = call_tool(&s, &t, "delete_user", json!({ "username": "a/b?c#d\\e" })).await;
     assert!(body["result"].is_object(), "{body}");
     let seen = s.seen.lock().unwrap();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].method, http::Method::DELETE);
-    assert_eq!(seen[0].uri.path(), "/api/user/a%2F..%2Fb%3Fc%23d%5Ce");
+    assert_eq!(seen[0].uri.path(), "/api/user/a%2Fb%3Fc%23d%5Ce");
     assert_eq!(seen[0].uri.query(), None);
 }
 
