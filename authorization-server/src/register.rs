@@ -3,12 +3,17 @@
 //! Rules:
 //! 1. Redirect URIs are `https` URLs, `http` URLs on a loopback host (any port, RFC 8252
 //!    section 7.3), or private-use schemes (`com.example.app:/cb`, `claude://oauth/callback`,
-//!    `cursor://...`, `vscode://...`); no fragment.
+//!    `cursor://...`, `vscode://...`); no fragment. An `https` or `http` URI carries no user
+//!    name or password (`https://claude.ai@evil.example/` reads as claude.ai to a person
+//!    but goes to evil.example).
 //! 2. Schemes a browser or the operating system handles itself are never redirect targets:
 //!    `javascript:`, `data:`, `file:`, `vbscript:`, `about:`, `blob:`, `filesystem:`,
 //!    `view-source:`, `jar:`, `intent:`, `chrome:`, `chrome-extension:`, `search-ms:`,
-//!    `shell:`, every `ms-*` scheme (`ms-msdt:`, `ms-settings:`, ...) and the other families
-//!    in [`FORBIDDEN_SCHEME_PREFIXES`], network protocols other than http(s) (`ftp:`,
+//!    `shell:`, browsers' own launch schemes (`googlechrome:`, `googlechromes:`, `firefox:`,
+//!    `opera:`, `microsoft-edge:`, every `x-safari-*`), Apple's installers and automations
+//!    (`itms-services:`, `itms-apps:` and every `itms-*`, `shortcuts:`, every `x-apple-*`),
+//!    every `ms-*` scheme (`ms-msdt:`, `ms-settings:`, ...) and the other families in
+//!    [`FORBIDDEN_SCHEME_PREFIXES`], network protocols other than http(s) (`ftp:`,
 //!    `ws:`, `smb:`, `mailto:`, `tel:`, ...), and one-letter schemes (Windows drive letters).
 //! 3. Public clients register with `token_endpoint_auth_method: none`; confidential ones
 //!    (`client_secret_basic`, `client_secret_post`) get a generated secret, stored hashed.
@@ -79,6 +84,10 @@ pub const FORBIDDEN_SCHEMES: &[&str] = &[
     "brave",
     "vivaldi",
     "isolated-app",
+    "googlechrome",
+    "googlechromes",
+    "firefox",
+    "x-safari",
     // Operating-system handlers.
     "file",
     "shell",
@@ -94,6 +103,10 @@ pub const FORBIDDEN_SCHEMES: &[&str] = &[
     "x-apple-helpbook",
     "prefs",
     "app-settings",
+    "itms",
+    "itms-services",
+    "itms-apps",
+    "shortcuts",
     // Network protocols other than http(s).
     "ftp",
     "ftps",
@@ -135,6 +148,8 @@ pub const FORBIDDEN_SCHEME_PREFIXES: &[&str] = &[
     "edge-",
     "opera-",
     "x-apple-",
+    "x-safari-",
+    "itms-",
     "web+",
 ];
 
@@ -191,6 +206,13 @@ pub fn check_redirect_uri(uri: &str) -> Result<(), OAuthError> {
     if url.fragment().is_some() {
         return Err(OAuthError::invalid_redirect_uri(format!(
             "`{uri}` must not contain a fragment"
+        )));
+    }
+    if matches!(url.scheme(), "https" | "http")
+        && (!url.username().is_empty() || url.password().is_some())
+    {
+        return Err(OAuthError::invalid_redirect_uri(format!(
+            "`{uri}` must not carry a user name or password"
         )));
     }
     match url.scheme() {

@@ -1147,3 +1147,78 @@ async fn a_refresh_token_presented_by_another_client_is_refused_and_left_alone()
     let (status, body) = refresh(&as_, &a, rotated["refresh_token"].as_str().unwrap()).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test]
+async fn redirect_uris_refuse_userinfo_and_browser_or_os_launch_schemes() {
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(dir.path(), &[]).await;
+    for bad in [
+        "https://claude.ai@evil.example/callback",
+        "https://user:pass@a.example/cb",
+        "http://claude.ai@127.0.0.1:33418/callback",
+        "x-safari-https://evil.example/",
+        "googlechrome://evil.example/",
+        "googlechromes://evil.example/",
+        "firefox://open-url?url=https://evil.example/",
+        "opera://settings",
+        "microsoft-edge:https://evil.example/",
+        "itms-services://?action=download-manifest&url=https://evil.example/m.plist",
+        "itms-apps://apps.apple.com/app/id1",
+        "itms-beta://x",
+        "shortcuts://run-shortcut?name=x",
+        "x-apple-health://",
+        "ms-word:ofe|u|https://evil.example/a.docx",
+    ] {
+        let (status, body) = register(
+            &as_,
+            json!({"redirect_uris": [bad], "token_endpoint_auth_method": "none"}),
+        )
+        .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"], "invalid_redirect_uri", "{bad}");
+    }
+    for good in [
+        "claude://oauth/callback",
+        "cursor://anysphere.cursor-retrieval/oauth",
+        "vscode://vscode.github-authentication/did-authenticate",
+        "com.example.app:/cb",
+        "https://claude.ai/api/mcp/auth_callback",
+        "http://127.0.0.1:33418/callback",
+    ] {
+        let (status, body) = register(
+            &as_,
+            json!({"redirect_uris": [good], "token_endpoint_auth_method": "none"}),
+        )
+        .await;
+        assert_eq!(status, 201, "{good}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn http2_connections_carry_at_most_16_concurrent_streams() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(dir.path(), &[]).await;
+    let mut socket = tokio::net::TcpStream::connect(as_.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    // The client preface and an empty SETTINGS frame; the server answers with its SETTINGS.
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut header = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), socket.read_exact(&mut header))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(header[3], 0x4, "the server's first frame is SETTINGS");
+    let len = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let mut payload = vec![0u8; len];
+    socket.read_exact(&mut payload).await.unwrap();
+    let max_streams = payload.chunks_exact(6).find_map(|p| {
+        (u16::from_be_bytes([p[0], p[1]]) == 0x3)
+            .then(|| u32::from_be_bytes([p[2], p[3], p[4], p[5]]))
+    });
+    assert_eq!(max_streams, Some(16));
+}
