@@ -95,8 +95,9 @@ pub struct Args {
     /// session is refused with 503. Idle sessions close after 5 minutes.
     #[arg(long, env = "BMM_MAX_SESSIONS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions: u32,
-    /// At most this many of those sessions per caller (token `iss` + `sub` + client id);
-    /// beyond it that caller's new session is refused with 429. Not applied with --no-auth.
+    /// At most this many of those sessions per subject (token `iss` + `sub`, over all its
+    /// clients; `client_id` when there is no `sub`); beyond it that subject's new session
+    /// is refused with 429. Not applied with --no-auth.
     #[arg(long, env = "BMM_MAX_SESSIONS_PER_SUBJECT", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions_per_subject: u32,
     /// Serve the same tools over stdin/stdout for a local client that starts this process
@@ -134,7 +135,7 @@ pub struct Prepared {
     pub config: ServeConfig,
     /// The legacy session limit.
     pub max_sessions: usize,
-    /// The legacy session limit per caller.
+    /// The legacy session limit per subject.
     pub max_sessions_per_subject: usize,
 }
 
