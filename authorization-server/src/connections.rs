@@ -82,15 +82,7 @@ struct Slot {
 
 /// The address a connection is counted under (rule 3).
 fn counted_as(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(std::net::Ipv6Addr::from(
-                v6.to_bits() & !((1u128 << 64) - 1),
-            )),
-        },
-    }
+    bmm_netguard::caller_key(ip)
 }
 
 impl Counts {

@@ -23,16 +23,9 @@ impl Bucket {
 }
 
 /// The key a caller's address is counted under: the address itself for IPv4, its /64 for
-/// IPv6 (one host usually holds a whole /64, so counting single addresses would not bound it).
-pub(crate) fn caller_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
-        }
-        v4 => v4,
-    }
-}
+/// IPv6 (one host usually holds a whole /64, so counting single addresses would not bound
+/// it). One rule for bmm-as and generated servers, in bmm-netguard.
+pub(crate) use bmm_netguard::caller_key;
 
 /// The group an address counts in when the registration quota picks the largest holder to
 /// evict from: the address for IPv4, its /48 for IPv6 (a site's usual allocation, so one
