@@ -147,15 +147,14 @@ impl Secrets {
         while let Some(v) = stack.pop() {
             match v {
                 Value::String(s) => {
-                    let r = self.redact(s);
-                    if r != *s {
+                    if let Some(r) = self.redacted(s) {
                         *s = r;
                         changed = true;
                     }
                 }
                 Value::Array(items) => stack.extend(items.iter_mut()),
                 Value::Object(map) => {
-                    if map.keys().any(|k| self.redact(k) != *k) {
+                    if map.keys().any(|k| self.redacted(k).is_some()) {
                         let old = std::mem::take(map);
                         *map = old.into_iter().map(|(k, v)| (self.redact(&k), v)).collect();
                         changed = true;
@@ -181,6 +180,16 @@ impl Secrets {
             self.redact_value(structured);
         }
         for block in &mut result.content {
+            // A plain text block (no `_meta`, whose strings could carry a secret too) is
+            // redacted in place; anything else through its JSON form.
+            if let rmcp::model::ContentBlock::Text(text) = block
+                && text.meta.is_none()
+            {
+                if let Some(r) = self.redacted(&text.text) {
+                    text.text = r;
+                }
+                continue;
+            }
             let Ok(mut value) = serde_json::to_value(&*block) else {
                 *block = rmcp::model::ContentBlock::text("[redacted]");
                 continue;
@@ -238,10 +247,17 @@ impl Secrets {
 
     /// Replaces every secret value in `text` (upstream error bodies may echo them).
     pub(crate) fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
+        self.redacted(text).unwrap_or_else(|| text.to_owned())
+    }
+
+    /// `text` with every secret replaced, or `None` when it holds none (the common case:
+    /// nothing is copied then, since every string of every response passes through here).
+    fn redacted(&self, text: &str) -> Option<String> {
+        let mut out: Option<String> = None;
         for pattern in self.patterns.iter() {
-            if out.contains(pattern.as_str()) {
-                out = out.replace(pattern.as_str(), "[redacted]");
+            let current = out.as_deref().unwrap_or(text);
+            if current.contains(pattern.as_str()) {
+                out = Some(current.replace(pattern.as_str(), "[redacted]"));
             }
         }
         out
