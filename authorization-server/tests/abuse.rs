@@ -4,6 +4,10 @@
 //! page shows.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
+use common::*;
+
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -57,20 +61,6 @@ impl TestAs {
     }
 }
 
-fn http_from(local: Option<IpAddr>) -> reqwest::Client {
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy();
-    if let Some(ip) = local {
-        builder = builder.local_address(ip);
-    }
-    builder.build().unwrap()
-}
-
-fn http() -> reqwest::Client {
-    http_from(None)
-}
-
 async fn register(as_: &TestAs, body: Value) -> (u16, Value) {
     let response = http()
         .post(format!("{}/register", as_.url))
@@ -93,10 +83,7 @@ async fn client_with(as_: &TestAs, redirect: &str) -> String {
 }
 
 fn challenge() -> String {
-    let mut b = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut b).unwrap();
-    let verifier = format!("v{}", URL_SAFE_NO_PAD.encode(b));
-    URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
+    pkce().challenge
 }
 
 fn params(client_id: &str, redirect: &str, challenge: &str) -> Vec<(String, String)> {

@@ -3,6 +3,10 @@
 //! key rotation with old tokens still verifying (checked by bmm-middleware's verifier).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
+use common::*;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -12,7 +16,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bmm_authorization_server::{AppState, Args, Settings, serve};
 use clap::Parser;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 const RESOURCE: &str = "http://127.0.0.1:4103/mcp";
@@ -66,20 +69,6 @@ impl TestAs {
     }
 }
 
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .unwrap()
-}
-
-async fn json_of(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let body = response.json::<Value>().await.unwrap_or(Value::Null);
-    (status, body)
-}
-
 async fn register(as_: &TestAs, body: Value) -> (u16, Value) {
     json_of(
         http()
@@ -96,26 +85,6 @@ async fn public_client(as_: &TestAs) -> String {
     let (status, body) = register(as_, json!({"redirect_uris": ["http://127.0.0.1:33418/callback"], "token_endpoint_auth_method": "none", "client_name": "Test Client"})).await;
     assert_eq!(status, 201, "{body}");
     body["client_id"].as_str().unwrap().to_owned()
-}
-
-struct Pkce {
-    verifier: String,
-    challenge: String,
-}
-
-fn pkce() -> Pkce {
-    let verifier = format!("v{}", URL_SAFE_NO_PAD.encode(rand_bytes()));
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    Pkce {
-        verifier,
-        challenge,
-    }
-}
-
-fn rand_bytes() -> [u8; 32] {
-    let mut b = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut b).unwrap();
-    b
 }
 
 /// Sends an authorization request; returns the redirect's query parameters, or the status
@@ -217,10 +186,6 @@ async fn first_grant(as_: &TestAs) -> (String, Value) {
     let (status, tokens) = exchange(as_, &client, &code, &p).await;
     assert_eq!(status, 200, "{tokens}");
     (client, tokens)
-}
-
-fn dev() -> Vec<&'static str> {
-    vec!["--dev-user", "alice"]
 }
 
 #[tokio::test]

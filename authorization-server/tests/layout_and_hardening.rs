@@ -3,16 +3,17 @@
 //! ownership, dev-mode CORS, and connection time limits (issue 12).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
+use common::*;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bmm_authorization_server::{AppState, Args, Settings, serve};
 use clap::Parser;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
@@ -78,36 +79,6 @@ impl TestAs {
             .unwrap()
             .unwrap()
             .unwrap();
-    }
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .unwrap()
-}
-
-async fn json_of(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let body = response.json::<Value>().await.unwrap_or(Value::Null);
-    (status, body)
-}
-
-struct Pkce {
-    verifier: String,
-    challenge: String,
-}
-
-fn pkce() -> Pkce {
-    let mut b = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut b).unwrap();
-    let verifier = format!("v{}", URL_SAFE_NO_PAD.encode(b));
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    Pkce {
-        verifier,
-        challenge,
     }
 }
 
@@ -197,10 +168,6 @@ async fn token_json(as_: &TestAs, body: &Value) -> (u16, Value) {
         assert_eq!(response.headers()["cache-control"], "no-store");
     }
     json_of(response).await
-}
-
-fn dev() -> Vec<&'static str> {
-    vec!["--dev-user", "alice"]
 }
 
 // ---- issue 13.1: an issuer under a path --------------------------------------------------
