@@ -81,6 +81,30 @@ async fn slow_client_cannot_hold_a_connection_past_the_idle_or_header_limit() {
     );
 }
 
+/// An unauthenticated server with [`short_limits`] whose every response has the body
+/// `make` returns; its address and the sender that stops it.
+async fn serve_with_short_limits<B>(
+    make: impl Fn() -> B + Clone + Send + 'static,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>)
+where
+    B: http_body::Body<Data = Bytes, Error = Infallible> + Send + 'static,
+{
+    let service = tower::service_fn(move |_req: Request<Full<Bytes>>| {
+        let body = make();
+        async move { Ok::<_, Infallible>(Response::new(body)) }
+    });
+    let config = short_limits(ServeConfig::unauthenticated("/mcp"));
+    let server = Server::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server.serve(service, async move {
+        let _ = rx.await;
+    }));
+    (addr, tx)
+}
+
 /// A body that sends one frame every 150 ms, eight times: longer than the idle timeout.
 struct Trickle {
     sent: u8,
@@ -110,22 +134,11 @@ impl http_body::Body for Trickle {
 
 #[tokio::test]
 async fn a_streaming_response_is_not_idle() {
-    let service = tower::service_fn(|_req: Request<Full<Bytes>>| async {
-        let body = Trickle {
-            sent: 0,
-            timer: Box::pin(tokio::time::sleep(Duration::from_millis(150))),
-        };
-        Ok::<_, Infallible>(Response::new(body))
-    });
-    let config = short_limits(ServeConfig::unauthenticated("/mcp"));
-    let server = Server::bind("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.serve(service, async move {
-        let _ = rx.await;
-    }));
+    let body_service = || Trickle {
+        sent: 0,
+        timer: Box::pin(tokio::time::sleep(Duration::from_millis(150))),
+    };
+    let (addr, tx) = serve_with_short_limits(body_service).await;
     let started = Instant::now();
     let text = client()
         .post(format!("http://{addr}/mcp"))
@@ -163,18 +176,8 @@ impl http_body::Body for Endless {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_cannot_hold_its_connection() {
-    let service = tower::service_fn(|_req: Request<Full<Bytes>>| async {
-        Ok::<_, Infallible>(Response::new(Endless))
-    });
-    let config = short_limits(ServeConfig::unauthenticated("/mcp"));
-    let server = Server::bind("127.0.0.1:0".parse().unwrap(), config)
-        .await
-        .unwrap();
-    let addr = server.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server.serve(service, async move {
-        let _ = rx.await;
-    }));
+    let body_service = || Endless;
+    let (addr, tx) = serve_with_short_limits(body_service).await;
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(

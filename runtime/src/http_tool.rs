@@ -585,9 +585,13 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, ToolEr
     Ok(body)
 }
 
-/// The path `GET /v3/user/{username}/items/{id}` addresses with `args` (for the fuzz
-/// target), `None` when the arguments are refused.
-pub(crate) fn fuzz_path(args: &Map<String, Value>) -> Option<String> {
+/// The URL a `GET` tool with `path` and `query` templates on the fixed upstream
+/// `https://api.example/v3` addresses with `args`: for the fuzz target and the tests.
+fn example_url(
+    path: &'static str,
+    query: &'static [(&'static str, &'static str)],
+    args: &Map<String, Value>,
+) -> Result<url::Url, ToolError> {
     let upstream = Upstream::resolve(
         UpstreamDef {
             id: "api",
@@ -600,20 +604,26 @@ pub(crate) fn fuzz_path(args: &Map<String, Value>) -> Option<String> {
         },
         |_| None,
     )
-    .ok()?;
+    .map_err(ToolError::new)?;
     let def = HttpDef {
         upstream: "api",
         method: Method::Get,
-        path: "/user/{username}/items/{id}",
-        query: &[("q", "{q}")],
+        path,
+        query,
         headers: &[],
         body: BodyDef::None,
         body_format: BodyFormat::Json,
         response_map: &[],
     };
-    request_url(&def, &upstream, &Secrets::default(), args)
+    request_url(&def, &upstream, &Secrets::default(), args).map(|(url, _)| url)
+}
+
+/// The path `GET /v3/user/{username}/items/{id}` addresses with `args` (for the fuzz
+/// target), `None` when the arguments are refused.
+pub(crate) fn fuzz_path(args: &Map<String, Value>) -> Option<String> {
+    example_url("/user/{username}/items/{id}", &[("q", "{q}")], args)
         .ok()
-        .map(|(url, _)| url.path().to_owned())
+        .map(|url| url.path().to_owned())
 }
 
 #[cfg(test)]
@@ -640,30 +650,7 @@ mod tests {
         query: &'static [(&'static str, &'static str)],
         a: Value,
     ) -> Result<String, ToolError> {
-        let upstream = Upstream::resolve(
-            UpstreamDef {
-                id: "api",
-                base_url: "https://api.example/v3",
-                base_url_env: None,
-                auth: None,
-                allow_hosts: &[],
-                timeout_ms: 1000,
-                max_retries: 0,
-            },
-            |_| None,
-        )
-        .unwrap();
-        let def = HttpDef {
-            upstream: "api",
-            method: Method::Get,
-            path,
-            query,
-            headers: &[],
-            body: BodyDef::None,
-            body_format: BodyFormat::Json,
-            response_map: &[],
-        };
-        request_url(&def, &upstream, &Secrets::default(), &args(a)).map(|(url, _)| url.to_string())
+        example_url(path, query, &args(a)).map(|url| url.to_string())
     }
 
     #[test]
