@@ -3,10 +3,10 @@
 //! number rather than a silently ignored setting.
 //!
 //! Values whose position matters for later checks (names, templates, schemas) are
-//! [`Spanned`], so validation can point at the exact line and column.
+//! [`Spanned`], so validation can point at the exact line and column. Maps are
+//! [`IndexMap`]s: the generated code keeps the spec's order (query parameters, headers).
 
-use std::collections::BTreeMap;
-
+use indexmap::IndexMap;
 use serde::Deserialize;
 use serde_json::Value;
 pub use serde_saphyr::Spanned;
@@ -25,10 +25,10 @@ pub struct Spec {
     pub auth: Auth,
     /// Secrets the server needs, by environment variable name.
     #[serde(default)]
-    pub secrets: BTreeMap<String, Spanned<Secret>>,
+    pub secrets: IndexMap<String, Spanned<Secret>>,
     /// Upstream HTTP APIs, by id.
     #[serde(default)]
-    pub upstreams: BTreeMap<String, Spanned<Upstream>>,
+    pub upstreams: IndexMap<String, Spanned<Upstream>>,
     /// The tools.
     #[serde(default)]
     pub tools: Vec<Tool>,
@@ -71,7 +71,7 @@ pub struct Auth {
     pub required: Vec<Spanned<String>>,
     /// Broader scope -> narrower scopes it implies.
     #[serde(default)]
-    pub hierarchy: BTreeMap<String, Vec<Spanned<String>>>,
+    pub hierarchy: IndexMap<String, Vec<Spanned<String>>>,
 }
 
 /// A secret: an environment variable read at start-up, never logged or returned.
@@ -203,10 +203,10 @@ pub struct HttpRun {
     /// sent as one pair per element; inside a longer template its elements are joined
     /// with commas.
     #[serde(default)]
-    pub query: BTreeMap<String, Spanned<String>>,
+    pub query: IndexMap<String, Spanned<String>>,
     /// Request headers: name -> template.
     #[serde(default)]
-    pub headers: BTreeMap<String, Spanned<String>>,
+    pub headers: IndexMap<String, Spanned<String>>,
     /// Input fields sent as the JSON body (`body: [title, text]`), `all`, or one field's
     /// value as the whole body (`body: { field: items }`).
     #[serde(default)]
@@ -267,7 +267,7 @@ pub struct WholeBody {
 pub struct ResponseMap {
     /// Output field -> JSON pointer into the upstream response.
     #[serde(default)]
-    pub map: BTreeMap<String, Spanned<String>>,
+    pub map: IndexMap<String, Spanned<String>>,
 }
 
 /// A Rust tool body.
@@ -315,7 +315,7 @@ pub struct Resource {
     pub subscribe: bool,
     /// Completion values for template variables: variable -> values.
     #[serde(default)]
-    pub completions: BTreeMap<String, Vec<String>>,
+    pub completions: IndexMap<String, Vec<String>>,
 }
 
 /// A prompt.
