@@ -19,7 +19,6 @@ mod output;
 pub mod run;
 mod secrets;
 mod session_cap;
-pub mod template;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod validate;
@@ -29,6 +28,8 @@ pub use def::ServerDef;
 pub use handler::McpServer;
 pub use output::{ToolError, ToolOutput};
 pub use secrets::Secrets;
+/// `{placeholder}` templates: one parser, shared with the generator's validation (bmm-core).
+pub use bmm_core::template;
 
 /// Re-exported so generated crates need no direct dependency on these.
 pub use {bmm_middleware, rmcp, serde_json, tokio, tracing};

@@ -1,0 +1,24 @@
+//! bmm-core: the rules several bmm crates must agree on, in one place.
+//!
+//! If two crates each kept their own copy of one of these rules, the copies could drift
+//! and a valid token, scope or template would fail in one crate and pass in the other.
+//!
+//! - [`resource`]: the canonical form of a resource URL. bmm-as writes it into a token's
+//!   `aud`; the middleware compares `aud` with it.
+//! - [`scope`]: RFC 6749 scope-token syntax, checked by the generator (spec scopes, OpenAPI
+//!   `x-bmm` scopes), the middleware (configured scopes) and bmm-as (requested scopes).
+//! - [`server_name`]: what a server name is (the generator validates it, `bmm new` writes
+//!   it, it becomes the crate, binary and MCP server name).
+//! - [`template`]: `{placeholder}` templates, validated by the generator and rendered by
+//!   the runtime with the same parser.
+//!
+//! The crate depends on nothing but `url`: depending on it never pulls in a server stack.
+
+pub mod resource;
+pub mod scope;
+pub mod server_name;
+pub mod template;
+
+pub use resource::{ResourceUrlError, canonical_resource};
+pub use scope::is_scope_token;
+pub use server_name::is_server_name;
