@@ -23,6 +23,7 @@
 //! authentication there is one anonymous caller.
 #![allow(deprecated)] // logging and sampling are deprecated by SEP-2577 but still in the spec
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -39,6 +40,7 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use serde_json::Value;
 
+use crate::app::{AnyState, Context};
 use crate::output::ToolError;
 use crate::secrets::Secrets;
 
@@ -283,6 +285,8 @@ pub struct ToolContext {
     state: Arc<RequestStateCodec>,
     binding: Binding,
     secrets: Secrets,
+    /// The server's state (crate::app), once the start-up hook has built it.
+    app_state: Option<AnyState>,
 }
 
 impl ToolContext {
@@ -309,6 +313,26 @@ impl ToolContext {
             state,
             binding,
             secrets,
+            app_state: None,
+        }
+    }
+
+    /// The same context with the server's state (crate::app), if it has one.
+    pub(crate) fn with_app_state(mut self, app_state: Option<AnyState>) -> Self {
+        self.app_state = app_state;
+        self
+    }
+
+    /// This context with the server's state, which must be an `S` (crate::app, rule 2).
+    /// Generated glue calls it with the crate's own `State` before each Rust tool or
+    /// prompt; a server started without that state is a tool error naming the type.
+    pub fn with_state<S: Any + Send + Sync>(self) -> Result<Context<S>, ToolError> {
+        match self.app_state.clone().map(|state| state.downcast::<S>()) {
+            Some(Ok(state)) => Ok(Context::new(self, state)),
+            Some(Err(_)) | None => Err(ToolError::new(format!(
+                "internal error: the server was not started with a `{}` state (its main must call bmm_runtime::run::main_with_state with it)",
+                std::any::type_name::<S>()
+            ))),
         }
     }
 

@@ -4,7 +4,7 @@
 #![allow(deprecated)] // logging/setLevel is deprecated by SEP-2577 but still in the spec
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rmcp::model::RequestStateCodec;
 use rmcp::model::{
@@ -21,6 +21,7 @@ use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::Value;
 
+use crate::app::AnyState;
 use crate::context::{Retry, SessionLogLevel, ToolContext};
 use crate::def::{Handler, PromptContent, ResourceContent, ResourceTemplateDef, ServerDef};
 use crate::http_tool::{self, Upstream};
@@ -44,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) state: Arc<RequestStateCodec>,
     /// Open `subscriptions/listen` streams (crate::listen_cap).
     pub(crate) listens: ListenCap,
+    /// The server's state, set once by the start-up hook (crate::app).
+    pub(crate) app_state: OnceLock<AnyState>,
 }
 
 /// The MCP server: cheap to clone, one per session or request as rmcp asks.
@@ -133,6 +136,7 @@ impl McpServer {
                     rand::random::<[u8; 32]>().to_vec(),
                 )),
                 listens: ListenCap::default(),
+                app_state: OnceLock::new(),
             }),
             log_level: SessionLogLevel::new(),
         })
@@ -149,6 +153,25 @@ impl McpServer {
 
     pub(crate) fn def(&self) -> &ServerDef {
         &self.shared.def
+    }
+
+    /// Installs the server's state (what the start-up hook built), which every Rust tool
+    /// and prompt then reaches through [`ToolContext::with_state`]. Once per server: a
+    /// second call is refused and keeps the first state.
+    pub fn set_state<S: std::any::Any + Send + Sync>(&self, state: S) -> Result<(), String> {
+        self.shared
+            .app_state
+            .set(Arc::new(state))
+            .map_err(|_| "the server's state is already set".to_owned())
+    }
+
+    /// What the start-up hook gets for this server.
+    pub(crate) fn startup(&self, stdio: bool) -> crate::app::Startup {
+        crate::app::Startup {
+            secrets: self.shared.secrets.clone(),
+            stdio,
+            name: self.shared.def.name,
+        }
     }
 }
 
@@ -210,7 +233,8 @@ impl ServerHandler for McpServer {
                     self.shared.secrets.clone(),
                     &format!("tool:{}", tool.name),
                     &args,
-                );
+                )
+                .with_app_state(self.shared.app_state.get().cloned());
                 f(ctx, args).await
             }
         };
@@ -524,7 +548,8 @@ impl McpServer {
                 self.shared.secrets.clone(),
                 &format!("prompt:{}", p.name),
                 &Value::Object(args.clone()),
-            );
+            )
+            .with_app_state(self.shared.app_state.get().cloned());
             return match handler(ctx, args).await {
                 Ok(messages) => {
                     let mut result = GetPromptResult::new(messages);

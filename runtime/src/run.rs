@@ -31,6 +31,7 @@ use clap::Parser;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 
+use crate::app::Startup;
 use crate::def::ServerDef;
 use crate::handler::McpServer;
 use crate::secrets::Secrets;
@@ -365,7 +366,33 @@ fn async_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn serve_stdio(def: ServerDef) -> ExitCode {
+/// Runs a start-up hook for `server` (crate::app, rule 1) and installs the state it built.
+/// [`main_with_state`] calls it after the flags and secrets are checked and before
+/// serving; call it the same way when serving with [`prepare`] and [`serve`] yourself.
+pub async fn start_up<S, Start, Fut, E>(
+    server: &McpServer,
+    stdio: bool,
+    hook: Start,
+) -> Result<(), StartError>
+where
+    S: Send + Sync + 'static,
+    Start: FnOnce(Startup) -> Fut,
+    Fut: Future<Output = Result<S, E>>,
+    E: std::fmt::Display,
+{
+    let state = hook(server.startup(stdio))
+        .await
+        .map_err(|e| fail(format!("start-up failed: {e}")))?;
+    server.set_state(state).map_err(fail)
+}
+
+fn serve_stdio<S, Start, Fut, E>(def: ServerDef, hook: Start) -> ExitCode
+where
+    S: Send + Sync + 'static,
+    Start: FnOnce(Startup) -> Fut,
+    Fut: Future<Output = Result<S, E>>,
+    E: std::fmt::Display,
+{
     let server = match prepare_stdio(def, |name| std::env::var(name).ok()) {
         Ok(s) => s,
         Err(e) => {
@@ -379,6 +406,10 @@ fn serve_stdio(def: ServerDef) -> ExitCode {
     };
     runtime.block_on(async move {
         use rmcp::ServiceExt;
+        if let Err(e) = start_up(&server, true, hook).await {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
         tracing::info!(name = server.def().name, "MCP server ready on stdio");
         let running = match server.session().serve(rmcp::transport::stdio()).await {
             Ok(r) => r,
@@ -403,8 +434,23 @@ fn serve_stdio(def: ServerDef) -> ExitCode {
 /// request's time in the in-memory stack bench), so rmcp is kept to warnings.
 pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
 
-/// The whole `main` of a generated server.
+/// The whole `main` of a server without state of its own (see [`main_with_state`]).
 pub fn main(def: ServerDef) -> ExitCode {
+    main_with_state(def, |_| async { Ok::<(), Infallible>(()) })
+}
+
+/// The whole `main` of a generated server: parses the flags, checks them and the secrets
+/// (exit code 2 with every problem listed), runs `start` (the crate's start-up hook,
+/// which builds its state from the [`Startup`]; an error stops start-up with exit code 1),
+/// then serves until interrupted. Every Rust tool and prompt reaches the state through
+/// [`ToolContext::with_state`](crate::ToolContext::with_state).
+pub fn main_with_state<S, Start, Fut, E>(def: ServerDef, hook: Start) -> ExitCode
+where
+    S: Send + Sync + 'static,
+    Start: FnOnce(Startup) -> Fut,
+    Fut: Future<Output = Result<S, E>>,
+    E: std::fmt::Display,
+{
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -414,7 +460,7 @@ pub fn main(def: ServerDef) -> ExitCode {
         .init();
     let args = Args::parse();
     if args.stdio {
-        return serve_stdio(def);
+        return serve_stdio(def, hook);
     }
     let prepared = match prepare(def, &args, |name| std::env::var(name).ok()) {
         Ok(p) => p,
@@ -428,6 +474,10 @@ pub fn main(def: ServerDef) -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async move {
+        if let Err(e) = start_up(&prepared.server, false, hook).await {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
         let listener = match Server::bind(args.listen, prepared.config.clone()).await {
             Ok(l) => l,
             Err(e) => {
