@@ -40,11 +40,11 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use url::Url;
 
-use crate::config::canonical_resource;
 use crate::error::OAuthError;
 use crate::signin::Verdict;
 use crate::store::Client;
 use crate::{AppState, clients, now, random_token, secure_eq};
+use bmm_core::canonical_resource;
 
 const PENDING_TTL: u64 = 600;
 const CSRF_COOKIE: &str = "bmm_csrf";
@@ -294,7 +294,7 @@ async fn validate(
         );
     };
     match canonical_resource(resource) {
-        Some(r) if state.inner.settings.resources.contains(&r) => v.resource = r,
+        Ok(r) if state.inner.settings.resources.contains(&r) => v.resource = r,
         _ => {
             return fail(
                 &v,
@@ -327,10 +327,7 @@ async fn validate(
             OAuthError::invalid_scope(format!("scope `{bad}` is not offered by this server")),
         );
     }
-    if scopes.iter().any(|s| {
-        s.bytes()
-            .any(|b| b == b'"' || b == b'\\' || !(0x21..=0x7e).contains(&b))
-    }) {
+    if scopes.iter().any(|s| !bmm_core::is_scope_token(s)) {
         return fail(
             &v,
             OAuthError::invalid_scope("a scope contains characters RFC 6749 does not allow"),

@@ -175,20 +175,6 @@ pub struct Settings {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// Canonical form of a resource URL: parsed, no fragment, no trailing slash.
-pub fn canonical_resource(input: &str) -> Option<String> {
-    let url = Url::parse(input).ok()?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.fragment().is_some()
-    {
-        return None;
-    }
-    let mut text = url.to_string();
-    if url.query().is_none() && text.ends_with('/') {
-        text.pop();
-    }
-    Some(text)
-}
-
 /// The issuer's path is where every endpoint is served (`/oauth` -> `/oauth/token`), so it
 /// must be plain segments a router can take literally: unreserved characters only, no
 /// empty, `.` or `..` segment.
@@ -268,11 +254,9 @@ impl Settings {
         }
         let mut resources = Vec::new();
         for r in args.resources.iter().chain(file.resources.iter()) {
-            let c = canonical_resource(r).ok_or_else(|| {
-                ConfigError(format!(
-                    "resource `{r}` is not an absolute http(s) URL without fragment"
-                ))
-            })?;
+            // The form every token's `aud` carries; the middleware compares with the same.
+            let c = bmm_core::canonical_resource(r)
+                .map_err(|e| ConfigError(format!("resource `{r}` {e}")))?;
             if !resources.contains(&c) {
                 resources.push(c);
             }

@@ -40,11 +40,11 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::config::canonical_resource;
 use crate::error::OAuthError;
 use crate::ratelimit::Bucket;
 use crate::store::{Client, RefreshRecord, RefreshUse};
 use crate::{AppState, authorize, clients, now, random_token, secure_eq, sha256_hex};
+use bmm_core::canonical_resource;
 
 /// Rule 5: the request's parameters, from a form or a JSON body.
 fn body_params(
@@ -447,7 +447,7 @@ fn same_resource(
     message: &'static str,
 ) -> Result<(), OAuthError> {
     match asked {
-        Some(resource) if canonical_resource(resource).as_deref() != Some(granted) => {
+        Some(resource) if canonical_resource(resource).ok().as_deref() != Some(granted) => {
             Err(OAuthError::invalid_target(message))
         }
         _ => Ok(()),

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use bmm_core::resource::canonical_text;
 use url::Url;
 
 use crate::config::ConfigError;
@@ -34,26 +35,8 @@ impl Resource {
     /// Like [`Resource::parse`] but accepts `http` on any host (behind a TLS-terminating
     /// proxy, for instance, where the public URL is `https` but tests use plain http).
     pub fn parse_insecure(input: &str) -> Result<Self, ConfigError> {
-        let url = Url::parse(input)
-            .map_err(|e| ConfigError::new(format!("resource `{input}` is not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(ConfigError::new(format!(
-                "resource `{input}` must be an http(s) URL"
-            )));
-        }
-        if url.host().is_none() {
-            return Err(ConfigError::new(format!("resource `{input}` has no host")));
-        }
-        if url.fragment().is_some() {
-            return Err(ConfigError::new(format!(
-                "resource `{input}` must not contain a fragment (RFC 8707 section 2)"
-            )));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(ConfigError::new(format!(
-                "resource `{input}` must not contain credentials"
-            )));
-        }
+        let url = bmm_core::resource::parse_resource(input)
+            .map_err(|e| ConfigError::new(format!("resource `{input}` {e}")))?;
         let text = canonical_text(&url);
         Ok(Self { url, text })
     }
@@ -75,17 +58,15 @@ impl Resource {
 
     /// Whether an audience value from a token names this resource.
     ///
-    /// Comparison is on the parsed URL: scheme and host case-insensitively (the URL parser
-    /// lowercases them), default ports folded, one trailing slash ignored. Anything else,
-    /// a different path, port, host or query, is a different resource.
+    /// Comparison is on the canonical form ([`bmm_core::canonical_resource`], the one bmm-as
+    /// writes into `aud`): scheme and host case-insensitively, default ports folded, one
+    /// trailing slash ignored. Anything else, a different path, port, host or query, is a
+    /// different resource.
     pub fn matches_audience(&self, audience: &str) -> bool {
         if audience == self.text {
             return true;
         }
-        match Url::parse(audience) {
-            Ok(url) => url.fragment().is_none() && canonical_text(&url) == self.text,
-            Err(_) => false,
-        }
+        bmm_core::canonical_resource(audience).is_ok_and(|canonical| canonical == self.text)
     }
 
     /// The RFC 9728 metadata URL for this resource: the well-known suffix inserted between
@@ -166,15 +147,6 @@ impl fmt::Display for Issuer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
-}
-
-fn canonical_text(url: &Url) -> String {
-    let mut text = url.as_str().to_owned();
-    // `Url` always renders an empty path as `/`; the MCP spec prefers no trailing slash.
-    if url.query().is_none() && text.ends_with('/') {
-        text.pop();
-    }
-    text
 }
 
 /// Whether a URL points at a loopback host (`localhost`, `127.0.0.0/8`, `[::1]`).

@@ -23,11 +23,7 @@ pub type ScopeSet = BTreeSet<String>;
 
 /// Checks a scope token (RFC 6749 section 3.3: `%x21 / %x23-5B / %x5D-7E`).
 pub fn validate_scope_token(scope: &str) -> Result<(), ConfigError> {
-    let ok = !scope.is_empty()
-        && scope
-            .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b));
-    if ok {
+    if bmm_core::is_scope_token(scope) {
         Ok(())
     } else {
         Err(ConfigError::new(format!(

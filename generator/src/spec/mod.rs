@@ -10,7 +10,8 @@ use std::path::Path;
 pub use diagnostic::{Diagnostic, Severity};
 pub use load::{MAX_SPEC_BYTES, load, parse};
 pub use model::Spec;
-pub(crate) use validate::is_scope_token;
+/// The OpenAPI importer checks `x-bmm` scopes with the same rule.
+pub(crate) use bmm_core::is_scope_token;
 pub use validate::{placeholders, validate};
 
 /// Loads and validates a spec file. `Err` holds the parse error, `Ok` the spec and every

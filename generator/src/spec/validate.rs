@@ -23,6 +23,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bmm_core::server_name::SERVER_NAME_RULE;
+use bmm_core::{is_scope_token, is_server_name, template};
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
@@ -57,27 +59,54 @@ struct Checker<'a> {
     out: Vec<Diagnostic>,
 }
 
-/// An RFC 6749 scope token (also used by the OpenAPI importer for `x-bmm` scopes).
-pub(crate) fn is_scope_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
-}
-
 /// The `{name}` placeholders of a template, or the reason it is malformed (`{{` and `}}`
 /// are literal braces; the runtime renders templates with the same parser).
 pub fn placeholders(template: &str) -> Result<Vec<&str>, String> {
-    bmm_runtime::template::parse(template)
+    template::parse(template)
         .map(|segments| {
             segments
                 .into_iter()
                 .filter_map(|s| match s {
-                    bmm_runtime::template::Segment::Var(name) => Some(name),
+                    template::Segment::Var(name) => Some(name),
                     _ => None,
                 })
                 .collect()
         })
         .map_err(|e| e.0)
+}
+
+/// Compiles a tool's input schema exactly as the server does at start-up
+/// (`bmm_runtime::validate::InputValidator::compile`): JSON Schema 2020-12, the workspace's
+/// `jsonschema` without remote or file `$ref` resolution. A schema that passes here
+/// therefore never stops the generated server from starting.
+fn compile_input_schema(tool: &str, schema: &Value) -> Result<(), String> {
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(schema)
+        .map(drop)
+        .map_err(|e| {
+            let at = e.instance_path().as_str();
+            format!(
+                "the input schema of tool `{tool}` is not a valid JSON Schema 2020-12: {}{}",
+                if at.is_empty() {
+                    String::new()
+                } else {
+                    format!("at `{}`: ", cut(at))
+                },
+                cut(&e.to_string())
+            )
+        })
+}
+
+/// At most 200 characters of an error text (a schema can be large).
+fn cut(text: &str) -> String {
+    const MAX: usize = 200;
+    if text.chars().count() <= MAX {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(MAX).collect();
+    out.push('…');
+    out
 }
 
 fn object_properties(schema: &Value) -> BTreeSet<String> {
@@ -111,16 +140,9 @@ impl Checker<'_> {
 
     fn server(&mut self, spec: &Spec) {
         let name = &spec.server.name;
-        let ok = name.value.len() <= 48
-            && name.value.starts_with(|c: char| c.is_ascii_lowercase())
-            && name
-                .value
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !name.value.ends_with('-');
-        if !ok {
+        if !is_server_name(&name.value) {
             self.error(name, format!("server name `{}` is not a valid crate name", name.value.escape_default()),
-                "use lowercase letters, digits and `-`, starting with a letter, at most 48 characters (e.g. `weather-tools`)");
+                format!("use {SERVER_NAME_RULE} (e.g. `weather-tools`)"));
         }
         let version = &spec.server.version;
         let parts: Vec<&str> = version.value.split('.').collect();
@@ -342,7 +364,7 @@ impl Checker<'_> {
             }
             let input_ok = self.object_schema(&tool.input, n, "input");
             if input_ok
-                && let Err(e) = bmm_runtime::validate::InputValidator::compile(n, &tool.input.value)
+                && let Err(e) = compile_input_schema(n, &tool.input.value)
             {
                 self.error(
                     &tool.input,
