@@ -4,14 +4,13 @@
 //! formatted with prettyplease; crate files come from askama templates. Output is a pure
 //! function of the spec: the same spec gives the same bytes.
 
-use std::collections::BTreeSet;
-
 use askama::Template;
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use serde_json::Value;
 
-use crate::names::{pascal, snake_ident};
+use crate::names::pascal;
+use crate::rust_types::TypeSpace;
 use crate::spec::model::{Body, BodyFormat, HttpMethod, Run, Spec, UpstreamAuthKind};
 
 /// One file of the generated crate.
@@ -394,74 +393,21 @@ fn opt_bool(value: Option<bool>) -> TokenStream {
     }
 }
 
-/// A Rust type for a JSON Schema (the common subset; anything else stays JSON).
-fn rust_type(schema: &Value) -> TokenStream {
-    match schema.get("type").and_then(Value::as_str) {
-        Some("string") => quote!(String),
-        Some("integer") => quote!(i64),
-        Some("number") => quote!(f64),
-        Some("boolean") => quote!(bool),
-        Some("array") => {
-            let item = schema
-                .get("items")
-                .map_or_else(|| quote!(bmm_runtime::serde_json::Value), rust_type);
-            quote!(Vec<#item>)
-        }
-        _ => quote!(bmm_runtime::serde_json::Value),
+/// A JSON Schema as a pretty-printed raw string literal (`r#"..."#`, with more `#`s than
+/// any `"#...` run in the text, so nothing in it can end the literal early). Objects keep
+/// the spec's property order (serde_json's `preserve_order`).
+fn schema_literal(schema: &Value) -> Result<TokenStream, String> {
+    let text = serde_json::to_string_pretty(schema).map_err(|e| e.to_string())?;
+    let mut longest = 0;
+    for (i, _) in text.match_indices('"') {
+        let run = text[i + 1..].bytes().take_while(|&b| b == b'#').count();
+        longest = longest.max(run);
     }
-}
-
-/// A struct for an object schema: one field per property, optional unless required.
-fn schema_struct(name: &syn::Ident, schema: &Value, doc: &str, output: bool) -> TokenStream {
-    let required: BTreeSet<&str> = schema
-        .get("required")
-        .and_then(Value::as_array)
-        .map(|r| r.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
-    let mut seen = BTreeSet::new();
-    let mut fields = Vec::new();
-    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
-        for (prop, prop_schema) in props {
-            let mut ident = snake_ident(prop);
-            let mut n: u32 = 2;
-            while !seen.insert(ident.to_string()) {
-                ident = format_ident!("{}_{}", snake_ident(prop), n);
-                n += 1;
-            }
-            let ty = rust_type(prop_schema);
-            let rename = (ident.to_string().trim_start_matches("r#") != prop.as_str())
-                .then(|| quote!(#[serde(rename = #prop)]));
-            let field_doc = prop_schema
-                .get("description")
-                .and_then(Value::as_str)
-                .map(|d| {
-                    let d = doc_text(d);
-                    quote!(#[doc = #d])
-                });
-            let field = if required.contains(prop.as_str()) {
-                quote! { #field_doc #rename pub #ident: #ty }
-            } else if output {
-                quote! { #field_doc #rename #[serde(default, skip_serializing_if = "Option::is_none")] pub #ident: Option<#ty> }
-            } else {
-                quote! { #field_doc #rename #[serde(default)] pub #ident: Option<#ty> }
-            };
-            fields.push(field);
-        }
-    }
-    let derive = if output {
-        quote!(#[derive(Debug, Clone, Default, serde::Serialize)])
-    } else {
-        // A tool may ignore some of its arguments; that is not a warning in generated code.
-        quote!(#[derive(Debug, Clone, serde::Deserialize)] #[allow(dead_code)])
-    };
-    let doc = doc_text(doc);
-    quote! {
-        #[doc = #doc]
-        #derive
-        pub struct #name {
-            #(#fields,)*
-        }
-    }
+    let hashes = "#".repeat(longest + 1);
+    format!("r{hashes}\"{text}\"{hashes}")
+        .parse::<proc_macro2::Literal>()
+        .map(|literal| quote!(#literal))
+        .map_err(|e| format!("internal error: schema literal: {e}"))
 }
 
 fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
@@ -517,16 +463,27 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
         }
     });
     let mut modules = Vec::new();
-    let mut types = Vec::new();
+    // Every tool's root type names, reserved before any nested type is named.
+    let roots: Vec<syn::Ident> = spec
+        .tools
+        .iter()
+        .filter(|t| matches!(t.run.value, Run::Rust(_)))
+        .flat_map(|t| {
+            let base = pascal(&t.name.value);
+            let output = t.output.as_ref().map(|_| format_ident!("{base}Output"));
+            std::iter::once(format_ident!("{base}Input")).chain(output)
+        })
+        .collect();
+    let mut types = TypeSpace::new(&roots);
     let mut tools = Vec::new();
     for tool in &spec.tools {
         let tname = tool.name.value.as_str();
         let ttitle = opt_str(tool.title.as_deref());
         let tdesc = tool.description.value.as_str();
-        let input = serde_json::to_string(&tool.input.value).map_err(|e| e.to_string())?;
+        let input = schema_literal(&tool.input.value)?;
         let output = match &tool.output {
             Some(o) => {
-                let text = serde_json::to_string(&o.value).map_err(|e| e.to_string())?;
+                let text = schema_literal(&o.value)?;
                 quote!(Some(#text))
             }
             None => quote!(None),
@@ -588,20 +545,18 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
                     pub(crate) mod #module;
                 });
                 let input_ty = format_ident!("{}Input", pascal(tname));
-                types.push(schema_struct(
+                types.add_root(
                     &input_ty,
                     &tool.input.value,
                     &format!("Arguments of the `{tname}` tool."),
-                    false,
-                ));
+                );
                 let call = if let Some(o) = &tool.output {
                     let output_ty = format_ident!("{}Output", pascal(tname));
-                    types.push(schema_struct(
+                    types.add_root(
                         &output_ty,
                         &o.value,
                         &format!("Result of the `{tname}` tool."),
-                        true,
-                    ));
+                    );
                     quote! {
                         let output = #module::#module(&ctx, input).await?;
                         ToolOutput::json(&output)
@@ -709,7 +664,8 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
             });
         }
     }
-    let uses_rust = !types.is_empty();
+    let uses_rust = !roots.is_empty();
+    let types = types.into_items();
     let uses_arc = uses_rust || spec.prompts.iter().any(|p| p.function.is_some());
     let arc_import = uses_arc.then(|| {
         quote!(
@@ -732,6 +688,9 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
     let types_mod = uses_rust.then(|| {
         quote! {
             /// Typed arguments and results of the Rust tools, from the spec's JSON Schemas.
+            // A tool may ignore some of its arguments or never produce some values, and
+            // variant names come from the spec's values.
+            #[allow(dead_code, clippy::enum_variant_names, clippy::large_enum_variant)]
             pub(crate) mod types {
                 #(#types)*
             }
@@ -776,7 +735,7 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
 /// ending (CRLF, a bare CR, Unicode line and paragraph separators) becomes `\n`, since
 /// rustc rejects a bare CR in a doc comment, and other control characters are dropped.
 /// The leading space makes `/// text`.
-fn doc_text(text: &str) -> String {
+pub(crate) fn doc_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 1);
     out.push(' ');
     let mut chars = text.chars().peekable();

@@ -9,6 +9,7 @@
 pub mod emit;
 pub mod generate;
 mod names;
+mod rust_types;
 pub mod openapi;
 pub mod spec;
 

@@ -233,24 +233,12 @@ mod tests {
         assert!(err.message.len() < 4 * MAX_TEXT, "{}", err.message.len());
     }
 
-    /// The Rust string literal starting at `text` (just after its opening quote).
-    fn literal(text: &str) -> String {
-        let mut out = String::new();
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '"' => break,
-                '\\' => match chars.next() {
-                    Some('n') => out.push('\n'),
-                    Some('t') => out.push('\t'),
-                    Some('r') => out.push('\r'),
-                    Some(other) => out.push(other),
-                    None => break,
-                },
-                other => out.push(other),
-            }
-        }
-        out
+    /// The raw string literal `text` starts with, after its `r` (`#"..."#`), or `None`.
+    fn raw_literal(text: &str) -> Option<&str> {
+        let hashes = text.bytes().take_while(|&b| b == b'#').count();
+        let body = text[hashes..].strip_prefix('"')?;
+        let end = format!("\"{}", "#".repeat(hashes));
+        body.find(&end).map(|at| &body[..at])
     }
 
     /// Every checked-in generated server's tool schemas compile as 2020-12, so validation
@@ -264,9 +252,10 @@ mod tests {
             let Ok(source) = std::fs::read_to_string(&file) else {
                 continue;
             };
-            for piece in source.split("input_schema: \"").skip(1) {
-                let text = literal(piece);
-                let schema: Value = serde_json::from_str(&text)
+            for piece in source.split("input_schema: r").skip(1) {
+                let text = raw_literal(piece)
+                    .unwrap_or_else(|| panic!("{}: no raw string literal", file.display()));
+                let schema: Value = serde_json::from_str(text)
                     .unwrap_or_else(|e| panic!("{}: {e}: {text}", file.display()));
                 InputValidator::compile("generated", &schema)
                     .unwrap_or_else(|e| panic!("{}: {e}", file.display()));

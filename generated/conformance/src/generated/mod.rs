@@ -59,131 +59,122 @@ pub(crate) mod tool_with_logging;
 #[path = "../tools/tool_with_progress.rs"]
 pub(crate) mod tool_with_progress;
 /// Typed arguments and results of the Rust tools, from the spec's JSON Schemas.
+#[allow(dead_code, clippy::enum_variant_names, clippy::large_enum_variant)]
 pub(crate) mod types {
     /// Arguments of the `test_simple_text` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestSimpleTextInput {}
     /// Arguments of the `test_image_content` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestImageContentInput {}
     /// Arguments of the `test_audio_content` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestAudioContentInput {}
     /// Arguments of the `test_embedded_resource` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestEmbeddedResourceInput {}
     /// Arguments of the `test_multiple_content_types` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestMultipleContentTypesInput {}
     /// Arguments of the `test_tool_with_logging` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestToolWithLoggingInput {}
     /// Arguments of the `test_tool_with_progress` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestToolWithProgressInput {}
     /// Arguments of the `test_error_handling` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestErrorHandlingInput {}
     /// Arguments of the `test_sampling` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestSamplingInput {
         /// The prompt for the model
         pub prompt: String,
     }
     /// Arguments of the `test_elicitation` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestElicitationInput {
         /// What to tell the user
         pub message: String,
     }
     /// Arguments of the `test_elicitation_sep1034_defaults` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestElicitationSep1034DefaultsInput {}
     /// Arguments of the `test_elicitation_sep1330_enums` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestElicitationSep1330EnumsInput {}
     /// Arguments of the `json_schema_2020_12_tool` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct JsonSchema202012ToolInput {
-        #[serde(default)]
-        pub address: Option<bmm_runtime::serde_json::Value>,
-        #[serde(rename = "contactMethod")]
-        #[serde(default)]
-        pub contact_method: Option<String>,
-        #[serde(default)]
-        pub email: Option<String>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub name: Option<String>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub address: Option<JsonSchema202012ToolInputAddress>,
+        #[serde(rename = "contactMethod")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub contact_method: Option<JsonSchema202012ToolInputContactMethod>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub phone: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub email: Option<String>,
+    }
+    /// The shape of `address` in `JsonSchema202012ToolInput`.
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+    pub struct JsonSchema202012ToolInputAddress {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub street: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub city: Option<String>,
+    }
+    /// The values of `contactMethod` in `JsonSchema202012ToolInput`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+    pub enum JsonSchema202012ToolInputContactMethod {
+        #[serde(rename = "phone")]
+        Phone,
+        #[serde(rename = "email")]
+        Email,
     }
     /// Arguments of the `test_reconnection` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestReconnectionInput {}
     /// Arguments of the `test_custom_header` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestCustomHeaderInput {
         /// The value to echo
         pub value: String,
     }
     /// Arguments of the `test_missing_capability` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestMissingCapabilityInput {}
     /// Arguments of the `test_streaming_elicitation` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestStreamingElicitationInput {}
     /// Arguments of the `test_logging_tool` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestLoggingToolInput {}
     /// Arguments of the `test_input_required_result_elicitation` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestInputRequiredResultElicitationInput {}
     /// Arguments of the `test_input_required_result_sampling` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestInputRequiredResultSamplingInput {}
     /// Arguments of the `test_input_required_result_list_roots` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestInputRequiredResultListRootsInput {}
     /// Arguments of the `test_input_required_result_request_state` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestInputRequiredResultRequestStateInput {}
     /// Arguments of the `test_input_required_result_multiple_inputs` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestInputRequiredResultMultipleInputsInput {}
     /// Arguments of the `test_input_required_result_multi_round` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestInputRequiredResultMultiRoundInput {}
     /// Arguments of the `test_input_required_result_tampered_state` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestInputRequiredResultTamperedStateInput {}
     /// Arguments of the `test_input_required_result_capabilities` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestInputRequiredResultCapabilitiesInput {}
 }
 /// The server, as the spec describes it.
@@ -203,7 +194,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_simple_text",
                 title: None,
                 description: "Returns a fixed text block.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -225,7 +218,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_image_content",
                 title: None,
                 description: "Returns a PNG image block.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -247,7 +242,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_audio_content",
                 title: None,
                 description: "Returns a WAV audio block.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -269,7 +266,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_embedded_resource",
                 title: None,
                 description: "Returns an embedded text resource.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -291,7 +290,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_multiple_content_types",
                 title: None,
                 description: "Returns text, an image and an embedded JSON resource.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -313,7 +314,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_tool_with_logging",
                 title: None,
                 description: "Sends three log messages while it runs.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -335,7 +338,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_tool_with_progress",
                 title: None,
                 description: "Reports progress 0, 50 and 100 of 100 when the caller sends a progress token.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -357,7 +362,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_error_handling",
                 title: None,
                 description: "Always fails with an error result.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -379,7 +386,18 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_sampling",
                 title: None,
                 description: "Asks the client's model to answer a prompt.",
-                input_schema: "{\"properties\":{\"prompt\":{\"description\":\"The prompt for the model\",\"type\":\"string\"}},\"required\":[\"prompt\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object",
+  "properties": {
+    "prompt": {
+      "type": "string",
+      "description": "The prompt for the model"
+    }
+  },
+  "required": [
+    "prompt"
+  ]
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -401,7 +419,18 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_elicitation",
                 title: None,
                 description: "Asks the user for a username and an email address.",
-                input_schema: "{\"properties\":{\"message\":{\"description\":\"What to tell the user\",\"type\":\"string\"}},\"required\":[\"message\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object",
+  "properties": {
+    "message": {
+      "type": "string",
+      "description": "What to tell the user"
+    }
+  },
+  "required": [
+    "message"
+  ]
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -423,7 +452,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_elicitation_sep1034_defaults",
                 title: None,
                 description: "Elicitation whose fields carry default values (SEP-1034).",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -446,7 +477,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_elicitation_sep1330_enums",
                 title: None,
                 description: "Elicitation with every enum form (SEP-1330).",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -468,7 +501,82 @@ pub(crate) fn server() -> ServerDef {
                 name: "json_schema_2020_12_tool",
                 title: None,
                 description: "Its input schema uses JSON Schema 2020-12 keywords, served verbatim.",
-                input_schema: "{\"$defs\":{\"address\":{\"$anchor\":\"addressDef\",\"properties\":{\"city\":{\"type\":\"string\"},\"street\":{\"type\":\"string\"}},\"type\":\"object\"}},\"$schema\":\"https://json-schema.org/draft/2020-12/schema\",\"additionalProperties\":false,\"allOf\":[{\"anyOf\":[{\"required\":[\"phone\"]},{\"required\":[\"email\"]}]}],\"else\":{\"required\":[\"email\"]},\"if\":{\"properties\":{\"contactMethod\":{\"const\":\"phone\"}},\"required\":[\"contactMethod\"]},\"properties\":{\"address\":{\"$ref\":\"#/$defs/address\"},\"contactMethod\":{\"enum\":[\"phone\",\"email\"],\"type\":\"string\"},\"email\":{\"type\":\"string\"},\"name\":{\"type\":\"string\"},\"phone\":{\"type\":\"string\"}},\"then\":{\"required\":[\"phone\"]},\"type\":\"object\"}",
+                input_schema: r##"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "$defs": {
+    "address": {
+      "$anchor": "addressDef",
+      "type": "object",
+      "properties": {
+        "street": {
+          "type": "string"
+        },
+        "city": {
+          "type": "string"
+        }
+      }
+    }
+  },
+  "properties": {
+    "name": {
+      "type": "string"
+    },
+    "address": {
+      "$ref": "#/$defs/address"
+    },
+    "contactMethod": {
+      "type": "string",
+      "enum": [
+        "phone",
+        "email"
+      ]
+    },
+    "phone": {
+      "type": "string"
+    },
+    "email": {
+      "type": "string"
+    }
+  },
+  "allOf": [
+    {
+      "anyOf": [
+        {
+          "required": [
+            "phone"
+          ]
+        },
+        {
+          "required": [
+            "email"
+          ]
+        }
+      ]
+    }
+  ],
+  "if": {
+    "properties": {
+      "contactMethod": {
+        "const": "phone"
+      }
+    },
+    "required": [
+      "contactMethod"
+    ]
+  },
+  "then": {
+    "required": [
+      "phone"
+    ]
+  },
+  "else": {
+    "required": [
+      "email"
+    ]
+  },
+  "additionalProperties": false
+}"##,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -490,7 +598,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_reconnection",
                 title: None,
                 description: "Answers after a short pause (SSE polling and resumption).",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -512,7 +622,19 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_custom_header",
                 title: None,
                 description: "Echoes a value the client also sends as the Mcp-Param-Value header.",
-                input_schema: "{\"properties\":{\"value\":{\"description\":\"The value to echo\",\"type\":\"string\",\"x-mcp-header\":\"Value\"}},\"required\":[\"value\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object",
+  "properties": {
+    "value": {
+      "type": "string",
+      "x-mcp-header": "Value",
+      "description": "The value to echo"
+    }
+  },
+  "required": [
+    "value"
+  ]
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -534,7 +656,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_missing_capability",
                 title: None,
                 description: "Needs the client's sampling capability; refused with -32021 without it.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -556,7 +680,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_streaming_elicitation",
                 title: None,
                 description: "Asks the user a question; in 2026-07-28 through an input-required result, never a server request.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -578,7 +704,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_logging_tool",
                 title: None,
                 description: "Logs, but only at the level the request asks for.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -600,7 +728,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_input_required_result_elicitation",
                 title: None,
                 description: "Asks for the user's name before greeting.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -622,7 +752,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_input_required_result_sampling",
                 title: None,
                 description: "Asks the client's model a question first.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -644,7 +776,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_input_required_result_list_roots",
                 title: None,
                 description: "Asks for the client's roots first.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -666,7 +800,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_input_required_result_request_state",
                 title: None,
                 description: "Asks for confirmation and carries sealed state to the next round.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -689,7 +825,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_input_required_result_multiple_inputs",
                 title: None,
                 description: "Asks an elicitation, a sampling and a roots question at once.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -712,7 +850,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_input_required_result_multi_round",
                 title: None,
                 description: "Two rounds of questions, with new sealed state each round.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -734,7 +874,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_input_required_result_tampered_state",
                 title: None,
                 description: "Refuses a request state it did not seal.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -757,7 +899,9 @@ pub(crate) fn server() -> ServerDef {
                 name: "test_input_required_result_capabilities",
                 title: None,
                 description: "Only asks what the client declared it can answer.",
-                input_schema: "{\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,

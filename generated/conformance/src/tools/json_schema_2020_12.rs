@@ -12,6 +12,6 @@ pub(crate) async fn json_schema_2020_12(
     Ok(ToolOutput::text(format!(
         "JSON Schema 2020-12 tool called with name={:?}, address={}",
         input.name,
-        input.address.unwrap_or_default()
+        bmm_runtime::serde_json::to_string(&input.address).unwrap_or_default()
     )))
 }

@@ -13,60 +13,63 @@ pub(crate) mod get_note;
 #[path = "../tools/list_notes.rs"]
 pub(crate) mod list_notes;
 /// Typed arguments and results of the Rust tools, from the spec's JSON Schemas.
+#[allow(dead_code, clippy::enum_variant_names, clippy::large_enum_variant)]
 pub(crate) mod types {
     /// Arguments of the `add_note` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct AddNoteInput {
-        /// Labels to find it by
-        #[serde(default)]
-        pub tags: Option<Vec<String>>,
-        /// The note itself
-        pub text: String,
         /// A short title
         pub title: String,
+        /// The note itself
+        pub text: String,
+        /// Labels to find it by
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub tags: Option<Vec<String>>,
     }
     /// Result of the `add_note` tool.
-    #[derive(Debug, Clone, Default, serde::Serialize)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct AddNoteOutput {
         pub id: i64,
         pub title: String,
     }
     /// Arguments of the `list_notes` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct ListNotesInput {
         /// Only notes with this tag
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub tag: Option<String>,
     }
     /// Result of the `list_notes` tool.
-    #[derive(Debug, Clone, Default, serde::Serialize)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct ListNotesOutput {
-        pub notes: Vec<bmm_runtime::serde_json::Value>,
+        pub notes: Vec<ListNotesOutputNotesItem>,
+    }
+    /// The shape of `notes` in `ListNotesOutput`.
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+    pub struct ListNotesOutputNotesItem {
+        pub id: i64,
+        pub title: String,
     }
     /// Arguments of the `get_note` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct GetNoteInput {
         pub id: i64,
     }
     /// Result of the `get_note` tool.
-    #[derive(Debug, Clone, Default, serde::Serialize)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct GetNoteOutput {
         pub id: i64,
-        pub tags: Vec<String>,
-        pub text: String,
         pub title: String,
+        pub text: String,
+        pub tags: Vec<String>,
     }
     /// Arguments of the `delete_note` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct DeleteNoteInput {
         pub id: i64,
     }
     /// Result of the `delete_note` tool.
-    #[derive(Debug, Clone, Default, serde::Serialize)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct DeleteNoteOutput {
         pub deleted: bool,
     }
@@ -93,9 +96,50 @@ pub(crate) fn server() -> ServerDef {
                 name: "add_note",
                 title: Some("Add a note"),
                 description: "Stores a note and returns its id.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"tags\":{\"description\":\"Labels to find it by\",\"items\":{\"type\":\"string\"},\"type\":\"array\"},\"text\":{\"description\":\"The note itself\",\"maxLength\":100000,\"type\":\"string\"},\"title\":{\"description\":\"A short title\",\"maxLength\":200,\"minLength\":1,\"type\":\"string\"}},\"required\":[\"title\",\"text\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object",
+  "properties": {
+    "title": {
+      "type": "string",
+      "minLength": 1,
+      "maxLength": 200,
+      "description": "A short title"
+    },
+    "text": {
+      "type": "string",
+      "maxLength": 100000,
+      "description": "The note itself"
+    },
+    "tags": {
+      "type": "array",
+      "items": {
+        "type": "string"
+      },
+      "description": "Labels to find it by"
+    }
+  },
+  "required": [
+    "title",
+    "text"
+  ],
+  "additionalProperties": false
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"id\":{\"type\":\"integer\"},\"title\":{\"type\":\"string\"}},\"required\":[\"id\",\"title\"],\"type\":\"object\"}",
+                    r#"{
+  "type": "object",
+  "properties": {
+    "id": {
+      "type": "integer"
+    },
+    "title": {
+      "type": "string"
+    }
+  },
+  "required": [
+    "id",
+    "title"
+  ]
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: Some(false),
@@ -117,9 +161,43 @@ pub(crate) fn server() -> ServerDef {
                 name: "list_notes",
                 title: Some("List notes"),
                 description: "Lists note ids and titles, optionally only those with a tag.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"tag\":{\"description\":\"Only notes with this tag\",\"type\":\"string\"}},\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object",
+  "properties": {
+    "tag": {
+      "type": "string",
+      "description": "Only notes with this tag"
+    }
+  },
+  "additionalProperties": false
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"notes\":{\"items\":{\"properties\":{\"id\":{\"type\":\"integer\"},\"title\":{\"type\":\"string\"}},\"required\":[\"id\",\"title\"],\"type\":\"object\"},\"type\":\"array\"}},\"required\":[\"notes\"],\"type\":\"object\"}",
+                    r#"{
+  "type": "object",
+  "properties": {
+    "notes": {
+      "type": "array",
+      "items": {
+        "type": "object",
+        "properties": {
+          "id": {
+            "type": "integer"
+          },
+          "title": {
+            "type": "string"
+          }
+        },
+        "required": [
+          "id",
+          "title"
+        ]
+      }
+    }
+  },
+  "required": [
+    "notes"
+  ]
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: Some(true),
@@ -142,9 +220,46 @@ pub(crate) fn server() -> ServerDef {
                 name: "get_note",
                 title: Some("Read a note"),
                 description: "Returns one note by id.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"id\":{\"minimum\":1,\"type\":\"integer\"}},\"required\":[\"id\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object",
+  "properties": {
+    "id": {
+      "type": "integer",
+      "minimum": 1
+    }
+  },
+  "required": [
+    "id"
+  ],
+  "additionalProperties": false
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"id\":{\"type\":\"integer\"},\"tags\":{\"items\":{\"type\":\"string\"},\"type\":\"array\"},\"text\":{\"type\":\"string\"},\"title\":{\"type\":\"string\"}},\"required\":[\"id\",\"title\",\"text\",\"tags\"],\"type\":\"object\"}",
+                    r#"{
+  "type": "object",
+  "properties": {
+    "id": {
+      "type": "integer"
+    },
+    "title": {
+      "type": "string"
+    },
+    "text": {
+      "type": "string"
+    },
+    "tags": {
+      "type": "array",
+      "items": {
+        "type": "string"
+      }
+    }
+  },
+  "required": [
+    "id",
+    "title",
+    "text",
+    "tags"
+  ]
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: Some(true),
@@ -166,9 +281,31 @@ pub(crate) fn server() -> ServerDef {
                 name: "delete_note",
                 title: Some("Delete a note"),
                 description: "Deletes a note for good. Deleting a missing note is not an error.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"id\":{\"minimum\":1,\"type\":\"integer\"}},\"required\":[\"id\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object",
+  "properties": {
+    "id": {
+      "type": "integer",
+      "minimum": 1
+    }
+  },
+  "required": [
+    "id"
+  ],
+  "additionalProperties": false
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"deleted\":{\"type\":\"boolean\"}},\"required\":[\"deleted\"],\"type\":\"object\"}",
+                    r#"{
+  "type": "object",
+  "properties": {
+    "deleted": {
+      "type": "boolean"
+    }
+  },
+  "required": [
+    "deleted"
+  ]
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: Some(false),

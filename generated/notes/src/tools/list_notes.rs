@@ -1,10 +1,9 @@
 //! The `list_notes` tool. Created by bmm once: this file is yours and is never overwritten. If the tool's schema changes, the compiler points here.
 
-use bmm_runtime::serde_json::json;
 use bmm_runtime::{ToolContext, ToolError};
 
 use super::add_note::store;
-use crate::generated::types::{ListNotesInput, ListNotesOutput};
+use crate::generated::types::{ListNotesInput, ListNotesOutput, ListNotesOutputNotesItem};
 
 /// Lists note ids and titles, optionally only those with a tag.
 pub(crate) async fn list_notes(
@@ -16,7 +15,10 @@ pub(crate) async fn list_notes(
         .notes
         .iter()
         .filter(|(_, n)| input.tag.as_ref().is_none_or(|t| n.tags.contains(t)))
-        .map(|(id, n)| json!({ "id": id, "title": n.title }))
+        .map(|(&id, n)| ListNotesOutputNotesItem {
+            id,
+            title: n.title.clone(),
+        })
         .collect();
     Ok(ListNotesOutput { notes })
 }

@@ -32,9 +32,124 @@ pub(crate) fn server() -> ServerDef {
                 name: "update_pet",
                 title: None,
                 description: "Update an existing pet.\n\nUpdate an existing pet by Id.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"category\":{\"properties\":{\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"},\"photoUrls\":{\"items\":{\"type\":\"string\"},\"type\":\"array\"},\"status\":{\"description\":\"pet status in the store\",\"enum\":[\"available\",\"pending\",\"sold\"],\"type\":\"string\"},\"tags\":{\"items\":{\"properties\":{\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"},\"type\":\"array\"}},\"required\":[\"name\",\"photoUrls\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "category": {
+      "properties": {
+        "id": {
+          "format": "int64",
+          "type": "integer"
+        },
+        "name": {
+          "type": "string"
+        }
+      },
+      "type": "object"
+    },
+    "id": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "name": {
+      "type": "string"
+    },
+    "photoUrls": {
+      "items": {
+        "type": "string"
+      },
+      "type": "array"
+    },
+    "status": {
+      "description": "pet status in the store",
+      "enum": [
+        "available",
+        "pending",
+        "sold"
+      ],
+      "type": "string"
+    },
+    "tags": {
+      "items": {
+        "properties": {
+          "id": {
+            "format": "int64",
+            "type": "integer"
+          },
+          "name": {
+            "type": "string"
+          }
+        },
+        "type": "object"
+      },
+      "type": "array"
+    }
+  },
+  "required": [
+    "name",
+    "photoUrls"
+  ],
+  "type": "object"
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"category\":{\"properties\":{\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"},\"photoUrls\":{\"items\":{\"type\":\"string\"},\"type\":\"array\"},\"status\":{\"description\":\"pet status in the store\",\"enum\":[\"available\",\"pending\",\"sold\"],\"type\":\"string\"},\"tags\":{\"items\":{\"properties\":{\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"},\"type\":\"array\"}},\"required\":[\"name\",\"photoUrls\"],\"type\":\"object\"}",
+                    r#"{
+  "properties": {
+    "category": {
+      "properties": {
+        "id": {
+          "format": "int64",
+          "type": "integer"
+        },
+        "name": {
+          "type": "string"
+        }
+      },
+      "type": "object"
+    },
+    "id": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "name": {
+      "type": "string"
+    },
+    "photoUrls": {
+      "items": {
+        "type": "string"
+      },
+      "type": "array"
+    },
+    "status": {
+      "description": "pet status in the store",
+      "enum": [
+        "available",
+        "pending",
+        "sold"
+      ],
+      "type": "string"
+    },
+    "tags": {
+      "items": {
+        "properties": {
+          "id": {
+            "format": "int64",
+            "type": "integer"
+          },
+          "name": {
+            "type": "string"
+          }
+        },
+        "type": "object"
+      },
+      "type": "array"
+    }
+  },
+  "required": [
+    "name",
+    "photoUrls"
+  ],
+  "type": "object"
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -65,9 +180,124 @@ pub(crate) fn server() -> ServerDef {
                 name: "add_pet",
                 title: None,
                 description: "Add a new pet to the store.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"category\":{\"properties\":{\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"},\"photoUrls\":{\"items\":{\"type\":\"string\"},\"type\":\"array\"},\"status\":{\"description\":\"pet status in the store\",\"enum\":[\"available\",\"pending\",\"sold\"],\"type\":\"string\"},\"tags\":{\"items\":{\"properties\":{\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"},\"type\":\"array\"}},\"required\":[\"name\",\"photoUrls\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "category": {
+      "properties": {
+        "id": {
+          "format": "int64",
+          "type": "integer"
+        },
+        "name": {
+          "type": "string"
+        }
+      },
+      "type": "object"
+    },
+    "id": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "name": {
+      "type": "string"
+    },
+    "photoUrls": {
+      "items": {
+        "type": "string"
+      },
+      "type": "array"
+    },
+    "status": {
+      "description": "pet status in the store",
+      "enum": [
+        "available",
+        "pending",
+        "sold"
+      ],
+      "type": "string"
+    },
+    "tags": {
+      "items": {
+        "properties": {
+          "id": {
+            "format": "int64",
+            "type": "integer"
+          },
+          "name": {
+            "type": "string"
+          }
+        },
+        "type": "object"
+      },
+      "type": "array"
+    }
+  },
+  "required": [
+    "name",
+    "photoUrls"
+  ],
+  "type": "object"
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"category\":{\"properties\":{\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"},\"photoUrls\":{\"items\":{\"type\":\"string\"},\"type\":\"array\"},\"status\":{\"description\":\"pet status in the store\",\"enum\":[\"available\",\"pending\",\"sold\"],\"type\":\"string\"},\"tags\":{\"items\":{\"properties\":{\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"},\"type\":\"array\"}},\"required\":[\"name\",\"photoUrls\"],\"type\":\"object\"}",
+                    r#"{
+  "properties": {
+    "category": {
+      "properties": {
+        "id": {
+          "format": "int64",
+          "type": "integer"
+        },
+        "name": {
+          "type": "string"
+        }
+      },
+      "type": "object"
+    },
+    "id": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "name": {
+      "type": "string"
+    },
+    "photoUrls": {
+      "items": {
+        "type": "string"
+      },
+      "type": "array"
+    },
+    "status": {
+      "description": "pet status in the store",
+      "enum": [
+        "available",
+        "pending",
+        "sold"
+      ],
+      "type": "string"
+    },
+    "tags": {
+      "items": {
+        "properties": {
+          "id": {
+            "format": "int64",
+            "type": "integer"
+          },
+          "name": {
+            "type": "string"
+          }
+        },
+        "type": "object"
+      },
+      "type": "array"
+    }
+  },
+  "required": [
+    "name",
+    "photoUrls"
+  ],
+  "type": "object"
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -98,9 +328,92 @@ pub(crate) fn server() -> ServerDef {
                 name: "find_pets_by_status",
                 title: None,
                 description: "Finds Pets by status.\n\nMultiple status values can be provided with comma separated strings.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"status\":{\"default\":\"available\",\"description\":\"Status values that need to be considered for filter\",\"enum\":[\"available\",\"pending\",\"sold\"],\"type\":\"string\"}},\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "status": {
+      "default": "available",
+      "description": "Status values that need to be considered for filter",
+      "enum": [
+        "available",
+        "pending",
+        "sold"
+      ],
+      "type": "string"
+    }
+  },
+  "type": "object"
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"result\":{\"items\":{\"properties\":{\"category\":{\"properties\":{\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"},\"photoUrls\":{\"items\":{\"type\":\"string\"},\"type\":\"array\"},\"status\":{\"description\":\"pet status in the store\",\"enum\":[\"available\",\"pending\",\"sold\"],\"type\":\"string\"},\"tags\":{\"items\":{\"properties\":{\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"},\"type\":\"array\"}},\"required\":[\"name\",\"photoUrls\"],\"type\":\"object\"},\"type\":\"array\"}},\"required\":[\"result\"],\"type\":\"object\"}",
+                    r#"{
+  "properties": {
+    "result": {
+      "items": {
+        "properties": {
+          "category": {
+            "properties": {
+              "id": {
+                "format": "int64",
+                "type": "integer"
+              },
+              "name": {
+                "type": "string"
+              }
+            },
+            "type": "object"
+          },
+          "id": {
+            "format": "int64",
+            "type": "integer"
+          },
+          "name": {
+            "type": "string"
+          },
+          "photoUrls": {
+            "items": {
+              "type": "string"
+            },
+            "type": "array"
+          },
+          "status": {
+            "description": "pet status in the store",
+            "enum": [
+              "available",
+              "pending",
+              "sold"
+            ],
+            "type": "string"
+          },
+          "tags": {
+            "items": {
+              "properties": {
+                "id": {
+                  "format": "int64",
+                  "type": "integer"
+                },
+                "name": {
+                  "type": "string"
+                }
+              },
+              "type": "object"
+            },
+            "type": "array"
+          }
+        },
+        "required": [
+          "name",
+          "photoUrls"
+        ],
+        "type": "object"
+      },
+      "type": "array"
+    }
+  },
+  "required": [
+    "result"
+  ],
+  "type": "object"
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: Some(true),
@@ -124,9 +437,89 @@ pub(crate) fn server() -> ServerDef {
                 name: "find_pets_by_tags",
                 title: None,
                 description: "Finds Pets by tags.\n\nMultiple tags can be provided with comma separated strings. Use tag1, tag2, tag3 for testing.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"tags\":{\"description\":\"Tags to filter by\",\"items\":{\"type\":\"string\"},\"type\":\"array\"}},\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "tags": {
+      "description": "Tags to filter by",
+      "items": {
+        "type": "string"
+      },
+      "type": "array"
+    }
+  },
+  "type": "object"
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"result\":{\"items\":{\"properties\":{\"category\":{\"properties\":{\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"},\"photoUrls\":{\"items\":{\"type\":\"string\"},\"type\":\"array\"},\"status\":{\"description\":\"pet status in the store\",\"enum\":[\"available\",\"pending\",\"sold\"],\"type\":\"string\"},\"tags\":{\"items\":{\"properties\":{\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"},\"type\":\"array\"}},\"required\":[\"name\",\"photoUrls\"],\"type\":\"object\"},\"type\":\"array\"}},\"required\":[\"result\"],\"type\":\"object\"}",
+                    r#"{
+  "properties": {
+    "result": {
+      "items": {
+        "properties": {
+          "category": {
+            "properties": {
+              "id": {
+                "format": "int64",
+                "type": "integer"
+              },
+              "name": {
+                "type": "string"
+              }
+            },
+            "type": "object"
+          },
+          "id": {
+            "format": "int64",
+            "type": "integer"
+          },
+          "name": {
+            "type": "string"
+          },
+          "photoUrls": {
+            "items": {
+              "type": "string"
+            },
+            "type": "array"
+          },
+          "status": {
+            "description": "pet status in the store",
+            "enum": [
+              "available",
+              "pending",
+              "sold"
+            ],
+            "type": "string"
+          },
+          "tags": {
+            "items": {
+              "properties": {
+                "id": {
+                  "format": "int64",
+                  "type": "integer"
+                },
+                "name": {
+                  "type": "string"
+                }
+              },
+              "type": "object"
+            },
+            "type": "array"
+          }
+        },
+        "required": [
+          "name",
+          "photoUrls"
+        ],
+        "type": "object"
+      },
+      "type": "array"
+    }
+  },
+  "required": [
+    "result"
+  ],
+  "type": "object"
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: Some(true),
@@ -150,9 +543,79 @@ pub(crate) fn server() -> ServerDef {
                 name: "get_pet_by_id",
                 title: None,
                 description: "Find pet by ID.\n\nReturns a single pet.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"pet_id\":{\"description\":\"ID of pet to return\",\"format\":\"int64\",\"type\":\"integer\"}},\"required\":[\"pet_id\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "pet_id": {
+      "description": "ID of pet to return",
+      "format": "int64",
+      "type": "integer"
+    }
+  },
+  "required": [
+    "pet_id"
+  ],
+  "type": "object"
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"category\":{\"properties\":{\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"},\"photoUrls\":{\"items\":{\"type\":\"string\"},\"type\":\"array\"},\"status\":{\"description\":\"pet status in the store\",\"enum\":[\"available\",\"pending\",\"sold\"],\"type\":\"string\"},\"tags\":{\"items\":{\"properties\":{\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"},\"type\":\"array\"}},\"required\":[\"name\",\"photoUrls\"],\"type\":\"object\"}",
+                    r#"{
+  "properties": {
+    "category": {
+      "properties": {
+        "id": {
+          "format": "int64",
+          "type": "integer"
+        },
+        "name": {
+          "type": "string"
+        }
+      },
+      "type": "object"
+    },
+    "id": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "name": {
+      "type": "string"
+    },
+    "photoUrls": {
+      "items": {
+        "type": "string"
+      },
+      "type": "array"
+    },
+    "status": {
+      "description": "pet status in the store",
+      "enum": [
+        "available",
+        "pending",
+        "sold"
+      ],
+      "type": "string"
+    },
+    "tags": {
+      "items": {
+        "properties": {
+          "id": {
+            "format": "int64",
+            "type": "integer"
+          },
+          "name": {
+            "type": "string"
+          }
+        },
+        "type": "object"
+      },
+      "type": "array"
+    }
+  },
+  "required": [
+    "name",
+    "photoUrls"
+  ],
+  "type": "object"
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: Some(true),
@@ -176,9 +639,87 @@ pub(crate) fn server() -> ServerDef {
                 name: "update_pet_with_form",
                 title: None,
                 description: "Updates a pet in the store with form data.\n\nUpdates a pet resource based on the form data.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"name\":{\"description\":\"Name of pet that needs to be updated\",\"type\":\"string\"},\"pet_id\":{\"description\":\"ID of pet that needs to be updated\",\"format\":\"int64\",\"type\":\"integer\"},\"status\":{\"description\":\"Status of pet that needs to be updated\",\"type\":\"string\"}},\"required\":[\"pet_id\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "name": {
+      "description": "Name of pet that needs to be updated",
+      "type": "string"
+    },
+    "pet_id": {
+      "description": "ID of pet that needs to be updated",
+      "format": "int64",
+      "type": "integer"
+    },
+    "status": {
+      "description": "Status of pet that needs to be updated",
+      "type": "string"
+    }
+  },
+  "required": [
+    "pet_id"
+  ],
+  "type": "object"
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"category\":{\"properties\":{\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"},\"photoUrls\":{\"items\":{\"type\":\"string\"},\"type\":\"array\"},\"status\":{\"description\":\"pet status in the store\",\"enum\":[\"available\",\"pending\",\"sold\"],\"type\":\"string\"},\"tags\":{\"items\":{\"properties\":{\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"name\":{\"type\":\"string\"}},\"type\":\"object\"},\"type\":\"array\"}},\"required\":[\"name\",\"photoUrls\"],\"type\":\"object\"}",
+                    r#"{
+  "properties": {
+    "category": {
+      "properties": {
+        "id": {
+          "format": "int64",
+          "type": "integer"
+        },
+        "name": {
+          "type": "string"
+        }
+      },
+      "type": "object"
+    },
+    "id": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "name": {
+      "type": "string"
+    },
+    "photoUrls": {
+      "items": {
+        "type": "string"
+      },
+      "type": "array"
+    },
+    "status": {
+      "description": "pet status in the store",
+      "enum": [
+        "available",
+        "pending",
+        "sold"
+      ],
+      "type": "string"
+    },
+    "tags": {
+      "items": {
+        "properties": {
+          "id": {
+            "format": "int64",
+            "type": "integer"
+          },
+          "name": {
+            "type": "string"
+          }
+        },
+        "type": "object"
+      },
+      "type": "array"
+    }
+  },
+  "required": [
+    "name",
+    "photoUrls"
+  ],
+  "type": "object"
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -202,7 +743,20 @@ pub(crate) fn server() -> ServerDef {
                 name: "delete_pet",
                 title: None,
                 description: "Deletes a pet.\n\nDelete a pet.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"pet_id\":{\"description\":\"Pet id to delete\",\"format\":\"int64\",\"type\":\"integer\"}},\"required\":[\"pet_id\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "pet_id": {
+      "description": "Pet id to delete",
+      "format": "int64",
+      "type": "integer"
+    }
+  },
+  "required": [
+    "pet_id"
+  ],
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -226,9 +780,40 @@ pub(crate) fn server() -> ServerDef {
                 name: "upload_file",
                 title: None,
                 description: "Uploads an image.\n\nUpload image of the pet.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"additional_metadata\":{\"description\":\"Additional Metadata\",\"type\":\"string\"},\"pet_id\":{\"description\":\"ID of pet to update\",\"format\":\"int64\",\"type\":\"integer\"}},\"required\":[\"pet_id\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "additional_metadata": {
+      "description": "Additional Metadata",
+      "type": "string"
+    },
+    "pet_id": {
+      "description": "ID of pet to update",
+      "format": "int64",
+      "type": "integer"
+    }
+  },
+  "required": [
+    "pet_id"
+  ],
+  "type": "object"
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"code\":{\"format\":\"int32\",\"type\":\"integer\"},\"message\":{\"type\":\"string\"},\"type\":{\"type\":\"string\"}},\"type\":\"object\"}",
+                    r#"{
+  "properties": {
+    "code": {
+      "format": "int32",
+      "type": "integer"
+    },
+    "message": {
+      "type": "string"
+    },
+    "type": {
+      "type": "string"
+    }
+  },
+  "type": "object"
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -252,9 +837,19 @@ pub(crate) fn server() -> ServerDef {
                 name: "get_inventory",
                 title: None,
                 description: "Returns pet inventories by status.\n\nReturns a map of status codes to quantities.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{},\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {},
+  "type": "object"
+}"#,
                 output_schema: Some(
-                    "{\"additionalProperties\":{\"format\":\"int32\",\"type\":\"integer\"},\"type\":\"object\"}",
+                    r#"{
+  "additionalProperties": {
+    "format": "int32",
+    "type": "integer"
+  },
+  "type": "object"
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: Some(true),
@@ -278,9 +873,74 @@ pub(crate) fn server() -> ServerDef {
                 name: "place_order",
                 title: None,
                 description: "Place an order for a pet.\n\nPlace a new order in the store.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"complete\":{\"type\":\"boolean\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"petId\":{\"format\":\"int64\",\"type\":\"integer\"},\"quantity\":{\"format\":\"int32\",\"type\":\"integer\"},\"shipDate\":{\"format\":\"date-time\",\"type\":\"string\"},\"status\":{\"description\":\"Order Status\",\"enum\":[\"placed\",\"approved\",\"delivered\"],\"type\":\"string\"}},\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "complete": {
+      "type": "boolean"
+    },
+    "id": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "petId": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "quantity": {
+      "format": "int32",
+      "type": "integer"
+    },
+    "shipDate": {
+      "format": "date-time",
+      "type": "string"
+    },
+    "status": {
+      "description": "Order Status",
+      "enum": [
+        "placed",
+        "approved",
+        "delivered"
+      ],
+      "type": "string"
+    }
+  },
+  "type": "object"
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"complete\":{\"type\":\"boolean\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"petId\":{\"format\":\"int64\",\"type\":\"integer\"},\"quantity\":{\"format\":\"int32\",\"type\":\"integer\"},\"shipDate\":{\"format\":\"date-time\",\"type\":\"string\"},\"status\":{\"description\":\"Order Status\",\"enum\":[\"placed\",\"approved\",\"delivered\"],\"type\":\"string\"}},\"type\":\"object\"}",
+                    r#"{
+  "properties": {
+    "complete": {
+      "type": "boolean"
+    },
+    "id": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "petId": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "quantity": {
+      "format": "int32",
+      "type": "integer"
+    },
+    "shipDate": {
+      "format": "date-time",
+      "type": "string"
+    },
+    "status": {
+      "description": "Order Status",
+      "enum": [
+        "placed",
+        "approved",
+        "delivered"
+      ],
+      "type": "string"
+    }
+  },
+  "type": "object"
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -306,9 +966,54 @@ pub(crate) fn server() -> ServerDef {
                 name: "get_order_by_id",
                 title: None,
                 description: "Find purchase order by ID.\n\nFor valid response try integer IDs with value <= 5 or > 10. Other values will generate exceptions.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"order_id\":{\"description\":\"ID of order that needs to be fetched\",\"format\":\"int64\",\"type\":\"integer\"}},\"required\":[\"order_id\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "order_id": {
+      "description": "ID of order that needs to be fetched",
+      "format": "int64",
+      "type": "integer"
+    }
+  },
+  "required": [
+    "order_id"
+  ],
+  "type": "object"
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"complete\":{\"type\":\"boolean\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"petId\":{\"format\":\"int64\",\"type\":\"integer\"},\"quantity\":{\"format\":\"int32\",\"type\":\"integer\"},\"shipDate\":{\"format\":\"date-time\",\"type\":\"string\"},\"status\":{\"description\":\"Order Status\",\"enum\":[\"placed\",\"approved\",\"delivered\"],\"type\":\"string\"}},\"type\":\"object\"}",
+                    r#"{
+  "properties": {
+    "complete": {
+      "type": "boolean"
+    },
+    "id": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "petId": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "quantity": {
+      "format": "int32",
+      "type": "integer"
+    },
+    "shipDate": {
+      "format": "date-time",
+      "type": "string"
+    },
+    "status": {
+      "description": "Order Status",
+      "enum": [
+        "placed",
+        "approved",
+        "delivered"
+      ],
+      "type": "string"
+    }
+  },
+  "type": "object"
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: Some(true),
@@ -332,7 +1037,20 @@ pub(crate) fn server() -> ServerDef {
                 name: "delete_order",
                 title: None,
                 description: "Delete purchase order by identifier.\n\nFor valid response try integer IDs with value < 1000. Anything above 1000 or non-integers will generate API errors.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"order_id\":{\"description\":\"ID of the order that needs to be deleted\",\"format\":\"int64\",\"type\":\"integer\"}},\"required\":[\"order_id\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "order_id": {
+      "description": "ID of the order that needs to be deleted",
+      "format": "int64",
+      "type": "integer"
+    }
+  },
+  "required": [
+    "order_id"
+  ],
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -356,9 +1074,72 @@ pub(crate) fn server() -> ServerDef {
                 name: "create_user",
                 title: None,
                 description: "Create user.\n\nThis can only be done by the logged in user.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"email\":{\"type\":\"string\"},\"firstName\":{\"type\":\"string\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"lastName\":{\"type\":\"string\"},\"password\":{\"type\":\"string\"},\"phone\":{\"type\":\"string\"},\"userStatus\":{\"description\":\"User Status\",\"format\":\"int32\",\"type\":\"integer\"},\"username\":{\"type\":\"string\"}},\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "email": {
+      "type": "string"
+    },
+    "firstName": {
+      "type": "string"
+    },
+    "id": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "lastName": {
+      "type": "string"
+    },
+    "password": {
+      "type": "string"
+    },
+    "phone": {
+      "type": "string"
+    },
+    "userStatus": {
+      "description": "User Status",
+      "format": "int32",
+      "type": "integer"
+    },
+    "username": {
+      "type": "string"
+    }
+  },
+  "type": "object"
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"email\":{\"type\":\"string\"},\"firstName\":{\"type\":\"string\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"lastName\":{\"type\":\"string\"},\"password\":{\"type\":\"string\"},\"phone\":{\"type\":\"string\"},\"userStatus\":{\"description\":\"User Status\",\"format\":\"int32\",\"type\":\"integer\"},\"username\":{\"type\":\"string\"}},\"type\":\"object\"}",
+                    r#"{
+  "properties": {
+    "email": {
+      "type": "string"
+    },
+    "firstName": {
+      "type": "string"
+    },
+    "id": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "lastName": {
+      "type": "string"
+    },
+    "password": {
+      "type": "string"
+    },
+    "phone": {
+      "type": "string"
+    },
+    "userStatus": {
+      "description": "User Status",
+      "format": "int32",
+      "type": "integer"
+    },
+    "username": {
+      "type": "string"
+    }
+  },
+  "type": "object"
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -391,9 +1172,80 @@ pub(crate) fn server() -> ServerDef {
                 name: "create_users_with_list_input",
                 title: None,
                 description: "Creates list of users with given input array.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"body\":{\"items\":{\"properties\":{\"email\":{\"type\":\"string\"},\"firstName\":{\"type\":\"string\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"lastName\":{\"type\":\"string\"},\"password\":{\"type\":\"string\"},\"phone\":{\"type\":\"string\"},\"userStatus\":{\"description\":\"User Status\",\"format\":\"int32\",\"type\":\"integer\"},\"username\":{\"type\":\"string\"}},\"type\":\"object\"},\"type\":\"array\"}},\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "body": {
+      "items": {
+        "properties": {
+          "email": {
+            "type": "string"
+          },
+          "firstName": {
+            "type": "string"
+          },
+          "id": {
+            "format": "int64",
+            "type": "integer"
+          },
+          "lastName": {
+            "type": "string"
+          },
+          "password": {
+            "type": "string"
+          },
+          "phone": {
+            "type": "string"
+          },
+          "userStatus": {
+            "description": "User Status",
+            "format": "int32",
+            "type": "integer"
+          },
+          "username": {
+            "type": "string"
+          }
+        },
+        "type": "object"
+      },
+      "type": "array"
+    }
+  },
+  "type": "object"
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"email\":{\"type\":\"string\"},\"firstName\":{\"type\":\"string\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"lastName\":{\"type\":\"string\"},\"password\":{\"type\":\"string\"},\"phone\":{\"type\":\"string\"},\"userStatus\":{\"description\":\"User Status\",\"format\":\"int32\",\"type\":\"integer\"},\"username\":{\"type\":\"string\"}},\"type\":\"object\"}",
+                    r#"{
+  "properties": {
+    "email": {
+      "type": "string"
+    },
+    "firstName": {
+      "type": "string"
+    },
+    "id": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "lastName": {
+      "type": "string"
+    },
+    "password": {
+      "type": "string"
+    },
+    "phone": {
+      "type": "string"
+    },
+    "userStatus": {
+      "description": "User Status",
+      "format": "int32",
+      "type": "integer"
+    },
+    "username": {
+      "type": "string"
+    }
+  },
+  "type": "object"
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -417,9 +1269,32 @@ pub(crate) fn server() -> ServerDef {
                 name: "login_user",
                 title: None,
                 description: "Logs user into the system.\n\nLog into the system.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"password\":{\"description\":\"The password for login in clear text\",\"type\":\"string\"},\"username\":{\"description\":\"The user name for login\",\"type\":\"string\"}},\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "password": {
+      "description": "The password for login in clear text",
+      "type": "string"
+    },
+    "username": {
+      "description": "The user name for login",
+      "type": "string"
+    }
+  },
+  "type": "object"
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"result\":{\"type\":\"string\"}},\"required\":[\"result\"],\"type\":\"object\"}",
+                    r#"{
+  "properties": {
+    "result": {
+      "type": "string"
+    }
+  },
+  "required": [
+    "result"
+  ],
+  "type": "object"
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: Some(true),
@@ -443,7 +1318,11 @@ pub(crate) fn server() -> ServerDef {
                 name: "logout_user",
                 title: None,
                 description: "Logs out current logged in user session.\n\nLog user out of the system.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{},\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {},
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: Some(true),
@@ -467,9 +1346,52 @@ pub(crate) fn server() -> ServerDef {
                 name: "get_user_by_name",
                 title: None,
                 description: "Get user by user name.\n\nGet user detail based on username.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"username\":{\"description\":\"The name that needs to be fetched. Use user1 for testing\",\"type\":\"string\"}},\"required\":[\"username\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "username": {
+      "description": "The name that needs to be fetched. Use user1 for testing",
+      "type": "string"
+    }
+  },
+  "required": [
+    "username"
+  ],
+  "type": "object"
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"email\":{\"type\":\"string\"},\"firstName\":{\"type\":\"string\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"lastName\":{\"type\":\"string\"},\"password\":{\"type\":\"string\"},\"phone\":{\"type\":\"string\"},\"userStatus\":{\"description\":\"User Status\",\"format\":\"int32\",\"type\":\"integer\"},\"username\":{\"type\":\"string\"}},\"type\":\"object\"}",
+                    r#"{
+  "properties": {
+    "email": {
+      "type": "string"
+    },
+    "firstName": {
+      "type": "string"
+    },
+    "id": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "lastName": {
+      "type": "string"
+    },
+    "password": {
+      "type": "string"
+    },
+    "phone": {
+      "type": "string"
+    },
+    "userStatus": {
+      "description": "User Status",
+      "format": "int32",
+      "type": "integer"
+    },
+    "username": {
+      "type": "string"
+    }
+  },
+  "type": "object"
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: Some(true),
@@ -493,7 +1415,46 @@ pub(crate) fn server() -> ServerDef {
                 name: "update_user",
                 title: None,
                 description: "Update user resource.\n\nThis can only be done by the logged in user.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"email\":{\"type\":\"string\"},\"firstName\":{\"type\":\"string\"},\"id\":{\"format\":\"int64\",\"type\":\"integer\"},\"lastName\":{\"type\":\"string\"},\"password\":{\"type\":\"string\"},\"path_username\":{\"description\":\"name that need to be deleted\",\"type\":\"string\"},\"phone\":{\"type\":\"string\"},\"userStatus\":{\"description\":\"User Status\",\"format\":\"int32\",\"type\":\"integer\"},\"username\":{\"type\":\"string\"}},\"required\":[\"path_username\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "email": {
+      "type": "string"
+    },
+    "firstName": {
+      "type": "string"
+    },
+    "id": {
+      "format": "int64",
+      "type": "integer"
+    },
+    "lastName": {
+      "type": "string"
+    },
+    "password": {
+      "type": "string"
+    },
+    "path_username": {
+      "description": "name that need to be deleted",
+      "type": "string"
+    },
+    "phone": {
+      "type": "string"
+    },
+    "userStatus": {
+      "description": "User Status",
+      "format": "int32",
+      "type": "integer"
+    },
+    "username": {
+      "type": "string"
+    }
+  },
+  "required": [
+    "path_username"
+  ],
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,
@@ -526,7 +1487,19 @@ pub(crate) fn server() -> ServerDef {
                 name: "delete_user",
                 title: None,
                 description: "Delete user resource.\n\nThis can only be done by the logged in user.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"username\":{\"description\":\"The name that needs to be deleted\",\"type\":\"string\"}},\"required\":[\"username\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "additionalProperties": false,
+  "properties": {
+    "username": {
+      "description": "The name that needs to be deleted",
+      "type": "string"
+    }
+  },
+  "required": [
+    "username"
+  ],
+  "type": "object"
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: None,

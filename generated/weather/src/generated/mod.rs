@@ -7,19 +7,19 @@ use std::sync::Arc;
 #[path = "../tools/word_stats.rs"]
 pub(crate) mod word_stats;
 /// Typed arguments and results of the Rust tools, from the spec's JSON Schemas.
+#[allow(dead_code, clippy::enum_variant_names, clippy::large_enum_variant)]
 pub(crate) mod types {
     /// Arguments of the `word_stats` tool.
-    #[derive(Debug, Clone, serde::Deserialize)]
-    #[allow(dead_code)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct WordStatsInput {
         pub text: String,
     }
     /// Result of the `word_stats` tool.
-    #[derive(Debug, Clone, Default, serde::Serialize)]
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct WordStatsOutput {
-        pub characters: i64,
-        pub sentences: i64,
         pub words: i64,
+        pub sentences: i64,
+        pub characters: i64,
     }
 }
 /// The server, as the spec describes it.
@@ -55,9 +55,48 @@ pub(crate) fn server() -> ServerDef {
                 name: "get_current_weather",
                 title: Some("Current weather"),
                 description: "Current temperature and conditions for a city.",
-                input_schema: "{\"additionalProperties\":false,\"properties\":{\"city\":{\"description\":\"City name, e.g. 'Lyon' or 'Lyon,FR'\",\"minLength\":1,\"type\":\"string\"},\"units\":{\"default\":\"metric\",\"enum\":[\"metric\",\"imperial\"],\"type\":\"string\"}},\"required\":[\"city\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object",
+  "properties": {
+    "city": {
+      "type": "string",
+      "minLength": 1,
+      "description": "City name, e.g. 'Lyon' or 'Lyon,FR'"
+    },
+    "units": {
+      "type": "string",
+      "enum": [
+        "metric",
+        "imperial"
+      ],
+      "default": "metric"
+    }
+  },
+  "required": [
+    "city"
+  ],
+  "additionalProperties": false
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"city\":{\"type\":\"string\"},\"conditions\":{\"type\":\"string\"},\"temperature\":{\"type\":\"number\"}},\"required\":[\"city\",\"temperature\",\"conditions\"],\"type\":\"object\"}",
+                    r#"{
+  "type": "object",
+  "properties": {
+    "city": {
+      "type": "string"
+    },
+    "temperature": {
+      "type": "number"
+    },
+    "conditions": {
+      "type": "string"
+    }
+  },
+  "required": [
+    "city",
+    "temperature",
+    "conditions"
+  ]
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: Some(true),
@@ -76,8 +115,8 @@ pub(crate) fn server() -> ServerDef {
                     body_format: BodyFormat::Json,
                     response_map: &[
                         ("city", "/name"),
-                        ("conditions", "/weather/0/description"),
                         ("temperature", "/main/temp"),
+                        ("conditions", "/weather/0/description"),
                     ],
                 }),
             },
@@ -85,7 +124,24 @@ pub(crate) fn server() -> ServerDef {
                 name: "get_forecast",
                 title: Some("Forecast"),
                 description: "Forecast for the next days, in 3-hour steps.",
-                input_schema: "{\"properties\":{\"city\":{\"minLength\":1,\"type\":\"string\"},\"days\":{\"default\":3,\"maximum\":5,\"minimum\":1,\"type\":\"integer\"}},\"required\":[\"city\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object",
+  "properties": {
+    "city": {
+      "type": "string",
+      "minLength": 1
+    },
+    "days": {
+      "type": "integer",
+      "minimum": 1,
+      "maximum": 5,
+      "default": 3
+    }
+  },
+  "required": [
+    "city"
+  ]
+}"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
                     read_only: Some(true),
@@ -98,7 +154,7 @@ pub(crate) fn server() -> ServerDef {
                     upstream: "openweather",
                     method: Method::Get,
                     path: "/data/2.5/forecast",
-                    query: &[("cnt", "{days}"), ("q", "{city}")],
+                    query: &[("q", "{city}"), ("cnt", "{days}")],
                     headers: &[],
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
@@ -109,9 +165,38 @@ pub(crate) fn server() -> ServerDef {
                 name: "word_stats",
                 title: Some("Word statistics"),
                 description: "Count words, sentences and characters in a text. Offline and deterministic.",
-                input_schema: "{\"properties\":{\"text\":{\"maxLength\":200000,\"type\":\"string\"}},\"required\":[\"text\"],\"type\":\"object\"}",
+                input_schema: r#"{
+  "type": "object",
+  "properties": {
+    "text": {
+      "type": "string",
+      "maxLength": 200000
+    }
+  },
+  "required": [
+    "text"
+  ]
+}"#,
                 output_schema: Some(
-                    "{\"properties\":{\"characters\":{\"type\":\"integer\"},\"sentences\":{\"type\":\"integer\"},\"words\":{\"type\":\"integer\"}},\"required\":[\"words\",\"sentences\",\"characters\"],\"type\":\"object\"}",
+                    r#"{
+  "type": "object",
+  "properties": {
+    "words": {
+      "type": "integer"
+    },
+    "sentences": {
+      "type": "integer"
+    },
+    "characters": {
+      "type": "integer"
+    }
+  },
+  "required": [
+    "words",
+    "sentences",
+    "characters"
+  ]
+}"#,
                 ),
                 annotations: AnnotationsDef {
                     read_only: Some(true),
