@@ -633,7 +633,7 @@ fn url_encoded_form_bodies_become_form_tools() {
     assert_eq!(charge["run"]["http"]["body_format"], "form", "{charge}");
     assert_eq!(
         charge["run"]["http"]["body"],
-        json!(["amount", "expand", "metadata"]),
+        json!(["amount", "metadata", "expand"]),
         "{charge}"
     );
     assert_eq!(charge["input"]["required"], json!(["amount"]), "{charge}");

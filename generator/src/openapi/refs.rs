@@ -320,7 +320,7 @@ fn fetch(url: &str) -> Result<Value, String> {
         String::from_utf8(body).map_err(|_| "not UTF-8".to_owned())
     });
     let text = text.map_err(|e| format!("cannot fetch {url}: {e}"))?;
-    super::parse_document(&text).map_err(|e| format!("{url}: {e}"))
+    super::document::parse_document(&text).map_err(|e| format!("{url}: {e}"))
 }
 
 fn unresolved(r: &str) -> Value {

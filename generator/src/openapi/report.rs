@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::ToolOut;
+use super::output::ToolOut;
 
 /// What an import did.
 #[derive(Debug, Default)]
