@@ -365,7 +365,7 @@ impl TypeSpace {
             );
             self.place = None;
             let rename = (field.to_string().trim_start_matches("r#") != prop.as_str())
-                .then(|| quote!(#[serde(rename = #prop)]));
+                .then(|| quote!(rename = #prop,));
             let mut text = describe(prop_schema).unwrap_or_default().to_owned();
             if let Some(note) = &ty.note {
                 if !text.is_empty() {
@@ -380,11 +380,12 @@ impl TypeSpace {
             let tokens = &ty.tokens;
             let optional = !required.contains(prop.as_str());
             fields.push(if optional && !ty.nullable {
-                quote! { #field_doc #rename #[serde(default, skip_serializing_if = "Option::is_none")] pub #field: Option<#tokens> }
+                quote! { #field_doc #[serde(#rename default, skip_serializing_if = "Option::is_none")] pub #field: Option<#tokens> }
             } else if ty.nullable {
-                quote! { #field_doc #rename #[serde(default)] pub #field: #tokens }
+                quote! { #field_doc #[serde(#rename default)] pub #field: #tokens }
             } else {
                 default &= ty.default;
+                let rename = rename.is_some().then(|| quote!(#[serde(rename = #prop)]));
                 quote! { #field_doc #rename pub #field: #tokens }
             });
         }
@@ -651,9 +652,10 @@ fn describe(schema: &Value) -> Option<&str> {
 }
 
 /// `text` as UpperCamelCase words (`GET` -> `Get`, `in_progress` -> `InProgress`), ASCII
-/// letters and digits only; may be empty.
+/// letters and digits only; may be empty. Never all capitals (`a-b` -> `Ab`, not `AB`:
+/// clippy's `upper_case_acronyms`).
 pub(crate) fn type_name(text: &str) -> String {
-    snake_case(text)
+    let name: String = snake_case(text)
         .split('_')
         .map(|w| {
             let mut c = w.chars();
@@ -661,7 +663,12 @@ pub(crate) fn type_name(text: &str) -> String {
                 .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
                 .unwrap_or_default()
         })
-        .collect()
+        .collect();
+    if name.len() > 1 && !name.bytes().any(|b| b.is_ascii_lowercase()) {
+        let mut c = name.chars();
+        return c.next().map(String::from).unwrap_or_default() + &c.as_str().to_ascii_lowercase();
+    }
+    name
 }
 
 fn variant_ident(label: &str, seen: &mut BTreeSet<String>) -> Ident {
@@ -746,4 +753,184 @@ fn pointer_hint(root: &Root<'_>, pointer: &str) -> String {
         .unwrap_or_default();
     let last = pointer.rsplit('/').next().unwrap_or_default();
     format!("{base}{}", type_name(last))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// The types for one input schema, as formatted source.
+    fn types(schema: Value) -> String {
+        let root = format_ident!("ToolInput");
+        let mut space = TypeSpace::new([&root]);
+        space.add_root(&root, &schema, "Arguments.");
+        let items = space.into_items();
+        let file: syn::File = syn::parse2(quote!(#(#items)*)).unwrap();
+        prettyplease::unparse(&file)
+    }
+
+    #[test]
+    fn nested_objects_arrays_and_enums_are_named_types_in_spec_order() {
+        let code = types(json!({
+            "type": "object",
+            "properties": {
+                "zeta": { "type": "string" },
+                "items": { "type": "array", "items": {
+                    "type": "object",
+                    "description": "One line.",
+                    "properties": { "qty": { "type": "integer" }, "type": { "type": "string" } },
+                    "required": ["qty"]
+                }},
+                "mode": { "type": "string", "enum": ["GET", "in_progress", "a-b", "3d", "Self"] },
+                "maybe": { "type": ["number", "null"] },
+                "labels": { "type": "object", "additionalProperties": { "type": "boolean" } },
+                "open": { "type": "object" },
+                "anything": {}
+            },
+            "required": ["zeta", "items"]
+        }));
+        let zeta = code.find("pub zeta: String").unwrap();
+        let items = code.find("pub items: Vec<ToolInputItemsItem>").unwrap();
+        assert!(zeta < items, "{code}");
+        assert!(code.contains("/// One line.\n"), "{code}");
+        assert!(code.contains("pub struct ToolInputItemsItem {"), "{code}");
+        assert!(code.contains("pub qty: i64"), "{code}");
+        assert!(code.contains("pub r#type: Option<String>"), "{code}");
+        for variant in ["Get,", "InProgress,", "Ab,", "V3d,", "Self_,"] {
+            assert!(code.contains(variant), "{variant}: {code}");
+        }
+        assert!(
+            code.contains("#[serde(rename = \"in_progress\")]"),
+            "{code}"
+        );
+        assert!(code.contains("pub mode: Option<ToolInputMode>"), "{code}");
+        assert!(code.contains("pub maybe: Option<f64>"), "{code}");
+        assert!(
+            code.contains("pub labels: Option<std::collections::BTreeMap<String, bool>>"),
+            "{code}"
+        );
+        assert!(
+            code.contains("bmm_runtime::serde_json::Map<String, bmm_runtime::serde_json::Value>"),
+            "{code}"
+        );
+        assert!(
+            code.contains("pub anything: Option<bmm_runtime::serde_json::Value>"),
+            "{code}"
+        );
+    }
+
+    #[test]
+    fn refs_to_defs_are_shared_and_recursion_is_boxed() {
+        let code = types(json!({
+            "type": "object",
+            "$defs": {
+                "node": {
+                    "type": "object",
+                    "properties": {
+                        "name": { "type": "string" },
+                        "parent": { "$ref": "#/$defs/node" },
+                        "children": { "type": "array", "items": { "$ref": "#/$defs/node" } }
+                    },
+                    "required": ["name"]
+                },
+                "kind": { "enum": ["a", "b"] }
+            },
+            "properties": {
+                "first": { "$ref": "#/$defs/node" },
+                "second": { "$ref": "#/$defs/node" },
+                "k1": { "$ref": "#/$defs/kind" },
+                "k2": { "$ref": "#/$defs/kind" },
+                "again": { "$ref": "#" },
+                "far": { "$ref": "https://example.com/schema" }
+            }
+        }));
+        assert_eq!(
+            code.matches("pub struct ToolInputNode ").count(),
+            1,
+            "{code}"
+        );
+        assert!(
+            code.contains("pub parent: Option<Box<ToolInputNode>>"),
+            "{code}"
+        );
+        assert!(
+            code.contains("pub children: Option<Vec<ToolInputNode>>"),
+            "{code}"
+        );
+        assert!(code.contains("pub second: Option<ToolInputNode>"), "{code}");
+        assert_eq!(code.matches("pub enum ").count(), 1, "{code}");
+        assert!(code.contains("pub k2: Option<ToolInputKind>"), "{code}");
+        assert!(code.contains("pub again: Option<Box<ToolInput>>"), "{code}");
+        assert!(
+            code.contains("Any JSON: its `$ref` points outside the schema."),
+            "{code}"
+        );
+    }
+
+    #[test]
+    fn one_of_becomes_option_tagged_or_untagged_enum() {
+        let code = types(json!({
+            "type": "object",
+            "properties": {
+                "nullable": { "oneOf": [{ "type": "string" }, { "type": "null" }] },
+                "shape": { "oneOf": [
+                    { "type": "object", "properties": { "kind": { "const": "circle" }, "r": { "type": "number" } }, "required": ["kind", "r"] },
+                    { "type": "object", "properties": { "kind": { "const": "square" }, "side": { "type": "number" } }, "required": ["kind"] }
+                ]},
+                "either": { "anyOf": [{ "type": "integer" }, { "type": "object", "title": "Pair", "properties": { "a": { "type": "string" } } }] },
+                "merged": { "allOf": [{ "type": "object" }, { "type": "object" }] }
+            }
+        }));
+        assert!(code.contains("pub nullable: Option<String>"), "{code}");
+        assert!(code.contains("#[serde(tag = \"kind\")]"), "{code}");
+        assert!(code.contains("Circle(ToolInputShapeCircle)"), "{code}");
+        assert!(code.contains("pub struct ToolInputShapeSquare {"), "{code}");
+        assert!(!code.contains("pub kind"), "the tag is not a field: {code}");
+        assert!(code.contains("#[serde(untagged)]"), "{code}");
+        assert!(code.contains("Integer(i64)"), "{code}");
+        assert!(code.contains("Pair(Pair)"), "{code}");
+        assert!(
+            code.contains("Any JSON: its schema is an `allOf` of several schemas."),
+            "{code}"
+        );
+    }
+
+    #[test]
+    fn names_never_collide_and_spec_text_stays_in_literals() {
+        let first = format_ident!("AInput");
+        let second = format_ident!("AInputBInput");
+        let mut space = TypeSpace::new([&first, &second]);
+        space.add_root(
+            &first,
+            &json!({ "type": "object", "properties": {
+                "b_input": { "type": "object", "properties": { "x": { "type": "string" } } },
+                "t1": { "type": "object", "title": "Same", "properties": { "x": { "type": "string" } } },
+                "t2": { "type": "object", "title": "Same", "properties": { "x": { "type": "string" } } },
+                "evil": { "type": "object", "title": "x\"); fn evil() {", "description": "*/ fn evil() {} /*", "properties": { "\"); fn evil() {": { "type": "string" } } }
+            }}),
+            "A.",
+        );
+        space.add_root(&second, &json!({ "type": "object" }), "B.");
+        let items = space.into_items();
+        let file: syn::File = syn::parse2(quote!(#(#items)*)).unwrap();
+        let code = prettyplease::unparse(&file);
+        assert_eq!(
+            code.matches("pub struct AInputBInput ").count(),
+            1,
+            "{code}"
+        );
+        assert!(code.contains("pub struct AInputBInput2 "), "{code}");
+        assert!(
+            code.contains("pub struct Same ") && code.contains("pub struct Same2 "),
+            "{code}"
+        );
+        assert!(
+            file.items
+                .iter()
+                .all(|i| matches!(i, syn::Item::Struct(_) | syn::Item::Enum(_))),
+            "{code}"
+        );
+    }
 }

@@ -1,0 +1,126 @@
+//! Nested schema types reach the user's code: a spec edit deep inside a tool's result
+//! schema is a compile error in the user's file, not a wrong JSON shape at run time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Copies `from` into `to`, directories included.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+/// Generates `spec` into `out` (a path dependency on this repository's runtime) and makes
+/// the crate its own workspace with this workspace's dev profile for dependencies, so its
+/// check reuses the artifacts already in the shared target dir.
+fn generate(spec: &Path, out: &Path) {
+    let runtime =
+        bmm_generator::RuntimeDependency::Path(root().join("runtime").display().to_string());
+    bmm_generator::generate(spec, out, &runtime, false).unwrap();
+    let manifest = out.join("Cargo.toml");
+    let mut cargo_toml = std::fs::read_to_string(&manifest).unwrap();
+    if !cargo_toml.contains("[workspace]") {
+        cargo_toml.push_str("\n[workspace]\n");
+    }
+    if !cargo_toml.contains("[profile.dev.package.\"*\"]") {
+        cargo_toml.push_str("\n[profile.dev.package.\"*\"]\nopt-level = 1\n");
+    }
+    std::fs::write(manifest, cargo_toml).unwrap();
+}
+
+/// Every `.rs` file under `dir`, appended to `out`.
+fn read_all(dir: &Path, out: &mut String) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            read_all(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push_str(&std::fs::read_to_string(&path).unwrap());
+        }
+    }
+}
+
+fn check(dir: &Path) -> Output {
+    Command::new(env!("CARGO"))
+        .args(["check", "--offline", "--quiet", "--message-format=short"])
+        .env("CARGO_TARGET_DIR", root().join("target"))
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// `list_notes` builds `ListNotesOutputNotesItem { id, title }` with an `i64` id. Changing
+/// the type of `id` inside the result's array items makes `cargo check` fail in
+/// `src/tools/list_notes.rs`, the user's file, which regeneration left untouched.
+#[test]
+fn changing_a_nested_field_type_breaks_the_users_file_at_compile_time() {
+    let root = root();
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = dir.path().join("notes.yaml");
+    let spec = std::fs::read_to_string(root.join("specs/notes.yaml")).unwrap();
+    std::fs::write(&spec_path, &spec).unwrap();
+    let out = dir.path().join("notes");
+    // The user's files as checked in; generation rewrites only its own.
+    copy_dir(&root.join("generated/notes/src"), &out.join("src"));
+    generate(&spec_path, &out);
+    std::fs::copy(root.join("Cargo.lock"), out.join("Cargo.lock")).unwrap();
+    let before = check(&out);
+    assert!(
+        before.status.success(),
+        "the copy must build before the edit: {}",
+        String::from_utf8_lossy(&before.stderr)
+    );
+
+    let user_file = out.join("src/tools/list_notes.rs");
+    let user_text = std::fs::read(&user_file).unwrap();
+    let nested = "          items:\n            type: object\n            properties:\n              id: { type: integer }";
+    assert!(
+        spec.contains(nested),
+        "specs/notes.yaml no longer has the nested id this test edits"
+    );
+    let edited = spec.replace(
+        nested,
+        "          items:\n            type: object\n            properties:\n              id: { type: string }",
+    );
+    std::fs::write(&spec_path, edited).unwrap();
+    generate(&spec_path, &out);
+    assert_eq!(
+        std::fs::read(&user_file).unwrap(),
+        user_text,
+        "user file rewritten"
+    );
+    let mut sources = String::new();
+    read_all(&out.join("src"), &mut sources);
+    let item = sources
+        .split("pub struct ListNotesOutputNotesItem {")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .unwrap_or_default();
+    assert!(
+        item.contains("pub id: String"),
+        "the nested field's type did not change: {item}"
+    );
+
+    let after = check(&out);
+    let stderr = String::from_utf8_lossy(&after.stderr);
+    assert!(
+        !after.status.success(),
+        "the user function compiled against the changed nested type"
+    );
+    assert!(
+        stderr.contains("tools/list_notes.rs") && stderr.contains("mismatched types"),
+        "the error must point at the user's file: {stderr}"
+    );
+}
