@@ -110,8 +110,11 @@ pub(crate) mod types {
         pub name: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub address: Option<JsonSchema202012ToolInputAddress>,
-        #[serde(rename = "contactMethod")]
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            rename = "contactMethod",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
         pub contact_method: Option<JsonSchema202012ToolInputContactMethod>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub phone: Option<String>,
