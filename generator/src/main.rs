@@ -21,7 +21,8 @@ enum Command {
         /// The spec file (YAML or JSON).
         spec: PathBuf,
     },
-    /// Write a commented starter spec to `<name>.yaml` (or `--out`).
+    /// Write a commented starter spec to `<name>.yaml` (or `--out`), and the JSON Schema of
+    /// the spec format next to it (`bmm-spec.schema.json`) for editor completion.
     New {
         /// The server name: lowercase letters, digits and `-`, starting with a letter.
         name: String,
@@ -29,6 +30,9 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print the JSON Schema of the spec format (for editors: a YAML language server reads
+    /// it through the `# yaml-language-server: $schema=...` modeline of a spec).
+    Schema,
     /// Generate (or check) the server crate for a spec.
     Generate {
         /// The spec file (YAML or JSON).
@@ -91,6 +95,10 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Check { spec } => check(&spec),
         Command::New { name, out } => new(&name, out),
+        Command::Schema => {
+            print!("{}", spec::json_schema());
+            ExitCode::SUCCESS
+        }
         Command::ImportOpenapi {
             file,
             out,
@@ -173,7 +181,7 @@ fn new(name: &str, out: Option<PathBuf>) -> ExitCode {
                 path.display(),
                 path.display()
             );
-            ExitCode::SUCCESS
+            write_schema_next_to(&path)
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             eprintln!(
@@ -184,6 +192,33 @@ fn new(name: &str, out: Option<PathBuf>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: cannot write {}: {e}", path.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Writes (or refreshes) the spec format's JSON Schema next to a spec, where the modeline of
+/// the starter spec points. The file is bmm's: a stale copy is replaced.
+fn write_schema_next_to(spec_path: &std::path::Path) -> ExitCode {
+    let schema_path = spec_path.with_file_name(spec::SCHEMA_FILE);
+    let schema = spec::json_schema();
+    if std::fs::read_to_string(&schema_path).is_ok_and(|old| old == schema) {
+        return ExitCode::SUCCESS;
+    }
+    match std::fs::write(&schema_path, schema) {
+        Ok(()) => {
+            println!(
+                "wrote {}: the spec format's JSON Schema; with VS Code's YAML extension (or any YAML language server) the spec's first line makes the editor complete and check it",
+                schema_path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot write {}: {e} (the spec was written; `bmm schema > {}` writes the schema)",
+                schema_path.display(),
+                schema_path.display()
+            );
             ExitCode::from(1)
         }
     }

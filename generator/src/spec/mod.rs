@@ -3,15 +3,17 @@
 mod diagnostic;
 mod load;
 pub mod model;
+mod schema;
 mod validate;
 
 use std::path::Path;
 
+/// The OpenAPI importer checks `x-bmm` scopes with the same rule.
+pub(crate) use bmm_core::is_scope_token;
 pub use diagnostic::{Diagnostic, Severity};
 pub use load::{MAX_SPEC_BYTES, load, parse};
 pub use model::Spec;
-/// The OpenAPI importer checks `x-bmm` scopes with the same rule.
-pub(crate) use bmm_core::is_scope_token;
+pub use schema::{MODELINE, SCHEMA_FILE, json_schema};
 pub use validate::{placeholders, validate};
 
 /// Loads and validates a spec file. `Err` holds the parse error, `Ok` the spec and every

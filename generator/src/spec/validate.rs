@@ -141,8 +141,14 @@ impl Checker<'_> {
     fn server(&mut self, spec: &Spec) {
         let name = &spec.server.name;
         if !is_server_name(&name.value) {
-            self.error(name, format!("server name `{}` is not a valid crate name", name.value.escape_default()),
-                format!("use {SERVER_NAME_RULE} (e.g. `weather-tools`)"));
+            self.error(
+                name,
+                format!(
+                    "server name `{}` is not a valid crate name",
+                    name.value.escape_default()
+                ),
+                format!("use {SERVER_NAME_RULE} (e.g. `weather-tools`)"),
+            );
         }
         let version = &spec.server.version;
         let parts: Vec<&str> = version.value.split('.').collect();
@@ -363,9 +369,7 @@ impl Checker<'_> {
                 }
             }
             let input_ok = self.object_schema(&tool.input, n, "input");
-            if input_ok
-                && let Err(e) = compile_input_schema(n, &tool.input.value)
-            {
+            if input_ok && let Err(e) = compile_input_schema(n, &tool.input.value) {
                 self.error(
                     &tool.input,
                     e,
