@@ -98,15 +98,11 @@ struct Starter<'a> {
 /// The commented starter spec of `bmm new`. `name` must be a valid server name (it is
 /// written into YAML unquoted, so nothing else is accepted).
 pub fn starter_spec(name: &str, file: &str) -> Result<String, String> {
-    let valid = name.len() <= 48
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !valid {
+    if !bmm_core::is_server_name(name) {
         return Err(format!(
-            "`{}` is not a server name: use lowercase letters, digits and `-`, starting with a letter (at most 48)",
-            name.escape_default()
+            "`{}` is not a server name: use {}",
+            name.escape_default(),
+            bmm_core::server_name::SERVER_NAME_RULE
         ));
     }
     let title = name

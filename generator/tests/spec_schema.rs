@@ -216,7 +216,7 @@ fn the_schema_fails_what_the_loader_refuses_with_the_offending_place() {
 }
 
 #[test]
-fn the_schema_patterns_say_what_bmm_core_says() {
+fn the_schema_patterns_and_bmm_new_say_what_bmm_core_says() {
     let schema: Value = serde_json::from_str(&spec::json_schema()).unwrap();
     let definitions = &schema["definitions"];
     let name = jsonschema::validator_for(&definitions["Server"]["properties"]["name"]).unwrap();
@@ -256,6 +256,12 @@ fn the_schema_patterns_say_what_bmm_core_says() {
             scope.is_valid(&json!(sample)),
             bmm_core::is_scope_token(sample),
             "scope {sample:?}"
+        );
+        // `bmm new` takes exactly the names `bmm check` accepts.
+        assert_eq!(
+            bmm_generator::starter_spec(sample, "x.yaml").is_ok(),
+            bmm_core::is_server_name(sample),
+            "bmm new {sample:?}"
         );
     }
 }
