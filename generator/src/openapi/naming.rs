@@ -8,10 +8,11 @@ use sha2::{Digest, Sha256};
 /// The server name: the option when it is a valid crate name, else one from the title.
 pub(super) fn server_name(wanted: Option<&str>, title: &str) -> Result<String, String> {
     match wanted {
-        Some(n) if is_crate_name(n) => Ok(n.to_owned()),
+        Some(n) if bmm_core::is_server_name(n) => Ok(n.to_owned()),
         Some(n) => Err(format!(
-            "server name `{}` is not a valid crate name: use lowercase letters, digits and `-`, starting with a letter, at most 48 characters",
-            clip(n, 60).escape_default()
+            "server name `{}` is not a valid crate name: use {}",
+            clip(n, 60).escape_default(),
+            bmm_core::server_name::SERVER_NAME_RULE
         )),
         None => Ok(crate_name(title)),
     }
@@ -115,15 +116,6 @@ pub(super) fn crate_name(title: &str) -> String {
     } else {
         name
     }
-}
-
-/// A valid crate-style server name.
-pub(super) fn is_crate_name(name: &str) -> bool {
-    name.len() <= 48
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// An environment-variable style name from any text.
