@@ -33,122 +33,122 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Update an existing pet.\n\nUpdate an existing pet by Id.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
-    "category": {
-      "properties": {
-        "id": {
-          "format": "int64",
-          "type": "integer"
-        },
-        "name": {
-          "type": "string"
-        }
-      },
-      "type": "object"
-    },
     "id": {
-      "format": "int64",
-      "type": "integer"
+      "type": "integer",
+      "format": "int64"
     },
     "name": {
       "type": "string"
     },
+    "category": {
+      "type": "object",
+      "properties": {
+        "id": {
+          "type": "integer",
+          "format": "int64"
+        },
+        "name": {
+          "type": "string"
+        }
+      }
+    },
     "photoUrls": {
+      "type": "array",
       "items": {
         "type": "string"
-      },
-      "type": "array"
+      }
+    },
+    "tags": {
+      "type": "array",
+      "items": {
+        "type": "object",
+        "properties": {
+          "id": {
+            "type": "integer",
+            "format": "int64"
+          },
+          "name": {
+            "type": "string"
+          }
+        }
+      }
     },
     "status": {
+      "type": "string",
       "description": "pet status in the store",
       "enum": [
         "available",
         "pending",
         "sold"
-      ],
-      "type": "string"
-    },
-    "tags": {
-      "items": {
-        "properties": {
-          "id": {
-            "format": "int64",
-            "type": "integer"
-          },
-          "name": {
-            "type": "string"
-          }
-        },
-        "type": "object"
-      },
-      "type": "array"
+      ]
     }
   },
   "required": [
     "name",
     "photoUrls"
   ],
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: Some(
                     r#"{
+  "required": [
+    "name",
+    "photoUrls"
+  ],
+  "type": "object",
   "properties": {
-    "category": {
-      "properties": {
-        "id": {
-          "format": "int64",
-          "type": "integer"
-        },
-        "name": {
-          "type": "string"
-        }
-      },
-      "type": "object"
-    },
     "id": {
-      "format": "int64",
-      "type": "integer"
+      "type": "integer",
+      "format": "int64"
     },
     "name": {
       "type": "string"
     },
+    "category": {
+      "type": "object",
+      "properties": {
+        "id": {
+          "type": "integer",
+          "format": "int64"
+        },
+        "name": {
+          "type": "string"
+        }
+      }
+    },
     "photoUrls": {
+      "type": "array",
       "items": {
         "type": "string"
-      },
-      "type": "array"
+      }
+    },
+    "tags": {
+      "type": "array",
+      "items": {
+        "type": "object",
+        "properties": {
+          "id": {
+            "type": "integer",
+            "format": "int64"
+          },
+          "name": {
+            "type": "string"
+          }
+        }
+      }
     },
     "status": {
+      "type": "string",
       "description": "pet status in the store",
       "enum": [
         "available",
         "pending",
         "sold"
-      ],
-      "type": "string"
-    },
-    "tags": {
-      "items": {
-        "properties": {
-          "id": {
-            "format": "int64",
-            "type": "integer"
-          },
-          "name": {
-            "type": "string"
-          }
-        },
-        "type": "object"
-      },
-      "type": "array"
+      ]
     }
-  },
-  "required": [
-    "name",
-    "photoUrls"
-  ],
-  "type": "object"
+  }
 }"#,
                 ),
                 annotations: AnnotationsDef {
@@ -165,12 +165,12 @@ pub(crate) fn server() -> ServerDef {
                     query: &[],
                     headers: &[],
                     body: BodyDef::Fields(&[
-                        "category",
                         "id",
                         "name",
+                        "category",
                         "photoUrls",
-                        "status",
                         "tags",
+                        "status",
                     ]),
                     body_format: BodyFormat::Json,
                     response_map: &[],
@@ -181,122 +181,122 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Add a new pet to the store.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
-    "category": {
-      "properties": {
-        "id": {
-          "format": "int64",
-          "type": "integer"
-        },
-        "name": {
-          "type": "string"
-        }
-      },
-      "type": "object"
-    },
     "id": {
-      "format": "int64",
-      "type": "integer"
+      "type": "integer",
+      "format": "int64"
     },
     "name": {
       "type": "string"
     },
+    "category": {
+      "type": "object",
+      "properties": {
+        "id": {
+          "type": "integer",
+          "format": "int64"
+        },
+        "name": {
+          "type": "string"
+        }
+      }
+    },
     "photoUrls": {
+      "type": "array",
       "items": {
         "type": "string"
-      },
-      "type": "array"
+      }
+    },
+    "tags": {
+      "type": "array",
+      "items": {
+        "type": "object",
+        "properties": {
+          "id": {
+            "type": "integer",
+            "format": "int64"
+          },
+          "name": {
+            "type": "string"
+          }
+        }
+      }
     },
     "status": {
+      "type": "string",
       "description": "pet status in the store",
       "enum": [
         "available",
         "pending",
         "sold"
-      ],
-      "type": "string"
-    },
-    "tags": {
-      "items": {
-        "properties": {
-          "id": {
-            "format": "int64",
-            "type": "integer"
-          },
-          "name": {
-            "type": "string"
-          }
-        },
-        "type": "object"
-      },
-      "type": "array"
+      ]
     }
   },
   "required": [
     "name",
     "photoUrls"
   ],
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: Some(
                     r#"{
+  "required": [
+    "name",
+    "photoUrls"
+  ],
+  "type": "object",
   "properties": {
-    "category": {
-      "properties": {
-        "id": {
-          "format": "int64",
-          "type": "integer"
-        },
-        "name": {
-          "type": "string"
-        }
-      },
-      "type": "object"
-    },
     "id": {
-      "format": "int64",
-      "type": "integer"
+      "type": "integer",
+      "format": "int64"
     },
     "name": {
       "type": "string"
     },
+    "category": {
+      "type": "object",
+      "properties": {
+        "id": {
+          "type": "integer",
+          "format": "int64"
+        },
+        "name": {
+          "type": "string"
+        }
+      }
+    },
     "photoUrls": {
+      "type": "array",
       "items": {
         "type": "string"
-      },
-      "type": "array"
+      }
+    },
+    "tags": {
+      "type": "array",
+      "items": {
+        "type": "object",
+        "properties": {
+          "id": {
+            "type": "integer",
+            "format": "int64"
+          },
+          "name": {
+            "type": "string"
+          }
+        }
+      }
     },
     "status": {
+      "type": "string",
       "description": "pet status in the store",
       "enum": [
         "available",
         "pending",
         "sold"
-      ],
-      "type": "string"
-    },
-    "tags": {
-      "items": {
-        "properties": {
-          "id": {
-            "format": "int64",
-            "type": "integer"
-          },
-          "name": {
-            "type": "string"
-          }
-        },
-        "type": "object"
-      },
-      "type": "array"
+      ]
     }
-  },
-  "required": [
-    "name",
-    "photoUrls"
-  ],
-  "type": "object"
+  }
 }"#,
                 ),
                 annotations: AnnotationsDef {
@@ -313,12 +313,12 @@ pub(crate) fn server() -> ServerDef {
                     query: &[],
                     headers: &[],
                     body: BodyDef::Fields(&[
-                        "category",
                         "id",
                         "name",
+                        "category",
                         "photoUrls",
-                        "status",
                         "tags",
+                        "status",
                     ]),
                     body_format: BodyFormat::Json,
                     response_map: &[],
@@ -329,90 +329,90 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Finds Pets by status.\n\nMultiple status values can be provided with comma separated strings.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
     "status": {
+      "type": "string",
       "default": "available",
-      "description": "Status values that need to be considered for filter",
       "enum": [
         "available",
         "pending",
         "sold"
       ],
-      "type": "string"
+      "description": "Status values that need to be considered for filter"
     }
   },
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: Some(
                     r#"{
+  "type": "object",
   "properties": {
     "result": {
+      "type": "array",
       "items": {
+        "required": [
+          "name",
+          "photoUrls"
+        ],
+        "type": "object",
         "properties": {
-          "category": {
-            "properties": {
-              "id": {
-                "format": "int64",
-                "type": "integer"
-              },
-              "name": {
-                "type": "string"
-              }
-            },
-            "type": "object"
-          },
           "id": {
-            "format": "int64",
-            "type": "integer"
+            "type": "integer",
+            "format": "int64"
           },
           "name": {
             "type": "string"
           },
+          "category": {
+            "type": "object",
+            "properties": {
+              "id": {
+                "type": "integer",
+                "format": "int64"
+              },
+              "name": {
+                "type": "string"
+              }
+            }
+          },
           "photoUrls": {
+            "type": "array",
             "items": {
               "type": "string"
-            },
-            "type": "array"
+            }
+          },
+          "tags": {
+            "type": "array",
+            "items": {
+              "type": "object",
+              "properties": {
+                "id": {
+                  "type": "integer",
+                  "format": "int64"
+                },
+                "name": {
+                  "type": "string"
+                }
+              }
+            }
           },
           "status": {
+            "type": "string",
             "description": "pet status in the store",
             "enum": [
               "available",
               "pending",
               "sold"
-            ],
-            "type": "string"
-          },
-          "tags": {
-            "items": {
-              "properties": {
-                "id": {
-                  "format": "int64",
-                  "type": "integer"
-                },
-                "name": {
-                  "type": "string"
-                }
-              },
-              "type": "object"
-            },
-            "type": "array"
+            ]
           }
-        },
-        "required": [
-          "name",
-          "photoUrls"
-        ],
-        "type": "object"
-      },
-      "type": "array"
+        }
+      }
     }
   },
   "required": [
     "result"
-  ],
-  "type": "object"
+  ]
 }"#,
                 ),
                 annotations: AnnotationsDef {
@@ -438,87 +438,87 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Finds Pets by tags.\n\nMultiple tags can be provided with comma separated strings. Use tag1, tag2, tag3 for testing.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
     "tags": {
-      "description": "Tags to filter by",
+      "type": "array",
       "items": {
         "type": "string"
       },
-      "type": "array"
+      "description": "Tags to filter by"
     }
   },
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: Some(
                     r#"{
+  "type": "object",
   "properties": {
     "result": {
+      "type": "array",
       "items": {
+        "required": [
+          "name",
+          "photoUrls"
+        ],
+        "type": "object",
         "properties": {
-          "category": {
-            "properties": {
-              "id": {
-                "format": "int64",
-                "type": "integer"
-              },
-              "name": {
-                "type": "string"
-              }
-            },
-            "type": "object"
-          },
           "id": {
-            "format": "int64",
-            "type": "integer"
+            "type": "integer",
+            "format": "int64"
           },
           "name": {
             "type": "string"
           },
+          "category": {
+            "type": "object",
+            "properties": {
+              "id": {
+                "type": "integer",
+                "format": "int64"
+              },
+              "name": {
+                "type": "string"
+              }
+            }
+          },
           "photoUrls": {
+            "type": "array",
             "items": {
               "type": "string"
-            },
-            "type": "array"
+            }
+          },
+          "tags": {
+            "type": "array",
+            "items": {
+              "type": "object",
+              "properties": {
+                "id": {
+                  "type": "integer",
+                  "format": "int64"
+                },
+                "name": {
+                  "type": "string"
+                }
+              }
+            }
           },
           "status": {
+            "type": "string",
             "description": "pet status in the store",
             "enum": [
               "available",
               "pending",
               "sold"
-            ],
-            "type": "string"
-          },
-          "tags": {
-            "items": {
-              "properties": {
-                "id": {
-                  "format": "int64",
-                  "type": "integer"
-                },
-                "name": {
-                  "type": "string"
-                }
-              },
-              "type": "object"
-            },
-            "type": "array"
+            ]
           }
-        },
-        "required": [
-          "name",
-          "photoUrls"
-        ],
-        "type": "object"
-      },
-      "type": "array"
+        }
+      }
     }
   },
   "required": [
     "result"
-  ],
-  "type": "object"
+  ]
 }"#,
                 ),
                 annotations: AnnotationsDef {
@@ -544,77 +544,77 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Find pet by ID.\n\nReturns a single pet.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
     "pet_id": {
-      "description": "ID of pet to return",
+      "type": "integer",
       "format": "int64",
-      "type": "integer"
+      "description": "ID of pet to return"
     }
   },
   "required": [
     "pet_id"
   ],
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: Some(
                     r#"{
+  "required": [
+    "name",
+    "photoUrls"
+  ],
+  "type": "object",
   "properties": {
-    "category": {
-      "properties": {
-        "id": {
-          "format": "int64",
-          "type": "integer"
-        },
-        "name": {
-          "type": "string"
-        }
-      },
-      "type": "object"
-    },
     "id": {
-      "format": "int64",
-      "type": "integer"
+      "type": "integer",
+      "format": "int64"
     },
     "name": {
       "type": "string"
     },
+    "category": {
+      "type": "object",
+      "properties": {
+        "id": {
+          "type": "integer",
+          "format": "int64"
+        },
+        "name": {
+          "type": "string"
+        }
+      }
+    },
     "photoUrls": {
+      "type": "array",
       "items": {
         "type": "string"
-      },
-      "type": "array"
+      }
+    },
+    "tags": {
+      "type": "array",
+      "items": {
+        "type": "object",
+        "properties": {
+          "id": {
+            "type": "integer",
+            "format": "int64"
+          },
+          "name": {
+            "type": "string"
+          }
+        }
+      }
     },
     "status": {
+      "type": "string",
       "description": "pet status in the store",
       "enum": [
         "available",
         "pending",
         "sold"
-      ],
-      "type": "string"
-    },
-    "tags": {
-      "items": {
-        "properties": {
-          "id": {
-            "format": "int64",
-            "type": "integer"
-          },
-          "name": {
-            "type": "string"
-          }
-        },
-        "type": "object"
-      },
-      "type": "array"
+      ]
     }
-  },
-  "required": [
-    "name",
-    "photoUrls"
-  ],
-  "type": "object"
+  }
 }"#,
                 ),
                 annotations: AnnotationsDef {
@@ -640,85 +640,85 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Updates a pet in the store with form data.\n\nUpdates a pet resource based on the form data.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
-    "name": {
-      "description": "Name of pet that needs to be updated",
-      "type": "string"
-    },
     "pet_id": {
-      "description": "ID of pet that needs to be updated",
+      "type": "integer",
       "format": "int64",
-      "type": "integer"
+      "description": "ID of pet that needs to be updated"
+    },
+    "name": {
+      "type": "string",
+      "description": "Name of pet that needs to be updated"
     },
     "status": {
-      "description": "Status of pet that needs to be updated",
-      "type": "string"
+      "type": "string",
+      "description": "Status of pet that needs to be updated"
     }
   },
   "required": [
     "pet_id"
   ],
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: Some(
                     r#"{
+  "required": [
+    "name",
+    "photoUrls"
+  ],
+  "type": "object",
   "properties": {
-    "category": {
-      "properties": {
-        "id": {
-          "format": "int64",
-          "type": "integer"
-        },
-        "name": {
-          "type": "string"
-        }
-      },
-      "type": "object"
-    },
     "id": {
-      "format": "int64",
-      "type": "integer"
+      "type": "integer",
+      "format": "int64"
     },
     "name": {
       "type": "string"
     },
+    "category": {
+      "type": "object",
+      "properties": {
+        "id": {
+          "type": "integer",
+          "format": "int64"
+        },
+        "name": {
+          "type": "string"
+        }
+      }
+    },
     "photoUrls": {
+      "type": "array",
       "items": {
         "type": "string"
-      },
-      "type": "array"
+      }
+    },
+    "tags": {
+      "type": "array",
+      "items": {
+        "type": "object",
+        "properties": {
+          "id": {
+            "type": "integer",
+            "format": "int64"
+          },
+          "name": {
+            "type": "string"
+          }
+        }
+      }
     },
     "status": {
+      "type": "string",
       "description": "pet status in the store",
       "enum": [
         "available",
         "pending",
         "sold"
-      ],
-      "type": "string"
-    },
-    "tags": {
-      "items": {
-        "properties": {
-          "id": {
-            "format": "int64",
-            "type": "integer"
-          },
-          "name": {
-            "type": "string"
-          }
-        },
-        "type": "object"
-      },
-      "type": "array"
+      ]
     }
-  },
-  "required": [
-    "name",
-    "photoUrls"
-  ],
-  "type": "object"
+  }
 }"#,
                 ),
                 annotations: AnnotationsDef {
@@ -744,18 +744,18 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Deletes a pet.\n\nDelete a pet.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
     "pet_id": {
-      "description": "Pet id to delete",
+      "type": "integer",
       "format": "int64",
-      "type": "integer"
+      "description": "Pet id to delete"
     }
   },
   "required": [
     "pet_id"
   ],
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
@@ -781,38 +781,38 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Uploads an image.\n\nUpload image of the pet.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
-    "additional_metadata": {
-      "description": "Additional Metadata",
-      "type": "string"
-    },
     "pet_id": {
-      "description": "ID of pet to update",
+      "type": "integer",
       "format": "int64",
-      "type": "integer"
+      "description": "ID of pet to update"
+    },
+    "additional_metadata": {
+      "type": "string",
+      "description": "Additional Metadata"
     }
   },
   "required": [
     "pet_id"
   ],
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: Some(
                     r#"{
+  "type": "object",
   "properties": {
     "code": {
-      "format": "int32",
-      "type": "integer"
-    },
-    "message": {
-      "type": "string"
+      "type": "integer",
+      "format": "int32"
     },
     "type": {
       "type": "string"
+    },
+    "message": {
+      "type": "string"
     }
-  },
-  "type": "object"
+  }
 }"#,
                 ),
                 annotations: AnnotationsDef {
@@ -838,17 +838,17 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Returns pet inventories by status.\n\nReturns a map of status codes to quantities.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {},
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: Some(
                     r#"{
+  "type": "object",
   "additionalProperties": {
-    "format": "int32",
-    "type": "integer"
-  },
-  "type": "object"
+    "type": "integer",
+    "format": "int32"
+  }
 }"#,
                 ),
                 annotations: AnnotationsDef {
@@ -874,72 +874,72 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Place an order for a pet.\n\nPlace a new order in the store.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
-    "complete": {
-      "type": "boolean"
-    },
     "id": {
-      "format": "int64",
-      "type": "integer"
+      "type": "integer",
+      "format": "int64"
     },
     "petId": {
-      "format": "int64",
-      "type": "integer"
+      "type": "integer",
+      "format": "int64"
     },
     "quantity": {
-      "format": "int32",
-      "type": "integer"
+      "type": "integer",
+      "format": "int32"
     },
     "shipDate": {
-      "format": "date-time",
-      "type": "string"
+      "type": "string",
+      "format": "date-time"
     },
     "status": {
+      "type": "string",
       "description": "Order Status",
       "enum": [
         "placed",
         "approved",
         "delivered"
-      ],
-      "type": "string"
+      ]
+    },
+    "complete": {
+      "type": "boolean"
     }
   },
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: Some(
                     r#"{
+  "type": "object",
   "properties": {
-    "complete": {
-      "type": "boolean"
-    },
     "id": {
-      "format": "int64",
-      "type": "integer"
+      "type": "integer",
+      "format": "int64"
     },
     "petId": {
-      "format": "int64",
-      "type": "integer"
+      "type": "integer",
+      "format": "int64"
     },
     "quantity": {
-      "format": "int32",
-      "type": "integer"
+      "type": "integer",
+      "format": "int32"
     },
     "shipDate": {
-      "format": "date-time",
-      "type": "string"
+      "type": "string",
+      "format": "date-time"
     },
     "status": {
+      "type": "string",
       "description": "Order Status",
       "enum": [
         "placed",
         "approved",
         "delivered"
-      ],
-      "type": "string"
+      ]
+    },
+    "complete": {
+      "type": "boolean"
     }
-  },
-  "type": "object"
+  }
 }"#,
                 ),
                 annotations: AnnotationsDef {
@@ -956,7 +956,7 @@ pub(crate) fn server() -> ServerDef {
                     query: &[],
                     headers: &[],
                     body: BodyDef::Fields(&[
-                        "complete", "id", "petId", "quantity", "shipDate", "status",
+                        "id", "petId", "quantity", "shipDate", "status", "complete",
                     ]),
                     body_format: BodyFormat::Json,
                     response_map: &[],
@@ -967,52 +967,52 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Find purchase order by ID.\n\nFor valid response try integer IDs with value <= 5 or > 10. Other values will generate exceptions.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
     "order_id": {
-      "description": "ID of order that needs to be fetched",
+      "type": "integer",
       "format": "int64",
-      "type": "integer"
+      "description": "ID of order that needs to be fetched"
     }
   },
   "required": [
     "order_id"
   ],
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: Some(
                     r#"{
+  "type": "object",
   "properties": {
-    "complete": {
-      "type": "boolean"
-    },
     "id": {
-      "format": "int64",
-      "type": "integer"
+      "type": "integer",
+      "format": "int64"
     },
     "petId": {
-      "format": "int64",
-      "type": "integer"
+      "type": "integer",
+      "format": "int64"
     },
     "quantity": {
-      "format": "int32",
-      "type": "integer"
+      "type": "integer",
+      "format": "int32"
     },
     "shipDate": {
-      "format": "date-time",
-      "type": "string"
+      "type": "string",
+      "format": "date-time"
     },
     "status": {
+      "type": "string",
       "description": "Order Status",
       "enum": [
         "placed",
         "approved",
         "delivered"
-      ],
-      "type": "string"
+      ]
+    },
+    "complete": {
+      "type": "boolean"
     }
-  },
-  "type": "object"
+  }
 }"#,
                 ),
                 annotations: AnnotationsDef {
@@ -1038,18 +1038,18 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Delete purchase order by identifier.\n\nFor valid response try integer IDs with value < 1000. Anything above 1000 or non-integers will generate API errors.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
     "order_id": {
-      "description": "ID of the order that needs to be deleted",
+      "type": "integer",
       "format": "int64",
-      "type": "integer"
+      "description": "ID of the order that needs to be deleted"
     }
   },
   "required": [
     "order_id"
   ],
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
@@ -1075,19 +1075,22 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Create user.\n\nThis can only be done by the logged in user.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
-    "email": {
+    "id": {
+      "type": "integer",
+      "format": "int64"
+    },
+    "username": {
       "type": "string"
     },
     "firstName": {
       "type": "string"
     },
-    "id": {
-      "format": "int64",
-      "type": "integer"
-    },
     "lastName": {
+      "type": "string"
+    },
+    "email": {
       "type": "string"
     },
     "password": {
@@ -1097,30 +1100,31 @@ pub(crate) fn server() -> ServerDef {
       "type": "string"
     },
     "userStatus": {
+      "type": "integer",
       "description": "User Status",
-      "format": "int32",
-      "type": "integer"
-    },
-    "username": {
-      "type": "string"
+      "format": "int32"
     }
   },
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: Some(
                     r#"{
+  "type": "object",
   "properties": {
-    "email": {
+    "id": {
+      "type": "integer",
+      "format": "int64"
+    },
+    "username": {
       "type": "string"
     },
     "firstName": {
       "type": "string"
     },
-    "id": {
-      "format": "int64",
-      "type": "integer"
-    },
     "lastName": {
+      "type": "string"
+    },
+    "email": {
       "type": "string"
     },
     "password": {
@@ -1130,15 +1134,11 @@ pub(crate) fn server() -> ServerDef {
       "type": "string"
     },
     "userStatus": {
+      "type": "integer",
       "description": "User Status",
-      "format": "int32",
-      "type": "integer"
-    },
-    "username": {
-      "type": "string"
+      "format": "int32"
     }
-  },
-  "type": "object"
+  }
 }"#,
                 ),
                 annotations: AnnotationsDef {
@@ -1155,14 +1155,14 @@ pub(crate) fn server() -> ServerDef {
                     query: &[],
                     headers: &[],
                     body: BodyDef::Fields(&[
-                        "email",
-                        "firstName",
                         "id",
+                        "username",
+                        "firstName",
                         "lastName",
+                        "email",
                         "password",
                         "phone",
                         "userStatus",
-                        "username",
                     ]),
                     body_format: BodyFormat::Json,
                     response_map: &[],
@@ -1173,22 +1173,27 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Creates list of users with given input array.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
     "body": {
+      "type": "array",
       "items": {
+        "type": "object",
         "properties": {
-          "email": {
+          "id": {
+            "type": "integer",
+            "format": "int64"
+          },
+          "username": {
             "type": "string"
           },
           "firstName": {
             "type": "string"
           },
-          "id": {
-            "format": "int64",
-            "type": "integer"
-          },
           "lastName": {
+            "type": "string"
+          },
+          "email": {
             "type": "string"
           },
           "password": {
@@ -1198,35 +1203,34 @@ pub(crate) fn server() -> ServerDef {
             "type": "string"
           },
           "userStatus": {
+            "type": "integer",
             "description": "User Status",
-            "format": "int32",
-            "type": "integer"
-          },
-          "username": {
-            "type": "string"
+            "format": "int32"
           }
-        },
-        "type": "object"
-      },
-      "type": "array"
+        }
+      }
     }
   },
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: Some(
                     r#"{
+  "type": "object",
   "properties": {
-    "email": {
+    "id": {
+      "type": "integer",
+      "format": "int64"
+    },
+    "username": {
       "type": "string"
     },
     "firstName": {
       "type": "string"
     },
-    "id": {
-      "format": "int64",
-      "type": "integer"
-    },
     "lastName": {
+      "type": "string"
+    },
+    "email": {
       "type": "string"
     },
     "password": {
@@ -1236,15 +1240,11 @@ pub(crate) fn server() -> ServerDef {
       "type": "string"
     },
     "userStatus": {
+      "type": "integer",
       "description": "User Status",
-      "format": "int32",
-      "type": "integer"
-    },
-    "username": {
-      "type": "string"
+      "format": "int32"
     }
-  },
-  "type": "object"
+  }
 }"#,
                 ),
                 annotations: AnnotationsDef {
@@ -1270,21 +1270,22 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Logs user into the system.\n\nLog into the system.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
-    "password": {
-      "description": "The password for login in clear text",
-      "type": "string"
-    },
     "username": {
-      "description": "The user name for login",
-      "type": "string"
+      "type": "string",
+      "description": "The user name for login"
+    },
+    "password": {
+      "type": "string",
+      "description": "The password for login in clear text"
     }
   },
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: Some(
                     r#"{
+  "type": "object",
   "properties": {
     "result": {
       "type": "string"
@@ -1292,8 +1293,7 @@ pub(crate) fn server() -> ServerDef {
   },
   "required": [
     "result"
-  ],
-  "type": "object"
+  ]
 }"#,
                 ),
                 annotations: AnnotationsDef {
@@ -1319,9 +1319,9 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Logs out current logged in user session.\n\nLog user out of the system.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {},
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
@@ -1347,32 +1347,36 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Get user by user name.\n\nGet user detail based on username.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
     "username": {
-      "description": "The name that needs to be fetched. Use user1 for testing",
-      "type": "string"
+      "type": "string",
+      "description": "The name that needs to be fetched. Use user1 for testing"
     }
   },
   "required": [
     "username"
   ],
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: Some(
                     r#"{
+  "type": "object",
   "properties": {
-    "email": {
+    "id": {
+      "type": "integer",
+      "format": "int64"
+    },
+    "username": {
       "type": "string"
     },
     "firstName": {
       "type": "string"
     },
-    "id": {
-      "format": "int64",
-      "type": "integer"
-    },
     "lastName": {
+      "type": "string"
+    },
+    "email": {
       "type": "string"
     },
     "password": {
@@ -1382,15 +1386,11 @@ pub(crate) fn server() -> ServerDef {
       "type": "string"
     },
     "userStatus": {
+      "type": "integer",
       "description": "User Status",
-      "format": "int32",
-      "type": "integer"
-    },
-    "username": {
-      "type": "string"
+      "format": "int32"
     }
-  },
-  "type": "object"
+  }
 }"#,
                 ),
                 annotations: AnnotationsDef {
@@ -1416,44 +1416,44 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Update user resource.\n\nThis can only be done by the logged in user.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
-    "email": {
+    "id": {
+      "type": "integer",
+      "format": "int64"
+    },
+    "username": {
       "type": "string"
     },
     "firstName": {
       "type": "string"
     },
-    "id": {
-      "format": "int64",
-      "type": "integer"
-    },
     "lastName": {
       "type": "string"
     },
-    "password": {
+    "email": {
       "type": "string"
     },
-    "path_username": {
-      "description": "name that need to be deleted",
+    "password": {
       "type": "string"
     },
     "phone": {
       "type": "string"
     },
     "userStatus": {
+      "type": "integer",
       "description": "User Status",
-      "format": "int32",
-      "type": "integer"
+      "format": "int32"
     },
-    "username": {
-      "type": "string"
+    "path_username": {
+      "type": "string",
+      "description": "name that need to be deleted"
     }
   },
   "required": [
     "path_username"
   ],
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
@@ -1470,14 +1470,14 @@ pub(crate) fn server() -> ServerDef {
                     query: &[],
                     headers: &[],
                     body: BodyDef::Fields(&[
-                        "email",
-                        "firstName",
                         "id",
+                        "username",
+                        "firstName",
                         "lastName",
+                        "email",
                         "password",
                         "phone",
                         "userStatus",
-                        "username",
                     ]),
                     body_format: BodyFormat::Json,
                     response_map: &[],
@@ -1488,17 +1488,17 @@ pub(crate) fn server() -> ServerDef {
                 title: None,
                 description: "Delete user resource.\n\nThis can only be done by the logged in user.",
                 input_schema: r#"{
-  "additionalProperties": false,
+  "type": "object",
   "properties": {
     "username": {
-      "description": "The name that needs to be deleted",
-      "type": "string"
+      "type": "string",
+      "description": "The name that needs to be deleted"
     }
   },
   "required": [
     "username"
   ],
-  "type": "object"
+  "additionalProperties": false
 }"#,
                 output_schema: None,
                 annotations: AnnotationsDef {
