@@ -9,8 +9,8 @@
 pub mod emit;
 pub mod generate;
 mod names;
-mod rust_types;
 pub mod openapi;
+mod rust_types;
 pub mod spec;
 
 pub use emit::{RuntimeDependency, starter_spec};
