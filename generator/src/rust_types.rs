@@ -568,6 +568,7 @@ impl TypeSpace {
         depth: usize,
     ) -> Ty {
         let ident = self.name(hint);
+        let place = self.place.take();
         let slot = self.reserve_slot();
         let mut seen = BTreeSet::new();
         let mut variants = Vec::new();
@@ -575,11 +576,27 @@ impl TypeSpace {
             let variant = variant_ident(value, &mut seen);
             let struct_ident = self.name(&format!("{ident}{variant}"));
             let slot = self.reserve_slot();
-            let (item, _) = self.object(root, &struct_ident, schema, None, depth + 1, Some(tag));
+            let doc = describe(schema).map_or_else(
+                || format!("The fields of `{ident}::{variant}` (`{tag}` is `{value}`)."),
+                ToOwned::to_owned,
+            );
+            let (item, _) = self.object(
+                root,
+                &struct_ident,
+                schema,
+                Some(&doc),
+                depth + 1,
+                Some(tag),
+            );
             self.items[slot] = item;
             variants.push(quote! { #[serde(rename = #value)] #variant(#struct_ident) });
         }
-        let doc = crate::emit::doc_text(&format!("One of several shapes, told apart by `{tag}`."));
+        let doc = crate::emit::doc_text(&match place {
+            Some((prop, parent)) => {
+                format!("`{prop}` in `{parent}`: one of several shapes, told apart by `{tag}`.")
+            }
+            None => format!("One of several shapes, told apart by `{tag}`."),
+        });
         self.items[slot] = quote! {
             #[doc = #doc]
             #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -599,6 +616,7 @@ impl TypeSpace {
         depth: usize,
     ) -> Ty {
         let ident = self.name(hint);
+        let place = self.place.take();
         let slot = self.reserve_slot();
         let mut seen = BTreeSet::new();
         let mut variants = Vec::new();
@@ -617,9 +635,14 @@ impl TypeSpace {
             self.taken.remove(&ident.to_string());
             return Ty::opaque("none of its alternatives has a Rust type");
         }
-        let doc = crate::emit::doc_text(
-            "One of several shapes; the first that matches is taken when reading.",
-        );
+        let doc = crate::emit::doc_text(&match place {
+            Some((prop, parent)) => format!(
+                "`{prop}` in `{parent}`: one of several shapes (the first that matches is taken when reading)."
+            ),
+            None => {
+                "One of several shapes (the first that matches is taken when reading).".to_owned()
+            }
+        });
         self.items[slot] = quote! {
             #[doc = #doc]
             #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]

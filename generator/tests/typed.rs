@@ -125,3 +125,127 @@ fn changing_a_nested_field_type_breaks_the_users_file_at_compile_time() {
         "the error must point at the user's file: {stderr}"
     );
 }
+
+/// A tool whose schemas use every shape the type mapping knows. Its crate (with a user
+/// file that builds and matches the nested types) passes clippy with warnings denied.
+const SHAPES: &str = r##"spec_version: 1
+server:
+  name: shapes
+  version: 0.1.0
+tools:
+  - name: shapes
+    description: Every schema shape the type mapping knows.
+    input:
+      type: object
+      $defs:
+        node:
+          type: object
+          description: A tree node.
+          properties:
+            name: { type: string }
+            children: { type: array, items: { $ref: "#/$defs/node" } }
+            parent: { $ref: "#/$defs/node" }
+          required: [name]
+      properties:
+        type: { type: string, enum: [GET, in_progress, a-b], description: "*/ fn evil() {} /*" }
+        tree: { $ref: "#/$defs/node" }
+        shape:
+          oneOf:
+            - { type: object, properties: { kind: { const: circle }, r: { type: number } }, required: [kind, r] }
+            - { type: object, properties: { kind: { const: square }, side: { type: number } }, required: [kind] }
+        either: { anyOf: [{ type: integer }, { type: string }] }
+        maybe: { type: [string, "null"] }
+        labels: { type: object, additionalProperties: { type: integer } }
+        open: { type: object }
+        self: { type: string }
+      required: [type]
+    output:
+      type: object
+      properties:
+        items:
+          type: array
+          items:
+            type: object
+            properties:
+              id: { type: integer }
+              tags: { type: array, items: { type: string, enum: [red, blue] } }
+            required: [id]
+      required: [items]
+    run: { rust: { fn: shapes } }
+"##;
+
+const SHAPES_USER_FILE: &str = r##"//! The user's file, using the nested types.
+
+use bmm_runtime::{ToolContext, ToolError};
+
+use crate::generated::types::{
+    ShapesInput, ShapesInputEither, ShapesInputNode, ShapesInputShape, ShapesInputType,
+    ShapesOutput, ShapesOutputItemsItem, ShapesOutputItemsItemTagsItem,
+};
+
+fn depth(node: &ShapesInputNode) -> usize {
+    1 + node.children.iter().flatten().map(depth).max().unwrap_or(0)
+        + node.parent.as_deref().map_or(0, depth)
+}
+
+/// Builds and reads every nested type.
+pub(crate) async fn shapes(_ctx: &ToolContext, input: ShapesInput) -> Result<ShapesOutput, ToolError> {
+    let kind = match input.r#type {
+        ShapesInputType::Get => 1,
+        ShapesInputType::InProgress => 2,
+        ShapesInputType::Ab => 3,
+    };
+    let size = match input.shape {
+        Some(ShapesInputShape::Circle(c)) => c.r,
+        Some(ShapesInputShape::Square(s)) => s.side.unwrap_or_default(),
+        None => 0.0,
+    };
+    let either = match input.either {
+        Some(ShapesInputEither::Integer(i)) => i,
+        Some(ShapesInputEither::String(s)) => i64::try_from(s.len()).unwrap_or_default(),
+        None => 0,
+    };
+    let labels: i64 = input.labels.unwrap_or_default().values().sum();
+    let tree = input.tree.as_ref().map_or(0, depth);
+    let extra = input.open.map_or(0, |o| o.len()) + input.maybe.map_or(0, |m| m.len())
+        + input.self_.map_or(0, |s| s.len());
+    Ok(ShapesOutput {
+        items: vec![ShapesOutputItemsItem {
+            id: kind + either + labels + i64::try_from(tree + extra).unwrap_or_default(),
+            tags: (size > 1.0).then(|| vec![ShapesOutputItemsItemTagsItem::Red, ShapesOutputItemsItemTagsItem::Blue]),
+        }],
+    })
+}
+"##;
+
+#[test]
+fn every_schema_shape_generates_rust_that_passes_clippy() {
+    let root = root();
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = dir.path().join("shapes.yaml");
+    std::fs::write(&spec_path, SHAPES).unwrap();
+    let out = dir.path().join("shapes");
+    std::fs::create_dir_all(out.join("src/tools")).unwrap();
+    std::fs::write(out.join("src/tools/shapes.rs"), SHAPES_USER_FILE).unwrap();
+    generate(&spec_path, &out);
+    std::fs::copy(root.join("Cargo.lock"), out.join("Cargo.lock")).unwrap();
+    let clippy = Command::new(env!("CARGO"))
+        .args([
+            "clippy",
+            "--offline",
+            "--quiet",
+            "--message-format=short",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("CARGO_TARGET_DIR", root.join("target"))
+        .current_dir(&out)
+        .output()
+        .unwrap();
+    assert!(
+        clippy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clippy.stderr)
+    );
+}
