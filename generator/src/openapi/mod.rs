@@ -39,6 +39,11 @@
 //!    `<NAME>_BASE_URL` environment override. Plain `http` is kept only for loopback hosts.
 //! 9. Descriptions are cut at 1,000 characters (parameters at 300); all text reaches the
 //!    spec through a YAML serializer, never by string pasting.
+//! 10. Every tool schema is repaired into one `bmm check` and the server accept, each
+//!     repair a report line: `required` names that are not among the properties beside
+//!     them are dropped, patterns the validator cannot compile are dropped, and schemas
+//!     nested deeper than the spec loader reads (64 levels) are cut into open ones whose
+//!     description says so. A document is refused only with what to do about it.
 
 //!
 //! The modules follow those concerns: `document` (parsing, version, servers), `security`
@@ -56,9 +61,9 @@ mod report;
 mod schema;
 mod security;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 pub use report::Report;
 
@@ -173,6 +178,7 @@ pub fn import(text: &str, options: &Options) -> Result<Imported, String> {
         report: Report::new(options.token_budget),
         overrides,
         used_overrides: BTreeSet::new(),
+        patterns: HashMap::new(),
     }
     .run()
 }
@@ -185,6 +191,8 @@ struct Importer<'a> {
     report: Report,
     overrides: Overrides,
     used_overrides: BTreeSet<String>,
+    /// Whether the validator compiles each pattern met so far.
+    patterns: HashMap<String, bool>,
 }
 
 impl Importer<'_> {
@@ -201,16 +209,9 @@ impl Importer<'_> {
         let credentials = self.credentials(&env_prefix);
         let chosen = self.chosen_credential(&credentials);
 
-        let tools = self.tools(&credentials);
+        let tools = self.tools(&credentials)?;
         if tools.is_empty() {
-            return Err(format!(
-                "no operation was imported{}",
-                if self.report.skipped.is_empty() {
-                    " (the document has no operations, or the filters kept none)".to_owned()
-                } else {
-                    format!(": {}", self.report.skipped_summary())
-                }
-            ));
+            return Err(self.nothing_imported());
         }
         let spec = output::SpecOut::new(
             server_name,
@@ -234,6 +235,51 @@ impl Importer<'_> {
             spec: text,
             report: self.report,
         })
+    }
+}
+
+impl Importer<'_> {
+    /// Why no tool came out, and what to do about it.
+    fn nothing_imported(&self) -> String {
+        let operations = self
+            .doc
+            .get("paths")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|paths| paths.values())
+            .map(|item| METHODS.iter().filter(|m| item.get(**m).is_some()).count())
+            .sum::<usize>();
+        let o = self.options;
+        let filtered = !(o.tags.is_empty()
+            && o.paths.is_empty()
+            && o.methods.is_empty()
+            && o.operation_ids.is_empty());
+        if !self.report.skipped.is_empty() {
+            format!(
+                "no operation was imported; every one was skipped: {}",
+                self.report.skipped_summary()
+            )
+        } else if operations == 0 {
+            let webhooks = self
+                .doc
+                .get("webhooks")
+                .and_then(Value::as_object)
+                .map_or(0, Map::len);
+            format!(
+                "no operation was imported: the document declares no operations under `paths`{}; there is nothing a tool could call",
+                if webhooks > 0 {
+                    format!(" (its {webhooks} webhooks are calls the API makes to you)")
+                } else {
+                    String::new()
+                }
+            )
+        } else if filtered {
+            format!(
+                "no operation was imported: --tag, --path, --method and --operation-id kept none of the document's {operations} operations; check them against its tags, paths and operationIds"
+            )
+        } else {
+            "no operation was imported".to_owned()
+        }
     }
 }
 

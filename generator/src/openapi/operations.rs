@@ -8,11 +8,15 @@ use serde_json::{Map, Value, json};
 
 use super::naming::{clip, derived_name, is_scope_token, is_tool_name, snake, unique_field};
 use super::output::{AnnotationsOut, BodyOut, HttpOut, RunOut, ToolOut};
-use super::schema::object_properties;
+use super::schema::{SPEC_MAX_DEPTH, object_properties};
 use super::security::{Credential, credential_params};
 use super::{
     Importer, MAX_DESCRIPTION, MAX_OUTPUT_SCHEMA_BYTES, MAX_PARAM_DESCRIPTION, METHODS, Override,
 };
+
+/// Tools (as compact JSON) past which the spec cannot fit in `spec::MAX_SPEC_BYTES`, with
+/// room for YAML being larger than JSON.
+const MAX_TOOLS_JSON_BYTES: usize = 2 * crate::spec::MAX_SPEC_BYTES;
 
 /// Where a parameter goes (OpenAPI's `in`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -75,9 +79,12 @@ struct Inputs {
 
 impl Importer<'_> {
     /// One tool per selected operation, in document order; the others are reported.
-    pub(super) fn tools(&mut self, credentials: &[Credential]) -> Vec<ToolOut> {
+    /// Refused as soon as the tools clearly cannot fit in a spec (a huge document fails in
+    /// seconds, not after every operation is resolved).
+    pub(super) fn tools(&mut self, credentials: &[Credential]) -> Result<Vec<ToolOut>, String> {
         let mut tools = Vec::new();
         let mut names = BTreeSet::new();
+        let mut bytes = 0usize;
         let paths = self
             .doc
             .get("paths")
@@ -101,7 +108,18 @@ impl Importer<'_> {
                     method,
                 };
                 match self.operation(&at, &item, op, credentials, &mut names) {
-                    Ok(Some(tool)) => tools.push(tool),
+                    Ok(Some(tool)) => {
+                        bytes += serde_json::to_string(&tool).map_or(0, |t| t.len());
+                        tools.push(tool);
+                        if bytes > MAX_TOOLS_JSON_BYTES {
+                            return Err(format!(
+                                "the imported spec would be far over bmm's {} MiB limit for a spec: the first {} tools already take {} MiB of JSON: import fewer operations with --tag, --path, --method or --operation-id, or split the API into several servers",
+                                crate::spec::MAX_SPEC_BYTES >> 20,
+                                tools.len(),
+                                bytes >> 20
+                            ));
+                        }
+                    }
                     Ok(None) => {}
                     Err(reason) => self.report.skip(&key, &reason),
                 }
@@ -115,7 +133,7 @@ impl Importer<'_> {
                 ));
             }
         }
-        tools
+        Ok(tools)
     }
 
     /// The tool for one operation; `None` when the filters or `disabled` leave it out,
@@ -171,8 +189,12 @@ impl Importer<'_> {
         };
         let annotations = annotations(method, &ext);
         let scopes = self.scopes(key, &ext);
-        let input = input_schema(&inputs.fields);
-        let output = self.bounded_output_schema(key, &op);
+        let mut input = input_schema(&inputs.fields);
+        self.repaired(key, "input", &mut input);
+        let output = self.bounded_output_schema(key, &op).map(|mut output| {
+            self.repaired(key, "output", &mut output);
+            output
+        });
         Ok(Some(ToolOut {
             name,
             description,
@@ -626,6 +648,54 @@ impl Importer<'_> {
             };
         }
         None
+    }
+
+    /// `schema` repaired (`Importer::repair`), with a report line for each kind of repair.
+    fn repaired(&mut self, key: &str, which: &str, schema: &mut Value) {
+        let repairs = self.repair(schema);
+        if repairs.is_empty() {
+            return;
+        }
+        let list = |items: &[String]| {
+            let mut shown: Vec<String> = items
+                .iter()
+                .take(3)
+                .map(|i| format!("`{}`", clip(i, 60).escape_default()))
+                .collect();
+            if items.len() > 3 {
+                shown.push(format!("and {} more", items.len() - 3));
+            }
+            shown.join(", ")
+        };
+        if !repairs.unknown_required.is_empty() {
+            self.report.warn(format!(
+                "{key}: the {which} schema requires {}, which the document lists in `required` but not among the properties beside it; dropped from `required`",
+                list(&repairs.unknown_required)
+            ));
+        }
+        if !repairs.bad_patterns.is_empty() {
+            self.report.warn(format!(
+                "{key}: the {which} schema's pattern {} is not a regular expression the server's validator accepts (ECMA-262 as the `jsonschema` crate reads it); dropped, so the value is not checked against it",
+                list(&repairs.bad_patterns)
+            ));
+        }
+        if !repairs.invalid.is_empty() {
+            self.report.warn(format!(
+                "{key}: the {which} schema has keywords the server's validator refuses, dropped: {}",
+                list(&repairs.invalid)
+            ));
+        }
+        if repairs.cut > 0 || repairs.dropped_values > 0 {
+            self.report.warn(format!(
+                "{key}: the {which} schema nests deeper than a bmm spec may ({SPEC_MAX_DEPTH} levels): {} schema(s) below that depth are open ones saying so{}",
+                repairs.cut,
+                if repairs.dropped_values > 0 {
+                    format!(", and {} deep value(s) (`enum`, `default`, ...) are dropped", repairs.dropped_values)
+                } else {
+                    String::new()
+                }
+            ));
+        }
     }
 
     /// The output schema, unless it is over the size kept (then reported).

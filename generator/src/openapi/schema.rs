@@ -40,7 +40,7 @@ fn normalize(schema: Value, v30: bool, input: bool, depth: usize) -> Value {
             ))
     });
     if v30 {
-        if obj.remove("nullable") == Some(Value::Bool(true))
+        if obj.shift_remove("nullable") == Some(Value::Bool(true))
             && let Some(Value::String(t)) = obj.get("type").cloned()
         {
             obj.insert("type".into(), json!([t, "null"]));
@@ -51,14 +51,14 @@ fn normalize(schema: Value, v30: bool, input: bool, depth: usize) -> Value {
         ] {
             match obj.get(flag) {
                 Some(Value::Bool(true)) => {
-                    if let Some(b) = obj.remove(bound) {
+                    if let Some(b) = obj.shift_remove(bound) {
                         obj.insert(flag.into(), b);
                     } else {
-                        obj.remove(flag);
+                        obj.shift_remove(flag);
                     }
                 }
                 Some(Value::Bool(false)) => {
-                    obj.remove(flag);
+                    obj.shift_remove(flag);
                 }
                 _ => {}
             }
@@ -144,4 +144,295 @@ pub(super) fn object_properties(schema: &Value) -> Option<Vec<(String, Value)>> 
         }
     }
     any.then_some(out)
+}
+
+/// Deepest nesting the spec loader accepts: `spec::parse` reads specs with serde-saphyr's
+/// default budget, whose `max_depth` refuses a mapping or list inside 64 others.
+pub(super) const SPEC_MAX_DEPTH: usize = 64;
+/// The nesting of a tool's `input` and `output` schemas in a spec: the root mapping,
+/// `tools`, the tool, the schema.
+pub(super) const TOOL_SCHEMA_DEPTH: usize = 4;
+
+/// Keywords whose value maps names to schemas.
+const SCHEMA_MAPS: [&str; 5] = [
+    "properties",
+    "patternProperties",
+    "$defs",
+    "definitions",
+    "dependentSchemas",
+];
+/// Keywords whose value is one schema.
+const SCHEMA_ONE: [&str; 10] = [
+    "items",
+    "additionalProperties",
+    "not",
+    "contains",
+    "propertyNames",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+    "if",
+    "then",
+    "else",
+];
+/// Keywords whose value is a list of schemas.
+const SCHEMA_LISTS: [&str; 4] = ["allOf", "anyOf", "oneOf", "prefixItems"];
+
+/// What `repair` changed in one schema, for the report.
+#[derive(Debug, Default)]
+pub(super) struct Repairs {
+    /// `required` names that are not among the properties beside them.
+    pub(super) unknown_required: Vec<String>,
+    /// `pattern`s (and `patternProperties` keys) the validator cannot compile.
+    pub(super) bad_patterns: Vec<String>,
+    /// Schemas cut to open ones for the spec's depth limit.
+    pub(super) cut: usize,
+    /// Other values (`enum`, `default`, `const`, ...) dropped for the depth limit.
+    pub(super) dropped_values: usize,
+    /// Keywords the validator refused (`where: why`), dropped.
+    pub(super) invalid: Vec<String>,
+}
+
+impl Repairs {
+    pub(super) fn is_empty(&self) -> bool {
+        self.unknown_required.is_empty()
+            && self.bad_patterns.is_empty()
+            && self.cut == 0
+            && self.dropped_values == 0
+            && self.invalid.is_empty()
+    }
+}
+
+impl Importer<'_> {
+    /// Makes a tool schema one that `bmm check` and the server accept, whatever the
+    /// document says: `required` names without a property are dropped, patterns the
+    /// validator cannot compile are dropped, and schemas nested deeper than a spec may be
+    /// are cut into open ones (rule 10).
+    pub(super) fn repair(&mut self, schema: &mut Value) -> Repairs {
+        let mut repairs = Repairs::default();
+        self.repair_keywords(schema, &mut repairs, 0);
+        fit_depth(schema, TOOL_SCHEMA_DEPTH, &mut repairs);
+        drop_invalid_keywords(schema, &mut repairs);
+        repairs
+    }
+
+    fn repair_keywords(&mut self, schema: &mut Value, repairs: &mut Repairs, level: usize) {
+        // The importer's own bound (normalize) keeps schemas far shallower than this.
+        if level > 2 * SPEC_MAX_DEPTH {
+            return;
+        }
+        let Value::Object(obj) = schema else {
+            return;
+        };
+        if let (Some(Value::Object(props)), Some(Value::Array(required))) =
+            (obj.get("properties"), obj.get("required"))
+            && !props.is_empty()
+        {
+            let (known, unknown): (Vec<Value>, Vec<Value>) = required
+                .iter()
+                .cloned()
+                .partition(|r| r.as_str().is_some_and(|r| props.contains_key(r)));
+            if !unknown.is_empty() {
+                repairs.unknown_required.extend(
+                    unknown
+                        .iter()
+                        .map(|r| r.as_str().map_or_else(|| r.to_string(), str::to_owned)),
+                );
+                if known.is_empty() {
+                    obj.shift_remove("required");
+                } else {
+                    obj.insert("required".into(), Value::Array(known));
+                }
+            }
+        }
+        match obj.get("pattern") {
+            Some(Value::String(pattern)) if !self.pattern_compiles(pattern) => {
+                repairs.bad_patterns.push(pattern.clone());
+                obj.shift_remove("pattern");
+            }
+            Some(Value::String(_)) | None => {}
+            Some(other) => {
+                repairs.bad_patterns.push(other.to_string());
+                obj.shift_remove("pattern");
+            }
+        }
+        if let Some(Value::Object(patterns)) = obj.get_mut("patternProperties") {
+            let bad: Vec<String> = patterns
+                .keys()
+                .filter(|p| !self.pattern_compiles(p))
+                .cloned()
+                .collect();
+            for p in bad {
+                patterns.shift_remove(&p);
+                repairs.bad_patterns.push(p);
+            }
+        }
+        for (key, value) in obj.iter_mut() {
+            let key = key.as_str();
+            if SCHEMA_MAPS.contains(&key) {
+                if let Value::Object(children) = value {
+                    for child in children.values_mut() {
+                        self.repair_keywords(child, repairs, level + 1);
+                    }
+                }
+            } else if SCHEMA_ONE.contains(&key) || SCHEMA_LISTS.contains(&key) {
+                match value {
+                    Value::Array(children) => {
+                        for child in children {
+                            self.repair_keywords(child, repairs, level + 1);
+                        }
+                    }
+                    child => self.repair_keywords(child, repairs, level + 1),
+                }
+            }
+        }
+    }
+
+    /// Whether the server's validator (jsonschema, JSON Schema 2020-12) compiles the
+    /// pattern; each pattern is tried once per import.
+    fn pattern_compiles(&mut self, pattern: &str) -> bool {
+        if let Some(&ok) = self.patterns.get(pattern) {
+            return ok;
+        }
+        let ok = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .build(&json!({ "pattern": pattern }))
+            .is_ok();
+        self.patterns.insert(pattern.to_owned(), ok);
+        ok
+    }
+}
+
+/// How many levels of mappings and lists `value` spans (a scalar: none).
+fn height(value: &Value) -> usize {
+    match value {
+        Value::Object(m) => 1 + m.values().map(height).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(height).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Cuts what would nest deeper than `SPEC_MAX_DEPTH` when `schema` (a mapping) sits at
+/// `depth` in the spec: a schema without room for its children becomes an open one (its
+/// `type` kept when it is one name) with a description saying so; a deep non-schema value
+/// (`enum`, `default`, `const`, ...) is dropped.
+fn fit_depth(schema: &mut Value, depth: usize, repairs: &mut Repairs) {
+    let Value::Object(obj) = schema else {
+        return;
+    };
+    if depth + height_of_map(obj) - 1 <= SPEC_MAX_DEPTH {
+        return;
+    }
+    // A schema's children sit one level down, its subschemas two (`properties: {x: ..}`).
+    if depth + 2 > SPEC_MAX_DEPTH {
+        let mut open = Map::new();
+        if let Some(t @ Value::String(_)) = obj.get("type") {
+            open.insert("type".into(), t.clone());
+        }
+        open.insert(
+            "description".into(),
+            Value::String(format!(
+                "Cut by bmm import-openapi: the document nests this schema deeper than a bmm spec may ({SPEC_MAX_DEPTH} levels), so any value is accepted here."
+            )),
+        );
+        *schema = Value::Object(open);
+        repairs.cut += 1;
+        return;
+    }
+    let keys: Vec<String> = obj.keys().cloned().collect();
+    for key in keys {
+        let Some(value) = obj.get_mut(&key) else {
+            continue;
+        };
+        if SCHEMA_MAPS.contains(&key.as_str()) {
+            if let Value::Object(children) = value {
+                for child in children.values_mut() {
+                    fit_depth(child, depth + 2, repairs);
+                }
+                continue;
+            }
+        } else if SCHEMA_ONE.contains(&key.as_str()) || SCHEMA_LISTS.contains(&key.as_str()) {
+            match value {
+                Value::Array(children) => {
+                    for child in children {
+                        fit_depth(child, depth + 2, repairs);
+                    }
+                    continue;
+                }
+                Value::Object(_) => {
+                    fit_depth(value, depth + 1, repairs);
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        if depth + height(value) > SPEC_MAX_DEPTH {
+            obj.shift_remove(&key);
+            repairs.dropped_values += 1;
+        }
+    }
+}
+
+fn height_of_map(obj: &Map<String, Value>) -> usize {
+    1 + obj.values().map(height).max().unwrap_or(0)
+}
+
+/// Most keywords `drop_invalid_keywords` removes from one schema before it gives up (the
+/// check then names what is left).
+const MAX_INVALID_KEYWORDS: usize = 32;
+
+/// Drops, one at a time, each keyword the server's validator (jsonschema, JSON Schema
+/// 2020-12) refuses to compile: a `type` that is a schema, a `required` that is not a
+/// list, ... whatever else a document gets wrong.
+fn drop_invalid_keywords(schema: &mut Value, repairs: &mut Repairs) {
+    for _ in 0..MAX_INVALID_KEYWORDS {
+        let (pointer, why) = match jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .build(schema)
+        {
+            Ok(_) => return,
+            Err(e) => (e.instance_path().as_str().to_owned(), e.to_string()),
+        };
+        if pointer.is_empty() || !remove_at(schema, &pointer) {
+            return;
+        }
+        let why: String = why.chars().take(120).collect();
+        repairs.invalid.push(format!("{pointer} ({why})"));
+    }
+}
+
+/// Removes what the JSON pointer names (a key of a mapping, an item of a list).
+fn remove_at(value: &mut Value, pointer: &str) -> bool {
+    let tokens: Vec<String> = pointer
+        .split('/')
+        .skip(1)
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    let Some((last, parents)) = tokens.split_last() else {
+        return false;
+    };
+    let mut current = value;
+    for token in parents {
+        current = match current {
+            Value::Object(m) => match m.get_mut(token) {
+                Some(v) => v,
+                None => return false,
+            },
+            Value::Array(a) => match token.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match current {
+        Value::Object(m) => m.shift_remove(last).is_some(),
+        Value::Array(a) => match last.parse::<usize>() {
+            Ok(i) if i < a.len() => {
+                a.remove(i);
+                true
+            }
+            _ => false,
+        },
+        _ => false,
+    }
 }
