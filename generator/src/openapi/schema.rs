@@ -436,3 +436,31 @@ fn remove_at(value: &mut Value, pointer: &str) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `spec::parse` reads with serde-saphyr's default budget; if that ever changes, the
+    /// importer's cut must follow.
+    #[test]
+    fn the_depth_limit_is_the_spec_loaders() {
+        let nested = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+        assert!(serde_saphyr::from_str::<Value>(&nested(SPEC_MAX_DEPTH)).is_ok());
+        assert!(serde_saphyr::from_str::<Value>(&nested(SPEC_MAX_DEPTH + 1)).is_err());
+    }
+
+    #[test]
+    fn fitted_schemas_fit_exactly() {
+        let mut deep = json!({"type": "string"});
+        for _ in 0..100 {
+            deep = json!({"type": "object", "properties": {"a": deep}, "enum": [[[1]]]});
+        }
+        let mut repairs = Repairs::default();
+        fit_depth(&mut deep, TOOL_SCHEMA_DEPTH, &mut repairs);
+        assert!(repairs.cut == 1, "{repairs:?}");
+        assert!(TOOL_SCHEMA_DEPTH + height(&deep) - 1 <= SPEC_MAX_DEPTH);
+        // Nothing more was cut than needed: one level deeper would not fit.
+        assert!(TOOL_SCHEMA_DEPTH + height(&deep) + 1 > SPEC_MAX_DEPTH);
+    }
+}
