@@ -1,10 +1,14 @@
 //! Writing a generated crate to disk, and checking that it is up to date.
 //!
 //! Rules:
-//! 1. Generated files (`Cargo.toml`, `README.md`, `src/main.rs`, `src/generated/**`) are
-//!    written only when their bytes change.
-//! 2. User files (`src/tools/<fn>.rs`) are created when missing and never touched again.
+//! 1. Generated files (`Cargo.toml`, `README.md`, `src/main.rs`, `src/generated/**`,
+//!    `tests/smoke.rs`) are written only when their bytes change.
+//! 2. User files (`src/state.rs`, `src/tools/mod.rs`, `src/tools/<fn>.rs`, and the same
+//!    under `src/prompts/`) are created when missing and never touched again.
 //! 3. `check` changes nothing and reports every generated file that differs or is missing.
+//! 4. A Rust tool or prompt whose module the user's `src/tools/mod.rs` (or
+//!    `src/prompts/mod.rs`) does not declare is reported with the line to add
+//!    (`a_new_tool_names_the_mod_line_to_add`).
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +26,8 @@ pub struct Outcome {
     pub unchanged: usize,
     /// Warnings from validation.
     pub warnings: Vec<Diagnostic>,
+    /// What the user has to do by hand (rule 4), one sentence each.
+    pub notes: Vec<String>,
 }
 
 /// Why generating failed.
@@ -81,6 +87,7 @@ pub fn generate(
         warnings,
         ..Outcome::default()
     };
+    let files_paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
     for file in files {
         let path = out.join(&file.path);
         let existing = std::fs::read_to_string(&path).ok();
@@ -102,7 +109,36 @@ pub fn generate(
             outcome.changed.push(path);
         }
     }
+    for (dir, module) in user_modules(&files_paths) {
+        let mod_rs = out.join(dir).join("mod.rs");
+        if let Ok(text) = std::fs::read_to_string(&mod_rs)
+            && !crate::layout::declares_module(&text, module)
+        {
+            outcome.notes.push(format!(
+                "{} does not declare the `{module}` module: add `pub(crate) mod {module};` to it",
+                mod_rs.display()
+            ));
+        }
+    }
     Ok(outcome)
+}
+
+/// `(dir, module)` for every tool and prompt file among `paths` (`src/tools/<m>.rs`).
+fn user_modules(paths: &[String]) -> Vec<(&'static str, &str)> {
+    let mut out = Vec::new();
+    for path in paths {
+        for dir in ["src/tools", "src/prompts"] {
+            if let Some(module) = path
+                .strip_prefix(dir)
+                .and_then(|p| p.strip_prefix('/'))
+                .and_then(|p| p.strip_suffix(".rs"))
+                .filter(|m| *m != "mod" && !m.contains('/'))
+            {
+                out.push((dir, module));
+            }
+        }
+    }
+    out
 }
 
 fn write(path: &Path, contents: &str) -> Result<(), GenerateError> {

@@ -8,6 +8,7 @@
 
 pub mod emit;
 pub mod generate;
+mod layout;
 mod names;
 pub mod openapi;
 mod rust_types;

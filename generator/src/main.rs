@@ -46,9 +46,11 @@ enum Command {
         /// Change nothing; fail when the generated files are not up to date.
         #[arg(long)]
         check: bool,
-        /// How the crate depends on bmm-runtime: `workspace`, `path:<dir>` or `version:<v>`.
-        #[arg(long, default_value = "workspace")]
-        runtime: String,
+        /// How the crate depends on bmm-runtime: `workspace`, `path:<dir>` (relative to the
+        /// crate) or `version:<v>`. Default: `workspace` inside the bmm workspace this bmm
+        /// was built in, elsewhere a path to that workspace's runtime.
+        #[arg(long)]
+        runtime: Option<String>,
     },
     /// Write a bmm tool spec for an OpenAPI 3.0 or 3.1 document (JSON or YAML), with a
     /// report of what was imported and skipped.
@@ -150,7 +152,7 @@ fn main() -> ExitCode {
                     }
                 },
             };
-            generate(&spec, &out, check, &runtime)
+            generate(&spec, &out, check, runtime.as_deref())
         }
     }
 }
@@ -256,11 +258,23 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn generate(spec: &std::path::Path, out: &std::path::Path, check: bool, runtime: &str) -> ExitCode {
-    let runtime = match runtime.split_once(':') {
-        None if runtime == "workspace" => bmm_generator::RuntimeDependency::Workspace,
-        Some(("path", p)) => bmm_generator::RuntimeDependency::Path(p.to_owned()),
-        Some(("version", v)) => bmm_generator::RuntimeDependency::Version(v.to_owned()),
+fn generate(
+    spec: &std::path::Path,
+    out: &std::path::Path,
+    check: bool,
+    runtime: Option<&str>,
+) -> ExitCode {
+    let runtime = match runtime.map(|r| (r, r.split_once(':'))) {
+        None => match bmm_generator::RuntimeDependency::for_output(out) {
+            Ok(dependency) => dependency,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Some(("workspace", None)) => bmm_generator::RuntimeDependency::Workspace,
+        Some((_, Some(("path", p)))) => bmm_generator::RuntimeDependency::Path(p.to_owned()),
+        Some((_, Some(("version", v)))) => bmm_generator::RuntimeDependency::Version(v.to_owned()),
         _ => {
             eprintln!("error: --runtime must be `workspace`, `path:<dir>` or `version:<v>`");
             return ExitCode::from(2);
@@ -274,6 +288,9 @@ fn generate(spec: &std::path::Path, out: &std::path::Path, check: bool, runtime:
         Ok(outcome) => {
             for w in &outcome.warnings {
                 eprintln!("{w}\n");
+            }
+            for note in &outcome.notes {
+                eprintln!("note: {note}");
             }
             if check {
                 for p in outcome.changed.iter().chain(&outcome.created) {

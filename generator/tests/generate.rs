@@ -45,7 +45,8 @@ fn regeneration_keeps_user_files_and_rewrites_generated_ones() {
     std::fs::write(&spec, &text).unwrap();
     let out = dir.path().join("crate");
     let first = generate(&spec, &out, &RuntimeDependency::Workspace, false).unwrap();
-    assert_eq!(first.created.len(), 1, "{first:?}");
+    // The tool, its module list and the state: the user's files (crate::layout).
+    assert_eq!(first.created.len(), 3, "{first:?}");
     let user = out.join("src/tools/word_stats.rs");
     std::fs::write(&user, "// my own code\n").unwrap();
     std::fs::write(
@@ -222,6 +223,12 @@ fn a_schema_change_that_breaks_a_user_function_is_a_compile_error_in_that_file()
         let path = entry.unwrap().path();
         std::fs::copy(&path, out.join("src/tools").join(path.file_name().unwrap())).unwrap();
     }
+    // The note store the tools share.
+    std::fs::copy(
+        root.join("generated/notes/src/state.rs"),
+        out.join("src/state.rs"),
+    )
+    .unwrap();
     standalone(&out);
     std::fs::copy(root.join("Cargo.lock"), out.join("Cargo.lock")).unwrap();
     let check = || {
