@@ -1,16 +1,16 @@
 //! The `list_notes` tool. Created by bmm once: this file is yours and is never overwritten. If the tool's schema changes, the compiler points here.
 
-use bmm_runtime::{ToolContext, ToolError};
+use bmm_runtime::ToolError;
 
-use super::add_note::store;
+use crate::generated::Ctx;
 use crate::generated::types::{ListNotesInput, ListNotesOutput, ListNotesOutputNotesItem};
 
 /// Lists note ids and titles, optionally only those with a tag.
 pub(crate) async fn list_notes(
-    _ctx: &ToolContext,
+    ctx: &Ctx,
     input: ListNotesInput,
 ) -> Result<ListNotesOutput, ToolError> {
-    let store = store();
+    let store = ctx.state().store();
     let notes = store
         .notes
         .iter()
