@@ -310,8 +310,8 @@ fn first_lines(text: &str, n: usize) -> String {
     text.lines().take(n).collect::<Vec<_>>().join(" / ")
 }
 
-/// A refusal's kind: its message with the specifics (names in backticks, numbers, what
-/// follows a colon) left out, so refusals for the same reason group together.
+/// A refusal's kind: its first clause with the specifics (names in backticks, numbers)
+/// left out, so refusals for the same reason group together.
 fn kind(message: &str) -> String {
     let mut out = String::new();
     let mut in_quote = false;
@@ -332,9 +332,16 @@ fn kind(message: &str) -> String {
             _ => out.push(c),
         }
     }
-    let out = out.split(": ").next().unwrap_or(&out).to_owned();
-    let out: String = out.chars().take(110).collect();
-    out
+    // The first clause; a bare "no operation was imported" is told apart by its reason.
+    let mut clauses = out.split(": ");
+    let mut kind = clauses.next().unwrap_or_default().to_owned();
+    if kind == "no operation was imported"
+        && let Some(reason) = clauses.next()
+    {
+        let reason = reason.split(['(', ';']).next().unwrap_or(reason).trim_end();
+        kind = format!("{kind}: {reason}");
+    }
+    kind.chars().take(110).collect()
 }
 
 fn print_summary(
