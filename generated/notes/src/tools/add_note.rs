@@ -10,10 +10,7 @@ use crate::state::Note;
 const MAX_NOTES: usize = 10_000;
 
 /// Stores a note and returns its id.
-pub(crate) async fn add_note(
-    ctx: &Ctx,
-    input: AddNoteInput,
-) -> Result<AddNoteOutput, ToolError> {
+pub(crate) async fn add_note(ctx: &Ctx, input: AddNoteInput) -> Result<AddNoteOutput, ToolError> {
     let mut store = ctx.state().store();
     if store.notes.len() >= MAX_NOTES {
         return Err(ToolError::new(format!(

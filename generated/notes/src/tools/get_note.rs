@@ -6,10 +6,7 @@ use crate::generated::Ctx;
 use crate::generated::types::{GetNoteInput, GetNoteOutput};
 
 /// Returns one note by id.
-pub(crate) async fn get_note(
-    ctx: &Ctx,
-    input: GetNoteInput,
-) -> Result<GetNoteOutput, ToolError> {
+pub(crate) async fn get_note(ctx: &Ctx, input: GetNoteInput) -> Result<GetNoteOutput, ToolError> {
     let store = ctx.state().store();
     let note = store.notes.get(&input.id).ok_or_else(|| {
         ToolError::new(format!(
