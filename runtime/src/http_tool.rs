@@ -706,6 +706,7 @@ mod tests {
         }
     }
 
+    /// Pairs come in the arguments' order (serde_json keeps it).
     #[test]
     fn form_bodies_repeat_arrays_and_bracket_objects() {
         let text = form_body(&serde_json::json!({
@@ -729,16 +730,16 @@ mod tests {
             ("description", "a & b = c"),
             ("expand", "customer"),
             ("expand", "invoice"),
-            ("flag", "true"),
-            ("ids", "1"),
-            ("ids", "2"),
-            ("items[0][price]", "p_1"),
-            ("items[0][quantity]", "2"),
             ("metadata[order]", "6735"),
             // Inside brackets, arrays are indexed: bracket parsers keep the last of
             // repeated keys.
             ("metadata[tags][0]", "x"),
             ("metadata[tags][2]", "y"),
+            ("items[0][price]", "p_1"),
+            ("items[0][quantity]", "2"),
+            ("ids", "1"),
+            ("ids", "2"),
+            ("flag", "true"),
         ]
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
