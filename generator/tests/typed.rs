@@ -249,3 +249,53 @@ fn every_schema_shape_generates_rust_that_passes_clippy() {
         String::from_utf8_lossy(&clippy.stderr)
     );
 }
+
+/// The served schemas sit in the code as raw string literals no spec text can close early,
+/// pretty-printed, in the spec's property order, and Rust reads back exactly the schema.
+#[test]
+fn schemas_are_raw_literals_in_spec_order_that_no_text_can_close() {
+    let spec = r####"spec_version: 1
+server: { name: raw, version: 0.1.0 }
+tools:
+  - name: raw
+    description: Hostile descriptions.
+    input:
+      type: object
+      properties:
+        zulu: { type: string, description: "ends \"# early \"## or \"### not" }
+        alpha: { type: string, description: "r#\"x\"# and \\ and \u2028 and \t" }
+        mike: { type: integer }
+    run: { rust: { fn: raw } }
+"####;
+    let parsed = bmm_generator::spec::parse("raw.yaml", spec).unwrap();
+    let files = bmm_generator::emit::render(
+        &parsed,
+        "raw.yaml",
+        &bmm_generator::RuntimeDependency::Workspace,
+    )
+    .unwrap();
+    let source = files
+        .iter()
+        .map(|f| f.contents.as_str())
+        .find(|c| c.contains("input_schema:"))
+        .unwrap();
+    let start = source.find("input_schema: r").unwrap() + "input_schema: ".len();
+    let hashes = source[start + 1..]
+        .bytes()
+        .take_while(|&b| b == b'#')
+        .count();
+    assert_eq!(hashes, 4, "one more `#` than the longest `\"#...` run");
+    let end = source[start..]
+        .find(&format!("\"{}", "#".repeat(hashes)))
+        .unwrap()
+        + start
+        + 1
+        + hashes;
+    let literal: syn::LitStr = syn::parse_str(&source[start..end]).unwrap();
+    let text = literal.value();
+    assert!(text.contains("\n  \"properties\": {\n"), "{text}");
+    let served: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(served, parsed.tools[0].input.value);
+    let keys: Vec<&String> = served["properties"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["zulu", "alpha", "mike"]);
+}
