@@ -21,7 +21,8 @@
 //!    lines; the text of string literals is never changed
 //!    (`blank_lines_never_change_a_string_literal`).
 //! 6. The bmm-runtime dependency builds wherever the crate is written (see
-//!    [`RuntimeDependency::for_output`]).
+//!    `RuntimeDependency::for_output`): `workspace = true` inside a bmm workspace, else a
+//!    path to the runtime of the workspace this `bmm` was built in.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -270,6 +271,36 @@ fn build_workspace() -> (PathBuf, PathBuf) {
     (root, runtime)
 }
 
+/// Whether the nearest workspace root above `dir` (the first ancestor whose `Cargo.toml`
+/// has a `[workspace]` table, as Cargo finds it) declares `bmm-runtime` in its
+/// `[workspace.dependencies]`.
+fn in_bmm_workspace(dir: &Path) -> bool {
+    for ancestor in dir.ancestors() {
+        let Ok(manifest) = std::fs::read_to_string(ancestor.join("Cargo.toml")) else {
+            continue;
+        };
+        let mut table = "";
+        let mut is_workspace = false;
+        let mut has_runtime = false;
+        for line in manifest.lines().map(str::trim) {
+            if line.starts_with('[') {
+                table = line;
+                is_workspace |= line == "[workspace]";
+            } else if table == "[workspace.dependencies]"
+                && line
+                    .strip_prefix("bmm-runtime")
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            {
+                has_runtime = true;
+            }
+        }
+        if is_workspace {
+            return has_runtime;
+        }
+    }
+    false
+}
+
 /// `path` made absolute and free of `.`/`..`, resolving symbolic links of the part that
 /// exists (the rest may not be created yet).
 fn absolute(path: &Path) -> Result<PathBuf, String> {
@@ -322,14 +353,20 @@ fn relative(from: &Path, to: &Path) -> Option<PathBuf> {
 
 impl RuntimeDependency {
     /// The dependency that builds for a crate written to `out` (rule 6):
-    /// - inside the bmm workspace this generator was built in (`generated/*` are its
-    ///   members): `{ workspace = true }`;
-    /// - anywhere else: a `path` to that workspace's `runtime/`, relative to `out` (as
-    ///   Cargo reads it) when both are on one file system root, absolute otherwise;
+    /// - inside a bmm workspace (the nearest enclosing `Cargo.toml` with `[workspace]`
+    ///   declares `bmm-runtime` among its workspace dependencies, as this repository's
+    ///   does for `generated/*`): `{ workspace = true }`;
+    /// - anywhere else: a `path` to the `runtime/` of the workspace this generator was
+    ///   built in, relative to `out` (as Cargo reads it) when both are on one file system
+    ///   root, absolute otherwise;
     /// - when that runtime no longer exists (a `bmm` binary copied elsewhere): an error
     ///   saying to pass `--runtime path:<dir>` or `--runtime version:<v>`.
     pub fn for_output(out: &Path) -> Result<Self, String> {
-        let (root, runtime) = build_workspace();
+        let out = absolute(out)?;
+        if in_bmm_workspace(&out) {
+            return Ok(Self::Workspace);
+        }
+        let (_, runtime) = build_workspace();
         let runtime_manifest = runtime.join("Cargo.toml");
         if !runtime_manifest.is_file() {
             return Err(format!(
@@ -337,12 +374,7 @@ impl RuntimeDependency {
                 runtime.display()
             ));
         }
-        let out = absolute(out)?;
-        let root = absolute(&root)?;
         let runtime = absolute(&runtime)?;
-        if out.starts_with(&root) {
-            return Ok(Self::Workspace);
-        }
         let path = relative(&out, &runtime).unwrap_or(runtime);
         // Cargo reads `/` on every platform.
         let text = path
@@ -373,6 +405,30 @@ mod tests {
         let (root, _) = build_workspace();
         let dep = RuntimeDependency::for_output(&root.join("generated/new-one")).unwrap();
         assert!(matches!(dep, RuntimeDependency::Workspace), "{dep:?}");
+    }
+
+    #[test]
+    fn only_a_workspace_that_declares_bmm_runtime_is_a_bmm_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("Cargo.toml");
+        std::fs::write(&manifest, "[workspace]\nmembers = [\"x/*\"]\n").unwrap();
+        assert!(!in_bmm_workspace(&dir.path().join("x/server")));
+        std::fs::write(
+            &manifest,
+            "[workspace]\n\n[workspace.dependencies]\nbmm-runtime-extra = \"1\"\n",
+        )
+        .unwrap();
+        assert!(!in_bmm_workspace(&dir.path().join("x/server")));
+        std::fs::write(
+            &manifest,
+            "[workspace]\n\n[workspace.dependencies]\nbmm-runtime = { path = \"runtime\" }\n",
+        )
+        .unwrap();
+        assert!(in_bmm_workspace(&dir.path().join("x/server")));
+        // A package manifest without [workspace] on the way up is not a workspace root.
+        std::fs::create_dir_all(dir.path().join("x")).unwrap();
+        std::fs::write(dir.path().join("x/Cargo.toml"), "[package]\nname = \"x\"\n").unwrap();
+        assert!(in_bmm_workspace(&dir.path().join("x/server")));
     }
 
     #[test]
