@@ -113,8 +113,9 @@ fn benches(c: &mut Criterion) {
     );
     assert_eq!(spec.tools.len(), 500);
     let (files, _) = bmm_generator::generate::render(&spec_path, &runtime).unwrap();
-    // Cargo.toml, README.md, main.rs, mod.rs, the smoke test and one stub per Rust tool.
-    assert_eq!(files.len(), 5 + 500 / 3);
+    // Cargo.toml, README.md, main.rs, generated/mod.rs, the smoke test, state.rs,
+    // tools/mod.rs and one stub per Rust tool.
+    assert_eq!(files.len(), 7 + 500 / 3);
 
     let mut group = c.benchmark_group("generator");
     group.sample_size(10);
