@@ -12,8 +12,14 @@
 //! - [`template`]: `{placeholder}` templates, validated by the generator and rendered by
 //!   the runtime with the same parser.
 //!
-//! The crate depends on nothing but `url`: depending on it never pulls in a server stack.
+//! - `input_schema` (feature `input-schema`): how a tool's input schema is compiled. `bmm
+//!   check` refuses what a generated server would refuse at start-up because both call it.
+//!
+//! The crate depends on nothing but `url` (and `jsonschema` with the `input-schema`
+//! feature): depending on it never pulls in a server stack.
 
+#[cfg(feature = "input-schema")]
+pub mod input_schema;
 pub mod resource;
 pub mod scope;
 pub mod server_name;

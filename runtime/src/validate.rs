@@ -20,6 +20,7 @@
 //!    are dropped before any prompt template or handler sees them
 //!    (`prompt_arguments_must_be_declared_strings`).
 
+use bmm_core::input_schema::cut;
 use jsonschema::Validator;
 use rmcp::ErrorData;
 use serde_json::{Map, Value, json};
@@ -29,7 +30,7 @@ use crate::def::PromptArgumentDef;
 /// At most this many violations are reported per call.
 pub const MAX_REPORTED: usize = 4;
 /// Each reported text (path, rule, message) is cut to this many characters.
-pub const MAX_TEXT: usize = 200;
+pub const MAX_TEXT: usize = bmm_core::input_schema::MAX_TEXT;
 
 /// A tool's compiled input schema.
 pub struct InputValidator {
@@ -42,33 +43,10 @@ impl std::fmt::Debug for InputValidator {
     }
 }
 
-fn cut(text: &str) -> String {
-    if text.chars().count() <= MAX_TEXT {
-        return text.to_owned();
-    }
-    let mut out: String = text.chars().take(MAX_TEXT).collect();
-    out.push('…');
-    out
-}
-
 impl InputValidator {
     /// Compiles `schema` (a tool's input schema) once.
     pub fn compile(tool: &str, schema: &Value) -> Result<Self, String> {
-        let validator = jsonschema::options()
-            .with_draft(jsonschema::Draft::Draft202012)
-            .build(schema)
-            .map_err(|e| {
-                let at = e.instance_path().as_str();
-                format!(
-                    "the input schema of tool `{tool}` is not a valid JSON Schema 2020-12: {}{}",
-                    if at.is_empty() {
-                        String::new()
-                    } else {
-                        format!("at `{}`: ", cut(at))
-                    },
-                    cut(&e.to_string())
-                )
-            })?;
+        let validator = bmm_core::input_schema::compile(tool, schema)?;
         Ok(Self { validator })
     }
 

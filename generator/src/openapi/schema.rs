@@ -293,8 +293,7 @@ impl Importer<'_> {
         if let Some(&ok) = self.patterns.get(pattern) {
             return ok;
         }
-        let ok = jsonschema::options()
-            .with_draft(jsonschema::Draft::Draft202012)
+        let ok = bmm_core::input_schema::options()
             .build(&json!({ "pattern": pattern }))
             .is_ok();
         self.patterns.insert(pattern.to_owned(), ok);
@@ -385,10 +384,7 @@ const MAX_INVALID_KEYWORDS: usize = 32;
 /// list, ... whatever else a document gets wrong.
 fn drop_invalid_keywords(schema: &mut Value, repairs: &mut Repairs) {
     for _ in 0..MAX_INVALID_KEYWORDS {
-        let (pointer, why) = match jsonschema::options()
-            .with_draft(jsonschema::Draft::Draft202012)
-            .build(schema)
-        {
+        let (pointer, why) = match bmm_core::input_schema::options().build(schema) {
             Ok(_) => return,
             Err(e) => (e.instance_path().as_str().to_owned(), e.to_string()),
         };

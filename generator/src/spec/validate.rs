@@ -75,38 +75,11 @@ pub fn placeholders(template: &str) -> Result<Vec<&str>, String> {
         .map_err(|e| e.0)
 }
 
-/// Compiles a tool's input schema exactly as the server does at start-up
-/// (`bmm_runtime::validate::InputValidator::compile`): JSON Schema 2020-12, the workspace's
-/// `jsonschema` without remote or file `$ref` resolution. A schema that passes here
-/// therefore never stops the generated server from starting.
+/// Compiles a tool's input schema with the function the server calls at start-up
+/// (`bmm_core::input_schema::compile`): a schema that passes here never stops the generated
+/// server from starting.
 fn compile_input_schema(tool: &str, schema: &Value) -> Result<(), String> {
-    jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft202012)
-        .build(schema)
-        .map(drop)
-        .map_err(|e| {
-            let at = e.instance_path().as_str();
-            format!(
-                "the input schema of tool `{tool}` is not a valid JSON Schema 2020-12: {}{}",
-                if at.is_empty() {
-                    String::new()
-                } else {
-                    format!("at `{}`: ", cut(at))
-                },
-                cut(&e.to_string())
-            )
-        })
-}
-
-/// At most 200 characters of an error text (a schema can be large).
-fn cut(text: &str) -> String {
-    const MAX: usize = 200;
-    if text.chars().count() <= MAX {
-        return text.to_owned();
-    }
-    let mut out: String = text.chars().take(MAX).collect();
-    out.push('…');
-    out
+    bmm_core::input_schema::compile(tool, schema).map(drop)
 }
 
 fn object_properties(schema: &Value) -> BTreeSet<String> {
