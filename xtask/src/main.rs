@@ -116,27 +116,8 @@ fn generate_with(check: bool, bmm: Option<&Path>) -> Result<(), String> {
         .collect();
     specs.sort();
     for spec in specs {
-        let mut command = match bmm {
-            Some(binary) => {
-                let mut c = Command::new(binary);
-                c.arg("generate");
-                c
-            }
-            None => {
-                let mut c = cargo();
-                c.args([
-                    "run",
-                    "--quiet",
-                    "-p",
-                    "bmm-generator",
-                    "--bin",
-                    "bmm",
-                    "--",
-                    "generate",
-                ]);
-                c
-            }
-        };
+        let mut command = bmm_command(bmm);
+        command.arg("generate");
         command.arg(&spec).arg("--into").arg(root.join("generated"));
         if check {
             command.arg("--check");
@@ -152,22 +133,7 @@ fn generate_with(check: bool, bmm: Option<&Path>) -> Result<(), String> {
 /// `bmm schema` into `specs/schema/bmm-spec.schema.json`, where the example specs' modeline
 /// points (or, with `check`, fails when that file is stale).
 fn spec_schema(root: &Path, check: bool, bmm: Option<&Path>) -> Result<(), String> {
-    let mut command = match bmm {
-        Some(binary) => Command::new(binary),
-        None => {
-            let mut c = cargo();
-            c.args([
-                "run",
-                "--quiet",
-                "-p",
-                "bmm-generator",
-                "--bin",
-                "bmm",
-                "--",
-            ]);
-            c
-        }
-    };
+    let mut command = bmm_command(bmm);
     let output = command
         .arg("schema")
         .current_dir(root)
@@ -193,6 +159,26 @@ fn spec_schema(root: &Path, check: bool, bmm: Option<&Path>) -> Result<(), Strin
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     println!("wrote   {}", path.display());
     Ok(())
+}
+
+/// `bmm`: the given binary, or `cargo run` of the workspace's generator.
+fn bmm_command(bmm: Option<&Path>) -> Command {
+    match bmm {
+        Some(binary) => Command::new(binary),
+        None => {
+            let mut c = cargo();
+            c.args([
+                "run",
+                "--quiet",
+                "-p",
+                "bmm-generator",
+                "--bin",
+                "bmm",
+                "--",
+            ]);
+            c
+        }
+    }
 }
 
 fn ci() -> Result<(), String> {
