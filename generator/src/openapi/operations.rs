@@ -4,6 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use indexmap::IndexMap;
+
 use serde_json::{Map, Value, json};
 
 use super::naming::{clip, derived_name, is_scope_token, is_tool_name, snake, unique_field};
@@ -73,8 +75,8 @@ struct Inputs {
     form: bool,
     /// Path placeholder -> field.
     path_vars: BTreeMap<String, String>,
-    query: BTreeMap<String, String>,
-    headers: BTreeMap<String, String>,
+    query: IndexMap<String, String>,
+    headers: IndexMap<String, String>,
 }
 
 impl Importer<'_> {

@@ -2,6 +2,8 @@
 //! comment, the size limit, and the same check as `bmm check` before anything is written.
 
 use std::collections::BTreeMap;
+
+use indexmap::IndexMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -219,10 +221,10 @@ pub(super) struct HttpOut {
     pub(super) upstream: String,
     pub(super) method: String,
     pub(super) path: String,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub(super) query: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub(super) headers: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub(super) query: IndexMap<String, String>,
+    #[serde(skip_serializing_if = "IndexMap::is_empty")]
+    pub(super) headers: IndexMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) body: Option<BodyOut>,
     #[serde(skip_serializing_if = "Option::is_none")]

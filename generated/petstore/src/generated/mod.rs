@@ -1312,7 +1312,7 @@ pub(crate) fn server() -> ServerDef {
                     upstream: "api",
                     method: Method::Get,
                     path: "/user/login",
-                    query: &[("password", "{password}"), ("username", "{username}")],
+                    query: &[("username", "{username}"), ("password", "{password}")],
                     headers: &[],
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
