@@ -67,10 +67,17 @@ pub fn render(
     if !errors.is_empty() {
         return Err(GenerateError::Invalid(errors));
     }
-    let file_name = spec_path.file_name().map_or_else(
-        || spec_path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    // The name reaches comments of Cargo.toml and README.md: no control character (a
+    // newline would end the comment and start TOML of its own).
+    let file_name: String = spec_path
+        .file_name()
+        .map_or_else(
+            || spec_path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
     let files = emit::render(&spec, &file_name, runtime).map_err(GenerateError::Io)?;
     Ok((files, warnings))
 }

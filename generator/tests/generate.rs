@@ -151,6 +151,31 @@ fn cargo_toml_description_escapes_every_control_character() {
     );
 }
 
+/// The spec's file name is written into comments of `Cargo.toml` and `README.md` and the
+/// doc comments of Rust files: a newline in it must not start a TOML table of its own.
+#[test]
+fn a_spec_file_name_with_a_newline_cannot_inject_into_cargo_toml() {
+    let spec_text = "server: { name: demo, version: 0.1.0 }\nauth: { scopes_supported: [a] }\ntools:\n  - name: t\n    description: t\n    input: { type: object }\n    run: { rust: { fn: t } }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir
+        .path()
+        .join("x\n[patch.crates-io]\nserde = { path = \"evil\" }\n#.yaml");
+    std::fs::write(&spec, spec_text).unwrap();
+    let (files, _) = bmm_generator::generate::render(&spec, &RuntimeDependency::Workspace).unwrap();
+    let cargo = files.iter().find(|f| f.path == "Cargo.toml").unwrap();
+    let parsed: toml::Table =
+        toml::from_str(&cargo.contents).unwrap_or_else(|e| panic!("{e}\n{}", cargo.contents));
+    assert!(!parsed.contains_key("patch"), "{}", cargo.contents);
+    for file in &files {
+        assert!(
+            !file.contents.contains("\n[patch.crates-io]"),
+            "{} carries the name's newline: {}",
+            file.path,
+            file.contents
+        );
+    }
+}
+
 fn collect_idents(tokens: proc_macro2::TokenStream, out: &mut Vec<String>) {
     for t in tokens {
         match t {
