@@ -62,9 +62,19 @@ pub(crate) fn pascal(name: &str) -> String {
     out
 }
 
+/// Words reserved in edition 2024 that syn parses as plain identifiers (`gen`) or that only
+/// some editions reserve: always written raw.
+const RESERVED_RAW: &[&str] = &[
+    "gen", "try", "async", "await", "dyn", "abstract", "become", "box", "do", "final", "macro",
+    "override", "priv", "typeof", "unsized", "virtual", "yield",
+];
+
 fn ident(text: &str) -> Ident {
     if STRICT.contains(&text) {
         return Ident::new(&format!("{text}_"), Span::call_site());
+    }
+    if RESERVED_RAW.contains(&text) {
+        return Ident::new_raw(text, Span::call_site());
     }
     match syn::parse_str::<Ident>(text) {
         Ok(id) => id,

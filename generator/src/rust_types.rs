@@ -86,11 +86,79 @@ struct Target {
     default: bool,
 }
 
+/// Names handed out in one scope (the crate's types, one struct's fields, one enum's
+/// variants): `wanted`, else `wanted2`, `wanted3`... Each base remembers its next number,
+/// so many collisions on one name cost linear time, not quadratic.
+#[derive(Default)]
+struct Names {
+    taken: BTreeSet<String>,
+    next: BTreeMap<String, u32>,
+}
+
+impl Names {
+    fn fresh(&mut self, wanted: &str, separator: &str) -> String {
+        if self.taken.insert(wanted.to_owned()) {
+            return wanted.to_owned();
+        }
+        let mut n = self.next.get(wanted).copied().unwrap_or(2);
+        let mut candidate = format!("{wanted}{separator}{n}");
+        while !self.taken.insert(candidate.clone()) {
+            n += 1;
+            candidate = format!("{wanted}{separator}{n}");
+        }
+        self.next.insert(wanted.to_owned(), n + 1);
+        candidate
+    }
+}
+
+/// Type names a nested type may never take: the generated code names these types
+/// unqualified, so a schema `title: String` would otherwise shadow `String` for every
+/// field of the module.
+const RESERVED_TYPE_NAMES: &[&str] = &[
+    "String",
+    "Option",
+    "Vec",
+    "Box",
+    "Some",
+    "None",
+    "Ok",
+    "Err",
+    "Result",
+    "Default",
+    "Clone",
+    "Debug",
+    "PartialEq",
+    "Eq",
+    "Copy",
+    "Send",
+    "Sync",
+    "Sized",
+    "Drop",
+    "Fn",
+    "FnMut",
+    "FnOnce",
+    "Iterator",
+    "IntoIterator",
+    "ToString",
+    "ToOwned",
+    "From",
+    "Into",
+    "AsRef",
+    "AsMut",
+    "Extend",
+    "serde",
+    "std",
+    "core",
+    "alloc",
+    "bmm_runtime",
+    "Self",
+];
+
 /// The types of one generated crate, in the order they are declared.
 #[derive(Default)]
 pub(crate) struct TypeSpace {
     items: Vec<TokenStream>,
-    taken: BTreeSet<String>,
+    taken: Names,
     /// Where the next type without a description sits: (property, struct), for its doc.
     place: Option<(String, String)>,
 }
@@ -118,7 +186,14 @@ impl TypeSpace {
     pub(crate) fn new<'a>(roots: impl IntoIterator<Item = &'a Ident>) -> Self {
         Self {
             items: Vec::new(),
-            taken: roots.into_iter().map(ToString::to_string).collect(),
+            taken: Names {
+                taken: roots
+                    .into_iter()
+                    .map(ToString::to_string)
+                    .chain(RESERVED_TYPE_NAMES.iter().map(|n| (*n).to_owned()))
+                    .collect(),
+                next: BTreeMap::new(),
+            },
             place: None,
         }
     }
@@ -161,13 +236,7 @@ impl TypeSpace {
         if syn::parse_str::<Ident>(&wanted).is_err() {
             wanted.push('_');
         }
-        let mut candidate = wanted.clone();
-        let mut n: u32 = 2;
-        while !self.taken.insert(candidate.clone()) {
-            candidate = format!("{wanted}{n}");
-            n += 1;
-        }
-        Ident::new(&candidate, Span::call_site())
+        Ident::new(&self.taken.fresh(&wanted, ""), Span::call_site())
     }
 
     /// The name for a nested schema: its `title` when it reads as a name, else `hint`.
@@ -204,6 +273,13 @@ impl TypeSpace {
         };
         if depth > MAX_DEPTH {
             return Ty::opaque(format!("nested deeper than {MAX_DEPTH} levels"));
+        }
+        if ["$id", "$dynamicRef", "$recursiveRef"]
+            .iter()
+            .any(|k| obj.contains_key(*k))
+        {
+            // `$ref`s below a `$id` resolve against it, not against the tool's schema.
+            return Ty::opaque("it sets its own `$id` or uses dynamic references");
         }
         if let Some(reference) = obj.get("$ref") {
             return self.reference(root, reference, depth, indirect);
@@ -342,19 +418,23 @@ impl TypeSpace {
             .get("properties")
             .and_then(Value::as_object)
             .unwrap_or(&empty);
-        let mut seen = BTreeSet::new();
+        let mut seen = Names::default();
         let mut fields = Vec::new();
         let mut default = true;
         for (prop, prop_schema) in properties {
             if Some(prop.as_str()) == skip {
                 continue;
             }
-            let mut field = snake_ident(prop);
-            let mut n: u32 = 2;
-            while !seen.insert(field.to_string()) {
-                field = format_ident!("{}_{}", snake_ident(prop), n);
-                n += 1;
-            }
+            let wanted = snake_ident(prop);
+            let field = if seen.taken.insert(wanted.to_string()) {
+                wanted
+            } else {
+                let base = wanted.to_string();
+                let base = base.trim_start_matches("r#");
+                // The bare word may be a keyword: only its numbered forms are handed out.
+                seen.taken.insert(base.to_owned());
+                format_ident!("{}", seen.fresh(base, "_"))
+            };
             self.place = Some((prop.clone(), base.clone()));
             let ty = self.ty(
                 root,
@@ -387,6 +467,29 @@ impl TypeSpace {
                 default &= ty.default;
                 let rename = rename.is_some().then(|| quote!(#[serde(rename = #prop)]));
                 quote! { #field_doc #rename pub #field: #tokens }
+            });
+        }
+        // Keys beyond `properties` that the schema lets through keep their values.
+        let extra = match schema.get("additionalProperties") {
+            Some(extra @ Value::Object(o)) if !o.is_empty() => {
+                let value = self.ty(root, extra, &format!("{base}Value"), depth + 1, true);
+                let tokens = value.tokens;
+                Some(quote!(std::collections::BTreeMap<String, #tokens>))
+            }
+            Some(Value::Bool(true)) | Some(Value::Object(_)) => {
+                Some(quote!(bmm_runtime::serde_json::Map<String, bmm_runtime::serde_json::Value>))
+            }
+            _ if schema.get("patternProperties").is_some() => {
+                Some(quote!(bmm_runtime::serde_json::Map<String, bmm_runtime::serde_json::Value>))
+            }
+            _ => None,
+        };
+        if let Some(tokens) = extra {
+            let field = format_ident!("{}", seen.fresh("extra", "_"));
+            fields.push(quote! {
+                #[doc = " The object's other keys (`additionalProperties`), with their values."]
+                #[serde(flatten)]
+                pub #field: #tokens
             });
         }
         let text = doc
@@ -492,7 +595,7 @@ impl TypeSpace {
         }
         let ident = self.name_for(schema, hint);
         let place = self.place.take();
-        let mut seen = BTreeSet::new();
+        let mut seen = Names::default();
         let variants = strings.iter().map(|value| {
             let mut name = type_name(value);
             if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
@@ -501,13 +604,7 @@ impl TypeSpace {
             if syn::parse_str::<Ident>(&name).is_err() {
                 name.push('_');
             }
-            let mut candidate = name.clone();
-            let mut n: u32 = 2;
-            while !seen.insert(candidate.clone()) {
-                candidate = format!("{name}{n}");
-                n += 1;
-            }
-            let variant = Ident::new(&candidate, Span::call_site());
+            let variant = Ident::new(&seen.fresh(&name, ""), Span::call_site());
             quote! { #[serde(rename = #value)] #variant }
         });
         let variants: Vec<TokenStream> = variants.collect();
@@ -570,7 +667,7 @@ impl TypeSpace {
         let ident = self.name(hint);
         let place = self.place.take();
         let slot = self.reserve_slot();
-        let mut seen = BTreeSet::new();
+        let mut seen = Names::default();
         let mut variants = Vec::new();
         for (schema, value) in alternatives.iter().zip(values) {
             let variant = variant_ident(value, &mut seen);
@@ -618,7 +715,7 @@ impl TypeSpace {
         let ident = self.name(hint);
         let place = self.place.take();
         let slot = self.reserve_slot();
-        let mut seen = BTreeSet::new();
+        let mut seen = Names::default();
         let mut variants = Vec::new();
         let mut open = 0;
         for (i, schema) in alternatives.iter().enumerate() {
@@ -632,7 +729,7 @@ impl TypeSpace {
             variants.push(quote! { #variant(#tokens) });
         }
         if open == alternatives.len() {
-            self.taken.remove(&ident.to_string());
+            self.taken.taken.remove(&ident.to_string());
             return Ty::opaque("none of its alternatives has a Rust type");
         }
         let doc = crate::emit::doc_text(&match place {
@@ -694,7 +791,7 @@ pub(crate) fn type_name(text: &str) -> String {
     name
 }
 
-fn variant_ident(label: &str, seen: &mut BTreeSet<String>) -> Ident {
+fn variant_ident(label: &str, seen: &mut Names) -> Ident {
     let mut name = type_name(label);
     if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
         name.insert(0, 'V');
@@ -702,13 +799,7 @@ fn variant_ident(label: &str, seen: &mut BTreeSet<String>) -> Ident {
     if syn::parse_str::<Ident>(&name).is_err() {
         name.push('_');
     }
-    let mut candidate = name.clone();
-    let mut n: u32 = 2;
-    while !seen.insert(candidate.clone()) {
-        candidate = format!("{name}{n}");
-        n += 1;
-    }
-    Ident::new(&candidate, Span::call_site())
+    Ident::new(&seen.fresh(&name, ""), Span::call_site())
 }
 
 /// A variant name for an untagged alternative: its title, `$ref` name or kind.
@@ -792,6 +883,105 @@ mod tests {
         let items = space.into_items();
         let file: syn::File = syn::parse2(quote!(#(#items)*)).unwrap();
         prettyplease::unparse(&file)
+    }
+
+    /// A `title` naming a type the module uses unqualified (`String`, `Option`, `Vec`,
+    /// `Box`) must not declare it: every other field would change type.
+    #[test]
+    fn titles_cannot_shadow_the_types_the_module_names() {
+        for title in ["String", "Option", "Vec", "Box", "Result"] {
+            let code = types(json!({
+                "type": "object",
+                "properties": {
+                    "meta": { "title": title, "type": "object", "properties": { "x": { "type": "integer" } } },
+                    "name": { "type": "string" }
+                }
+            }));
+            assert!(!code.contains(&format!("pub struct {title} ")), "{code}");
+            assert!(code.contains(&format!("pub struct {title}2 ")), "{code}");
+        }
+    }
+
+    /// `gen` is reserved in edition 2024, though syn reads it as an identifier.
+    #[test]
+    fn edition_2024_reserved_words_become_raw_fields() {
+        let code = types(json!({
+            "type": "object",
+            "properties": { "gen": { "type": "string" }, "try": { "type": "string" } }
+        }));
+        assert!(code.contains("pub r#gen: Option<String>"), "{code}");
+        assert!(code.contains("pub r#try: Option<String>"), "{code}");
+    }
+
+    /// Many properties with one title, or names that map to one identifier, each get
+    /// their own name (numbered per base, in linear time).
+    #[test]
+    fn colliding_names_are_numbered_once_each() {
+        let mut properties = Map::new();
+        for i in 0..300 {
+            properties.insert(
+                format!("p{i}"),
+                json!({ "title": "A", "type": "object", "properties": { "a": { "type": "integer" } } }),
+            );
+            properties.insert(
+                format!("a{}", " ".repeat(i % 5)),
+                json!({ "type": "string" }),
+            );
+        }
+        let code = types(json!({ "type": "object", "properties": properties }));
+        assert!(code.contains("pub struct A {"), "{code}");
+        assert!(code.contains("pub struct A300 {"), "{code}");
+        assert!(!code.contains("pub struct A301 {"), "{code}");
+        for field in ["pub a:", "pub a_2:", "pub a_5:"] {
+            assert!(code.contains(field), "{field}: {code}");
+        }
+    }
+
+    /// Keys beyond `properties` that the schema lets through keep their values.
+    #[test]
+    fn additional_properties_beside_properties_are_kept() {
+        let code =
+            types(json!({ "type": "object", "additionalProperties": { "type": "integer" } }));
+        assert!(code.contains("#[serde(flatten)]"), "{code}");
+        assert!(
+            code.contains("pub extra: std::collections::BTreeMap<String, i64>"),
+            "{code}"
+        );
+        let code = types(json!({
+            "type": "object",
+            "properties": { "extra": { "type": "string" } },
+            "additionalProperties": true
+        }));
+        assert!(code.contains("pub extra: Option<String>"), "{code}");
+        assert!(
+            code.contains("pub extra_2: bmm_runtime::serde_json::Map"),
+            "{code}"
+        );
+        let code = types(json!({ "type": "object", "additionalProperties": false }));
+        assert!(!code.contains("flatten"), "{code}");
+    }
+
+    /// Below a `$id`, `$ref`s resolve against that `$id`: the type stays open rather than
+    /// resolving them against the tool's schema.
+    #[test]
+    fn a_subschema_with_its_own_id_stays_open() {
+        let code = types(json!({
+            "type": "object",
+            "$defs": { "B": { "type": "string" } },
+            "properties": {
+                "sub": {
+                    "$id": "https://example.com/sub",
+                    "$defs": { "B": { "type": "integer" } },
+                    "type": "object",
+                    "properties": { "w": { "$ref": "#/$defs/B" } }
+                }
+            }
+        }));
+        assert!(
+            code.contains("pub sub: Option<bmm_runtime::serde_json::Value>"),
+            "{code}"
+        );
+        assert!(!code.contains("pub w:"), "{code}");
     }
 
     #[test]

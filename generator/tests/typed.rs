@@ -158,6 +158,12 @@ tools:
         labels: { type: object, additionalProperties: { type: integer } }
         open: { type: object }
         self: { type: string }
+        gen: { type: string }
+        meta:
+          title: String
+          type: object
+          properties: { note: { type: string } }
+          additionalProperties: { type: boolean }
       required: [type]
     output:
       type: object
@@ -180,7 +186,7 @@ use bmm_runtime::{ToolContext, ToolError};
 
 use crate::generated::types::{
     ShapesInput, ShapesInputEither, ShapesInputNode, ShapesInputShape, ShapesInputType,
-    ShapesOutput, ShapesOutputItemsItem, ShapesOutputItemsItemTagsItem,
+    ShapesOutput, ShapesOutputItemsItem, ShapesOutputItemsItemTagsItem, String2,
 };
 
 fn depth(node: &ShapesInputNode) -> usize {
@@ -208,7 +214,11 @@ pub(crate) async fn shapes(_ctx: &ToolContext, input: ShapesInput) -> Result<Sha
     let labels: i64 = input.labels.unwrap_or_default().values().sum();
     let tree = input.tree.as_ref().map_or(0, depth);
     let extra = input.open.map_or(0, |o| o.len()) + input.maybe.map_or(0, |m| m.len())
-        + input.self_.map_or(0, |s| s.len());
+        + input.self_.map_or(0, |s| s.len())
+        + input.r#gen.map_or(0, |s| s.len())
+        + input.meta.map_or(0, |m: String2| {
+            m.note.map_or(0, |n| n.len()) + m.extra.values().filter(|v| **v).count()
+        });
     Ok(ShapesOutput {
         items: vec![ShapesOutputItemsItem {
             id: kind + either + labels + i64::try_from(tree + extra).unwrap_or_default(),
