@@ -60,10 +60,18 @@ impl RuntimeDependency {
 
 /// A TOML basic string. JSON string syntax is a subset of it, except that TOML also
 /// forbids a raw DEL (U+007F), which JSON leaves as it is: escaped here.
+/// Bidirectional formatting characters are escaped too: the file must read as it parses.
 fn toml_string(text: &str) -> String {
-    serde_json::to_string(text)
-        .unwrap_or_else(|_| "\"\"".to_owned())
-        .replace('\u{7f}', "\\u007F")
+    let json = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c == '\u{7f}' || is_bidi_control(c) {
+            out.push_str(&format!("\\u{:04X}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[derive(Template)]
@@ -183,7 +191,9 @@ pub fn render(
             .collect(),
     }
     .render()
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    // Markdown shows no escapes: hidden direction changes are dropped.
+    .replace(is_bidi_control, "");
     // The modules of the user's Rust tools and prompts (crate::layout, rule 2).
     let rust_tools: Vec<&str> = spec
         .tools
@@ -420,11 +430,26 @@ fn opt_bool(value: Option<bool>) -> TokenStream {
 /// any `"#...` run in the text, so nothing in it can end the literal early). Objects keep
 /// the spec's property order (serde_json's `preserve_order`).
 fn schema_literal(schema: &Value) -> Result<TokenStream, String> {
-    let text = serde_json::to_string_pretty(schema).map_err(|e| e.to_string())?;
+    let pretty = serde_json::to_string_pretty(schema).map_err(|e| e.to_string())?;
+    // Bidirectional formatting characters can only sit inside JSON strings: written as
+    // `\uXXXX` escapes, the JSON value is the same and the source shows no hidden text.
+    let mut text = String::with_capacity(pretty.len());
+    for c in pretty.chars() {
+        if is_bidi_control(c) {
+            text.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            text.push(c);
+        }
+    }
     let mut longest = 0;
     for (i, _) in text.match_indices('"') {
         let run = text[i + 1..].bytes().take_while(|&b| b == b'#').count();
         longest = longest.max(run);
+    }
+    if longest >= 255 {
+        // A raw string takes at most 255 `#`s: an escaped literal then.
+        let literal = proc_macro2::Literal::string(&text);
+        return Ok(quote!(#literal));
     }
     let hashes = "#".repeat(longest + 1);
     format!("r{hashes}\"{text}\"{hashes}")
@@ -760,11 +785,17 @@ pub(crate) fn doc_text(text: &str) -> String {
             }
             '\n' | '\u{2028}' | '\u{2029}' | '\u{85}' => out.push('\n'),
             '\t' => out.push(' '),
-            c if c.is_control() => {}
+            c if c.is_control() || is_bidi_control(c) => {}
             c => out.push(c),
         }
     }
     out
+}
+
+/// Unicode's bidirectional formatting characters: in source they make code read otherwise
+/// than it compiles ("Trojan Source"), and rustc refuses them in comments and literals.
+pub(crate) fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 fn prompt_stub(function: &str, prompt: &str, description: &str) -> TokenStream {

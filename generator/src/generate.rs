@@ -76,7 +76,13 @@ pub fn render(
             |n| n.to_string_lossy().into_owned(),
         )
         .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| {
+            if c.is_control() || crate::emit::is_bidi_control(c) {
+                '?'
+            } else {
+                c
+            }
+        })
         .collect();
     let files = emit::render(&spec, &file_name, runtime).map_err(GenerateError::Io)?;
     Ok((files, warnings))

@@ -176,6 +176,34 @@ fn a_spec_file_name_with_a_newline_cannot_inject_into_cargo_toml() {
     }
 }
 
+/// Bidirectional formatting characters in spec text ("Trojan Source") never reach the
+/// generated source (rustc refuses them in comments and literals), and a description with
+/// more `#`s after a quote than a raw string can take still renders.
+#[test]
+fn hidden_direction_characters_and_long_hash_runs_render_safely() {
+    let hashes = "#".repeat(300);
+    let spec_text = format!(
+        "server: {{ name: demo, version: 0.1.0 }}\nauth: {{ scopes_supported: [a] }}\ntools:\n  - name: t\n    description: \"abc \\u202E evil \\u2066x\\u2069\"\n    input:\n      type: object\n      properties:\n        q: {{ type: string, description: '\"{hashes} and \\u202E' }}\n    run: {{ rust: {{ fn: t }} }}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("bidi\u{202E}.yaml");
+    std::fs::write(&spec, spec_text).unwrap();
+    let (files, _) = bmm_generator::generate::render(&spec, &RuntimeDependency::Workspace)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    for file in &files {
+        let hidden = file.contents.chars().find(|c| {
+            matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        });
+        assert_eq!(hidden, None, "{} holds a bidi control", file.path);
+    }
+    let module = files
+        .iter()
+        .find(|f| f.path.ends_with("generated/mod.rs"))
+        .unwrap();
+    syn::parse_file(&module.contents).unwrap();
+    assert!(module.contents.contains(&hashes), "the description is kept");
+}
+
 fn collect_idents(tokens: proc_macro2::TokenStream, out: &mut Vec<String>) {
     for t in tokens {
         match t {
