@@ -25,6 +25,9 @@ pub enum ResourceUrlError {
     Fragment,
     /// It carries a user name or password.
     Credentials,
+    /// Its path ends in `//` without a query: dropping one `/` would give a URL whose own
+    /// canonical form differs again, so the canonical form would not be stable.
+    DoubleSlashAtEnd,
 }
 
 impl fmt::Display for ResourceUrlError {
@@ -36,6 +39,9 @@ impl fmt::Display for ResourceUrlError {
             Self::NoHost => f.write_str("has no host"),
             Self::Fragment => f.write_str("must not contain a fragment (RFC 8707 section 2)"),
             Self::Credentials => f.write_str("must not contain credentials"),
+            Self::DoubleSlashAtEnd => {
+                f.write_str("must not end in `//` (write it without the trailing slashes)")
+            }
         }
     }
 }
@@ -57,6 +63,9 @@ pub fn parse_resource(input: &str) -> Result<Url, ResourceUrlError> {
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(ResourceUrlError::Credentials);
+    }
+    if url.query().is_none() && url.path().ends_with("//") {
+        return Err(ResourceUrlError::DoubleSlashAtEnd);
     }
     Ok(url)
 }
@@ -115,6 +124,34 @@ mod tests {
         );
     }
 
+    /// The canonical form of a canonical form is itself: bmm-as writes `aud` canonical and
+    /// the middleware canonicalises `aud` again before comparing, so a form that moved on
+    /// a second pass would let a token for `/mcp//` pass as one for `/mcp`.
+    #[test]
+    fn the_canonical_form_is_stable() {
+        for input in [
+            "HTTPS://MCP.Example.com/mcp/",
+            "https://h.example/",
+            "https://h.example/mcp/?t=1",
+            "https://h.example/mcp//?t=1",
+            "https://h.example/a/b/",
+        ] {
+            let once = canonical(input);
+            assert_eq!(canonical(&once), once, "{input}");
+        }
+        for input in [
+            "https://h.example/mcp//",
+            "https://h.example//",
+            "https://h.example/mcp///",
+        ] {
+            assert_eq!(
+                canonical_resource(input),
+                Err(ResourceUrlError::DoubleSlashAtEnd),
+                "{input}"
+            );
+        }
+    }
+
     #[test]
     fn everything_else_stays_significant() {
         let base = canonical("https://mcp.example.com/mcp");
@@ -126,7 +163,6 @@ mod tests {
             "http://mcp.example.com/mcp",
             "https://mcp.example.com:8443/mcp",
             "https://mcp.example.com/mcp?x=1",
-            "https://mcp.example.com/mcp//",
         ] {
             assert_ne!(canonical(other), base, "{other}");
         }
