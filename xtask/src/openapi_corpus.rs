@@ -128,7 +128,7 @@ pub(crate) fn sweep(root: &Path, args: &[String]) -> Result<(), String> {
     // Panics are counted and named in the summary; the default hook would print each
     // one's backtrace in the middle of the progress.
     std::panic::set_hook(Box::new(|_| {}));
-    let scratch = tempdir()?;
+    let scratch = tempdir(root)?;
     let started = Instant::now();
     // One supervisor per core, each taking the next document; each document still runs in
     // a thread of its own under its supervisor's watch.
@@ -218,8 +218,12 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
     Ok(())
 }
 
-fn tempdir() -> Result<PathBuf, String> {
-    let dir = std::env::temp_dir().join(format!("bmm-openapi-corpus-{}", std::process::id()));
+/// A scratch directory of this run under the workspace's `target/` (not a guessable name in
+/// a shared `/tmp`, where another user could have put a symlink first); any left by an
+/// earlier run is removed.
+fn tempdir(root: &Path) -> Result<PathBuf, String> {
+    let dir = root.join("target/openapi-corpus-scratch");
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     Ok(dir)
 }
