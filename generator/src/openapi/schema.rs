@@ -339,36 +339,80 @@ fn fit_depth(schema: &mut Value, depth: usize, repairs: &mut Repairs) {
     }
     let keys: Vec<String> = obj.keys().cloned().collect();
     for key in keys {
-        let Some(value) = obj.get_mut(&key) else {
-            continue;
+        // Anything cut or dropped below `key` loosened what it says.
+        let before = repairs.cut + repairs.dropped_values;
+        fit_child(obj, &key, depth, repairs);
+        if repairs.cut + repairs.dropped_values > before {
+            keep_meaning_after_cut(obj, &key);
+        }
+    }
+}
+
+/// An open schema accepts anything: in most places that only loosens the document's rule,
+/// but under `not`, `if` and `contains` it would tighten it (`not: {}` refuses every value),
+/// and as an alternative of `oneOf` a value matching another alternative would then match
+/// two and be refused. Those keywords go (the looser reading), and such a `oneOf` becomes an
+/// `anyOf`.
+fn keep_meaning_after_cut(obj: &mut Map<String, Value>, key: &str) {
+    match key {
+        "not" => {
+            obj.shift_remove("not");
+        }
+        "if" => {
+            for k in ["if", "then", "else"] {
+                obj.shift_remove(k);
+            }
+        }
+        "contains" => {
+            for k in ["contains", "minContains", "maxContains"] {
+                obj.shift_remove(k);
+            }
+        }
+        "oneOf" => {
+            if let Some(alternatives) = obj.shift_remove("oneOf")
+                && !obj.contains_key("anyOf")
+            {
+                obj.insert("anyOf".to_owned(), alternatives);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// [`fit_depth`] for the value under `key` of the schema `obj` at `depth`.
+fn fit_child(obj: &mut Map<String, Value>, key: &str, depth: usize, repairs: &mut Repairs) {
+    {
+        let Some(value) = obj.get_mut(key) else {
+            return;
         };
-        if SCHEMA_MAPS.contains(&key.as_str()) {
+        if SCHEMA_MAPS.contains(&key) {
             if let Value::Object(children) = value {
                 for child in children.values_mut() {
                     fit_depth(child, depth + 2, repairs);
                 }
-                continue;
+                return;
             }
-        } else if SCHEMA_ONE.contains(&key.as_str()) || SCHEMA_LISTS.contains(&key.as_str()) {
+        } else if SCHEMA_ONE.contains(&key) || SCHEMA_LISTS.contains(&key) {
             match value {
                 Value::Array(children) => {
                     for child in children {
                         fit_depth(child, depth + 2, repairs);
                     }
-                    continue;
+                    return;
                 }
                 Value::Object(_) => {
                     fit_depth(value, depth + 1, repairs);
-                    continue;
+                    return;
                 }
                 _ => {}
             }
         }
-        if depth + height(value) > SPEC_MAX_DEPTH {
-            obj.shift_remove(&key);
-            repairs.dropped_values += 1;
+        if depth + height(value) <= SPEC_MAX_DEPTH {
+            return;
         }
     }
+    obj.shift_remove(key);
+    repairs.dropped_values += 1;
 }
 
 fn height_of_map(obj: &Map<String, Value>) -> usize {
@@ -458,5 +502,50 @@ mod tests {
         assert!(TOOL_SCHEMA_DEPTH + height(&deep) - 1 <= SPEC_MAX_DEPTH);
         // Nothing more was cut than needed: one level deeper would not fit.
         assert!(TOOL_SCHEMA_DEPTH + height(&deep) + 1 > SPEC_MAX_DEPTH);
+    }
+
+    /// A schema `levels` deep: objects with one property `a`.
+    fn deep(levels: usize) -> Value {
+        let mut deep = json!({"type": "string"});
+        for _ in 0..levels {
+            deep = json!({"type": "object", "properties": {"a": deep}});
+        }
+        deep
+    }
+
+    /// A cut makes a schema accept anything: under `not`, `if` and `contains` that would
+    /// refuse values the document accepts, and in a `oneOf` a value could match two
+    /// alternatives. Those keywords go, and the `oneOf` becomes an `anyOf`.
+    #[test]
+    fn a_cut_never_makes_a_schema_refuse_what_the_document_accepts() {
+        let mut schema = json!({
+            "type": "object",
+            "properties": {
+                "n": { "not": deep(100) },
+                "i": { "if": deep(100), "then": { "type": "string" }, "else": { "type": "integer" } },
+                "c": { "type": "array", "contains": deep(100), "minContains": 2 },
+                "o": { "oneOf": [deep(100), { "type": "object" }] },
+                "kept": { "not": { "type": "string" } }
+            }
+        });
+        let mut repairs = Repairs::default();
+        fit_depth(&mut schema, TOOL_SCHEMA_DEPTH, &mut repairs);
+        assert!(repairs.cut >= 4, "{repairs:?}");
+        let p = &schema["properties"];
+        assert_eq!(p["n"], json!({}), "{schema}");
+        assert_eq!(p["i"], json!({}), "{schema}");
+        assert_eq!(p["c"], json!({ "type": "array" }), "{schema}");
+        assert!(
+            p["o"].get("oneOf").is_none() && p["o"]["anyOf"].is_array(),
+            "{schema}"
+        );
+        assert_eq!(
+            p["kept"],
+            json!({ "not": { "type": "string" } }),
+            "{schema}"
+        );
+        // And the result is one the server accepts a value under.
+        let validator = bmm_core::input_schema::compile("t", &schema).unwrap();
+        assert!(validator.is_valid(&json!({ "n": 1, "i": true, "c": [], "o": {} })));
     }
 }
