@@ -9,6 +9,8 @@
 //!   `x-bmm` scopes), the middleware (configured scopes) and bmm-as (requested scopes).
 //! - [`server_name`]: what a server name is (the generator validates it, `bmm new` writes
 //!   it, it becomes the crate, binary and MCP server name).
+//! - [`rate`]: request rates like `10/min`, checked by the generator (`tools[].rate_limit`)
+//!   and parsed by the runtime (`--rate-limit`).
 //! - [`template`]: `{placeholder}` templates, validated by the generator and rendered by
 //!   the runtime with the same parser.
 //!
@@ -20,11 +22,13 @@
 
 #[cfg(feature = "input-schema")]
 pub mod input_schema;
+pub mod rate;
 pub mod resource;
 pub mod scope;
 pub mod server_name;
 pub mod template;
 
+pub use rate::{Rate, RateError};
 pub use resource::{ResourceUrlError, canonical_resource};
 pub use scope::is_scope_token;
 pub use server_name::is_server_name;
