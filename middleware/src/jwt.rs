@@ -34,6 +34,7 @@ use serde_json::{Map, Value};
 use crate::auth::AuthError;
 use crate::context::AuthContext;
 use crate::jwks::{KeyStore, Lookup};
+use crate::refusal::Refusal;
 use crate::resource::Resource;
 use crate::scope::{ScopeHierarchy, scopes_from_claims};
 use crate::token_cache::{TokenCache, now_secs};
@@ -189,16 +190,18 @@ impl TokenVerifier {
             })?;
         let claims: Map<String, Value> = decode_json(payload)
             .ok_or_else(|| AuthError::invalid_token("the token payload is not a JSON object"))?;
-        let iss = claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .ok_or_else(|| AuthError::invalid_token("the token has no iss claim"))?;
+        let iss = claims.get("iss").and_then(Value::as_str).ok_or_else(|| {
+            AuthError::rejected_token("the token has no iss claim", Refusal::ISSUER)
+        })?;
         let store = config
             .stores
             .iter()
             .position(|s| s.issuer().as_str() == iss)
             .ok_or_else(|| {
-                AuthError::invalid_token("the token's issuer is not trusted by this server")
+                AuthError::rejected_token(
+                    "the token's issuer is not trusted by this server",
+                    Refusal::ISSUER,
+                )
             })?;
         Ok(Parsed {
             alg,
@@ -247,8 +250,9 @@ impl TokenVerifier {
         let config = &self.inner.config;
         let issuer = config.stores[store].issuer().as_str();
         if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
-            return Err(AuthError::invalid_token(
+            return Err(AuthError::rejected_token(
                 "the token's issuer is not trusted by this server",
+                Refusal::ISSUER,
             ));
         }
         let now = now_secs();
@@ -259,13 +263,19 @@ impl TokenVerifier {
                 .ok_or_else(|| AuthError::invalid_token("the token's exp is not a number"))?,
         };
         if now >= exp.saturating_add(leeway) {
-            return Err(AuthError::invalid_token("the token has expired"));
+            return Err(AuthError::rejected_token(
+                "the token has expired",
+                Refusal::EXPIRED,
+            ));
         }
         if let Some(v) = claims.get("nbf") {
             let nbf = numeric_date(v)
                 .ok_or_else(|| AuthError::invalid_token("the token's nbf is not a number"))?;
             if nbf > now.saturating_add(leeway) {
-                return Err(AuthError::invalid_token("the token is not valid yet (nbf)"));
+                return Err(AuthError::rejected_token(
+                    "the token is not valid yet (nbf)",
+                    Refusal::EXPIRED,
+                ));
             }
         }
         if let Some(v) = claims.get("iat") {
@@ -284,16 +294,18 @@ impl TokenVerifier {
             _ => Vec::new(),
         };
         if audience.is_empty() {
-            return Err(AuthError::invalid_token(
+            return Err(AuthError::rejected_token(
                 "the token has no aud claim; it must name this resource (RFC 8707)",
+                Refusal::AUDIENCE,
             ));
         }
         let for_us = audience.iter().any(|a| {
             config.resource.matches_audience(a) || config.extra_audiences.iter().any(|x| x == a)
         });
         if !for_us {
-            return Err(AuthError::invalid_token(
+            return Err(AuthError::rejected_token(
                 "the token was issued for another resource (aud does not name this server)",
+                Refusal::AUDIENCE,
             ));
         }
         let scopes = scopes_from_claims(&claims);

@@ -9,6 +9,7 @@
 //!   the right `WWW-Authenticate`. The verified identity lands in the request extensions as
 //!   an [`AuthContext`]. The client's token is never forwarded.
 //! - [`ToolScopeLayer`]: per-tool scopes read from the JSON-RPC body.
+//! - [`RateLimitLayer`]: per-subject and per-tool rate limits (429 with `Retry-After`).
 //! - [`MetadataLayer`]: RFC 9728 protected resource metadata.
 //! - [`OriginLayer`]: Host and Origin validation, CORS for allowed browser origins.
 //! - [`ConcurrencyLimitLayer`]: load shedding.
@@ -77,6 +78,10 @@ mod limit;
 mod macros;
 pub mod metadata;
 pub mod origin;
+pub mod rate_limit;
+pub mod otel;
+mod refusal;
+pub mod reload;
 mod resource;
 pub mod scope;
 mod serve;
@@ -92,7 +97,11 @@ pub use jsonwebtoken::Algorithm;
 pub use limit::{ConcurrencyLimit, ConcurrencyLimitLayer};
 pub use metadata::{Metadata, MetadataLayer, ProtectedResourceMetadata};
 pub use origin::{OriginCheck, OriginLayer, OriginPolicy};
+pub use otel::{HttpSpan, Traces};
+pub use refusal::Refusal;
+pub use rate_limit::{RateLimit, RateLimitLayer, RateLimited, RateLimits};
+pub use reload::{Reload, reload_on_sighup};
 pub use resource::{Issuer, Resource};
 pub use scope::{ScopeHierarchy, ScopePolicy, ScopeSet};
 pub use serve::{ServeConfig, Server, is_loopback_listen, serve, shutdown_signal, stack};
-pub use tool_scope::{ToolScope, ToolScopeLayer};
+pub use tool_scope::{CalledTools, ToolScope, ToolScopeLayer};

@@ -8,6 +8,7 @@ use http::header::{CACHE_CONTROL, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, StatusCode};
 
 use crate::body::{LocalResponse, json_response};
+use crate::refusal::Refusal;
 use crate::scope::ScopeSet;
 
 /// Why a request was not let through. Opaque: ask with the `is_*` predicates.
@@ -23,7 +24,7 @@ pub struct AuthError {
 enum Kind {
     MissingToken,
     InvalidRequest(&'static str),
-    InvalidToken(Cow<'static, str>),
+    InvalidToken(Cow<'static, str>, Refusal),
     InsufficientScope(ScopeSet),
     KeysUnavailable,
 }
@@ -42,8 +43,14 @@ impl AuthError {
     }
 
     pub(crate) fn invalid_token(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::rejected_token(reason, Refusal::INVALID)
+    }
+
+    /// A token refused for a reason that has its own [`Refusal`] (expired, audience,
+    /// issuer).
+    pub(crate) fn rejected_token(reason: impl Into<Cow<'static, str>>, refusal: Refusal) -> Self {
         Self {
-            kind: Kind::InvalidToken(reason.into()),
+            kind: Kind::InvalidToken(reason.into(), refusal),
         }
     }
 
@@ -72,7 +79,7 @@ impl AuthError {
     /// The token failed verification: signature, issuer, audience, lifetime (401
     /// `invalid_token`).
     pub fn is_invalid_token(&self) -> bool {
-        matches!(self.kind, Kind::InvalidToken(_))
+        matches!(self.kind, Kind::InvalidToken(..))
     }
 
     /// The token is valid but lacks scopes the operation needs (403 `insufficient_scope`).
@@ -88,10 +95,21 @@ impl AuthError {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self.kind {
-            Kind::MissingToken | Kind::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Kind::MissingToken | Kind::InvalidToken(..) => StatusCode::UNAUTHORIZED,
             Kind::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Kind::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Kind::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Why the request was refused, as a fixed [`Refusal`] reason (for metrics and audit).
+    pub fn refusal(&self) -> Refusal {
+        match self.kind {
+            Kind::MissingToken => Refusal::MISSING,
+            Kind::InvalidRequest(_) => Refusal::MALFORMED,
+            Kind::InvalidToken(_, refusal) => refusal,
+            Kind::InsufficientScope(_) => Refusal::SCOPE,
+            Kind::KeysUnavailable => Refusal::UNAVAILABLE,
         }
     }
 
@@ -99,7 +117,7 @@ impl AuthError {
         match self.kind {
             Kind::MissingToken => "unauthorized",
             Kind::InvalidRequest(_) => "invalid_request",
-            Kind::InvalidToken(_) => "invalid_token",
+            Kind::InvalidToken(..) => "invalid_token",
             Kind::InsufficientScope(_) => "insufficient_scope",
             Kind::KeysUnavailable => "temporarily_unavailable",
         }
@@ -109,7 +127,7 @@ impl AuthError {
         match &self.kind {
             Kind::MissingToken => "this MCP endpoint requires an OAuth 2.1 bearer token".into(),
             Kind::InvalidRequest(reason) => (*reason).into(),
-            Kind::InvalidToken(reason) => reason.as_ref().into(),
+            Kind::InvalidToken(reason, _) => reason.as_ref().into(),
             Kind::InsufficientScope(needed) => format!(
                 "the token lacks scopes this operation needs; it needs: {}",
                 join(needed)
@@ -164,7 +182,7 @@ impl Challenge {
         match &error.kind {
             Kind::MissingToken => {}
             Kind::KeysUnavailable => return None,
-            Kind::InvalidRequest(_) | Kind::InvalidToken(_) | Kind::InsufficientScope(_) => {
+            Kind::InvalidRequest(_) | Kind::InvalidToken(..) | Kind::InsufficientScope(_) => {
                 params.push(("error", error.code().into()));
                 params.push((
                     "error_description",
@@ -210,6 +228,7 @@ impl Challenge {
         if error.is_unavailable() {
             headers.insert(RETRY_AFTER, HeaderValue::from_static("2"));
         }
+        response.extensions_mut().insert(error.refusal());
         response.extensions_mut().insert(error);
         response
     }
@@ -309,6 +328,28 @@ mod tests {
             "{v}"
         );
         assert!(HeaderValue::from_str(&v).is_ok());
+    }
+
+    #[test]
+    fn every_rejection_carries_its_refusal_reason() {
+        let cases = [
+            (AuthError::missing_token(), "missing"),
+            (AuthError::invalid_request("bad header"), "malformed"),
+            (AuthError::invalid_token("bad signature"), "invalid"),
+            (
+                AuthError::rejected_token("the token has expired", Refusal::EXPIRED),
+                "expired",
+            ),
+            (
+                AuthError::insufficient_scope(["a".to_owned()].into()),
+                "scope",
+            ),
+            (AuthError::keys_unavailable(), "unavailable"),
+        ];
+        for (error, reason) in cases {
+            let r = challenge().response(error);
+            assert_eq!(Refusal::from_response(&r).map(|r| r.reason), Some(reason));
+        }
     }
 
     #[test]
