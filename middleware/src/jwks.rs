@@ -401,6 +401,13 @@ impl KeyStore {
         map.get(kid).is_some_and(|until| *until > Instant::now())
     }
 
+    /// Forgets every `kid` remembered as unknown (a reload).
+    pub(crate) fn forget_unknown_kids(&self) {
+        if let Ok(mut map) = self.inner.unknown_kids.lock() {
+            map.clear();
+        }
+    }
+
     fn remember_absent(&self, kid: &str) {
         let Ok(mut map) = self.inner.unknown_kids.lock() else {
             return;
@@ -520,6 +527,19 @@ impl KeyStore {
     }
 
     async fn refresh_locked(&self) -> Result<usize, String> {
+        let result = self.fetch_locked().await;
+        // Pinned keys are never fetched, so they are not counted.
+        if matches!(
+            self.inner.source,
+            Some(KeySource::Fixed(_) | KeySource::Discover)
+        ) {
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            metrics::counter!("bmm_jwks_fetches_total", "outcome" => outcome).increment(1);
+        }
+        result
+    }
+
+    async fn fetch_locked(&self) -> Result<usize, String> {
         let inner = &self.inner;
         let Some(source) = &inner.source else {
             return Ok(inner.snapshot.load().keys.len());

@@ -62,6 +62,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit;
 pub mod auth;
 mod body;
 pub mod config;
@@ -77,6 +78,7 @@ pub mod jwt;
 mod limit;
 mod macros;
 pub mod metadata;
+pub mod observe;
 pub mod origin;
 pub mod rate_limit;
 pub mod otel;
@@ -88,6 +90,7 @@ mod serve;
 mod token_cache;
 pub mod tool_scope;
 
+pub use audit::{AuditEntry, AuditLog, AuditTarget};
 pub use auth::{Auth, AuthConfig, AuthError, AuthLayer, Authenticator};
 pub use body::ResponseBody;
 pub use config::{ConfigError, KeySettings};
@@ -96,6 +99,7 @@ pub use future::LocalOrInner;
 pub use jsonwebtoken::Algorithm;
 pub use limit::{ConcurrencyLimit, ConcurrencyLimitLayer};
 pub use metadata::{Metadata, MetadataLayer, ProtectedResourceMetadata};
+pub use observe::{Observer, PeerAddr};
 pub use origin::{OriginCheck, OriginLayer, OriginPolicy};
 pub use otel::{HttpSpan, Traces};
 pub use refusal::Refusal;

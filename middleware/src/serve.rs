@@ -1,10 +1,13 @@
 //! Serving an MCP service behind the whole bmm stack on a real socket.
 //!
-//! The stack, outermost first: tracing (method and path only, never the query string or
+//! The stack, outermost first: OpenTelemetry server spans when configured
+//! ([`crate::otel`]) -> tracing (method and path only, never the query string or
 //! headers) -> request timeout -> concurrency limit -> body size limit -> protected resource
 //! metadata (public, CORS `*`) -> `/healthz` and path routing (404 off the MCP path) ->
 //! Origin/Host validation -> bearer authentication -> per-tool scopes (which also buffers
-//! the body) -> the MCP service.
+//! the body) -> per-subject rate limits ([`crate::rate_limit`]) -> the MCP service.
+//! Refusals are counted and audited between the path routing and the Origin check, MCP
+//! requests by method right around the MCP service ([`crate::observe`]).
 //!
 //! The metadata routes sit outside the Origin check on purpose: the document is public
 //! and browser clients fetch it cross-origin; DNS-rebinding protection matters for the
@@ -17,8 +20,12 @@
 //! The accept loop sets `TCP_NODELAY` on every socket (SSE responses otherwise stall for
 //! the delayed-ACK interval), serves HTTP/1.1 and HTTP/2 under the connection limits of
 //! [`crate::conn`] (idle, header-read and HTTP/2 keep-alive timeouts, connections per
-//! address), and shuts down gracefully: on the shutdown signal it stops accepting, lets
-//! in-flight requests finish for a grace period, then returns.
+//! address), and shuts down gracefully: on the shutdown signal it stops accepting (the
+//! listening socket is closed, so new connections are refused), tells every connection to
+//! close once its requests are answered (HTTP/1.1 answers carry `Connection: close`,
+//! HTTP/2 gets a GOAWAY), lets in-flight requests finish for the shutdown grace, then
+//! drops whatever is left and returns. On each [`crate::Reload`] trigger (SIGHUP) it
+//! refetches every issuer's signing keys without touching a connection.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -47,7 +54,11 @@ use crate::conn::{Activity, Live, PerAddress, Tracked};
 use crate::future::LocalOrInner;
 use crate::limit::ConcurrencyLimitLayer;
 use crate::metadata::{MetadataLayer, ProtectedResourceMetadata};
+use crate::observe::{CountRequestsLayer, ObserveRefusalsLayer, Observer, WithPeer};
 use crate::origin::{OriginLayer, OriginPolicy};
+use crate::rate_limit::{RateLimitLayer, RateLimits};
+use crate::reload::Reload;
+use crate::otel::{HttpTraceLayer, Traces};
 use crate::tool_scope::ToolScopeLayer;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -69,6 +80,10 @@ pub struct ServeConfig {
     max_connections: usize,
     max_concurrency: usize,
     shutdown_grace: Duration,
+    rate_limits: RateLimits,
+    reload: Reload,
+    traces: Option<Traces>,
+    observer: Observer,
 }
 
 impl ServeConfig {
@@ -102,7 +117,11 @@ impl ServeConfig {
             max_connections_per_address: 256,
             max_connections: 4096,
             max_concurrency: 512,
-            shutdown_grace: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            rate_limits: RateLimits::new(),
+            reload: Reload::new(),
+            traces: None,
+            observer: Observer::default(),
         }
     }
 
@@ -170,15 +189,52 @@ impl ServeConfig {
         self
     }
 
-    /// Time in-flight requests get to finish after the shutdown signal. Default is 10 s.
+    /// Time in-flight requests get to finish after the shutdown signal. Default is 30 s.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
         self
     }
 
+    /// Per-subject and per-tool rate limits ([`crate::rate_limit`]); they apply only with
+    /// authentication. Default is none.
+    pub fn rate_limits(mut self, limits: RateLimits) -> Self {
+        self.rate_limits = limits;
+        self
+    }
+
+    /// The reload broadcast [`Server::serve`] answers (refetching signing keys); trigger
+    /// it, or subscribe to it to reload something of your own. Default is a fresh one.
+    pub fn reload(mut self, reload: Reload) -> Self {
+        self.reload = reload;
+        self
+    }
+
+    /// The reload broadcast of this configuration.
+    pub fn reload_handle(&self) -> &Reload {
+        &self.reload
+    }
+
+    /// The shutdown grace.
+    pub fn shutdown_grace_period(&self) -> Duration {
+        self.shutdown_grace
+    }
+
     /// The MCP endpoint path.
     pub fn mcp_path(&self) -> &str {
         &self.mcp_path
+    }
+
+    /// Exports a server span per request to `traces` (crate::otel). Default is off.
+    pub fn traces(mut self, traces: Traces) -> Self {
+        self.traces = Some(traces);
+        self
+    }
+
+    /// Request metrics and the audit log of refusals ([`crate::observe`]). Default is
+    /// neither.
+    pub fn observer(mut self, observer: Observer) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// The allowed-hosts list, for configuring the MCP service's own Host check.
@@ -241,6 +297,15 @@ impl Server {
         if let Some(auth) = &config.auth {
             let auth = auth.clone();
             tokio::spawn(async move { auth.load_keys_until_ready().await });
+            let auth = config.auth.clone();
+            let mut reloads = config.reload.subscribe();
+            tokio::spawn(async move {
+                while reloads.changed().await.is_ok() {
+                    if let Some(auth) = &auth {
+                        auth.reload_keys().await;
+                    }
+                }
+            });
         }
 
         let mut builder = Builder::new(TokioExecutor::new());
@@ -282,6 +347,7 @@ impl Server {
                         tracing::debug!(%error, "TCP_NODELAY could not be set");
                     }
                     let connection = Connection {
+                        peer,
                         builder: Arc::clone(&builder),
                         idle_timeout: config.idle_timeout,
                         grace: config.shutdown_grace,
@@ -312,6 +378,7 @@ impl Server {
 
 /// Drives one accepted connection under the rules of [`crate::conn`].
 struct Connection {
+    peer: SocketAddr,
     builder: Arc<Builder<TokioExecutor>>,
     idle_timeout: Duration,
     grace: Duration,
@@ -330,7 +397,10 @@ impl Connection {
         B::Error: Into<BoxError>,
     {
         let activity = Activity::new();
-        let service = TowerToHyperService::new(Tracked::new(service, Arc::clone(&activity)));
+        let service = TowerToHyperService::new(Tracked::new(
+            WithPeer::new(service, self.peer),
+            Arc::clone(&activity),
+        ));
         let connection = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -403,11 +473,20 @@ where
         .clone()
         .map_or_else(AuthLayer::disabled, AuthLayer::new);
     let scope_layer = match &config.auth {
+        Some(auth) if config.rate_limits.has_tool_limits() => {
+            ToolScopeLayer::new(auth.clone(), config.max_body_bytes).reading_tools()
+        }
         Some(auth) => ToolScopeLayer::new(auth.clone(), config.max_body_bytes),
         None => ToolScopeLayer::buffer_only(config.max_body_bytes),
     };
+    // Without authentication there is no verified caller to count (rate_limit rule 5).
+    let rate_limit = match &config.auth {
+        Some(_) => RateLimitLayer::new(&config.rate_limits),
+        None => RateLimitLayer::new(&RateLimits::new()),
+    };
     let metadata = MetadataLayer::new_optional(config.metadata.clone());
     ServiceBuilder::new()
+        .layer(HttpTraceLayer::new(config.traces.clone(), &config.mcp_path))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(SpanWithoutQuery))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -422,9 +501,12 @@ where
             mcp_path: config.mcp_path.clone(),
             auth: config.auth.clone(),
         })
+        .layer(ObserveRefusalsLayer::new(config.observer.clone()))
         .layer(OriginLayer::new(config.origin.clone()))
         .layer(auth_layer)
         .layer(scope_layer)
+        .layer(rate_limit)
+        .layer(CountRequestsLayer::new(&config.observer))
         .service(service)
 }
 

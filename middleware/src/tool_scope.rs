@@ -13,6 +13,8 @@
 //!    the MCP service could make differently.
 //! 5. Requests without an [`AuthContext`] are refused with 401: this layer only runs behind
 //!    [`AuthLayer`](crate::AuthLayer).
+//! 6. When it read the body, the names of the called tools go on in the request extensions
+//!    as [`CalledTools`], so inner layers (per-tool rate limits) never parse it again.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -37,11 +39,25 @@ use crate::scope::{ScopePolicy, ScopeSet};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The tools a request's JSON-RPC body calls, in order (a request extension set by
+/// [`ToolScope`] when it read the body: when tools have scopes or rate limits of their own,
+/// or an `Mcp-Name` header was sent).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CalledTools(Vec<String>);
+
+impl CalledTools {
+    /// The tool names, one per `tools/call` message.
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+}
+
 /// Layer that applies [`ToolScope`].
 #[derive(Clone, Debug)]
 pub struct ToolScopeLayer {
     auth: Option<Authenticator>,
     max_body: usize,
+    read_tools: bool,
 }
 
 impl ToolScopeLayer {
@@ -50,6 +66,7 @@ impl ToolScopeLayer {
         Self {
             auth: Some(auth),
             max_body,
+            read_tools: false,
         }
     }
 
@@ -58,7 +75,15 @@ impl ToolScopeLayer {
         Self {
             auth: None,
             max_body,
+            read_tools: false,
         }
+    }
+
+    /// Always reads the called tools into [`CalledTools`] (per-tool rate limits need them),
+    /// not only when some tool has scopes of its own.
+    pub(crate) fn reading_tools(mut self) -> Self {
+        self.read_tools = true;
+        self
     }
 }
 
@@ -108,6 +133,7 @@ where
                 parts: Some(parts),
                 inner: Some(inner),
                 auth: self.layer.auth.clone(),
+                read_tools: self.layer.read_tools,
             },
         }
     }
@@ -140,6 +166,7 @@ pin_project! {
             parts: Option<http::request::Parts>,
             inner: Option<S>,
             auth: Option<Authenticator>,
+            read_tools: bool,
         },
         Inner {
             #[pin]
@@ -179,10 +206,11 @@ where
                     parts,
                     inner,
                     auth,
+                    read_tools,
                 } => {
                     let collected = ready!(collect.poll(cx));
                     #[allow(clippy::expect_used)]
-                    let (parts, mut service) = (
+                    let (mut parts, mut service) = (
                         parts.take().expect("future polled after completion"),
                         inner.take().expect("future polled after completion"),
                     );
@@ -200,7 +228,7 @@ where
                         }
                     };
                     let verdict = match auth {
-                        Some(auth) => check(auth, &parts, &bytes),
+                        Some(auth) => check(auth, &mut parts, &bytes, *read_tools),
                         None => Ok(()),
                     };
                     match verdict {
@@ -382,13 +410,15 @@ pub(crate) fn called_tools(body: &[u8]) -> Result<Vec<String>, ()> {
 #[allow(clippy::result_large_err)]
 fn check(
     auth: &Authenticator,
-    parts: &http::request::Parts,
+    parts: &mut http::request::Parts,
     body: &[u8],
+    read_tools: bool,
 ) -> Result<(), LocalResponse> {
     let Ok(ctx) = AuthContext::from_extensions(&parts.extensions) else {
         return Err(auth.challenge().response(AuthError::missing_token()));
     };
-    if !auth.policy().has_tool_scopes() && parts.headers.get("mcp-name").is_none() {
+    if !read_tools && !auth.policy().has_tool_scopes() && parts.headers.get("mcp-name").is_none()
+    {
         return Ok(());
     }
     let Ok(tools) = called_tools(body) else {
@@ -414,7 +444,9 @@ fn check(
     ScopePolicy::check(&needed, ctx.effective_scopes()).map_err(|needed| {
         auth.challenge()
             .response(AuthError::insufficient_scope(needed))
-    })
+    })?;
+    parts.extensions.insert(CalledTools(tools));
+    Ok(())
 }
 
 #[cfg(test)]

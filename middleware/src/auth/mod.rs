@@ -351,6 +351,21 @@ impl Authenticator {
         }
     }
 
+    /// Fetches every issuer's keys now and forgets the `kid`s remembered as unknown (a
+    /// reload, on SIGHUP: a key added to the JWKS is accepted at once). Logs, per issuer,
+    /// how many keys it now has or why the fetch failed (the last good keys stay).
+    pub async fn reload_keys(&self) {
+        for store in self.inner.verifier.stores() {
+            store.forget_unknown_kids();
+            match store.refresh().await {
+                Ok(keys) => tracing::info!(issuer = %store.issuer(), keys, "reloaded signing keys"),
+                Err(error) => {
+                    tracing::warn!(issuer = %store.issuer(), %error, "signing keys not reloaded; keeping the last good ones");
+                }
+            }
+        }
+    }
+
     /// The trusted issuers whose signing keys were never obtained (empty: ready).
     pub fn issuers_without_keys(&self) -> impl Iterator<Item = &Issuer> {
         self.inner
