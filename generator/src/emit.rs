@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::layout;
 use crate::names::pascal;
 use crate::rust_types::TypeSpace;
-use crate::spec::model::{Body, BodyFormat, HttpMethod, Run, Spec, UpstreamAuthKind};
+use crate::spec::model::{Body, BodyFormat, HttpMethod, Run, Spec, TaskSupport, UpstreamAuthKind};
 
 /// One file of the generated crate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -545,6 +545,11 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
             opt_bool(a.and_then(|a| a.open_world)),
         );
         let scopes: Vec<&str> = tool.scopes.iter().map(|s| s.value.as_str()).collect();
+        let task = match tool.task {
+            TaskSupport::Forbidden => quote!(TaskSupport::Forbidden),
+            TaskSupport::Optional => quote!(TaskSupport::Optional),
+            TaskSupport::Required => quote!(TaskSupport::Required),
+        };
         let handler = match &tool.run.value {
             Run::Http(h) => {
                 let upstream = h.upstream.value.as_str();
@@ -629,6 +634,7 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
                 output_schema: #output,
                 annotations: AnnotationsDef { read_only: #ro, destructive: #de, idempotent: #id, open_world: #ow },
                 scopes: &[#(#scopes),*],
+                task: #task,
                 handler: #handler,
             }
         });

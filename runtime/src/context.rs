@@ -287,6 +287,9 @@ pub struct ToolContext {
     secrets: Secrets,
     /// The server's state (crate::app), once the start-up hook has built it.
     app_state: Option<AnyState>,
+    /// Set when the call runs as an MCP task (crate::tasks): questions wait for
+    /// `tasks/update` instead.
+    task: Option<crate::tasks::TaskInput>,
 }
 
 impl ToolContext {
@@ -314,7 +317,19 @@ impl ToolContext {
             binding,
             secrets,
             app_state: None,
+            task: None,
         }
+    }
+
+    /// The same context for a call that runs as an MCP task (crate::tasks).
+    pub(crate) fn with_task(mut self, task: crate::tasks::TaskInput) -> Self {
+        self.task = Some(task);
+        self
+    }
+
+    /// True when this call runs as an MCP task (the client polls `tasks/get`).
+    pub fn is_task(&self) -> bool {
+        self.task.is_some()
     }
 
     /// The same context with the server's state (crate::app), if it has one.
@@ -435,10 +450,36 @@ impl ToolContext {
     /// [`ToolError`] for `?` to pass up, listing the unanswered questions, with
     /// `request_state` echoed back on the retry. A question needing a capability the
     /// client did not declare is a `-32021` error.
+    ///
+    /// In a call that runs as an MCP task, the questions are listed on `tasks/get`
+    /// (status `input_required`) and this waits until `tasks/update` answers them all.
     pub async fn ask(
         &self,
         questions: impl IntoIterator<Item = (String, Question)>,
         request_state: Option<String>,
+    ) -> Result<BTreeMap<String, Value>, ToolError> {
+        self.ask_in(questions, request_state, self.task.as_ref())
+            .await
+    }
+
+    /// Like [`ToolContext::ask`], but for answers that decide what the work will be: in a
+    /// call that would run as an MCP task, these are asked before the task exists, as an
+    /// "input required" round of `tools/call` itself (2026-07-28), and the task starts
+    /// once the retried call has every answer. Outside tasks it is [`ToolContext::ask`].
+    /// Call it before the tool awaits anything else.
+    pub async fn ask_upfront(
+        &self,
+        questions: impl IntoIterator<Item = (String, Question)>,
+        request_state: Option<String>,
+    ) -> Result<BTreeMap<String, Value>, ToolError> {
+        self.ask_in(questions, request_state, None).await
+    }
+
+    async fn ask_in(
+        &self,
+        questions: impl IntoIterator<Item = (String, Question)>,
+        request_state: Option<String>,
+        task: Option<&crate::tasks::TaskInput>,
     ) -> Result<BTreeMap<String, Value>, ToolError> {
         let caps = self.client_capabilities();
         let questions: Vec<(String, Question)> = questions.into_iter().collect();
@@ -450,6 +491,28 @@ impl ToolContext {
             }
         }
         let mut answers = BTreeMap::new();
+        if let Some(task) = task {
+            // Every question is listed at once; answers may come in any order.
+            let mut waiting = Vec::with_capacity(questions.len());
+            for (key, q) in questions {
+                if let Some(answer) = self.input_response(&key) {
+                    answers.insert(key, answer.clone());
+                    continue;
+                }
+                let q = self.redact_question(q)?;
+                let rx = task
+                    .ask(key.clone(), q.into_input_request())
+                    .ok_or_else(|| ToolError::new("the task has ended"))?;
+                waiting.push((key, rx));
+            }
+            for (key, rx) in waiting {
+                let answer = rx
+                    .await
+                    .map_err(|_| ToolError::new(format!("`{key}` was never answered")))?;
+                answers.insert(key, answer);
+            }
+            return Ok(answers);
+        }
         if self.is_stateless() {
             let mut missing = rmcp::model::InputRequests::new();
             for (key, q) in questions {

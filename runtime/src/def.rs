@@ -156,8 +156,37 @@ pub struct ToolDef {
     pub annotations: AnnotationsDef,
     /// Scopes a call needs.
     pub scopes: &'static [&'static str],
+    /// Whether a call may run as an MCP task (crate::tasks).
+    pub task: TaskSupport,
+    /// The tool's own rate limit per caller (spec `rate_limit`), on top of `--rate-limit`.
+    pub rate_limit: Option<RateLimitDef>,
     /// What a call does.
     pub handler: Handler,
+}
+
+/// A tool's own rate limit: at most `count` calls per `per_secs` seconds per caller (token
+/// issuer and subject), `count` of them at once (spec `rate_limit: 10/min`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitDef {
+    /// Calls per window (1 to 1,000,000).
+    pub count: u32,
+    /// The window in seconds.
+    pub per_secs: u32,
+}
+
+/// Whether a tool runs as an MCP task (the `io.modelcontextprotocol/tasks` extension) when
+/// the client declares that extension. The runtime does the task work: a tool body never
+/// knows whether it runs as a task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TaskSupport {
+    /// Always answered in the `tools/call` response.
+    #[default]
+    Forbidden,
+    /// Runs as a task for a client that declared the extension, directly otherwise.
+    Optional,
+    /// Runs only as a task: a client that did not declare the extension is refused with
+    /// `-32021` (missing required client capability).
+    Required,
 }
 
 impl std::fmt::Debug for ToolDef {

@@ -17,16 +17,24 @@ use rmcp::model::{
     ServerCapabilities, ServerConfig, SetLevelRequestParams, SubscribeRequestParams,
     SubscriptionFilter, Tool, ToolAnnotations, ToolsCapability, UnsubscribeRequestParams,
 };
+use rmcp::model::{
+    CancelTaskParams, ClientCapabilities, CreateTaskResult, GetTaskParams, GetTaskResult,
+    UpdateTaskParams,
+};
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::Value;
 
 use crate::app::AnyState;
 use crate::context::{Retry, SessionLogLevel, ToolContext};
-use crate::def::{Handler, PromptContent, ResourceContent, ResourceTemplateDef, ServerDef};
+use crate::def::{
+    BoxFuture, Handler, PromptContent, ResourceContent, ResourceTemplateDef, ServerDef, TaskSupport,
+};
 use crate::http_tool::{self, Upstream};
 use crate::listen_cap::ListenCap;
+use crate::output::{ToolError, ToolOutput};
 use crate::secrets::Secrets;
+use crate::tasks::{Owner, TaskInput, TaskStore};
 use crate::validate::{self, InputValidator};
 
 /// Everything a running server shares between requests.
@@ -47,6 +55,12 @@ pub(crate) struct Shared {
     pub(crate) listens: ListenCap,
     /// The server's state, set once by the start-up hook (crate::app).
     pub(crate) app_state: OnceLock<AnyState>,
+    /// Tools running as MCP tasks (crate::tasks).
+    pub(crate) tasks: TaskStore,
+    /// Where spans go, once traces are on (crate::traces).
+    pub(crate) traces: OnceLock<bmm_middleware::Traces>,
+    /// Where tool calls are audited, once an audit log is on (crate::observe).
+    pub(crate) audit: OnceLock<bmm_middleware::AuditLog>,
 }
 
 /// The MCP server: cheap to clone, one per session or request as rmcp asks.
@@ -137,6 +151,9 @@ impl McpServer {
                 )),
                 listens: ListenCap::default(),
                 app_state: OnceLock::new(),
+                tasks: TaskStore::default(),
+                traces: OnceLock::new(),
+                audit: OnceLock::new(),
             }),
             log_level: SessionLogLevel::new(),
         })
@@ -163,6 +180,23 @@ impl McpServer {
             .app_state
             .set(Arc::new(state))
             .map_err(|_| "the server's state is already set".to_owned())
+    }
+
+    /// Writes an audit line per `tools/call` to `audit` (crate::observe). Once per server:
+    /// a second call is ignored.
+    pub fn set_audit(&self, audit: bmm_middleware::AuditLog) {
+        let _ = self.shared.audit.set(audit);
+    }
+
+    /// Turns traces on: MCP server spans and upstream client spans go to `traces`
+    /// (crate::traces). Once per server: a second call is ignored.
+    pub fn set_traces(&self, traces: bmm_middleware::Traces) {
+        let _ = self.shared.traces.set(traces);
+    }
+
+    /// The tracer, when traces are on.
+    pub(crate) fn traces(&self) -> Option<&bmm_middleware::Traces> {
+        self.shared.traces.get()
     }
 
     /// What the start-up hook gets for this server.
@@ -200,70 +234,52 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         cx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let shared = &self.shared;
-        let Some(&i) = shared.index.get(request.name.as_ref()) else {
-            return Err(ErrorData::invalid_params(
-                format!("unknown tool: {}", request.name),
-                None,
-            ));
-        };
-        let retry = Retry {
-            input_responses: request.input_responses,
-            request_state: request.request_state,
-        };
-        let tool = &shared.def.tools[i];
-        // Validated before anything else runs (crate::validate, rule 2).
-        let args = Value::Object(request.arguments.unwrap_or_default());
-        shared.validators[i].check(tool.name, &args)?;
-        let outcome = match &tool.handler {
-            Handler::Http(http) => match (shared.upstreams.get(http.upstream), args.as_object()) {
-                (Some(upstream), Some(args)) => {
-                    http_tool::execute(http, upstream, &shared.secrets, &shared.http, args).await
-                }
-                (None, _) | (_, None) => Err(crate::ToolError::new(
-                    "the tool's upstream is not configured",
-                )),
-            },
-            Handler::Rust(f) => {
-                let ctx = ToolContext::new(
-                    cx,
-                    self.log_level.clone(),
-                    retry,
-                    self.shared.state.clone(),
-                    self.shared.secrets.clone(),
-                    &format!("tool:{}", tool.name),
-                    &args,
-                )
-                .with_app_state(self.shared.app_state.get().cloned());
-                f(ctx, args).await
-            }
-        };
-        // Secrets never leave in a result, whatever the tool or upstream echoed (rule 9 of
-        // crate::http_tool; crate::secrets).
-        let secrets = &shared.secrets;
-        let response = match outcome {
-            Ok(output) => Ok(output.into_result().into()),
-            Err(error) => error.into_response(),
-        };
-        match response {
-            Ok(CallToolResponse::Complete(result)) => {
-                Ok(CallToolResponse::Complete(secrets.redact_result(result)))
-            }
-            Ok(CallToolResponse::InputRequired(result)) => secrets
-                .redact_input_required(result)
-                .map(CallToolResponse::InputRequired),
-            Ok(CallToolResponse::Task(task)) => secrets
-                .redact_serde(task)
-                .map(CallToolResponse::Task)
-                .ok_or_else(crate::secrets::unredactable),
-            // A kind of response this runtime does not know how to redact never leaves.
-            Ok(_) => Err(crate::secrets::unredactable()),
-            Err(error) => {
-                let error = secrets.redact_error(error);
-                tracing::debug!(tool = tool.name, error = %error.message, "tool did not complete");
-                Err(error)
-            }
-        }
+        // Timed and audited whatever the outcome (crate::observe, rule 1).
+        let declared = self.shared.index.get(request.name.as_ref());
+        let call = crate::observe::ToolCall::start(
+            self.shared.audit.get(),
+            declared.map(|&i| self.shared.def.tools[i].name),
+            &request,
+            &cx,
+        );
+        let response = call.run(self.call_tool_unobserved(request, cx)).await;
+        call.finish(&response);
+        response
+    }
+
+    /// `tasks/get`: only the caller that created the task sees it (crate::tasks, rule 1).
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let owner = task_owner(&cx)?;
+        self.shared
+            .tasks
+            .get(&owner, &request.task_id)
+            .map(GetTaskResult::new)
+    }
+
+    /// `tasks/update`: answers to the questions a running task asked.
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let owner = task_owner(&cx)?;
+        self.shared
+            .tasks
+            .update(&owner, &request.task_id, request.input_responses)
+    }
+
+    /// `tasks/cancel`: stops the task's work (crate::tasks, rule 5).
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let owner = task_owner(&cx)?;
+        self.shared.tasks.cancel(&owner, &request.task_id)
     }
 
     async fn list_resource_templates(
@@ -593,6 +609,222 @@ impl McpServer {
     }
 }
 
+impl McpServer {
+    /// `tools/call` itself; [`ServerHandler::call_tool`] measures it.
+    async fn call_tool_unobserved(
+        &self,
+        request: CallToolRequestParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let shared = &self.shared;
+        let Some(&i) = shared.index.get(request.name.as_ref()) else {
+            return Err(ErrorData::invalid_params(
+                format!("unknown tool: {}", request.name),
+                None,
+            ));
+        };
+        let retry = Retry {
+            input_responses: request.input_responses,
+            request_state: request.request_state,
+        };
+        let tool = &shared.def.tools[i];
+        // Validated before anything else runs (crate::validate, rule 2).
+        let args = Value::Object(request.arguments.unwrap_or_default());
+        shared.validators[i].check(tool.name, &args)?;
+        // A task only for a client that declared the extension (crate::tasks).
+        let declared = || {
+            cx.client_capabilities()
+                .is_some_and(|caps| caps.supports_tasks())
+        };
+        match tool.task {
+            TaskSupport::Forbidden => {}
+            TaskSupport::Optional | TaskSupport::Required if declared() => {
+                return self.call_as_task(i, args, retry, cx).await;
+            }
+            TaskSupport::Optional => {}
+            TaskSupport::Required => {
+                return Err(ErrorData::missing_required_client_capability(
+                    ClientCapabilities::builder().enable_tasks().build(),
+                ));
+            }
+        }
+        let outcome = run_tool(
+            Arc::clone(shared),
+            self.log_level.clone(),
+            i,
+            args,
+            retry,
+            cx,
+            None,
+        )
+        .await;
+        respond(shared, tool.name, outcome)
+    }
+
+    /// `tools/call` as an MCP task: the task is created, the tool polled once, and then
+    /// it runs on its own. A tool that asks up front (`ToolContext::ask_upfront`) on
+    /// that first poll gets its "input required" round answered directly and no task is
+    /// left behind; anything else returns the task (crate::tasks).
+    async fn call_as_task(
+        &self,
+        i: usize,
+        args: Value,
+        retry: Retry,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let shared = &self.shared;
+        let name = shared.def.tools[i].name;
+        let owner = task_owner(&cx)?;
+        let legacy = !cx
+            .protocol_version()
+            .is_some_and(|v| v >= rmcp::model::ProtocolVersion::V_2026_07_28);
+        let input = shared
+            .tasks
+            .create(owner, legacy.then(|| cx.peer.clone()))?;
+        let mut work = run_tool(
+            Arc::clone(shared),
+            self.log_level.clone(),
+            i,
+            args,
+            retry,
+            cx,
+            Some(input.clone()),
+        );
+        let first = std::future::poll_fn(|c| std::task::Poll::Ready(work.as_mut().poll(c))).await;
+        match first {
+            std::task::Poll::Ready(outcome) => {
+                let response = respond(shared, name, outcome);
+                if matches!(response, Ok(CallToolResponse::InputRequired(_))) {
+                    shared.tasks.forget(&input);
+                    return response;
+                }
+                shared.tasks.finish(&input, response);
+            }
+            std::task::Poll::Pending => {
+                let owned = Arc::clone(shared);
+                shared.tasks.start(
+                    &input,
+                    Box::pin(async move { respond(&owned, name, work.await) }),
+                );
+            }
+        }
+        let task = shared.tasks.snapshot(&input).ok_or_else(|| {
+            ErrorData::internal_error("the task ended before it was returned", None)
+        })?;
+        Ok(CallToolResponse::Task(CreateTaskResult::new(task)))
+    }
+}
+
+/// The caller a task belongs to (crate::tasks, rule 1).
+fn task_owner(cx: &RequestContext<RoleServer>) -> Result<Owner, ErrorData> {
+    let auth = cx
+        .extensions
+        .get::<http::request::Parts>()
+        .and_then(|parts| bmm_middleware::AuthContext::from_parts(parts).ok());
+    Owner::of(auth).ok_or_else(|| {
+        ErrorData::invalid_request("tasks need a token that names its subject (`sub`)", None)
+    })
+}
+
+/// The span an HTTP tool's upstream calls descend from: the request's MCP span, when
+/// traces are on (crate::traces::upstream).
+fn upstream_trace(
+    shared: &Shared,
+    cx: &RequestContext<RoleServer>,
+) -> Option<crate::traces::upstream::UpstreamTrace> {
+    let traces = shared.traces.get()?;
+    let parts = cx.extensions.get::<http::request::Parts>()?;
+    let span = parts.extensions.get::<crate::traces::mcp::McpSpan>()?;
+    Some(crate::traces::upstream::UpstreamTrace {
+        traces: traces.clone(),
+        parent: span.0.clone(),
+    })
+}
+
+/// Runs tool `i`: an HTTP call to its upstream or its Rust function. Owns everything it
+/// uses, so it can also run as a task's body.
+fn run_tool(
+    shared: Arc<Shared>,
+    log_level: SessionLogLevel,
+    i: usize,
+    args: Value,
+    retry: Retry,
+    cx: RequestContext<RoleServer>,
+    task: Option<TaskInput>,
+) -> BoxFuture<Result<ToolOutput, ToolError>> {
+    Box::pin(async move {
+        let tool = &shared.def.tools[i];
+        match &tool.handler {
+            Handler::Http(http) => match (shared.upstreams.get(http.upstream), args.as_object()) {
+                (Some(upstream), Some(args)) => {
+                    let trace = upstream_trace(&shared, &cx);
+                    http_tool::execute(
+                        http,
+                        upstream,
+                        &shared.secrets,
+                        &shared.http,
+                        args,
+                        trace.as_ref(),
+                    )
+                    .await
+                }
+                (None, _) | (_, None) => Err(crate::ToolError::new(
+                    "the tool's upstream is not configured",
+                )),
+            },
+            Handler::Rust(f) => {
+                let mut ctx = ToolContext::new(
+                    cx,
+                    log_level,
+                    retry,
+                    shared.state.clone(),
+                    shared.secrets.clone(),
+                    &format!("tool:{}", tool.name),
+                    &args,
+                )
+                .with_app_state(shared.app_state.get().cloned());
+                if let Some(task) = task {
+                    ctx = ctx.with_task(task);
+                }
+                f(ctx, args).await
+            }
+        }
+    })
+}
+
+/// A tool's outcome as the `tools/call` answer. Secrets never leave in a result, whatever
+/// the tool or upstream echoed (rule 9 of crate::http_tool; crate::secrets).
+fn respond(
+    shared: &Shared,
+    name: &str,
+    outcome: Result<ToolOutput, ToolError>,
+) -> Result<CallToolResponse, ErrorData> {
+    let secrets = &shared.secrets;
+    let response = match outcome {
+        Ok(output) => Ok(output.into_result().into()),
+        Err(error) => error.into_response(),
+    };
+    match response {
+        Ok(CallToolResponse::Complete(result)) => {
+            Ok(CallToolResponse::Complete(secrets.redact_result(result)))
+        }
+        Ok(CallToolResponse::InputRequired(result)) => secrets
+            .redact_input_required(result)
+            .map(CallToolResponse::InputRequired),
+        Ok(CallToolResponse::Task(task)) => secrets
+            .redact_serde(task)
+            .map(CallToolResponse::Task)
+            .ok_or_else(crate::secrets::unredactable),
+        // A kind of response this runtime does not know how to redact never leaves.
+        Ok(_) => Err(crate::secrets::unredactable()),
+        Err(error) => {
+            let error = secrets.redact_error(error);
+            tracing::debug!(tool = name, error = %error.message, "tool did not complete");
+            Err(error)
+        }
+    }
+}
+
 /// The server's capabilities and identity, derived once from the definition.
 fn server_info(def: &ServerDef) -> ServerConfig {
     let mut caps = ServerCapabilities::default();
@@ -613,6 +845,12 @@ fn server_info(def: &ServerDef) -> ServerConfig {
         caps.completions = Some(JsonObject::new());
     }
     caps.logging = Some(JsonObject::new());
+    if def.tools.iter().any(|t| t.task != TaskSupport::Forbidden) {
+        caps.extensions.get_or_insert_with(Default::default).insert(
+            rmcp::model::TASKS_EXTENSION_ID.to_owned(),
+            JsonObject::new(),
+        );
+    }
     let mut implementation = Implementation::new(def.name, def.version);
     if let Some(title) = def.title {
         implementation = implementation.with_title(title);

@@ -17,10 +17,14 @@ pub mod fuzzing;
 mod handler;
 mod http_tool;
 mod listen_cap;
+pub mod metrics;
+mod observe;
 mod output;
 pub mod run;
 mod secrets;
 mod session_cap;
+pub mod tasks;
+pub mod traces;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod validate;

@@ -35,6 +35,8 @@ fn def() -> ServerDef {
             output_schema: None,
             annotations: AnnotationsDef::default(),
             scopes: &["notes:read"],
+            task: bmm_runtime::def::TaskSupport::Forbidden,
+            rate_limit: None,
             handler: Handler::Rust(Arc::new(|_, _| {
                 Box::pin(async { Ok(ToolOutput::Text("pong".into())) })
             })),

@@ -94,6 +94,8 @@ fn def() -> ServerDef {
                     ..Default::default()
                 },
                 scopes: &[],
+                task: bmm_runtime::def::TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, _args| {
                     Box::pin(async move {
                         let subject = ctx
@@ -113,6 +115,8 @@ fn def() -> ServerDef {
                 output_schema: None,
                 annotations: AnnotationsDef::default(),
                 scopes: &["demo:read"],
+                task: bmm_runtime::def::TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "items",
                     method: Method::Get,
@@ -135,6 +139,8 @@ fn def() -> ServerDef {
                     ..Default::default()
                 },
                 scopes: &["demo:admin"],
+                task: bmm_runtime::def::TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|_, _| {
                     Box::pin(async { Ok(ToolOutput::Text("purged".into())) })
                 })),
@@ -147,6 +153,8 @@ fn def() -> ServerDef {
                 output_schema: None,
                 annotations: AnnotationsDef::default(),
                 scopes: &[],
+                task: bmm_runtime::def::TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "items",
                     method: Method::Get,
@@ -166,6 +174,8 @@ fn def() -> ServerDef {
                 output_schema: None,
                 annotations: AnnotationsDef::default(),
                 scopes: &[],
+                task: bmm_runtime::def::TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "items",
                     method: Method::Delete,
@@ -1026,6 +1036,8 @@ fn leaky_tool(name: &'static str) -> ToolDef {
         output_schema: None,
         annotations: AnnotationsDef::default(),
         scopes: &[],
+        task: bmm_runtime::def::TaskSupport::Forbidden,
+        rate_limit: None,
         handler: Handler::Rust(Arc::new(move |ctx, _| {
             Box::pin(async move {
                 ctx.log(

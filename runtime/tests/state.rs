@@ -45,6 +45,8 @@ fn tool(name: &'static str, handler: Handler) -> ToolDef {
         output_schema: None,
         annotations: AnnotationsDef::default(),
         scopes: &[],
+        task: bmm_runtime::def::TaskSupport::Forbidden,
+        rate_limit: None,
         handler,
     }
 }

@@ -179,9 +179,27 @@ pub struct Tool {
     #[serde(default)]
     #[schemars(with = "Option<Map<String, Value>>")]
     pub output: Option<Spanned<Value>>,
+    /// Whether a call may run as an MCP task (the `io.modelcontextprotocol/tasks`
+    /// extension) for a client that declared it: `forbidden` (default), `optional`, or
+    /// `required` (a client without the extension is refused).
+    #[serde(default)]
+    pub task: TaskSupport,
     /// What a call does.
     #[schemars(with = "Run")]
     pub run: Spanned<Run>,
+}
+
+/// `tools[].task`: whether a call may run as an MCP task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskSupport {
+    /// Always answered in the `tools/call` response.
+    #[default]
+    Forbidden,
+    /// Runs as a task when the client declared the tasks extension.
+    Optional,
+    /// Runs only as a task; clients without the extension are refused (`-32021`).
+    Required,
 }
 
 /// Tool annotations (MCP `ToolAnnotations`).

@@ -40,6 +40,8 @@ pub(crate) fn server_def() -> ServerDef {
             output_schema: None,
             annotations: AnnotationsDef::default(),
             scopes: &[],
+            task: bmm_runtime::def::TaskSupport::Forbidden,
+            rate_limit: None,
             handler: Handler::Rust(Arc::new(|_ctx, args| {
                 Box::pin(async move {
                     let text = args["text"].as_str().unwrap_or_default().to_owned();

@@ -163,6 +163,46 @@ pub(crate) mod types {
     /// Arguments of the `test_input_required_result_capabilities` tool.
     #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
     pub struct TestInputRequiredResultCapabilitiesInput {}
+
+    /// Arguments of the `greet` tool.
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+    pub struct GreetInput {
+        /// Who to greet
+        pub name: String,
+    }
+
+    /// Arguments of the `slow_compute` tool.
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+    pub struct SlowComputeInput {
+        /// How long to work
+        pub seconds: i64,
+        /// A label echoed in the result
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub label: Option<String>,
+    }
+
+    /// Arguments of the `failing_job` tool.
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+    pub struct FailingJobInput {}
+
+    /// Arguments of the `protocol_error_job` tool.
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+    pub struct ProtocolErrorJobInput {}
+
+    /// Arguments of the `confirm_delete` tool.
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+    pub struct ConfirmDeleteInput {
+        /// The file to delete
+        pub filename: String,
+    }
+
+    /// Arguments of the `multi_input` tool.
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+    pub struct MultiInputInput {}
+
+    /// Arguments of the `test_tool_with_task` tool.
+    #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+    pub struct TestToolWithTaskInput {}
 }
 
 /// The server, as the spec describes it.
@@ -193,6 +233,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestSimpleTextInput =
@@ -218,6 +259,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestImageContentInput =
@@ -243,6 +285,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestAudioContentInput =
@@ -268,6 +311,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestEmbeddedResourceInput =
@@ -293,6 +337,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestMultipleContentTypesInput =
@@ -319,6 +364,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestToolWithLoggingInput =
@@ -344,6 +390,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestToolWithProgressInput =
@@ -369,6 +416,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestErrorHandlingInput =
@@ -403,6 +451,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestSamplingInput =
@@ -437,6 +486,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestElicitationInput =
@@ -462,6 +512,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestElicitationSep1034DefaultsInput =
@@ -490,6 +541,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestElicitationSep1330EnumsInput =
@@ -591,6 +643,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::JsonSchema202012ToolInput =
@@ -616,6 +669,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestReconnectionInput =
@@ -651,6 +705,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestCustomHeaderInput =
@@ -676,6 +731,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestMissingCapabilityInput =
@@ -701,6 +757,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestStreamingElicitationInput =
@@ -727,6 +784,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestLoggingToolInput =
@@ -752,6 +810,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestInputRequiredResultElicitationInput =
@@ -780,6 +839,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestInputRequiredResultSamplingInput =
@@ -806,6 +866,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestInputRequiredResultListRootsInput =
@@ -834,6 +895,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestInputRequiredResultRequestStateInput =
@@ -862,6 +924,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestInputRequiredResultMultipleInputsInput =
@@ -891,6 +954,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestInputRequiredResultMultiRoundInput =
@@ -919,6 +983,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestInputRequiredResultTamperedStateInput =
@@ -947,6 +1012,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: None,
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestInputRequiredResultCapabilitiesInput =
@@ -957,6 +1023,220 @@ pub(crate) fn server() -> ServerDef {
                             &ctx, input,
                         )
                         .await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "greet",
+                title: None,
+                description: "Greets someone by name; never a task.",
+                input_schema: r#"{
+  "type": "object",
+  "properties": {
+    "name": {
+      "type": "string",
+      "description": "Who to greet"
+    }
+  },
+  "required": [
+    "name"
+  ]
+}"#,
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                task: TaskSupport::Forbidden,
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::GreetInput = bmm_runtime::serde_json::from_value(args)
+                            .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        let ctx = ctx.with_state::<crate::state::State>()?;
+                        crate::tools::greet::greet(&ctx, input).await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "slow_compute",
+                title: None,
+                description: "Sleeps the given number of seconds, then reports it; a task for clients that support tasks.",
+                input_schema: r#"{
+  "type": "object",
+  "properties": {
+    "seconds": {
+      "type": "integer",
+      "minimum": 0,
+      "maximum": 600,
+      "description": "How long to work"
+    },
+    "label": {
+      "type": "string",
+      "description": "A label echoed in the result"
+    }
+  },
+  "required": [
+    "seconds"
+  ]
+}"#,
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                task: TaskSupport::Optional,
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::SlowComputeInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        let ctx = ctx.with_state::<crate::state::State>()?;
+                        crate::tools::slow_compute::slow_compute(&ctx, input).await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "failing_job",
+                title: None,
+                description: "Works for a second, then reports a tool error; only runs as a task.",
+                input_schema: r#"{
+  "type": "object"
+}"#,
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                task: TaskSupport::Required,
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::FailingJobInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        let ctx = ctx.with_state::<crate::state::State>()?;
+                        crate::tools::failing_job::failing_job(&ctx, input).await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "protocol_error_job",
+                title: None,
+                description: "Fails with a JSON-RPC internal error; a task for clients that support tasks.",
+                input_schema: r#"{
+  "type": "object"
+}"#,
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                task: TaskSupport::Optional,
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::ProtocolErrorJobInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        let ctx = ctx.with_state::<crate::state::State>()?;
+                        crate::tools::protocol_error_job::protocol_error_job(&ctx, input).await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "confirm_delete",
+                title: None,
+                description: "Asks the user to confirm before \"deleting\" a file.",
+                input_schema: r#"{
+  "type": "object",
+  "properties": {
+    "filename": {
+      "type": "string",
+      "description": "The file to delete"
+    }
+  },
+  "required": [
+    "filename"
+  ]
+}"#,
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                task: TaskSupport::Optional,
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::ConfirmDeleteInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        let ctx = ctx.with_state::<crate::state::State>()?;
+                        crate::tools::confirm_delete::confirm_delete(&ctx, input).await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "multi_input",
+                title: None,
+                description: "Asks the user two questions at once.",
+                input_schema: r#"{
+  "type": "object"
+}"#,
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                task: TaskSupport::Optional,
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::MultiInputInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        let ctx = ctx.with_state::<crate::state::State>()?;
+                        crate::tools::multi_input::multi_input(&ctx, input).await
+                    })
+                })),
+            },
+            ToolDef {
+                name: "test_tool_with_task",
+                title: None,
+                description: "Asks the user's name up front, then greets them from a task.",
+                input_schema: r#"{
+  "type": "object"
+}"#,
+                output_schema: None,
+                annotations: AnnotationsDef {
+                    read_only: None,
+                    destructive: None,
+                    idempotent: None,
+                    open_world: None,
+                },
+                scopes: &[],
+                task: TaskSupport::Required,
+                handler: Handler::Rust(Arc::new(|ctx, args| {
+                    Box::pin(async move {
+                        let input: types::TestToolWithTaskInput =
+                            bmm_runtime::serde_json::from_value(args)
+                                .map_err(|e| ToolError::new(format!("invalid arguments: {e}")))?;
+                        let ctx = ctx.with_state::<crate::state::State>()?;
+                        crate::tools::tool_with_task::tool_with_task(&ctx, input).await
                     })
                 })),
             },

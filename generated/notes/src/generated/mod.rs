@@ -160,6 +160,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(false),
                 },
                 scopes: &["notes:write"],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::AddNoteInput = bmm_runtime::serde_json::from_value(args)
@@ -219,6 +220,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(false),
                 },
                 scopes: &["notes:read"],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::ListNotesInput =
@@ -282,6 +284,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(false),
                 },
                 scopes: &["notes:read"],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::GetNoteInput = bmm_runtime::serde_json::from_value(args)
@@ -329,6 +332,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(false),
                 },
                 scopes: &["notes:admin"],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::DeleteNoteInput =

@@ -163,6 +163,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Put,
@@ -311,6 +312,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Post,
@@ -427,6 +429,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Get,
@@ -533,6 +536,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Get,
@@ -629,6 +633,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Get,
@@ -733,6 +738,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Post,
@@ -770,6 +776,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Delete,
@@ -827,6 +834,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Post,
@@ -863,6 +871,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Get,
@@ -954,6 +963,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Post,
@@ -1027,6 +1037,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Get,
@@ -1064,6 +1075,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Delete,
@@ -1153,6 +1165,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Post,
@@ -1259,6 +1272,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Post,
@@ -1308,6 +1322,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Get,
@@ -1336,6 +1351,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Get,
@@ -1405,6 +1421,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Get,
@@ -1468,6 +1485,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Put,
@@ -1513,6 +1531,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &[],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Delete,

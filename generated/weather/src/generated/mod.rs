@@ -116,6 +116,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &["weather:read"],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "openweather",
                     method: Method::Get,
@@ -161,6 +162,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(true),
                 },
                 scopes: &["weather:read"],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Http(HttpDef {
                     upstream: "openweather",
                     method: Method::Get,
@@ -216,6 +218,7 @@ pub(crate) fn server() -> ServerDef {
                     open_world: Some(false),
                 },
                 scopes: &["text:use"],
+                task: TaskSupport::Forbidden,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::WordStatsInput =
