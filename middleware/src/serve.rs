@@ -56,9 +56,9 @@ use crate::limit::ConcurrencyLimitLayer;
 use crate::metadata::{MetadataLayer, ProtectedResourceMetadata};
 use crate::observe::{CountRequestsLayer, ObserveRefusalsLayer, Observer, WithPeer};
 use crate::origin::{OriginLayer, OriginPolicy};
+use crate::otel::{HttpTraceLayer, Traces};
 use crate::rate_limit::{RateLimitLayer, RateLimits};
 use crate::reload::Reload;
-use crate::otel::{HttpTraceLayer, Traces};
 use crate::tool_scope::ToolScopeLayer;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

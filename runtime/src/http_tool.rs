@@ -50,6 +50,7 @@ use crate::def::{BodyDef, BodyFormat, HttpDef, Method, UpstreamAuthDef, Upstream
 use crate::output::{ToolError, ToolOutput};
 use crate::secrets::Secrets;
 use crate::template::Segment;
+use crate::traces::upstream::UpstreamTrace;
 
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// A non-2xx body is quoted in the tool error up to this many characters.
@@ -418,6 +419,7 @@ pub(crate) async fn execute(
     secrets: &Secrets,
     client: &reqwest::Client,
     args: &Map<String, Value>,
+    trace: Option<&UpstreamTrace>,
 ) -> Result<ToolOutput, ToolError> {
     let (url, mut used) = request_url(def, upstream, secrets, args)?;
     let method = match def.method {
@@ -510,7 +512,33 @@ pub(crate) async fn execute(
             }
             None => {}
         }
-        let response = request.send().await.map_err(|e| {
+        // A client span per attempt, carried to the upstream (crate::traces::upstream).
+        let span = trace.map(|t| {
+            t.attempt(
+                method_name(def.method),
+                &url,
+                def.path,
+                upstream.def.id,
+                attempt,
+            )
+        });
+        if let Some(span) = &span {
+            request = request.headers(span.headers());
+        }
+        let started = std::time::Instant::now();
+        let sent = request.send().await;
+        crate::observe::upstream_answered(
+            upstream.def.id,
+            started,
+            sent.as_ref().ok().map(|r| r.status().as_u16()),
+        );
+        if let Some(span) = span {
+            match &sent {
+                Ok(response) => span.answered(response.status().as_u16()),
+                Err(e) => span.failed(e.is_timeout()),
+            }
+        }
+        let response = sent.map_err(|e| {
             let reason = if e.is_timeout() {
                 "timed out".to_owned()
             } else {
@@ -568,6 +596,17 @@ pub(crate) async fn execute(
         }
     }
     Ok(ToolOutput::Structured(Value::Object(out)))
+}
+
+/// `http.request.method` of a tool's method.
+fn method_name(method: Method) -> &'static str {
+    match method {
+        Method::Get => "GET",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Patch => "PATCH",
+        Method::Delete => "DELETE",
+    }
 }
 
 async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, ToolError> {
@@ -861,6 +900,7 @@ mod tests {
             &Secrets::default(),
             &reqwest::Client::new(),
             &args(serde_json::json!({"amount": 5, "metadata": {"k": "v w"}})),
+            None,
         )
         .await
         .unwrap();
@@ -1010,6 +1050,7 @@ mod tests {
                 &secrets,
                 &client,
                 &args(serde_json::json!({ "id": id })),
+                None,
             )
             .await
             .expect_err("a 404");

@@ -9,7 +9,11 @@
 //! URL's, e.g. resource `https://mcp.example.com` served at `/mcp`),
 //! `--require-at-jwt-typ` / `BMM_REQUIRE_AT_JWT_TYP`, `--max-connections-per-address` /
 //! `BMM_MAX_CONNECTIONS_PER_ADDRESS` (256), `--max-connections` / `BMM_MAX_CONNECTIONS`
-//! (4096), `--idle-timeout-secs` / `BMM_IDLE_TIMEOUT_SECS` (60, at least 20), `--no-auth` / `BMM_NO_AUTH=1` (loopback only, with a warning). Every declared secret is
+//! (4096), `--idle-timeout-secs` / `BMM_IDLE_TIMEOUT_SECS` (60, at least 20), `--no-auth` / `BMM_NO_AUTH=1` (loopback only, with a warning),
+//! `--metrics-listen` / `BMM_METRICS_LISTEN` (Prometheus `/metrics` on its own address,
+//! [`crate::metrics`]), `--audit-log` / `BMM_AUDIT_LOG` (a file or `-`),
+//! `--audit-log-max-bytes` / `BMM_AUDIT_LOG_MAX_BYTES` (100 MiB) and `BMM_AUDIT_SALT`
+//! ([`bmm_middleware::audit`]). Every declared secret is
 //! an environment variable; all missing ones are listed at once and the exit code is 2.
 
 use std::convert::Infallible;
@@ -24,8 +28,8 @@ use http_body_util::combinators::BoxBody;
 use tower_service::Service;
 
 use bmm_middleware::{
-    AuthConfig, Authenticator, Issuer, OriginPolicy, ProtectedResourceMetadata, Resource,
-    ScopeHierarchy, ScopePolicy, ServeConfig, Server,
+    AuthConfig, Authenticator, Issuer, OriginPolicy, ProtectedResourceMetadata, RateLimit,
+    RateLimits, Resource, ScopeHierarchy, ScopePolicy, ServeConfig, Server,
 };
 use clap::Parser;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -101,6 +105,33 @@ pub struct Args {
     /// is refused with 429. Not applied with --no-auth.
     #[arg(long, env = "BMM_MAX_SESSIONS_PER_SUBJECT", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions_per_subject: u32,
+    /// Requests one subject (token `iss` + `sub`; `client_id` when there is no `sub`) may
+    /// make, like `600/min` or `20/s`; beyond it 429 with `Retry-After`. Off by default
+    /// (tools' own `rate_limit`s from the spec apply either way). Not applied with
+    /// --no-auth.
+    #[arg(long, env = "BMM_RATE_LIMIT")]
+    pub rate_limit: Option<bmm_core::Rate>,
+    /// Requests a subject may make at once before --rate-limit's pace applies (default:
+    /// the rate's count).
+    #[arg(long, env = "BMM_RATE_LIMIT_BURST", requires = "rate_limit", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate_limit_burst: Option<u32>,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT before the remaining
+    /// connections are closed.
+    #[arg(long, env = "BMM_SHUTDOWN_GRACE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_grace_secs: u64,
+    /// Serve Prometheus metrics at `http://<address>/metrics` (crate::metrics); off by
+    /// default. Must differ from --listen; no authentication, so bind it where only the
+    /// scraper reaches.
+    #[arg(long, env = "BMM_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Write an audit line per tool call and per refused request (JSON lines) to this file,
+    /// or to standard output with `-`; off by default. The argument hash is keyed with
+    /// `BMM_AUDIT_SALT` (a random salt per process when unset).
+    #[arg(long, env = "BMM_AUDIT_LOG")]
+    pub audit_log: Option<String>,
+    /// Size at which the audit file is rotated to `<path>.1`.
+    #[arg(long, env = "BMM_AUDIT_LOG_MAX_BYTES", default_value_t = 100 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(4096..))]
+    pub audit_log_max_bytes: u64,
     /// Serve the same tools over stdin/stdout for a local client that starts this process
     /// (no HTTP, so no HTTP authentication, as the MCP spec says; secrets still come from
     /// the environment). Logs go to stderr.
@@ -138,6 +169,18 @@ pub struct Prepared {
     pub max_sessions: usize,
     /// The legacy session limit per subject.
     pub max_sessions_per_subject: usize,
+}
+
+impl Prepared {
+    /// Turns OpenTelemetry traces on (crate::traces): HTTP server spans in the stack, MCP
+    /// server spans around the MCP service, client spans for upstream calls.
+    /// [`main_with_state`] does this when the `OTEL_*` environment configures an endpoint.
+    #[must_use]
+    pub fn with_traces(mut self, traces: bmm_middleware::Traces) -> Self {
+        self.server.set_traces(traces.clone());
+        self.config = self.config.traces(traces);
+        self
+    }
 }
 
 /// The scope policy of a definition: server-wide, per tool, hierarchy.
@@ -233,14 +276,18 @@ pub fn prepare(
             .resource_name(def.title.unwrap_or(def.name));
         ServeConfig::new(&path, auth).metadata(metadata)
     };
+    let rate_limits = rate_limits(&def, args);
     let server = McpServer::new(def, secrets, &env).map_err(fail)?;
+    let config = config.observer(crate::observe::observer(&server, args, &env).map_err(fail)?);
     let config = config
         .origin_policy(origin)
         .max_connections_per_address(
             usize::try_from(args.max_connections_per_address).unwrap_or(usize::MAX),
         )
         .max_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX))
-        .idle_timeout(std::time::Duration::from_secs(args.idle_timeout_secs));
+        .idle_timeout(std::time::Duration::from_secs(args.idle_timeout_secs))
+        .shutdown_grace(std::time::Duration::from_secs(args.shutdown_grace_secs))
+        .rate_limits(rate_limits);
     Ok(Prepared {
         server,
         config,
@@ -248,6 +295,27 @@ pub fn prepare(
         max_sessions_per_subject: usize::try_from(args.max_sessions_per_subject)
             .unwrap_or(usize::MAX),
     })
+}
+
+/// `--rate-limit` per subject, and each tool's own `rate_limit` from the spec.
+fn rate_limits(def: &ServerDef, args: &Args) -> RateLimits {
+    let mut limits = RateLimits::new();
+    if let Some(rate) = args.rate_limit {
+        let mut limit = RateLimit::new(rate);
+        if let Some(burst) = args.rate_limit_burst {
+            limit = limit.burst(burst);
+        }
+        tracing::info!(rate = %rate, burst = args.rate_limit_burst.unwrap_or(rate.count()), "rate limit per subject");
+        limits = limits.per_subject(limit);
+    }
+    for tool in &def.tools {
+        if let Some(def) = tool.rate_limit
+            && let Some(rate) = bmm_core::Rate::new(def.count, def.per_secs)
+        {
+            limits = limits.per_tool(tool.name, RateLimit::new(rate));
+        }
+    }
+    limits
 }
 
 fn authenticator(
@@ -338,12 +406,19 @@ pub fn mcp_service(
         .with_allowed_hosts(allowed_hosts);
     let factory = server.clone();
     let sessions = Arc::new(LocalSessionManager::default());
+    crate::metrics::watch_sessions(&sessions);
     let service = StreamableHttpService::new(
         move || Ok(factory.session()),
         Arc::clone(&sessions),
         rmcp_config,
     );
-    crate::session_cap::SessionCap::new(service, sessions, max_sessions, max_sessions_per_subject)
+    let capped = crate::session_cap::SessionCap::new(
+        service,
+        sessions,
+        max_sessions,
+        max_sessions_per_subject,
+    );
+    crate::traces::mcp::McpTrace::new(capped, server.def(), server.traces().cloned())
 }
 
 /// Builds the server for stdio: secrets checked as for HTTP, no authentication layer.
@@ -462,22 +537,42 @@ where
     if args.stdio {
         return serve_stdio(def, hook);
     }
-    let prepared = match prepare(def, &args, |name| std::env::var(name).ok()) {
+    // Off unless an OTLP endpoint is configured (crate::traces, rule 1).
+    let telemetry =
+        match crate::traces::Telemetry::from_env(def.name, |name| std::env::var(name).ok()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let mut prepared = match prepare(def, &args, |name| std::env::var(name).ok()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(telemetry) = &telemetry {
+        prepared = prepared.with_traces(telemetry.traces());
+    }
     let runtime = match async_runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         if let Err(e) = start_up(&prepared.server, false, hook).await {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
+        if let Some(addr) = args.metrics_listen
+            && let Err(e) = crate::metrics::start(addr, args.listen).await
+        {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        // SIGHUP reloads (bmm_middleware::reload): signing keys, the audit log file.
+        bmm_middleware::reload_on_sighup(prepared.config.reload_handle().clone());
         let listener = match Server::bind(args.listen, prepared.config.clone()).await {
             Ok(l) => l,
             Err(e) => {
@@ -492,5 +587,13 @@ where
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // The last batch of spans leaves before the process does.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    // Connections past the grace and legacy sessions end with the runtime; a tool stuck in
+    // blocking code must not keep the process from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
