@@ -1,0 +1,469 @@
+//! The audit log: one JSON line per `tools/call` and per refused request, written off the
+//! request path.
+//!
+//! Rules:
+//! 1. A line is an [`AuditEntry`] serialised by serde_json (so every string from outside is
+//!    escaped) with every string field cut to [`MAX_FIELD_CHARS`] characters.
+//! 2. Tool arguments never reach the log: only `args_sha256`, an HMAC-SHA256 of their
+//!    canonical JSON (object keys sorted, no whitespace) keyed with the process's salt, so
+//!    equal arguments can be correlated without being revealed. Tokens are never logged.
+//! 3. Writing never blocks a request: lines go through a bounded queue
+//!    ([`QUEUE_LINES`]) to a writer thread; when the queue is full the line is dropped,
+//!    counted in `bmm_audit_lines_dropped_total`, and the writer notes the number in a
+//!    `{"event":"dropped"}` line once it catches up.
+//! 4. A file is opened for appending with mode 0600 (an existing file is set to 0600); when
+//!    a line would take it past its size bound it is renamed to `<path>.1` (replacing an
+//!    older one) and a fresh file is started.
+//!
+//! # Deployment caveat
+//! A full disk or a revoked file loses lines (logged as a warning and counted as dropped);
+//! the server keeps serving rather than failing every tool call.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Longest string field of a line, in characters; longer values are cut.
+pub const MAX_FIELD_CHARS: usize = 256;
+
+/// Lines waiting for the writer at most; more are dropped (rule 3).
+pub const QUEUE_LINES: usize = 4096;
+
+/// Where audit lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuditTarget {
+    /// Standard output, one line each.
+    Stdout,
+    /// A file, rotated to `<path>.1` beyond `max_bytes`.
+    File {
+        /// The log file.
+        path: PathBuf,
+        /// Size bound of the file, in bytes.
+        max_bytes: u64,
+    },
+}
+
+/// One audit line. Fields that do not apply are left out of the JSON.
+///
+/// | field | type | present | meaning |
+/// |---|---|---|---|
+/// | `time` | string | always | RFC 3339 UTC, milliseconds (`2026-12-02T12:00:00.123Z`) |
+/// | `event` | string | always | `tool_call`, `refusal` or `dropped` |
+/// | `iss` | string | tool_call | the token's issuer |
+/// | `sub` | string | tool_call, when the token has one | the token's subject |
+/// | `client_id` | string | tool_call, when the token has one | the OAuth client |
+/// | `tool` | string | tool_call | a declared tool name, or `unknown` |
+/// | `outcome` | string | tool_call | `ok`, `tool_error` (a result with `isError`), `error` (a JSON-RPC error) |
+/// | `duration_ms` | number | tool_call | time in the handler, milliseconds |
+/// | `upstream_status` | number | tool_call of an HTTP tool that got an answer | the upstream's HTTP status |
+/// | `jsonrpc_id` | string | tool_call | the request id, as text, cut to 64 characters |
+/// | `args_sha256` | string | tool_call | hex HMAC-SHA256 of the canonical arguments (rule 2) |
+/// | `reason` | string | refusal | a [`Refusal`](crate::Refusal) reason |
+/// | `status` | number | refusal | the HTTP status answered |
+/// | `method` | string | refusal | the `Mcp-Method` header when it names a known MCP method, else `other` |
+/// | `source` | string | refusal, tool_call over HTTP | the client's IP address |
+/// | `count` | number | dropped | lines lost since the last such note |
+#[derive(Clone, Debug, Default, Serialize)]
+#[non_exhaustive]
+pub struct AuditEntry {
+    /// RFC 3339 UTC time.
+    pub time: String,
+    /// `tool_call`, `refusal` or `dropped`.
+    pub event: &'static str,
+    /// The token's issuer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// The token's subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// The token's client.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The tool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// `ok`, `tool_error` or `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+    /// Milliseconds in the handler.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// The upstream's HTTP status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
+    /// The JSON-RPC id, as text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jsonrpc_id: Option<String>,
+    /// HMAC-SHA256 of the canonical arguments.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args_sha256: Option<String>,
+    /// Why the request was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// The HTTP status of a refusal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The MCP method of a refused request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<&'static str>,
+    /// The client's IP address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Lines dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+impl AuditEntry {
+    /// An entry of kind `event` stamped with the current time.
+    pub fn now(event: &'static str) -> Self {
+        Self {
+            time: rfc3339_now(),
+            event,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the token fields: issuer, subject and client.
+    pub fn caller(mut self, iss: &str, sub: Option<&str>, client_id: Option<&str>) -> Self {
+        self.iss = Some(bounded(iss, MAX_FIELD_CHARS));
+        self.sub = sub.map(|s| bounded(s, MAX_FIELD_CHARS));
+        self.client_id = client_id.map(|s| bounded(s, MAX_FIELD_CHARS));
+        self
+    }
+}
+
+/// A running audit log. Cheap to clone; the writer stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queue: SyncSender<Vec<u8>>,
+    key: [u8; 64],
+    dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Opens `target` (a file is created or appended to, mode 0600) and starts the writer
+    /// thread. `salt` keys the argument hash (rule 2).
+    pub fn open(target: AuditTarget, salt: &[u8]) -> io::Result<Self> {
+        let sink = match &target {
+            AuditTarget::Stdout => Sink::Stdout,
+            AuditTarget::File { path, max_bytes } => {
+                let file = open_append(path)?;
+                let size = file.metadata()?.len();
+                Sink::File {
+                    path: path.clone(),
+                    file: io::BufWriter::new(file),
+                    size,
+                    max_bytes: (*max_bytes).max(1),
+                }
+            }
+        };
+        let (queue, lines) = sync_channel(QUEUE_LINES);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer_dropped = Arc::clone(&dropped);
+        std::thread::Builder::new()
+            .name("bmm-audit".into())
+            .spawn(move || write_lines(lines, sink, &writer_dropped))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                queue,
+                key: hmac_key(salt),
+                dropped,
+            }),
+        })
+    }
+
+    /// The hex HMAC-SHA256 of `args` in canonical form (rule 2).
+    pub fn hash_arguments(&self, args: &Value) -> String {
+        let mut canonical = Vec::new();
+        write_canonical(&mut canonical, args);
+        hex(&hmac_sha256(&self.inner.key, &canonical))
+    }
+
+    /// Queues `entry`; drops it (and counts the drop) if the writer is behind (rule 3).
+    pub fn record(&self, entry: &AuditEntry) {
+        let Ok(mut line) = serde_json::to_vec(entry) else {
+            return;
+        };
+        line.push(b'\n');
+        match self.inner.queue.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("bmm_audit_lines_dropped_total").increment(1);
+            }
+        }
+    }
+}
+
+enum Sink {
+    Stdout,
+    File {
+        path: PathBuf,
+        file: io::BufWriter<File>,
+        size: u64,
+        max_bytes: u64,
+    },
+}
+
+impl Sink {
+    fn write(&mut self, line: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Stdout => io::stdout().lock().write_all(line),
+            Self::File {
+                path,
+                file,
+                size,
+                max_bytes,
+            } => {
+                let len = line.len() as u64;
+                if *size > 0 && size.saturating_add(len) > *max_bytes {
+                    file.flush()?;
+                    let mut rotated = path.clone().into_os_string();
+                    rotated.push(".1");
+                    std::fs::rename(&*path, &rotated)?;
+                    *file = io::BufWriter::new(open_append(path)?);
+                    *size = 0;
+                }
+                file.write_all(line)?;
+                *size = size.saturating_add(len);
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Stdout => io::stdout().lock().flush(),
+            Self::File { file, .. } => file.flush(),
+        }
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let file = options.open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        Ok(file)
+    }
+    #[cfg(not(unix))]
+    options.open(path)
+}
+
+/// The writer thread: writes lines as they come, flushes when the queue is empty, notes
+/// drops, warns about write errors at most once a minute.
+fn write_lines(lines: Receiver<Vec<u8>>, mut sink: Sink, dropped: &AtomicU64) {
+    let mut last_warning: Option<std::time::Instant> = None;
+    let mut warn = |error: io::Error| {
+        metrics::counter!("bmm_audit_lines_dropped_total").increment(1);
+        if last_warning.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+            last_warning = Some(std::time::Instant::now());
+            tracing::warn!(%error, "audit log write failed; lines are being lost");
+        }
+    };
+    while let Ok(line) = lines.recv() {
+        if let Err(e) = sink.write(&line) {
+            warn(e);
+        }
+        let mut next = lines.try_recv();
+        while let Ok(line) = next {
+            if let Err(e) = sink.write(&line) {
+                warn(e);
+            }
+            next = lines.try_recv();
+        }
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            tracing::warn!(
+                lost,
+                "audit log queue was full; lines were dropped (bmm_audit_lines_dropped_total)"
+            );
+            let note = AuditEntry {
+                count: Some(lost),
+                ..AuditEntry::now("dropped")
+            };
+            if let Ok(mut text) = serde_json::to_vec(&note) {
+                text.push(b'\n');
+                if let Err(e) = sink.write(&text) {
+                    warn(e);
+                }
+            }
+        }
+        if let Err(e) = sink.flush() {
+            warn(e);
+        }
+    }
+}
+
+/// `text` cut to at most `max` characters.
+pub fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => text[..end].to_owned(),
+        None => text.to_owned(),
+    }
+}
+
+/// Compact JSON with object keys sorted, recursively: the same arguments give the same
+/// bytes whatever order the client wrote them in.
+fn write_canonical(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let _ = serde_json::to_writer(&mut *out, key);
+                out.push(b':');
+                if let Some(v) = map.get(key) {
+                    write_canonical(out, v);
+                }
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(out, v);
+            }
+            out.push(b']');
+        }
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
+    }
+}
+
+/// The HMAC key block for `salt` (RFC 2104: hashed when longer than the block).
+fn hmac_key(salt: &[u8]) -> [u8; 64] {
+    let mut key = [0u8; 64];
+    if salt.len() > 64 {
+        key[..32].copy_from_slice(&Sha256::digest(salt));
+    } else {
+        key[..salt.len()].copy_from_slice(salt);
+    }
+    key
+}
+
+fn hmac_sha256(key: &[u8; 64], message: &[u8]) -> [u8; 32] {
+    let mut inner = Sha256::new();
+    inner.update(key.map(|b| b ^ 0x36));
+    inner.update(message);
+    let mut outer = Sha256::new();
+    outer.update(key.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
+}
+
+/// The current time as RFC 3339 UTC with milliseconds.
+pub fn rfc3339_now() -> String {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(since.as_secs(), since.subsec_millis())
+}
+
+fn rfc3339(secs: u64, millis: u32) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231_test_case_2() {
+        let mac = hmac_sha256(&hmac_key(b"Jefe"), b"what do ya want for nothing?");
+        assert_eq!(
+            hex(&mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn argument_hash_ignores_key_order_and_depends_on_salt_and_values() {
+        let log = |salt: &[u8]| AuditLog {
+            inner: Arc::new(Inner {
+                queue: sync_channel(1).0,
+                key: hmac_key(salt),
+                dropped: Arc::default(),
+            }),
+        };
+        let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":[1,"x"],"x":null}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a":{"x":null,"y":[1,"x"]},"b":1}"#).unwrap();
+        let c: Value = serde_json::from_str(r#"{"a":{"x":null,"y":[1,"x"]},"b":2}"#).unwrap();
+        let one = log(b"salt");
+        assert_eq!(one.hash_arguments(&a), one.hash_arguments(&b));
+        assert_ne!(one.hash_arguments(&a), one.hash_arguments(&c));
+        assert_ne!(one.hash_arguments(&a), log(b"other").hash_arguments(&a));
+        assert_eq!(one.hash_arguments(&a).len(), 64);
+    }
+
+    #[test]
+    fn times_are_rfc_3339_utc() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(rfc3339(1_796_212_800, 123), "2026-12-02T12:00:00.123Z");
+    }
+
+    #[test]
+    fn long_fields_are_cut_on_character_boundaries() {
+        assert_eq!(bounded("ééé", 2), "éé");
+        assert_eq!(bounded("ab", 5), "ab");
+    }
+}
