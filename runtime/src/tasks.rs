@@ -490,7 +490,7 @@ mod tests {
         for _ in 0..MAX_LIVE_PER_CALLER {
             store.create(owner.clone(), None).unwrap();
         }
-        let error = store.create(owner.clone(), None).err().unwrap();
+        let error = store.create(owner, None).err().unwrap();
         assert!(error.message.contains("too many"), "{}", error.message);
         assert_eq!(store.live(), MAX_LIVE_PER_CALLER);
         // Another caller is not affected.
