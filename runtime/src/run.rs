@@ -15,6 +15,8 @@
 //! `--audit-log-max-bytes` / `BMM_AUDIT_LOG_MAX_BYTES` (100 MiB) and `BMM_AUDIT_SALT`
 //! ([`bmm_middleware::audit`]). Every declared secret is
 //! an environment variable; all missing ones are listed at once and the exit code is 2.
+//! OpenTelemetry traces take no flag: the standard `OTEL_*` variables turn them on
+//! ([`crate::traces`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
