@@ -550,6 +550,19 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
             TaskSupport::Optional => quote!(TaskSupport::Optional),
             TaskSupport::Required => quote!(TaskSupport::Required),
         };
+        // `bmm check` refused a rate it cannot parse, so `None` here is "no limit".
+        let rate_limit = match tool
+            .rate_limit
+            .as_ref()
+            .and_then(|r| bmm_core::Rate::parse(&r.value).ok())
+        {
+            Some(rate) => {
+                let count = proc_macro2::Literal::u32_unsuffixed(rate.count());
+                let per_secs = proc_macro2::Literal::u32_unsuffixed(rate.per_secs());
+                quote!(Some(RateLimitDef { count: #count, per_secs: #per_secs }))
+            }
+            None => quote!(None),
+        };
         let handler = match &tool.run.value {
             Run::Http(h) => {
                 let upstream = h.upstream.value.as_str();
@@ -635,6 +648,7 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
                 annotations: AnnotationsDef { read_only: #ro, destructive: #de, idempotent: #id, open_world: #ow },
                 scopes: &[#(#scopes),*],
                 task: #task,
+                rate_limit: #rate_limit,
                 handler: #handler,
             }
         });

@@ -184,6 +184,15 @@ pub struct Tool {
     /// `required` (a client without the extension is refused).
     #[serde(default)]
     pub task: TaskSupport,
+    /// Calls of this tool one caller (token issuer and subject) may make, as
+    /// `<count>/<unit>` with unit `s`, `min` or `hour` (`10/min`: 10 at once, then one every
+    /// 6 s); beyond it 429 with `Retry-After`. On top of the server's `--rate-limit`.
+    #[serde(default)]
+    #[schemars(
+        with = "Option<String>",
+        regex(pattern = r"^\s*[0-9]{1,7}\s*/\s*(s|secs?|seconds?|m|mins?|minutes?|h|hours?)\s*$")
+    )]
+    pub rate_limit: Option<Spanned<String>>,
     /// What a call does.
     #[schemars(with = "Run")]
     pub run: Spanned<Run>,

@@ -20,6 +20,7 @@
 //!    one of `text` and `blob` (valid base64); a template has `text` whose placeholders
 //!    are variables of the URI template, and completions only for its variables.
 //! 10. Prompt placeholders name declared arguments; embedded resources name declared URIs.
+//! 11. A tool's `rate_limit` is a rate `bmm_core::Rate` parses (`10/min`, `2/s`, `100/hour`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -340,6 +341,15 @@ impl Checker<'_> {
                         "add it to scopes_supported so clients know to ask for it",
                     );
                 }
+            }
+            if let Some(rate) = &tool.rate_limit
+                && let Err(e) = bmm_core::Rate::parse(&rate.value)
+            {
+                self.error(
+                    rate,
+                    format!("tool `{n}` has an invalid rate_limit: {e}"),
+                    "write `rate_limit: 10/min` (or `/s`, `/hour`): calls one caller may make; the count is also the burst",
+                );
             }
             let input_ok = self.object_schema(&tool.input, n, "input");
             if input_ok && let Err(e) = compile_input_schema(n, &tool.input.value) {

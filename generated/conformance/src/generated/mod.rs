@@ -234,6 +234,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestSimpleTextInput =
@@ -260,6 +261,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestImageContentInput =
@@ -286,6 +288,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestAudioContentInput =
@@ -312,6 +315,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestEmbeddedResourceInput =
@@ -338,6 +342,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestMultipleContentTypesInput =
@@ -365,6 +370,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestToolWithLoggingInput =
@@ -391,6 +397,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestToolWithProgressInput =
@@ -417,6 +424,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestErrorHandlingInput =
@@ -452,6 +460,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestSamplingInput =
@@ -487,6 +496,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestElicitationInput =
@@ -513,6 +523,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestElicitationSep1034DefaultsInput =
@@ -542,6 +553,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestElicitationSep1330EnumsInput =
@@ -644,6 +656,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::JsonSchema202012ToolInput =
@@ -670,6 +683,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestReconnectionInput =
@@ -706,6 +720,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestCustomHeaderInput =
@@ -732,6 +747,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestMissingCapabilityInput =
@@ -758,6 +774,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestStreamingElicitationInput =
@@ -785,6 +802,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestLoggingToolInput =
@@ -811,6 +829,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestInputRequiredResultElicitationInput =
@@ -840,6 +859,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestInputRequiredResultSamplingInput =
@@ -867,6 +887,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestInputRequiredResultListRootsInput =
@@ -896,6 +917,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestInputRequiredResultRequestStateInput =
@@ -925,6 +947,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestInputRequiredResultMultipleInputsInput =
@@ -955,6 +978,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestInputRequiredResultMultiRoundInput =
@@ -984,6 +1008,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestInputRequiredResultTamperedStateInput =
@@ -1013,6 +1038,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestInputRequiredResultCapabilitiesInput =
@@ -1051,6 +1077,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::GreetInput = bmm_runtime::serde_json::from_value(args)
@@ -1091,6 +1118,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Optional,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::SlowComputeInput =
@@ -1117,6 +1145,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Required,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::FailingJobInput =
@@ -1143,6 +1172,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Optional,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::ProtocolErrorJobInput =
@@ -1178,6 +1208,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Optional,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::ConfirmDeleteInput =
@@ -1204,6 +1235,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Optional,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::MultiInputInput =
@@ -1230,6 +1262,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Required,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::TestToolWithTaskInput =

@@ -161,6 +161,10 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &["notes:write"],
                 task: TaskSupport::Forbidden,
+                rate_limit: Some(RateLimitDef {
+                    count: 60,
+                    per_secs: 60,
+                }),
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::AddNoteInput = bmm_runtime::serde_json::from_value(args)
@@ -221,6 +225,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &["notes:read"],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::ListNotesInput =
@@ -285,6 +290,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &["notes:read"],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::GetNoteInput = bmm_runtime::serde_json::from_value(args)
@@ -333,6 +339,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &["notes:admin"],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::DeleteNoteInput =

@@ -164,6 +164,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Put,
@@ -313,6 +314,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Post,
@@ -430,6 +432,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Get,
@@ -537,6 +540,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Get,
@@ -634,6 +638,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Get,
@@ -739,6 +744,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Post,
@@ -777,6 +783,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Delete,
@@ -835,6 +842,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Post,
@@ -872,6 +880,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Get,
@@ -964,6 +973,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Post,
@@ -1038,6 +1048,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Get,
@@ -1076,6 +1087,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Delete,
@@ -1166,6 +1178,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Post,
@@ -1273,6 +1286,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Post,
@@ -1323,6 +1337,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Get,
@@ -1352,6 +1367,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Get,
@@ -1422,6 +1438,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Get,
@@ -1486,6 +1503,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Put,
@@ -1532,6 +1550,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &[],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "api",
                     method: Method::Delete,

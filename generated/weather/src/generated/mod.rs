@@ -117,6 +117,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &["weather:read"],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "openweather",
                     method: Method::Get,
@@ -163,6 +164,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &["weather:read"],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Http(HttpDef {
                     upstream: "openweather",
                     method: Method::Get,
@@ -219,6 +221,7 @@ pub(crate) fn server() -> ServerDef {
                 },
                 scopes: &["text:use"],
                 task: TaskSupport::Forbidden,
+                rate_limit: None,
                 handler: Handler::Rust(Arc::new(|ctx, args| {
                     Box::pin(async move {
                         let input: types::WordStatsInput =
