@@ -220,3 +220,32 @@ async fn the_audit_file_is_rotated_at_its_size_bound() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_rate_limit_refusal_is_audited_with_its_reason() {
+    let path = scratch("rate");
+    let s = start(
+        &[
+            "--audit-log",
+            path.to_str().unwrap(),
+            "--rate-limit",
+            "1/min",
+        ],
+        None,
+    )
+    .await;
+    let read = token(&s.url, "demo:read", "client-a", 600);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(call_tool(&s, Some(&read), "whoami", json!({})).await.0);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let all = lines(&path, 3).await;
+    let limited = all
+        .iter()
+        .find(|l| l["event"] == "refusal" && l["reason"] == "rate_limited")
+        .unwrap_or_else(|| panic!("no 429 line: {all:?}"));
+    assert_eq!(limited["status"], 429);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains(&read));
+}
