@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bmm_runtime::def::{AnnotationsDef, Handler, TaskSupport, ToolDef};
 use bmm_runtime::run::{Args, prepare, serve};
-use bmm_runtime::{ServerDef, ToolOutput};
+use bmm_runtime::{Question, ServerDef, ToolContext, ToolOutput};
 use clap::Parser;
 use http_body_util::Full;
 use serde_json::{Value, json};
@@ -66,6 +66,32 @@ fn def(dropped: Arc<AtomicBool>) -> ServerDef {
     let only_task = Handler::Rust(Arc::new(|_ctx, _args| {
         Box::pin(async { Ok(ToolOutput::text("done")) })
     }));
+    let two_questions = Handler::Rust(Arc::new(|ctx: ToolContext, _args| {
+        Box::pin(async move {
+            let answers = ctx
+                .ask(
+                    [("a".to_owned(), question()), ("b".to_owned(), question())],
+                    None,
+                )
+                .await?;
+            Ok(ToolOutput::text(format!(
+                "{} {}",
+                answers["a"]["content"]["name"], answers["b"]["content"]["name"]
+            )))
+        })
+    }));
+    let upfront = Handler::Rust(Arc::new(|ctx: ToolContext, _args| {
+        Box::pin(async move {
+            let answers = ctx
+                .ask_upfront([("who".to_owned(), question())], None)
+                .await?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(ToolOutput::text(format!(
+                "hello {}",
+                answers["who"]["content"]["name"]
+            )))
+        })
+    }));
     ServerDef {
         name: "tasks-demo",
         version: "0.1.0",
@@ -80,11 +106,21 @@ fn def(dropped: Arc<AtomicBool>) -> ServerDef {
             tool("double", TaskSupport::Optional, double),
             tool("slow", TaskSupport::Optional, slow),
             tool("only_task", TaskSupport::Required, only_task),
+            tool("two_questions", TaskSupport::Optional, two_questions),
+            tool("upfront", TaskSupport::Required, upfront),
         ],
         resources: &[],
         resource_templates: &[],
         prompts: Vec::new(),
     }
+}
+
+fn question() -> Question {
+    Question::form(
+        "Name?",
+        json!({"type": "object", "properties": {"name": {"type": "string"}}}),
+    )
+    .unwrap()
 }
 
 /// A JWKS endpoint with the middleware's RSA test key.
@@ -154,7 +190,7 @@ impl Running {
         let mut params = params;
         let extensions = if tasks { json!({TASKS: {}}) } else { json!({}) };
         params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-            "io.modelcontextprotocol/clientCapabilities": {"extensions": extensions},
+            "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}, "extensions": extensions},
             "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"}});
         let response = reqwest::Client::new()
             .post(&self.url)
@@ -194,6 +230,12 @@ impl Running {
             params["inputResponses"] = json!({"k": {"action": "accept"}});
         }
         self.request(sub, true, method, id, params).await
+    }
+
+    async fn answer(&self, id: &str, key: &str, name: &str) -> Value {
+        let params = json!({"taskId": id, "inputResponses": {key: {"action": "accept", "content": {"name": name}}}});
+        self.request("alice", true, "tasks/update", id, params)
+            .await
     }
 
     /// Polls `tasks/get` until the task ends (at most 10 s).
@@ -349,4 +391,58 @@ async fn past_the_live_task_limit_a_caller_gets_an_error_not_a_task() {
     // A cancelled task frees its place.
     s.task("alice", "tasks/cancel", &ids[0]).await;
     task_id(&s.call("alice", true, "slow", json!({})).await);
+}
+
+#[tokio::test]
+async fn questions_asked_inside_a_task_wait_for_tasks_update_key_by_key() {
+    let s = start(Arc::default()).await;
+    let id = task_id(&s.call("alice", true, "two_questions", json!({})).await);
+    let mut got = Value::Null;
+    for _ in 0..200 {
+        got = s.task("alice", "tasks/get", &id).await["result"].clone();
+        if got["inputRequests"]
+            .as_object()
+            .is_some_and(|m| m.len() == 2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(got["status"], "input_required", "{got}");
+    assert_eq!(
+        got["inputRequests"]["a"]["method"], "elicitation/create",
+        "{got}"
+    );
+
+    let ack = s.answer(&id, "a", "Ada").await;
+    assert_eq!(ack["result"]["resultType"], "complete", "{ack}");
+    let got = s.task("alice", "tasks/get", &id).await["result"].clone();
+    assert_eq!(got["status"], "input_required", "{got}");
+    let keys: Vec<&String> = got["inputRequests"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["b"], "{got}");
+
+    s.answer(&id, "b", "Grace").await;
+    let ended = s.until_ended("alice", &id).await;
+    assert_eq!(
+        ended["result"]["content"][0]["text"], r#""Ada" "Grace""#,
+        "{ended}"
+    );
+}
+
+#[tokio::test]
+async fn answers_asked_up_front_come_before_the_task_exists() {
+    let s = start(Arc::default()).await;
+    let first = s.call("alice", true, "upfront", json!({})).await;
+    assert_eq!(first["result"]["resultType"], "input_required", "{first}");
+    assert!(first["result"].get("taskId").is_none(), "{first}");
+    let retry = json!({"name": "upfront", "arguments": {},
+        "inputResponses": {"who": {"action": "accept", "content": {"name": "Ada"}}}});
+    let created = s
+        .request("alice", true, "tools/call", "upfront", retry)
+        .await;
+    let ended = s.until_ended("alice", &task_id(&created)).await;
+    assert_eq!(
+        ended["result"]["content"][0]["text"], r#"hello "Ada""#,
+        "{ended}"
+    );
 }
