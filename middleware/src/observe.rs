@@ -8,9 +8,10 @@
 //!    counted by the rate limiter), and writes a `refusal` audit line with the reason, the
 //!    HTTP status, the method and the client's IP address, never the token.
 //! 3. Every other POST to the MCP endpoint counts in `bmm_requests_total{method, outcome}`,
-//!    the method read from the JSON-RPC body (a known MCP method, else `other`), the
-//!    outcome `ok` for a 2xx answer, else `error`. A JSON-RPC error inside a 200 answer is
-//!    `ok` here; tool outcomes are in `bmm_tool_call_duration_seconds{outcome}`.
+//!    the method read from the `Mcp-Method` header (which rmcp checks against the body),
+//!    else from the JSON-RPC body (a known MCP method, else `other`); the outcome is `ok`
+//!    for a 2xx answer, else `error`. A JSON-RPC error inside a 200 answer is `ok` here;
+//!    tool outcomes are in `bmm_tool_call_duration_seconds{outcome}`.
 //! 4. Labels come from fixed lists only, never from request input.
 
 use std::future::Future;
@@ -276,6 +277,15 @@ where
     fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
         let method = (self.on && request.method() == http::Method::POST).then(|| {
             use http_body::Body;
+            // 2026-07-28 clients name the method in a header that rmcp checks against the
+            // body (a mismatch is answered 400): no second parse of the body for them.
+            if let Some(method) = request
+                .headers()
+                .get("mcp-method")
+                .and_then(|v| v.to_str().ok())
+            {
+                return method_label(method);
+            }
             // The body is buffered by now (per-tool scopes read it whole).
             let body = request.body().clone();
             match body.size_hint().exact() {

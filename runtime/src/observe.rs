@@ -69,7 +69,8 @@ pub(crate) struct ToolCall {
     started: Instant,
     tool: &'static str,
     audit: Option<(AuditLog, AuditEntry)>,
-    upstream: Arc<AtomicU32>,
+    /// Only for the audit line: without one, no allocation and no task-local.
+    upstream: Option<Arc<AtomicU32>>,
 }
 
 impl ToolCall {
@@ -104,16 +105,17 @@ impl ToolCall {
         Self {
             started: Instant::now(),
             tool: declared.unwrap_or("unknown"),
+            upstream: audit.as_ref().map(|_| Arc::new(AtomicU32::new(0))),
             audit,
-            upstream: Arc::new(AtomicU32::new(0)),
         }
     }
 
     /// Runs `call` so that upstream statuses reach this record.
     pub(crate) async fn run<F: Future>(&self, call: F) -> F::Output {
-        UPSTREAM_STATUS
-            .scope(Arc::clone(&self.upstream), call)
-            .await
+        match &self.upstream {
+            Some(cell) => UPSTREAM_STATUS.scope(Arc::clone(cell), call).await,
+            None => call.await,
+        }
     }
 
     /// Records the outcome.
@@ -138,7 +140,7 @@ impl ToolCall {
         if let Some((log, mut entry)) = self.audit {
             entry.outcome = Some(outcome);
             entry.duration_ms = Some(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
-            let status = self.upstream.load(Ordering::Relaxed);
+            let status = self.upstream.map_or(0, |cell| cell.load(Ordering::Relaxed));
             entry.upstream_status = u16::try_from(status).ok().filter(|s| *s != 0);
             log.record(&entry);
         }
