@@ -373,14 +373,44 @@ pub async fn serve(
         max_sessions,
         max_sessions_per_subject,
     } = prepared;
-    let service = mcp_service(
+    let sessions = Arc::new(LocalSessionManager::default());
+    let service = mcp_service_over(
         &server,
         config.allowed_hosts(),
         max_sessions,
         max_sessions_per_subject,
+        Arc::clone(&sessions),
     );
     tracing::info!(name = server.def().name, max_sessions, "MCP server ready");
-    listener.serve(service, shutdown).await
+    // On the signal, legacy sessions' standalone GET streams end at once (they would
+    // otherwise hold their connections for the whole grace; a tool call's own stream is
+    // not one of them and finishes); once drained, every session is closed.
+    let (signalled, draining) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = signalled.send(());
+    };
+    let streams = Arc::clone(&sessions);
+    tokio::spawn(async move {
+        if draining.await.is_ok() {
+            let handles: Vec<_> = streams.sessions.read().await.values().cloned().collect();
+            for handle in handles {
+                let _ = handle.close_standalone_sse_stream(None).await;
+            }
+        }
+    });
+    let served = listener.serve(service, shutdown).await;
+    let handles: Vec<_> = sessions.sessions.read().await.values().cloned().collect();
+    let closed = handles.len();
+    // A session worker that does not take the close within a second ends with the process.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        for handle in handles {
+            let _ = handle.close().await;
+        }
+    })
+    .await;
+    tracing::info!(legacy_sessions_closed = closed, "stopped");
+    served
 }
 
 /// The MCP service every server runs inside the bmm stack
@@ -401,13 +431,36 @@ pub fn mcp_service(
 > + Clone
 + Send
 + 'static {
+    mcp_service_over(
+        server,
+        allowed_hosts,
+        max_sessions,
+        max_sessions_per_subject,
+        Arc::new(LocalSessionManager::default()),
+    )
+}
+
+/// [`mcp_service`] keeping its legacy sessions in `sessions` (so shutdown can close them).
+fn mcp_service_over(
+    server: &McpServer,
+    allowed_hosts: Vec<String>,
+    max_sessions: usize,
+    max_sessions_per_subject: usize,
+    sessions: Arc<LocalSessionManager>,
+) -> impl Service<
+    Request<Full<Bytes>>,
+    Response = Response<BoxBody<Bytes, Infallible>>,
+    Error = Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
     let rmcp_config = StreamableHttpServerConfig::default()
         // Legacy sessions stay on: in rmcp's stateless mode legacy sampling and elicitation
         // hang. 2026-07-28 requests are stateless either way.
         .with_legacy_session_mode(true)
         .with_allowed_hosts(allowed_hosts);
     let factory = server.clone();
-    let sessions = Arc::new(LocalSessionManager::default());
     crate::metrics::watch_sessions(&sessions);
     let service = StreamableHttpService::new(
         move || Ok(factory.session()),

@@ -12,7 +12,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bmm_runtime::def::{AnnotationsDef, Handler, TaskSupport, ToolDef};
+use bmm_runtime::def::{AnnotationsDef, Handler, RateLimitDef, TaskSupport, ToolDef};
 use bmm_runtime::{ServerDef, ToolOutput};
 use http_body_util::Full;
 use serde_json::{Value, json};
@@ -21,6 +21,27 @@ use tokio::net::TcpListener;
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../middleware/tests/fixtures");
 const CHILD: &str = "BMM_LIFECYCLE_CHILD";
 const ISSUER: &str = "https://as.example.com";
+
+fn sleeper(name: &'static str, rate_limit: Option<RateLimitDef>) -> ToolDef {
+    ToolDef {
+        name,
+        title: None,
+        description: "Answers after `ms` milliseconds.",
+        input_schema: r#"{"type":"object","properties":{"ms":{"type":"integer","minimum":0,"maximum":60000}}}"#,
+        output_schema: None,
+        annotations: AnnotationsDef::default(),
+        scopes: &[],
+        task: TaskSupport::Forbidden,
+        rate_limit,
+        handler: Handler::Rust(Arc::new(|_ctx, args| {
+            Box::pin(async move {
+                let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(ToolOutput::Text(format!("slept {ms} ms")))
+            })
+        })),
+    }
+}
 
 fn def() -> ServerDef {
     ServerDef {
@@ -33,24 +54,16 @@ fn def() -> ServerDef {
         scope_hierarchy: &[],
         secrets: &[],
         upstreams: &[],
-        tools: vec![ToolDef {
-            name: "slow",
-            title: None,
-            description: "Answers after `ms` milliseconds.",
-            input_schema: r#"{"type":"object","properties":{"ms":{"type":"integer","minimum":0,"maximum":60000}}}"#,
-            output_schema: None,
-            annotations: AnnotationsDef::default(),
-            scopes: &[],
-            task: TaskSupport::Forbidden,
-            rate_limit: None,
-            handler: Handler::Rust(Arc::new(|_ctx, args| {
-                Box::pin(async move {
-                    let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(0);
-                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                    Ok(ToolOutput::Text(format!("slept {ms} ms")))
-                })
-            })),
-        }],
+        tools: vec![
+            sleeper("slow", None),
+            sleeper(
+                "limited",
+                Some(RateLimitDef {
+                    count: 1,
+                    per_secs: 3600,
+                }),
+            ),
+        ],
         resources: &[],
         prompts: Vec::new(),
         resource_templates: &[],
@@ -61,7 +74,7 @@ fn main() -> ExitCode {
     if std::env::var_os(CHILD).is_some() {
         return bmm_runtime::run::main(def());
     }
-    let tests: [(&str, fn()); 2] = [
+    let tests: [(&str, fn()); 4] = [
         (
             "sigterm_during_a_slow_tool_call_lets_it_finish_refuses_new_connections_and_exits_0",
             sigterm_during_a_slow_tool_call_lets_it_finish_refuses_new_connections_and_exits_0,
@@ -69,6 +82,14 @@ fn main() -> ExitCode {
         (
             "sighup_makes_the_server_accept_a_key_added_to_the_jwks_after_start",
             sighup_makes_the_server_accept_a_key_added_to_the_jwks_after_start,
+        ),
+        (
+            "sigterm_ends_a_legacy_sessions_open_get_stream_without_waiting_out_the_grace",
+            sigterm_ends_a_legacy_sessions_open_get_stream_without_waiting_out_the_grace,
+        ),
+        (
+            "rate_limit_flag_and_a_tools_own_rate_limit_answer_429",
+            rate_limit_flag_and_a_tools_own_rate_limit_answer_429,
         ),
     ];
     let filter: Vec<String> = std::env::args()
@@ -200,7 +221,7 @@ impl Server {
     }
 
     async fn call(&self, token: &str, ms: u64) -> reqwest::Result<(u16, String)> {
-        call(&self.resource, token, ms).await
+        call_tool(&self.resource, token, "slow", ms).await
     }
 
     fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -217,8 +238,18 @@ impl Server {
 
 /// A stateless 2026-07-28 `tools/call` of `slow`.
 async fn call(resource: &str, token: &str, ms: u64) -> reqwest::Result<(u16, String)> {
+    call_tool(resource, token, "slow", ms).await
+}
+
+/// A stateless 2026-07-28 `tools/call` of `tool`.
+async fn call_tool(
+    resource: &str,
+    token: &str,
+    tool: &str,
+    ms: u64,
+) -> reqwest::Result<(u16, String)> {
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
-        "name": "slow", "arguments": {"ms": ms},
+        "name": tool, "arguments": {"ms": ms},
         "_meta": {
             "io.modelcontextprotocol/protocolVersion": "2026-07-28",
             "io.modelcontextprotocol/clientInfo": {"name": "lifecycle", "version": "1"},
@@ -231,7 +262,7 @@ async fn call(resource: &str, token: &str, ms: u64) -> reqwest::Result<(u16, Str
         .header("accept", "application/json, text/event-stream")
         .header("mcp-protocol-version", "2026-07-28")
         .header("mcp-method", "tools/call")
-        .header("mcp-name", "slow")
+        .header("mcp-name", tool)
         .json(&body)
         .send()
         .await?;
@@ -318,5 +349,93 @@ fn sighup_makes_the_server_accept_a_key_added_to_the_jwks_after_start() {
         // The connection-keeping process is the same one: still serving.
         let old = token("rsa-a", "k1", &server.resource);
         assert_eq!(server.call(&old, 0).await.unwrap().0, 200);
+    });
+}
+
+fn rate_limit_flag_and_a_tools_own_rate_limit_answer_429() {
+    runtime().block_on(async {
+        let keys = Arc::new(Mutex::new(vec![jwk("rsa-a", "k1")]));
+        let jwks = start_jwks(keys).await;
+        let server = Server::start(&jwks, &["--rate-limit", "3/hour"]).await;
+        let token = token("rsa-a", "k1", &server.resource);
+        let r = &server.resource;
+        // `limited` allows one call an hour per caller; the caller has three requests.
+        assert_eq!(call_tool(r, &token, "limited", 0).await.unwrap().0, 200);
+        let (status, text) = call_tool(r, &token, "limited", 0).await.unwrap();
+        assert_eq!(status, 429, "{text}");
+        assert!(text.contains(r#""limit":"tool""#), "{text}");
+        assert_eq!(call_tool(r, &token, "slow", 0).await.unwrap().0, 200);
+        let (status, text) = call_tool(r, &token, "slow", 0).await.unwrap();
+        assert_eq!(status, 429, "{text}");
+        assert!(text.contains(r#""limit":"subject""#), "{text}");
+    });
+}
+
+fn sigterm_ends_a_legacy_sessions_open_get_stream_without_waiting_out_the_grace() {
+    runtime().block_on(async {
+        let keys = Arc::new(Mutex::new(vec![jwk("rsa-a", "k1")]));
+        let jwks = start_jwks(keys).await;
+        let mut server = Server::start(&jwks, &["--shutdown-grace-secs", "30"]).await;
+        let token = token("rsa-a", "k1", &server.resource);
+        let http = reqwest::Client::new();
+        let post = |body: Value, session: Option<String>| {
+            let mut request = http
+                .post(&server.resource)
+                .bearer_auth(&token)
+                .header("accept", "application/json, text/event-stream")
+                .json(&body);
+            if let Some(session) = session {
+                request = request
+                    .header("mcp-session-id", session)
+                    .header("mcp-protocol-version", "2025-11-25");
+            }
+            request.send()
+        };
+        let init = post(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "lifecycle", "version": "1"}}}),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(init.status(), 200);
+        let session = init.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        drop(init.text().await);
+        let initialized = post(
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            Some(session.clone()),
+        )
+        .await
+        .unwrap();
+        assert!(initialized.status().is_success());
+        let mut stream = http
+            .get(&server.resource)
+            .bearer_auth(&token)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), 200);
+        let reader = tokio::spawn(async move { while let Ok(Some(_)) = stream.chunk().await {} });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let signalled = Instant::now();
+        server.signal("TERM");
+        let exit = tokio::task::spawn_blocking(move || server.wait_exit(Duration::from_secs(25)))
+            .await
+            .unwrap()
+            .expect("the server exited");
+        assert!(exit.success(), "{exit:?}");
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "the open stream held the shutdown for {:?}",
+            signalled.elapsed()
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
     });
 }
