@@ -13,7 +13,10 @@
 //! `--metrics-listen` / `BMM_METRICS_LISTEN` (Prometheus `/metrics` on its own address,
 //! [`crate::metrics`]), `--audit-log` / `BMM_AUDIT_LOG` (a file or `-`),
 //! `--audit-log-max-bytes` / `BMM_AUDIT_LOG_MAX_BYTES` (100 MiB) and `BMM_AUDIT_SALT`
-//! ([`bmm_middleware::audit`]). Every declared secret is
+//! ([`bmm_middleware::audit`]),
+//! `--rate-limit` / `BMM_RATE_LIMIT` (per subject, like `600/min`; off),
+//! `--rate-limit-burst` / `BMM_RATE_LIMIT_BURST`, `--shutdown-grace-secs` /
+//! `BMM_SHUTDOWN_GRACE_SECS` (30; SIGHUP reloads signing keys). Every declared secret is
 //! an environment variable; all missing ones are listed at once and the exit code is 2.
 //! OpenTelemetry traces take no flag: the standard `OTEL_*` variables turn them on
 //! ([`crate::traces`]).
