@@ -32,6 +32,7 @@ const SECRET: &str = "upstream-secret-5f1e";
 const ARGUMENT: &str = "argument-value-8c2d";
 const GREETING: &str = "greeting-value-77aa";
 const UNKNOWN_TOOL: &str = "no-such-tool-3b9f";
+const MADE_UP_SESSION: &str = "made-up-session-41c0";
 
 static SECRETS: &[SecretDef] = &[SecretDef {
     name: "ITEMS_API_KEY",
@@ -337,6 +338,33 @@ async fn spans_follow_the_mcp_conventions_and_never_export_secrets() {
         .await
         .unwrap();
     assert_eq!(unauthenticated.status(), 401);
+    // A legacy session: its id is recorded once issued; a made-up one never is.
+    let legacy = |session: Option<&str>, body: Value| {
+        let mut r = reqwest::Client::new()
+            .post(&url)
+            .header("authorization", format!("Bearer {t}"))
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(session) = session {
+            r = r
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        r.send()
+    };
+    let init = legacy(None, json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}})).await.unwrap();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let _ = init.text().await;
+    let made_up = legacy(
+        Some(MADE_UP_SESSION),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(made_up.status(), 404);
 
     // Flushes the batch (blocking: the collector runs on this runtime).
     tokio::task::spawn_blocking(move || telemetry.shutdown())
@@ -346,7 +374,14 @@ async fn spans_follow_the_mcp_conventions_and_never_export_secrets() {
     let raw: Vec<Bytes> = bodies.lock().unwrap().clone();
     assert!(!raw.is_empty(), "the collector received spans");
     for body in &raw {
-        for needle in [t.as_str(), SECRET, ARGUMENT, GREETING, UNKNOWN_TOOL] {
+        for needle in [
+            t.as_str(),
+            SECRET,
+            ARGUMENT,
+            GREETING,
+            UNKNOWN_TOOL,
+            MADE_UP_SESSION,
+        ] {
             assert!(!contains(body, needle), "an export holds `{needle}`");
         }
     }
@@ -474,7 +509,18 @@ async fn spans_follow_the_mcp_conventions_and_never_export_secrets() {
     assert_eq!(attr(tool, "error.type").as_deref(), Some("tool_error"));
     assert_eq!(tool.status.as_ref().map(|s| s.code), Some(ERROR));
 
-    // 5. The refused request: an HTTP span only, its path's query nowhere.
+    // 5. Sessions: the issued id on `initialize`, nothing for a made-up one.
+    let init = spans.iter().find(|s| s.name == "initialize").unwrap();
+    assert_eq!(attr(init, "mcp.session.id"), Some(session));
+    assert_eq!(
+        attr(init, "mcp.protocol.version").as_deref(),
+        Some("2025-11-25")
+    );
+    let refused = spans.iter().find(|s| s.name == "tools/list").unwrap();
+    assert_eq!(attr(refused, "mcp.session.id"), None);
+    assert_eq!(attr(refused, "error.type").as_deref(), Some("404"));
+
+    // 6. The refused request: an HTTP span only, its path's query nowhere.
     assert!(
         spans.iter().any(|s| s.name == "POST /mcp"
             && attr(s, "http.response.status_code").as_deref() == Some("401"))

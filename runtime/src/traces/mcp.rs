@@ -151,19 +151,19 @@ fn full_bytes(body: Full<Bytes>) -> Bytes {
 fn start(
     declared: &Declared,
     request: Request<Full<Bytes>>,
-) -> (Request<Full<Bytes>>, Option<Context>) {
+) -> (Request<Full<Bytes>>, Option<Started>) {
     let (mut parts, body) = request.into_parts();
     let bytes = full_bytes(body);
     let span = serde_json::from_slice::<Message<'_>>(&bytes)
         .ok()
         .map(|message| open(declared, &parts, &message));
-    if let Some(cx) = &span {
-        parts.extensions.insert(McpSpan(cx.clone()));
+    if let Some(started) = &span {
+        parts.extensions.insert(McpSpan(started.cx.clone()));
     }
     (Request::from_parts(parts, Full::new(bytes)), span)
 }
 
-fn open(declared: &Declared, parts: &http::request::Parts, message: &Message<'_>) -> Context {
+fn open(declared: &Declared, parts: &http::request::Parts, message: &Message<'_>) -> Started {
     let method = message
         .method
         .0
@@ -221,14 +221,6 @@ fn open(declared: &Declared, parts: &http::request::Parts, message: &Message<'_>
     if let Some(uri) = resource {
         attributes.push(KeyValue::new("mcp.resource.uri", uri));
     }
-    if let Some(session) = parts
-        .headers
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| s.len() <= MAX_ID && s.bytes().all(|b| b.is_ascii_graphic()))
-    {
-        attributes.push(KeyValue::new("mcp.session.id", session.to_owned()));
-    }
     let meta = params.and_then(|p| p.meta.as_ref());
     let version = parts
         .headers
@@ -247,6 +239,15 @@ fn open(declared: &Declared, parts: &http::request::Parts, message: &Message<'_>
             version.as_str().to_owned(),
         ));
     }
+    // 2026-07-28 has no sessions; an older era's id is only a candidate until the server
+    // accepts it (rule 3 of crate::traces: never a value the client made up).
+    let stateless = version.is_some_and(|v| v.as_str() >= "2026-07-28");
+    let session = parts
+        .headers
+        .get("mcp-session-id")
+        .and_then(session_id)
+        .filter(|_| !stateless)
+        .map(str::to_owned);
     let http = parts.extensions.get::<HttpSpan>().map(|s| s.0.clone());
     let from_meta = meta
         .and_then(|m| {
@@ -282,7 +283,24 @@ fn open(declared: &Declared, parts: &http::request::Parts, message: &Message<'_>
         .with_attributes(attributes)
         .with_links(links)
         .start_with_context(tracer, &parent);
-    parent.with_span(span)
+    Started {
+        cx: parent.with_span(span),
+        session,
+    }
+}
+
+/// A started MCP span and the session id the request named.
+struct Started {
+    cx: Context,
+    session: Option<String>,
+}
+
+/// A session id worth recording: short, visible ASCII.
+fn session_id(value: &http::HeaderValue) -> Option<&str> {
+    value
+        .to_str()
+        .ok()
+        .filter(|s| s.len() <= MAX_ID && s.bytes().all(|b| b.is_ascii_graphic()))
 }
 
 pin_project_lite::pin_project! {
@@ -290,7 +308,7 @@ pin_project_lite::pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        span: Option<Context>,
+        span: Option<Started>,
     }
 }
 
@@ -309,20 +327,24 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Ok(response) = ready!(this.inner.poll(cx));
-        let Some(span) = this.span.take() else {
+        let Some(Started { cx: span, session }) = this.span.take() else {
             return Poll::Ready(Ok(response));
         };
-        if let Some(session) = response
+        let status = response.status().as_u16();
+        // `initialize` learns its session id from the answer; a later request's id counts
+        // once the server accepted it (an unknown or foreign session is a 404).
+        let session = match response
             .headers()
             .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|s| s.len() <= MAX_ID && s.bytes().all(|b| b.is_ascii_graphic()))
+            .and_then(session_id)
         {
-            // `initialize` learns its session id from the answer.
+            Some(issued) => Some(issued.to_owned()),
+            None => session.filter(|_| (200..300).contains(&status)),
+        };
+        if let Some(session) = session {
             span.span()
-                .set_attribute(KeyValue::new("mcp.session.id", session.to_owned()));
+                .set_attribute(KeyValue::new("mcp.session.id", session));
         }
-        let status = response.status().as_u16();
         Poll::Ready(Ok(response.map(|body| {
             BoxBody::new(Outcome {
                 inner: body,

@@ -13,7 +13,7 @@
 //!    `_TIMEOUT`, `OTEL_RESOURCE_ATTRIBUTES`.
 //! 3. Spans: the HTTP server span (bmm-middleware's `otel`), one MCP server span per
 //!    JSON-RPC request or notification ([`mcp`]), and one client span per upstream HTTP
-//!    attempt of an HTTP tool ([`upstream`]), which carries `traceparent` (and `tracestate`)
+//!    attempt of an HTTP tool (`upstream`), which carries `traceparent` (and `tracestate`)
 //!    to that upstream only.
 //! 4. No token, secret, header value, argument value or client-chosen text is ever an
 //!    attribute, a span name or an event: method names come from a fixed list (`_OTHER`
@@ -29,6 +29,6 @@
 
 pub mod mcp;
 mod setup;
-pub mod upstream;
+pub(crate) mod upstream;
 
 pub use setup::Telemetry;
