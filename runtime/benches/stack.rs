@@ -10,7 +10,10 @@
 //! - `stack/bmm_auth_on_default_logs`: the same with a generated server's default logging
 //!   (`fmt` at `info,rmcp=warn`) writing to a sink, so the request span is on;
 //! - `stack/bmm_auth_on_info_logs`: the same at plain `info`, rmcp's per-session lines
-//!   included.
+//!   included;
+//! - `stack/bmm_auth_on_traces`: `stack/bmm_auth_on` with OpenTelemetry traces on (HTTP
+//!   and MCP spans built, ended and queued to a batch processor whose exporter discards
+//!   them: the OTLP encoding and sending run on the processor's own thread).
 //!
 //! Differences between neighbours are what each part costs per request:
 //! `cargo bench -p bmm-runtime --bench stack`.
@@ -108,6 +111,19 @@ where
     c.bench_function(name, |b| b.iter(|| rt.block_on(call(service, token))));
 }
 
+/// An exporter that drops every batch.
+#[derive(Debug)]
+struct Discard;
+
+impl opentelemetry_sdk::trace::SpanExporter for Discard {
+    async fn export(
+        &self,
+        _batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+}
+
 fn stack(c: &mut Criterion) {
     let server = McpServer::new(word_stats::server_def(), Secrets::default(), |_| None).unwrap();
     let factory = server.clone();
@@ -131,6 +147,23 @@ fn stack(c: &mut Criterion) {
         bmm_runtime::run::mcp_service(&server, on.allowed_hosts(), 256, 16),
     );
     bench(c, "stack/bmm_auth_on", &bmm_on, Some(&token));
+
+    // Traces on: a server of its own (its tracer is set once).
+    let traced = McpServer::new(word_stats::server_def(), Secrets::default(), |_| None).unwrap();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(Discard)
+        .build();
+    let traces = bmm_middleware::Traces::new(opentelemetry::trace::TracerProvider::tracer(
+        &provider, "bench",
+    ));
+    traced.set_traces(traces.clone());
+    let traced_config = auth_config().traces(traces);
+    let bmm_traced = bmm_middleware::stack(
+        &traced_config,
+        bmm_runtime::run::mcp_service(&traced, traced_config.allowed_hosts(), 256, 16),
+    );
+    bench(c, "stack/bmm_auth_on_traces", &bmm_traced, Some(&token));
+    let _ = provider.shutdown();
 
     // A generated server's logging when RUST_LOG is unset, and plain `info` (which also
     // lets rmcp's per-session lines through), both into a sink.
