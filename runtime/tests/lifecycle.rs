@@ -96,13 +96,17 @@ fn main() -> ExitCode {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
+    let mut passed = 0;
     for (name, test) in tests {
         if filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str())) {
             println!("test {name} ...");
             test();
             println!("test {name} ... ok");
+            passed += 1;
         }
     }
+    // A failing test panics, so the process exits non-zero before this line.
+    println!("{passed} passed, 0 failed");
     ExitCode::SUCCESS
 }
 
