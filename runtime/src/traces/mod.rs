@@ -26,6 +26,7 @@
 //!    access and longer retention than the audit log, which is the place for who called
 //!    what.
 //! 6. Batches are flushed when the server stops ([`Telemetry::shutdown`]).
+//! 7. Traces cover the HTTP transport: a server on `--stdio` exports none.
 
 pub mod mcp;
 mod setup;
