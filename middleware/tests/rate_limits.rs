@@ -1,5 +1,5 @@
-//! Per-subject and per-tool rate limits, and reloading signing keys, over real sockets
-//! against the stand-in issuer (issue 17, items 4 and 6).
+//! Per-subject and per-tool rate limits, reloading signing keys, and the drain on shutdown,
+//! over real sockets against the stand-in issuer (issue 17, items 4 and 6).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -194,4 +194,52 @@ async fn reload_refetches_the_jwks_so_a_key_added_after_start_is_accepted() {
         reply = post(&server.url, Some(&token)).await;
     }
     assert_eq!(reply.status, 200, "{}", reply.text);
+}
+
+#[tokio::test]
+async fn an_answer_during_the_drain_carries_connection_close_and_serve_returns() {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let slow = tower::service_fn(|_req: http::Request<Full<Bytes>>| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
+    });
+    let server = bmm_middleware::Server::bind(addr, ServeConfig::unauthenticated("/mcp"))
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(slow, async move {
+        let _ = stopped.await;
+    }));
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("POST /mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 2\r\n\r\n{{}}")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection closed after its answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    tokio::time::timeout(Duration::from_secs(5), serving)
+        .await
+        .expect("serve returned once drained")
+        .unwrap()
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
