@@ -417,8 +417,7 @@ fn check(
     let Ok(ctx) = AuthContext::from_extensions(&parts.extensions) else {
         return Err(auth.challenge().response(AuthError::missing_token()));
     };
-    if !read_tools && !auth.policy().has_tool_scopes() && parts.headers.get("mcp-name").is_none()
-    {
+    if !read_tools && !auth.policy().has_tool_scopes() && parts.headers.get("mcp-name").is_none() {
         return Ok(());
     }
     let Ok(tools) = called_tools(body) else {
