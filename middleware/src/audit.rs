@@ -13,7 +13,12 @@
 //!    `{"event":"dropped"}` line once it catches up.
 //! 4. A file is opened for appending with mode 0600 (an existing file is set to 0600); when
 //!    a line would take it past its size bound it is renamed to `<path>.1` (replacing an
-//!    older one) and a fresh file is started.
+//!    older one) and a fresh file is started. A path that is a symbolic link is refused
+//!    (the log is never written through a link someone else planted).
+//! 5. [`AuditLog::reopen`] (wired to SIGHUP through [`AuditLog::reopen_on`]) makes the
+//!    writer close the file and open the path again after the lines already queued, so an
+//!    external rotation (logrotate's `create`, a `mv`) loses no line: what was queued before
+//!    the signal goes to the old file, what comes after to the new one.
 //!
 //! # Deployment caveat
 //! A full disk or a revoked file loses lines (logged as a warning and counted as dropped);
@@ -23,7 +28,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -151,6 +156,7 @@ struct Inner {
     queue: SyncSender<Vec<u8>>,
     key: [u8; 64],
     dropped: Arc<AtomicU64>,
+    reopen: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -178,17 +184,42 @@ impl AuditLog {
         };
         let (queue, lines) = sync_channel(QUEUE_LINES);
         let dropped = Arc::new(AtomicU64::new(0));
+        let reopen = Arc::new(AtomicBool::new(false));
         let writer_dropped = Arc::clone(&dropped);
+        let writer_reopen = Arc::clone(&reopen);
         std::thread::Builder::new()
             .name("bmm-audit".into())
-            .spawn(move || write_lines(lines, sink, &writer_dropped))?;
+            .spawn(move || write_lines(lines, sink, &writer_dropped, &writer_reopen))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 queue,
                 key: hmac_key(salt),
                 dropped,
+                reopen,
             }),
         })
+    }
+
+    /// Asks the writer to open the file again by its path once the lines queued so far are
+    /// written (rule 5); standard output is left alone.
+    pub fn reopen(&self) {
+        // An empty line is the reopen marker, in order with the lines around it. When the
+        // queue is full the writer is awake anyway and sees the flag after this batch.
+        if self.inner.queue.try_send(Vec::new()).is_err() {
+            self.inner.reopen.store(true, Ordering::Release);
+        }
+    }
+
+    /// Reopens the file at every trigger of `reload` (SIGHUP in a server), for as long as
+    /// the async runtime runs.
+    pub fn reopen_on(&self, reload: &crate::Reload) {
+        let mut changes = reload.subscribe();
+        let log = self.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                log.reopen();
+            }
+        });
     }
 
     /// The hex HMAC-SHA256 of `args` in canonical form (rule 2).
@@ -256,9 +287,32 @@ impl Sink {
             Self::File { file, .. } => file.flush(),
         }
     }
+
+    /// Closes the file and opens its path again (rule 5).
+    fn reopen(&mut self) -> io::Result<()> {
+        match self {
+            Self::Stdout => Ok(()),
+            Self::File {
+                path, file, size, ..
+            } => {
+                file.flush()?;
+                let fresh = open_append(path)?;
+                *size = fresh.metadata()?.len();
+                *file = io::BufWriter::new(fresh);
+                tracing::info!(path = %path.display(), "audit log reopened");
+                Ok(())
+            }
+        }
+    }
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the audit log path is a symbolic link; give the file itself",
+        ));
+    }
     let mut options = OpenOptions::new();
     options.create(true).append(true);
     #[cfg(unix)]
@@ -275,7 +329,7 @@ fn open_append(path: &Path) -> io::Result<File> {
 
 /// The writer thread: writes lines as they come, flushes when the queue is empty, notes
 /// drops, warns about write errors at most once a minute.
-fn write_lines(lines: Receiver<Vec<u8>>, mut sink: Sink, dropped: &AtomicU64) {
+fn write_lines(lines: Receiver<Vec<u8>>, mut sink: Sink, dropped: &AtomicU64, reopen: &AtomicBool) {
     let mut last_warning: Option<std::time::Instant> = None;
     let mut warn = |error: io::Error| {
         metrics::counter!("bmm_audit_lines_dropped_total").increment(1);
@@ -284,13 +338,21 @@ fn write_lines(lines: Receiver<Vec<u8>>, mut sink: Sink, dropped: &AtomicU64) {
             tracing::warn!(%error, "audit log write failed; lines are being lost");
         }
     };
+    // An empty line is the reopen marker (rule 5).
+    let take = |sink: &mut Sink, line: &[u8]| {
+        if line.is_empty() {
+            sink.reopen()
+        } else {
+            sink.write(line)
+        }
+    };
     while let Ok(line) = lines.recv() {
-        if let Err(e) = sink.write(&line) {
+        if let Err(e) = take(&mut sink, &line) {
             warn(e);
         }
         let mut next = lines.try_recv();
         while let Ok(line) = next {
-            if let Err(e) = sink.write(&line) {
+            if let Err(e) = take(&mut sink, &line) {
                 warn(e);
             }
             next = lines.try_recv();
@@ -313,6 +375,11 @@ fn write_lines(lines: Receiver<Vec<u8>>, mut sink: Sink, dropped: &AtomicU64) {
             }
         }
         if let Err(e) = sink.flush() {
+            warn(e);
+        }
+        if reopen.swap(false, Ordering::AcqRel)
+            && let Err(e) = sink.reopen()
+        {
             warn(e);
         }
     }
@@ -426,6 +493,72 @@ fn rfc3339(secs: u64, millis: u32) -> String {
 mod tests {
     use super::*;
 
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "bmm-audit-{name}-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        dir.join("audit.log")
+    }
+
+    fn wait_for_lines(path: &Path, n: usize) -> String {
+        for _ in 0..200 {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.lines().count() >= n {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("fewer than {n} lines in {}", path.display());
+    }
+
+    #[test]
+    fn reopen_after_an_external_rotation_writes_to_the_new_file_and_loses_nothing() {
+        let path = scratch("reopen");
+        let log = AuditLog::open(
+            AuditTarget::File {
+                path: path.clone(),
+                max_bytes: 1 << 20,
+            },
+            b"salt",
+        )
+        .expect("open");
+        log.record(&AuditEntry::now("before"));
+        wait_for_lines(&path, 1);
+        // What logrotate does: move the file away, then signal.
+        let moved = path.with_extension("log.old");
+        std::fs::rename(&path, &moved).expect("rename");
+        log.record(&AuditEntry::now("queued_before_reopen"));
+        log.reopen();
+        log.record(&AuditEntry::now("after"));
+        let fresh = wait_for_lines(&path, 1);
+        let old = wait_for_lines(&moved, 2);
+        assert!(old.contains("\"before\"") && old.contains("queued_before_reopen"));
+        assert!(fresh.contains("\"after\""), "{fresh}");
+        assert!(!fresh.contains("before"), "{fresh}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_audit_path_that_is_a_symbolic_link_is_refused() {
+        let path = scratch("symlink");
+        let target = path.with_extension("target");
+        std::fs::write(&target, b"").expect("target");
+        std::os::unix::fs::symlink(&target, &path).expect("symlink");
+        let opened = AuditLog::open(
+            AuditTarget::File {
+                path,
+                max_bytes: 1 << 20,
+            },
+            b"salt",
+        );
+        assert!(opened.is_err(), "a symlinked audit path was opened");
+    }
+
     #[test]
     fn hmac_matches_rfc_4231_test_case_2() {
         let mac = hmac_sha256(&hmac_key(b"Jefe"), b"what do ya want for nothing?");
@@ -442,6 +575,7 @@ mod tests {
                 queue: sync_channel(1).0,
                 key: hmac_key(salt),
                 dropped: Arc::default(),
+                reopen: Arc::default(),
             }),
         };
         let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":[1,"x"],"x":null}}"#).unwrap();

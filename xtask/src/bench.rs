@@ -6,7 +6,9 @@
 //! `tools/call word_stats` with wrk (Debian's package, installed when missing) at
 //! concurrency 1, 16 and 64 for a fixed duration each, in both protocol eras: stateless
 //! 2026-07-28 requests and a legacy session. Targets, side by side: auth on with a valid
-//! token, auth off, plain rmcp, and a flood of tokens with a forged signature. Reports
+//! token and Prometheus metrics on (as a production server runs), the same with every
+//! request traced and exported over OTLP to a local sink, auth off, plain rmcp, and a
+//! flood of tokens with a forged signature. Reports
 //! req/s, p50, p99 and the server's peak RSS as a Markdown table with the ratios, in
 //! `target/bench/results.md`, and shows what 10,000 `initialize` requests do to memory.
 //! With `--profile`, also samples the auth-on server with `perf` under load
@@ -273,6 +275,8 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
     let log = |name: &str| std::fs::File::create(out.join(name)).map_err(|e| e.to_string());
     let (as_port, on_port, off_port, plain_port) =
         (free_port()?, free_port()?, free_port()?, free_port()?);
+    let (metrics_port, traced_port) = (free_port()?, free_port()?);
+    let sink = OtlpSink::start()?;
     let issuer = format!("http://127.0.0.1:{as_port}");
     let on_url = format!("http://127.0.0.1:{on_port}/mcp");
     let _as = Guard(
@@ -290,23 +294,43 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
             .spawn()
             .map_err(|e| format!("cannot start bmm-as: {e}"))?,
     );
-    let weather = |port: u16, extra: &[&str], name: &str| -> Result<Guard, String> {
-        Ok(Guard(
-            Command::new(release.join("weather"))
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .args(extra)
-                .env("OPENWEATHER_API_KEY", "bench")
-                // A generated server's default logging (`info,rmcp=warn`): the request span
-                // is on, as it is for users.
-                .env_remove("RUST_LOG")
-                .stdout(Stdio::null())
-                .stderr(log(name)?)
-                .spawn()
-                .map_err(|e| format!("cannot start weather: {e}"))?,
-        ))
-    };
-    let on = weather(on_port, &["--issuer", &issuer], "weather-auth-on.log")?;
-    let off = weather(off_port, &["--no-auth"], "weather-auth-off.log")?;
+    let weather =
+        |port: u16, extra: &[&str], env: &[(&str, &str)], name: &str| -> Result<Guard, String> {
+            Ok(Guard(
+                Command::new(release.join("weather"))
+                    .args(["--listen", &format!("127.0.0.1:{port}")])
+                    .args(extra)
+                    .env("OPENWEATHER_API_KEY", "bench")
+                    .envs(env.iter().copied())
+                    // A generated server's default logging (`info,rmcp=warn`): the request span
+                    // is on, as it is for users.
+                    .env_remove("RUST_LOG")
+                    .stdout(Stdio::null())
+                    .stderr(log(name)?)
+                    .spawn()
+                    .map_err(|e| format!("cannot start weather: {e}"))?,
+            ))
+        };
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let on = weather(
+        on_port,
+        &["--issuer", &issuer, "--metrics-listen", &metrics_listen],
+        &[],
+        "weather-auth-on.log",
+    )?;
+    let traced_url = format!("http://127.0.0.1:{traced_port}/mcp");
+    let sink_url = format!("http://127.0.0.1:{}", sink.port);
+    // Every request sampled (the SDK's default for a root span) and exported in batches.
+    let traced = weather(
+        traced_port,
+        &["--issuer", &issuer, "--resource", &traced_url],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &sink_url),
+            ("OTEL_SERVICE_NAME", "weather-bench"),
+        ],
+        "weather-traced.log",
+    )?;
+    let off = weather(off_port, &["--no-auth"], &[], "weather-auth-off.log")?;
     let plain = Guard(
         Command::new(release.join("examples/plain_rmcp"))
             .arg(format!("127.0.0.1:{plain_port}"))
@@ -317,10 +341,12 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
     );
     healthy(as_port, "bmm-as")?;
     healthy(on_port, "weather (auth on)")?;
+    healthy(traced_port, "weather (traces exported)")?;
     healthy(off_port, "weather (auth off)")?;
     healthy(plain_port, "plain rmcp")?;
     let idle = [on.0.id(), off.0.id(), plain.0.id()].map(|pid| memory(pid).1);
     let token = obtain_token(&issuer, &on_url, "text:use weather:read")?;
+    let traced_token = obtain_token(&issuer, &traced_url, "text:use weather:read")?;
     let forged = forge(&token);
     // Warm-up: the first authenticated request fetches the JWKS (the server started before
     // bmm-as answered, so it retries at most once a second); measure after it succeeds.
@@ -328,26 +354,31 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
         "protocolVersion": "2025-11-25", "capabilities": {},
         "clientInfo": {"name": "bmm-bench", "version": "1"}}})
     .to_string();
-    let bearer = format!("Bearer {token}");
-    let mut r = http("GET", &format!("{issuer}/healthz"), &[], None)?;
-    for _ in 0..30 {
-        r = http(
-            "POST",
-            &on_url,
-            &[
-                ("Content-Type", "application/json"),
-                ("Accept", "application/json, text/event-stream"),
-                ("Authorization", &bearer),
-            ],
-            Some(&warm_up),
-        )?;
-        if r.status != 503 {
-            break;
+    for (url, token) in [(&on_url, &token), (&traced_url, &traced_token)] {
+        let bearer = format!("Bearer {token}");
+        let mut r = http("GET", &format!("{issuer}/healthz"), &[], None)?;
+        for _ in 0..30 {
+            r = http(
+                "POST",
+                url,
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Accept", "application/json, text/event-stream"),
+                    ("Authorization", &bearer),
+                ],
+                Some(&warm_up),
+            )?;
+            if r.status != 503 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    if r.status != 200 {
-        return Err(format!("warm-up request answered {}: {}", r.status, r.body));
+        if r.status != 200 {
+            return Err(format!(
+                "warm-up request to {url} answered {}: {}",
+                r.status, r.body
+            ));
+        }
     }
     let targets = [
         Target {
@@ -355,6 +386,12 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
             url: on_url.clone(),
             pid: on.0.id(),
             token: Some(token.clone()),
+        },
+        Target {
+            name: "bmm, traces exported (auth on, every request sampled)",
+            url: traced_url,
+            pid: traced.0.id(),
+            token: Some(traced_token),
         },
         Target {
             name: "bmm, auth off",
@@ -459,16 +496,20 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
     };
     let interleaved = format!(
         "Interleaved, 2026-07-28 stateless, 16 connections, median of {ROUNDS} alternating runs: \
-         auth on {:.0} req/s (p99 {:.2} ms), auth off {:.0} (p99 {:.2} ms), plain rmcp {:.0} (p99 {:.2} ms); \
-         **auth on / auth off {:.3}, auth on / plain rmcp {:.3}**.",
+         auth on with metrics {:.0} req/s (p99 {:.2} ms), auth off {:.0} (p99 {:.2} ms), plain rmcp {:.0} (p99 {:.2} ms), \
+         traces exported {:.0} (p99 {:.2} ms); \
+         **auth on / auth off {:.3}, auth on / plain rmcp {:.3}, traces exported / auth on {:.3}**.",
         median("bmm, auth on", |m| m.rps),
         median("bmm, auth on", |m| m.p99_ms),
         median("bmm, auth off", |m| m.rps),
         median("bmm, auth off", |m| m.p99_ms),
         median("plain rmcp", |m| m.rps),
         median("plain rmcp", |m| m.p99_ms),
+        median("bmm, traces", |m| m.rps),
+        median("bmm, traces", |m| m.p99_ms),
         median("bmm, auth on", |m| m.rps) / median("bmm, auth off", |m| m.rps),
         median("bmm, auth on", |m| m.rps) / median("plain rmcp", |m| m.rps),
+        median("bmm, traces", |m| m.rps) / median("bmm, auth on", |m| m.rps),
     );
     eprintln!("    {interleaved}");
 
@@ -483,9 +524,10 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
         for c in CONCURRENCY {
             let on = rps(era, "bmm, auth on", c);
             ratios.push(format!(
-                "| {era} | {c} | {:.3} | {:.3} | {:.3} |",
+                "| {era} | {c} | {:.3} | {:.3} | {:.3} | {:.3} |",
                 on / rps(era, "bmm, auth off", c),
                 on / rps(era, "plain rmcp", c),
+                rps(era, "bmm, traces", c) / on,
                 rps(era, "bmm, forged", c) / on,
             ));
         }
@@ -526,7 +568,7 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
          | era | target | connections | req/s | p50 ms | p99 ms | non-2xx | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n"
     );
     md.push_str(&rows.join("\n"));
-    md.push_str("\n\n| era | connections | auth on / auth off | auth on / plain rmcp | forged / valid |\n|---|---|---|---|---|\n");
+    md.push_str("\n\n| era | connections | auth on / auth off | auth on / plain rmcp | traces exported / auth on | forged / valid |\n|---|---|---|---|---|---|\n");
     md.push_str(&ratios.join("\n"));
     md.push_str("\n\n");
     md.push_str(&interleaved);
@@ -535,6 +577,37 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
          10,000 `initialize` requests (legacy sessions, auth off, `--max-sessions` default): {accepted} opened a session, \
          {refused} were refused with 503; RSS {before:.1} MiB before, {after:.1} MiB after (peak {peak_after:.1}).\n",
         idle[0], idle[1], idle[2]
+    ));
+    // The metrics endpoint after the load: the counters saw it, and the traces reached
+    // the sink (so the traced rows measured real exports, not a silently idle exporter).
+    let scrape = http(
+        "GET",
+        &format!("http://{metrics_listen}/metrics"),
+        &[],
+        None,
+    )?;
+    let counted: f64 = scrape
+        .body
+        .lines()
+        .filter(|l| l.starts_with("bmm_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    if scrape.status != 200 || counted < 1.0 {
+        return Err(format!(
+            "/metrics answered {} without bmm_requests_total counts",
+            scrape.status
+        ));
+    }
+    let (exports, bytes) = sink.received();
+    if exports == 0 {
+        return Err("the traced server exported no spans to the OTLP sink".to_owned());
+    }
+    md.push_str(&format!(
+        "\nMetrics: `bmm_requests_total` on the auth-on server counted {counted:.0} requests \
+         ({} bytes of exposition). Traces: the OTLP sink received {exports} export requests, \
+         {:.1} MiB.\n",
+        scrape.body.len(),
+        bytes as f64 / 1_048_576.0
     ));
     std::fs::write(out.join("results.md"), &md).map_err(|e| e.to_string())?;
     println!("{md}");
@@ -597,4 +670,82 @@ fn perf_profile(wrk: &str, url: &str, lua: &Path, pid: u32, out: &Path) -> Resul
     std::fs::write(out.join("profile.txt"), &profile).map_err(|e| e.to_string())?;
     println!("{profile}");
     Ok(())
+}
+
+/// An OTLP/HTTP endpoint that accepts every export and keeps only counts: what the traced
+/// server pays is its own export work, not a collector's.
+struct OtlpSink {
+    port: u16,
+    counts: std::sync::Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
+}
+
+impl OtlpSink {
+    fn start() -> Result<Self, String> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| format!("OTLP sink: cannot listen: {e}"))?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        let counts = std::sync::Arc::new((
+            std::sync::atomic::AtomicU64::new(0),
+            std::sync::atomic::AtomicU64::new(0),
+        ));
+        let shared = std::sync::Arc::clone(&counts);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let counts = std::sync::Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    let Ok(mut writer) = stream.try_clone() else {
+                        return;
+                    };
+                    let mut reader = BufReader::new(stream);
+                    loop {
+                        let mut length = 0usize;
+                        let mut line = String::new();
+                        let mut started = false;
+                        loop {
+                            line.clear();
+                            match reader.read_line(&mut line) {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                            let trimmed = line.trim_end();
+                            if trimmed.is_empty() {
+                                if started {
+                                    break;
+                                }
+                                continue;
+                            }
+                            started = true;
+                            if let Some((name, value)) = trimmed.split_once(':')
+                                && name.eq_ignore_ascii_case("content-length")
+                            {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; length.min(64 << 20)];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        counts.0.fetch_add(1, Ordering::Relaxed);
+                        counts.1.fetch_add(length as u64, Ordering::Relaxed);
+                        let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                        if writer.write_all(reply.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self { port, counts })
+    }
+
+    /// Export requests and body bytes received so far.
+    fn received(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.counts.0.load(Ordering::Relaxed),
+            self.counts.1.load(Ordering::Relaxed),
+        )
+    }
 }
