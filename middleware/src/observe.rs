@@ -6,7 +6,10 @@
 //! 2. A response carrying a [`Refusal`] counts in `bmm_requests_total{outcome="refused"}`,
 //!    in `bmm_auth_refusals_total{reason}` unless it is a rate-limit refusal (those are
 //!    counted by the rate limiter), and writes a `refusal` audit line with the reason, the
-//!    HTTP status, the method and the client's IP address, never the token.
+//!    HTTP status, the method and the client's IP address, never the token; when the
+//!    refusing layer had already verified the token (a scope or rate-limit refusal), it
+//!    puts the caller's [`AuthContext`](crate::AuthContext) on the response and the line
+//!    names its `iss`, `sub` and `client_id` too.
 //! 3. Every other POST to the MCP endpoint counts in `bmm_requests_total{method, outcome}`,
 //!    the method read from the `Mcp-Method` header (which rmcp checks against the body),
 //!    else from the JSON-RPC body (a known MCP method, else `other`); the outcome is `ok`
@@ -191,13 +194,23 @@ where
         if let (Some(pending), Ok(response)) = (this.pending.take(), &result)
             && let Some(refusal) = Refusal::from_response(response)
         {
-            record_refusal(&pending, refusal, response.status().as_u16());
+            record_refusal(
+                &pending,
+                refusal,
+                response.status().as_u16(),
+                response.extensions().get::<crate::AuthContext>(),
+            );
         }
         Poll::Ready(result)
     }
 }
 
-fn record_refusal(pending: &Pending, refusal: Refusal, status: u16) {
+fn record_refusal(
+    pending: &Pending,
+    refusal: Refusal,
+    status: u16,
+    caller: Option<&crate::AuthContext>,
+) {
     if pending.observer.metrics {
         metrics::counter!("bmm_requests_total", "method" => pending.method, "outcome" => "refused")
             .increment(1);
@@ -206,13 +219,17 @@ fn record_refusal(pending: &Pending, refusal: Refusal, status: u16) {
         }
     }
     if let Some(audit) = &pending.observer.audit {
-        audit.record(&AuditEntry {
+        let mut entry = AuditEntry {
             reason: Some(refusal.reason),
             status: Some(status),
             method: Some(pending.method),
             source: pending.source.map(|s| s.ip().to_string()),
             ..AuditEntry::now("refusal")
-        });
+        };
+        if let Some(ctx) = caller {
+            entry = entry.caller(ctx.issuer(), ctx.subject(), ctx.client_id());
+        }
+        audit.record(&entry);
     }
 }
 

@@ -336,7 +336,10 @@ where
                 .get::<CalledTools>()
                 .map_or(&[][..], CalledTools::names);
             if let Err(exceeded) = limiter.check(ctx, tools) {
-                return LocalOrInner::local(too_many(exceeded));
+                let mut response = too_many(exceeded);
+                // The audit line names the caller it refused (crate::observe rule 2).
+                response.extensions_mut().insert(ctx.clone());
+                return LocalOrInner::local(response);
             }
         }
         LocalOrInner::inner(self.inner.call(request))

@@ -441,8 +441,12 @@ fn check(
         needed.extend(auth.needed_for_tool(path, tool));
     }
     ScopePolicy::check(&needed, ctx.effective_scopes()).map_err(|needed| {
-        auth.challenge()
-            .response(AuthError::insufficient_scope(needed))
+        let mut response = auth
+            .challenge()
+            .response(AuthError::insufficient_scope(needed));
+        // The audit line names the caller it refused (crate::observe rule 2).
+        response.extensions_mut().insert(ctx.clone());
+        response
     })?;
     parts.extensions.insert(CalledTools(tools));
     Ok(())

@@ -188,6 +188,11 @@ impl McpServer {
         let _ = self.shared.audit.set(audit);
     }
 
+    /// The audit log, once [`McpServer::set_audit`] installed one.
+    pub(crate) fn audit(&self) -> Option<&bmm_middleware::AuditLog> {
+        self.shared.audit.get()
+    }
+
     /// Turns traces on: MCP server spans and upstream client spans go to `traces`
     /// (crate::traces). Once per server: a second call is ignored.
     pub fn set_traces(&self, traces: bmm_middleware::Traces) {

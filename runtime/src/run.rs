@@ -631,7 +631,7 @@ where
         }
         // SIGHUP reloads (bmm_middleware::reload): signing keys, the audit log file.
         bmm_middleware::reload_on_sighup(prepared.config.reload_handle().clone());
-        if let Some(audit) = prepared.server.audit.get() {
+        if let Some(audit) = prepared.server.audit() {
             audit.reopen_on(prepared.config.reload_handle());
         }
         let listener = match Server::bind(args.listen, prepared.config.clone()).await {

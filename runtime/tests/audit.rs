@@ -143,6 +143,12 @@ async fn audit_lines_record_allowed_and_refused_calls_without_tokens_or_argument
         .find(|l| l["event"] == "refusal" && l["reason"] == "scope")
         .unwrap_or_else(|| panic!("no 403 line: {all:?}"));
     assert_eq!(scope["status"], 403);
+    // The token was verified before the scope check: the line says whose it was.
+    assert_eq!(scope["iss"], ISSUER);
+    assert_eq!(scope["sub"], "alice");
+    assert_eq!(scope["client_id"], "client-a");
+    // A 401 has no verified caller, so no caller fields.
+    assert!(missing.get("sub").is_none() && missing.get("iss").is_none());
 
     // A client_id from outside is escaped and cut.
     let odd_line = all
@@ -246,6 +252,8 @@ async fn a_rate_limit_refusal_is_audited_with_its_reason() {
         .find(|l| l["event"] == "refusal" && l["reason"] == "rate_limited")
         .unwrap_or_else(|| panic!("no 429 line: {all:?}"));
     assert_eq!(limited["status"], 429);
+    assert_eq!(limited["sub"], "alice");
+    assert_eq!(limited["client_id"], "client-a");
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(!text.contains(&read));
 }

@@ -109,17 +109,27 @@ where
                         inner.take().expect("future polled after completion"),
                         request.take().expect("future polled after completion"),
                     );
-                    let outcome = result
-                        .and_then(|ctx| auth.authorize(&ctx, request.uri().path()).map(|()| ctx));
+                    // A verified token refused for its scopes keeps its context for the
+                    // audit line (crate::observe rule 2).
+                    let outcome = match result {
+                        Ok(ctx) => match auth.authorize(&ctx, request.uri().path()) {
+                            Ok(()) => Ok(ctx),
+                            Err(error) => Err((error, Some(ctx))),
+                        },
+                        Err(error) => Err((error, None)),
+                    };
                     match outcome {
                         Ok(ctx) => {
                             super::service::admit(&mut request, ctx);
                             let future = service.call(request);
                             this.state.set(State::Inner { future });
                         }
-                        Err(error) => {
+                        Err((error, caller)) => {
                             tracing::debug!(%error, "request refused");
-                            let response = auth.challenge().response(error);
+                            let mut response = auth.challenge().response(error);
+                            if let Some(ctx) = caller {
+                                response.extensions_mut().insert(ctx);
+                            }
                             this.state.set(State::Rejected {
                                 response: Some(response),
                             });

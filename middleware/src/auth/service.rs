@@ -59,7 +59,13 @@ where
                     admit(&mut request, ctx);
                     ResponseFuture::inner(self.inner.call(request))
                 }
-                Err(error) => ResponseFuture::rejected(auth.challenge().response(error)),
+                Err(error) => {
+                    let mut response = auth.challenge().response(error);
+                    // Verified but not authorized (scopes): the audit line names the
+                    // caller (crate::observe rule 2).
+                    response.extensions_mut().insert(ctx);
+                    ResponseFuture::rejected(response)
+                }
             },
             Attempt::Done(Err(error)) => {
                 tracing::debug!(%error, "request refused");
