@@ -279,6 +279,7 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
     let sink = OtlpSink::start()?;
     let issuer = format!("http://127.0.0.1:{as_port}");
     let on_url = format!("http://127.0.0.1:{on_port}/mcp");
+    let traced_url = format!("http://127.0.0.1:{traced_port}/mcp");
     let _as = Guard(
         Command::new(release.join("bmm-as"))
             .args([
@@ -286,6 +287,8 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
                 &format!("127.0.0.1:{as_port}"),
                 "--resource",
                 &on_url,
+                "--resource",
+                &traced_url,
             ])
             .args(["--dev-user", "bench", "--data-dir"])
             .arg(out.join("as-data"))
@@ -318,7 +321,6 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
         &[],
         "weather-auth-on.log",
     )?;
-    let traced_url = format!("http://127.0.0.1:{traced_port}/mcp");
     let sink_url = format!("http://127.0.0.1:{}", sink.port);
     // Every request sampled (the SDK's default for a root span) and exported in batches.
     let traced = weather(
