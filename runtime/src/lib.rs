@@ -24,9 +24,9 @@ pub mod run;
 mod secrets;
 mod session_cap;
 pub mod tasks;
-pub mod traces;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod traces;
 pub mod validate;
 
 pub use app::{Context, Startup};
