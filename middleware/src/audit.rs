@@ -15,7 +15,15 @@
 //!    a line would take it past its size bound it is renamed to `<path>.1` (replacing an
 //!    older one) and a fresh file is started. A path that is a symbolic link is refused
 //!    (the log is never written through a link someone else planted).
-//! 5. [`AuditLog::reopen`] (wired to SIGHUP through [`AuditLog::reopen_on`]) makes the
+//! 5. Refusals of requests without a verified token (401s, malformed headers) are the
+//!    one kind of line anybody can cause without credentials. They are written through
+//!    [`AuditLog::record_unverified`], at most [`UNVERIFIED_PER_SECOND`] a second (bursts
+//!    of [`UNVERIFIED_BURST`]); the rest are counted in `bmm_audit_lines_suppressed_total`
+//!    and noted as one `{"event":"suppressed","count":N}` line before the next one
+//!    written. Without this, a client with no token could fill the size bound in minutes
+//!    and rotate the record of real tool calls away. Tool calls and refusals of verified
+//!    callers are never throttled.
+//! 6. [`AuditLog::reopen`] (wired to SIGHUP through [`AuditLog::reopen_on`]) makes the
 //!    writer close the file and open the path again after the lines already queued, so an
 //!    external rotation (logrotate's `create`, a `mv`) loses no line: what was queued before
 //!    the signal goes to the old file, what comes after to the new one.
@@ -41,6 +49,12 @@ pub const MAX_FIELD_CHARS: usize = 256;
 
 /// Lines waiting for the writer at most; more are dropped (rule 3).
 pub const QUEUE_LINES: usize = 4096;
+
+/// Refusal lines without a verified caller written per second at most (rule 5).
+pub const UNVERIFIED_PER_SECOND: u32 = 20;
+
+/// Refusal lines without a verified caller written at once at most (rule 5).
+pub const UNVERIFIED_BURST: u32 = 200;
 
 /// Where audit lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,7 +95,7 @@ pub enum AuditTarget {
 pub struct AuditEntry {
     /// RFC 3339 UTC time.
     pub time: String,
-    /// `tool_call`, `refusal` or `dropped`.
+    /// `tool_call`, `refusal`, `dropped` or `suppressed`.
     pub event: &'static str,
     /// The token's issuer.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,7 +136,7 @@ pub struct AuditEntry {
     /// The client's IP address.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    /// Lines dropped.
+    /// Lines dropped or suppressed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
 }
@@ -157,6 +171,11 @@ struct Inner {
     key: [u8; 64],
     dropped: Arc<AtomicU64>,
     reopen: Arc<AtomicBool>,
+    /// Lines queued and not yet written and flushed ([`AuditLog::drain`]).
+    pending: Arc<AtomicU64>,
+    /// Tokens left for unverified refusal lines, and when they were last counted (rule 5).
+    unverified: std::sync::Mutex<(f64, std::time::Instant)>,
+    suppressed: AtomicU64,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -185,19 +204,80 @@ impl AuditLog {
         let (queue, lines) = sync_channel(QUEUE_LINES);
         let dropped = Arc::new(AtomicU64::new(0));
         let reopen = Arc::new(AtomicBool::new(false));
+        let pending = Arc::new(AtomicU64::new(0));
         let writer_dropped = Arc::clone(&dropped);
         let writer_reopen = Arc::clone(&reopen);
+        let writer_pending = Arc::clone(&pending);
         std::thread::Builder::new()
             .name("bmm-audit".into())
-            .spawn(move || write_lines(lines, sink, &writer_dropped, &writer_reopen))?;
+            .spawn(move || {
+                write_lines(
+                    lines,
+                    sink,
+                    &writer_dropped,
+                    &writer_reopen,
+                    &writer_pending,
+                );
+            })?;
         Ok(Self {
             inner: Arc::new(Inner {
                 queue,
                 key: hmac_key(salt),
                 dropped,
                 reopen,
+                pending,
+                unverified: std::sync::Mutex::new((
+                    f64::from(UNVERIFIED_BURST),
+                    std::time::Instant::now(),
+                )),
+                suppressed: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Queues the refusal `entry` of a request without a verified caller, within the
+    /// budget of rule 5; past it the line is counted and noted later instead.
+    pub fn record_unverified(&self, entry: &AuditEntry) {
+        let admitted = self.inner.unverified.lock().is_ok_and(|mut bucket| {
+            let now = std::time::Instant::now();
+            let refill =
+                now.duration_since(bucket.1).as_secs_f64() * f64::from(UNVERIFIED_PER_SECOND);
+            bucket.0 = (bucket.0 + refill).min(f64::from(UNVERIFIED_BURST));
+            bucket.1 = now;
+            if bucket.0 >= 1.0 {
+                bucket.0 -= 1.0;
+                true
+            } else {
+                false
+            }
+        });
+        if !admitted {
+            self.inner.suppressed.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("bmm_audit_lines_suppressed_total").increment(1);
+            return;
+        }
+        let suppressed = self.inner.suppressed.swap(0, Ordering::Relaxed);
+        if suppressed > 0 {
+            self.record(&AuditEntry {
+                count: Some(suppressed),
+                ..AuditEntry::now("suppressed")
+            });
+        }
+        self.record(entry);
+    }
+
+    /// Waits until every line queued so far is written and flushed, for at most `limit`
+    /// (a server calls it on its way out, so the lines of calls cut off by the end of the
+    /// shutdown grace are not lost with the process). Returns whether it got there.
+    pub fn drain(&self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while self.inner.pending.load(Ordering::Acquire) > 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        true
     }
 
     /// Asks the writer to open the file again by its path once the lines queued so far are
@@ -235,9 +315,11 @@ impl AuditLog {
             return;
         };
         line.push(b'\n');
+        self.inner.pending.fetch_add(1, Ordering::AcqRel);
         match self.inner.queue.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.inner.pending.fetch_sub(1, Ordering::AcqRel);
                 self.inner.dropped.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("bmm_audit_lines_dropped_total").increment(1);
             }
@@ -318,8 +400,17 @@ fn open_append(path: &Path) -> io::Result<File> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        options.mode(0o600);
+        // O_NOFOLLOW closes the race between the check above and the open.
+        options
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
         let file = options.open(path)?;
+        if !file.metadata()?.file_type().is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the audit log path is not a regular file",
+            ));
+        }
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         Ok(file)
     }
@@ -329,7 +420,13 @@ fn open_append(path: &Path) -> io::Result<File> {
 
 /// The writer thread: writes lines as they come, flushes when the queue is empty, notes
 /// drops, warns about write errors at most once a minute.
-fn write_lines(lines: Receiver<Vec<u8>>, mut sink: Sink, dropped: &AtomicU64, reopen: &AtomicBool) {
+fn write_lines(
+    lines: Receiver<Vec<u8>>,
+    mut sink: Sink,
+    dropped: &AtomicU64,
+    reopen: &AtomicBool,
+    pending: &AtomicU64,
+) {
     let mut last_warning: Option<std::time::Instant> = None;
     let mut warn = |error: io::Error| {
         metrics::counter!("bmm_audit_lines_dropped_total").increment(1);
@@ -347,11 +444,13 @@ fn write_lines(lines: Receiver<Vec<u8>>, mut sink: Sink, dropped: &AtomicU64, re
         }
     };
     while let Ok(line) = lines.recv() {
+        let mut taken = u64::from(!line.is_empty());
         if let Err(e) = take(&mut sink, &line) {
             warn(e);
         }
         let mut next = lines.try_recv();
         while let Ok(line) = next {
+            taken += u64::from(!line.is_empty());
             if let Err(e) = take(&mut sink, &line) {
                 warn(e);
             }
@@ -377,6 +476,7 @@ fn write_lines(lines: Receiver<Vec<u8>>, mut sink: Sink, dropped: &AtomicU64, re
         if let Err(e) = sink.flush() {
             warn(e);
         }
+        pending.fetch_sub(taken, Ordering::AcqRel);
         if reopen.swap(false, Ordering::AcqRel)
             && let Err(e) = sink.reopen()
         {
@@ -542,6 +642,59 @@ mod tests {
         assert!(!fresh.contains("before"), "{fresh}");
     }
 
+    #[test]
+    fn refusals_without_a_verified_caller_cannot_flood_the_log() {
+        let path = scratch("flood");
+        let log = AuditLog::open(
+            AuditTarget::File {
+                path: path.clone(),
+                max_bytes: 1 << 30,
+            },
+            b"salt",
+        )
+        .expect("open");
+        let flood = 5_000;
+        for _ in 0..flood {
+            log.record_unverified(&AuditEntry {
+                reason: Some("missing"),
+                ..AuditEntry::now("refusal")
+            });
+        }
+        // Refill for a moment, then one more: it brings the note of what was suppressed.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        log.record_unverified(&AuditEntry {
+            reason: Some("missing"),
+            ..AuditEntry::now("refusal")
+        });
+        log.record(&AuditEntry::now("tool_call"));
+        let text = wait_for_lines(&path, 1);
+        let mut written = 0;
+        let mut noted = 0;
+        let mut calls = 0;
+        for _ in 0..200 {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            calls = text.matches("\"tool_call\"").count();
+            if calls == 1 {
+                written = text.matches("\"refusal\"").count();
+                noted = text
+                    .lines()
+                    .filter(|l| l.contains("\"suppressed\""))
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .filter_map(|v| v["count"].as_u64())
+                    .sum::<u64>();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(calls, 1, "{text}");
+        assert!(
+            written <= UNVERIFIED_BURST as usize + 10,
+            "{written} refusal lines from a flood of {flood}"
+        );
+        // Every refusal is either written or counted in a note.
+        assert_eq!(written as u64 + noted, flood + 1);
+    }
+
     #[cfg(unix)]
     #[test]
     fn an_audit_path_that_is_a_symbolic_link_is_refused() {
@@ -576,6 +729,9 @@ mod tests {
                 key: hmac_key(salt),
                 dropped: Arc::default(),
                 reopen: Arc::default(),
+                pending: Arc::default(),
+                unverified: std::sync::Mutex::new((0.0, std::time::Instant::now())),
+                suppressed: AtomicU64::new(0),
             }),
         };
         let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":[1,"x"],"x":null}}"#).unwrap();

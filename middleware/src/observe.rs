@@ -226,10 +226,14 @@ fn record_refusal(
             source: pending.source.map(|s| s.ip().to_string()),
             ..AuditEntry::now("refusal")
         };
-        if let Some(ctx) = caller {
-            entry = entry.caller(ctx.issuer(), ctx.subject(), ctx.client_id());
+        match caller {
+            Some(ctx) => {
+                entry = entry.caller(ctx.issuer(), ctx.subject(), ctx.client_id());
+                audit.record(&entry);
+            }
+            // Anyone can cause these: throttled (crate::audit rule 5).
+            None => audit.record_unverified(&entry),
         }
-        audit.record(&entry);
     }
 }
 

@@ -116,6 +116,10 @@ fn describe() {
         "bmm_audit_lines_dropped_total",
         "Audit lines lost because the writer was behind or could not write"
     );
+    describe_counter!(
+        "bmm_audit_lines_suppressed_total",
+        "Refusal lines of requests without a verified token left out over the audit log's budget"
+    );
     for reason in REFUSAL_REASONS {
         metrics::counter!("bmm_auth_refusals_total", "reason" => *reason).increment(0);
     }

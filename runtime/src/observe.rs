@@ -5,7 +5,10 @@
 //!    outcome}` (tool: a declared name, else `unknown`; outcome: `ok`, `tool_error`,
 //!    `error`, `input_required`, `task`) and, with an audit log, a `tool_call` line
 //!    ([`bmm_middleware::AuditEntry`]) with the caller, the outcome, the upstream's status
-//!    and the arguments' salted hash, never the arguments.
+//!    and the arguments' salted hash, never the arguments. A call that never finishes
+//!    (its connection closed at the end of the shutdown grace, the request timeout, a
+//!    dropped future) is recorded as `aborted` when its record is dropped: the upstream
+//!    may already have acted on it, so it must not vanish from the log.
 //! 2. Every upstream attempt of an HTTP tool is timed until its answer's head:
 //!    `bmm_upstream_request_duration_seconds{upstream, status}` (upstream: the declared
 //!    id; status: `2xx`..`5xx`, or `error` when no answer came).
@@ -71,6 +74,16 @@ pub(crate) struct ToolCall {
     audit: Option<(AuditLog, AuditEntry)>,
     /// Only for the audit line: without one, no allocation and no task-local.
     upstream: Option<Arc<AtomicU32>>,
+    /// Set once the outcome is recorded; a record dropped without one is `aborted`.
+    recorded: bool,
+}
+
+impl Drop for ToolCall {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.record("aborted");
+        }
+    }
 }
 
 impl ToolCall {
@@ -107,6 +120,7 @@ impl ToolCall {
             tool: declared.unwrap_or("unknown"),
             upstream: audit.as_ref().map(|_| Arc::new(AtomicU32::new(0))),
             audit,
+            recorded: false,
         }
     }
 
@@ -119,7 +133,7 @@ impl ToolCall {
     }
 
     /// Records the outcome.
-    pub(crate) fn finish(self, response: &Result<CallToolResponse, ErrorData>) {
+    pub(crate) fn finish(mut self, response: &Result<CallToolResponse, ErrorData>) {
         let outcome = match response {
             Ok(CallToolResponse::Complete(result)) if result.is_error == Some(true) => "tool_error",
             Ok(CallToolResponse::Complete(_)) => "ok",
@@ -128,6 +142,11 @@ impl ToolCall {
             Ok(_) => "ok",
             Err(_) => "error",
         };
+        self.record(outcome);
+    }
+
+    fn record(&mut self, outcome: &'static str) {
+        self.recorded = true;
         let elapsed = self.started.elapsed();
         if metrics_on() {
             metrics::histogram!(
@@ -137,10 +156,13 @@ impl ToolCall {
             )
             .record(elapsed.as_secs_f64());
         }
-        if let Some((log, mut entry)) = self.audit {
+        if let Some((log, mut entry)) = self.audit.take() {
             entry.outcome = Some(outcome);
             entry.duration_ms = Some(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
-            let status = self.upstream.map_or(0, |cell| cell.load(Ordering::Relaxed));
+            let status = self
+                .upstream
+                .as_ref()
+                .map_or(0, |cell| cell.load(Ordering::Relaxed));
             entry.upstream_status = u16::try_from(status).ok().filter(|s| *s != 0);
             log.record(&entry);
         }

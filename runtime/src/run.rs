@@ -564,8 +564,12 @@ where
 /// The log filter when `RUST_LOG` is not set: bmm's start-up, warnings and errors. rmcp
 /// logs three lines at info for every session it opens, and every 2026-07-28 request is a
 /// session of its own: at info that was three log lines per tool call (and a quarter of a
-/// request's time in the in-memory stack bench), so rmcp is kept to warnings.
-pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=warn";
+/// request's time in the in-memory stack bench), so rmcp is kept quiet. It is kept to
+/// errors, not warnings: rmcp's warning for a failed request prints the client's
+/// JSON-RPC id verbatim (a 3 MB id with newlines and terminal escapes went straight into
+/// the log), and bmm records refusals in its own bounded, escaped forms (metrics, the
+/// audit log).
+pub const DEFAULT_LOG_FILTER: &str = "info,rmcp=error";
 
 /// The whole `main` of a server without state of its own (see [`main_with_state`]).
 pub fn main(def: ServerDef) -> ExitCode {
@@ -614,6 +618,7 @@ where
     if let Some(telemetry) = &telemetry {
         prepared = prepared.with_traces(telemetry.traces());
     }
+    let audit = prepared.server.audit().cloned();
     let runtime = match async_runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -656,5 +661,11 @@ where
     // Connections past the grace and legacy sessions end with the runtime; a tool stuck in
     // blocking code must not keep the process from exiting.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // Calls cut off just now were recorded as `aborted` when their futures were dropped.
+    if let Some(audit) = audit
+        && !audit.drain(std::time::Duration::from_secs(2))
+    {
+        eprintln!("warning: the audit log's last lines were not all written before exit");
+    }
     code
 }

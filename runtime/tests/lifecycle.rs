@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     if std::env::var_os(CHILD).is_some() {
         return bmm_runtime::run::main(def());
     }
-    let tests: [(&str, fn()); 4] = [
+    let tests: [(&str, fn()); 5] = [
         (
             "sigterm_during_a_slow_tool_call_lets_it_finish_refuses_new_connections_and_exits_0",
             sigterm_during_a_slow_tool_call_lets_it_finish_refuses_new_connections_and_exits_0,
@@ -90,6 +90,10 @@ fn main() -> ExitCode {
         (
             "rate_limit_flag_and_a_tools_own_rate_limit_answer_429",
             rate_limit_flag_and_a_tools_own_rate_limit_answer_429,
+        ),
+        (
+            "a_call_cut_off_by_the_end_of_the_grace_is_audited_as_aborted",
+            a_call_cut_off_by_the_end_of_the_grace_is_audited_as_aborted,
         ),
     ];
     let filter: Vec<String> = std::env::args()
@@ -441,5 +445,55 @@ fn sigterm_ends_a_legacy_sessions_open_get_stream_without_waiting_out_the_grace(
             signalled.elapsed()
         );
         let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+    });
+}
+
+fn a_call_cut_off_by_the_end_of_the_grace_is_audited_as_aborted() {
+    runtime().block_on(async {
+        let keys = Arc::new(Mutex::new(vec![jwk("rsa-a", "k1")]));
+        let jwks = start_jwks(keys).await;
+        let dir = std::env::temp_dir().join(format!("bmm-lifecycle-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let audit = dir.join("audit.jsonl");
+        let _ = std::fs::remove_file(&audit);
+        let mut server = Server::start(
+            &jwks,
+            &[
+                "--shutdown-grace-secs",
+                "1",
+                "--audit-log",
+                audit.to_str().unwrap(),
+            ],
+        )
+        .await;
+        let token = token("rsa-a", "k1", &server.resource);
+        let slow = {
+            let token = token.clone();
+            let resource = server.resource.clone();
+            tokio::spawn(async move { call(&resource, &token, 30_000).await })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        server.signal("TERM");
+        let exit = tokio::task::spawn_blocking(move || {
+            let exit = server.wait_exit(Duration::from_secs(15));
+            drop(server);
+            exit
+        })
+        .await
+        .unwrap()
+        .expect("the server exited after the grace");
+        assert!(exit.success(), "{exit:?}");
+        assert!(
+            slow.await.unwrap().is_err(),
+            "the cut-off call was answered"
+        );
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        let line = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["event"] == "tool_call" && l["tool"] == "slow")
+            .unwrap_or_else(|| panic!("no tool_call line for the cut-off call: {text:?}"));
+        assert_eq!(line["outcome"], "aborted", "{line}");
+        assert_eq!(line["sub"], "alice", "{line}");
     });
 }
