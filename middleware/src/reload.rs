@@ -5,7 +5,8 @@
 //!    subscriber; none of them closes a connection or a session.
 //! 2. [`crate::Server::serve`] answers each reload by fetching every trusted issuer's JWKS
 //!    at once (a rotated signing key is accepted without waiting for the cache to expire,
-//!    and `kid`s remembered as unknown are forgotten) and logs what it reloaded.
+//!    and `kid`s remembered as unknown are forgotten) and logs what it reloaded; at most
+//!    once a second, so a storm of signals cannot turn into a storm of JWKS fetches.
 //! 3. Other parts (the audit log reopening its file, say) subscribe through
 //!    [`crate::ServeConfig::reload_handle`] and do their own reload on each change of the
 //!    generation; a burst of signals may be seen as one.

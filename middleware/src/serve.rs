@@ -304,6 +304,9 @@ impl Server {
                     if let Some(auth) = &auth {
                         auth.reload_keys().await;
                     }
+                    // A storm of SIGHUPs is one reload a second at most: triggers in
+                    // between are seen as one change (a watch keeps only the latest).
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             });
         }

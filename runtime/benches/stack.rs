@@ -8,7 +8,7 @@
 //! - `stack/bmm_auth_off`: every `bmm_middleware::stack` layer, authentication disabled;
 //! - `stack/bmm_auth_on`: the same with a valid RS256 token (verified-token cache warm);
 //! - `stack/bmm_auth_on_default_logs`: the same with a generated server's default logging
-//!   (`fmt` at `info,rmcp=warn`) writing to a sink, so the request span is on;
+//!   (`fmt` at the default filter) writing to a sink, so the request span is on;
 //! - `stack/bmm_auth_on_info_logs`: the same at plain `info`, rmcp's per-session lines
 //!   included;
 //! - `stack/bmm_auth_on_traces`: `stack/bmm_auth_on` with OpenTelemetry traces on (HTTP

@@ -305,7 +305,7 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
                     .args(extra)
                     .env("OPENWEATHER_API_KEY", "bench")
                     .envs(env.iter().copied())
-                    // A generated server's default logging (`info,rmcp=warn`): the request span
+                    // A generated server's default logging (`DEFAULT_LOG_FILTER`): the request span
                     // is on, as it is for users.
                     .env_remove("RUST_LOG")
                     .stdout(Stdio::null())
