@@ -59,6 +59,7 @@ pub const MCP_METHODS: &[&str] = &[
     "notifications/cancelled",
     "notifications/progress",
     "notifications/roots/list_changed",
+    "notifications/tasks/status",
 ];
 
 /// `method` if it is a known MCP method, else `other` (rule 4).

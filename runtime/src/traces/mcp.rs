@@ -50,34 +50,9 @@ pub struct McpSpan(pub Context);
 /// The longest JSON-RPC id or session id recorded.
 const MAX_ID: usize = 128;
 
-/// MCP methods a span may be named after; anything else is `_OTHER`.
-const METHODS: &[&str] = &[
-    "initialize",
-    "ping",
-    "server/discover",
-    "tools/list",
-    "tools/call",
-    "prompts/list",
-    "prompts/get",
-    "resources/list",
-    "resources/read",
-    "resources/templates/list",
-    "resources/subscribe",
-    "resources/unsubscribe",
-    "subscriptions/listen",
-    "completion/complete",
-    "logging/setLevel",
-    "tasks/get",
-    "tasks/list",
-    "tasks/result",
-    "tasks/cancel",
-    "tasks/update",
-    "notifications/initialized",
-    "notifications/cancelled",
-    "notifications/progress",
-    "notifications/roots/list_changed",
-    "notifications/tasks/status",
-];
+/// MCP methods a span may be named after ([`bmm_middleware::observe::MCP_METHODS`], the
+/// list metrics use too); anything else is `_OTHER`.
+const METHODS: &[&str] = bmm_middleware::observe::MCP_METHODS;
 
 /// What the layer needs: the tracer and the names the spec declares.
 #[derive(Debug)]
