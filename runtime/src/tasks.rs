@@ -9,13 +9,19 @@
 //!    that never existed, so nothing tells the two apart. A token without `sub` names no
 //!    caller and cannot create tasks.
 //! 2. Ids are 256 random bits (hex), never derived from anything a client sent.
-//! 3. Bounded: at most [`MAX_LIVE`] unfinished tasks overall and [`MAX_LIVE_PER_CALLER`]
-//!    per caller, at most [`MAX_KEPT`] tasks in any state overall and
-//!    [`MAX_KEPT_PER_CALLER`] per caller. A task past a limit is refused with an error;
-//!    nothing grows and nothing another caller can still read is evicted for it.
+//! 3. Bounded: at most [`MAX_LIVE`] running (unfinished: `working` or `input_required`)
+//!    tasks overall and [`MAX_LIVE_PER_CALLER`] per caller; a task past either is refused
+//!    with an error ("too many running tasks"), and nothing running is ever evicted for it.
+//!    At most [`MAX_KEPT`] tasks in any state overall and [`MAX_KEPT_PER_CALLER`] per
+//!    caller; these never refuse a task: a caller at its kept limit loses its own oldest
+//!    finished task (the one that ended first), and at the server-wide limit the caller
+//!    holding the most finished tasks loses its oldest one. A forgotten task's result is
+//!    gone: `tasks/get` then answers the unknown-task `-32602`. Finished tasks alone never
+//!    lock a caller out, and the store never grows past [`MAX_KEPT`].
 //! 4. A task runs at most [`TTL`] (advertised as `ttlMs`); then its work is stopped and it
 //!    fails. A finished task stays readable until `createdAt + ttlMs`, and at least
-//!    [`KEEP_AFTER_END`] after it ended, then it is forgotten.
+//!    [`KEEP_AFTER_END`] after it ended, then it is forgotten; sooner if it has to make
+//!    room under rule 3.
 //! 5. `tasks/cancel` stops the work: the tool's future is dropped (tokio abort), so an
 //!    upstream request in flight is dropped with it, and questions it was waiting on go
 //!    away. Cancelling a finished task is acknowledged and changes nothing.
@@ -44,9 +50,11 @@ use tokio::sync::oneshot;
 pub const MAX_LIVE: usize = 256;
 /// Unfinished tasks of one caller.
 pub const MAX_LIVE_PER_CALLER: usize = 16;
-/// Tasks in any state (finished ones are kept for their result), all callers together.
+/// Tasks in any state (finished ones are kept for their result), all callers together;
+/// past it the oldest finished task of the caller holding the most is forgotten.
 pub const MAX_KEPT: usize = 2048;
-/// Tasks in any state of one caller.
+/// Tasks in any state of one caller; past it the caller's oldest finished task is
+/// forgotten.
 pub const MAX_KEPT_PER_CALLER: usize = 128;
 /// How long a task may run, and how long it stays readable after it was created.
 pub const TTL: Duration = Duration::from_secs(15 * 60);
@@ -82,7 +90,9 @@ fn unknown_task() -> ErrorData {
 
 fn refused(what: &str, limit: usize) -> ErrorData {
     ErrorData::invalid_request(
-        format!("too many {what} (limit {limit}); wait for one to finish or cancel one"),
+        format!(
+            "too many running tasks {what} (limit {limit}); wait for one to finish or cancel one"
+        ),
         None,
     )
 }
@@ -285,16 +295,9 @@ impl TaskStore {
             }
         }
         let limit = if mine_live >= MAX_LIVE_PER_CALLER {
-            Some(refused(
-                "unfinished tasks for this caller",
-                MAX_LIVE_PER_CALLER,
-            ))
+            Some(refused("for this caller", MAX_LIVE_PER_CALLER))
         } else if live >= MAX_LIVE {
-            Some(refused("unfinished tasks on this server", MAX_LIVE))
-        } else if mine >= MAX_KEPT_PER_CALLER {
-            Some(refused("kept tasks for this caller", MAX_KEPT_PER_CALLER))
-        } else if inner.tasks.len() >= MAX_KEPT {
-            Some(refused("kept tasks on this server", MAX_KEPT))
+            Some(refused("on this server", MAX_LIVE))
         } else {
             None
         };
@@ -302,6 +305,18 @@ impl TaskStore {
             drop(inner);
             notes.into_iter().for_each(|n| notify(Some(n)));
             return Err(error);
+        }
+        // Kept limits make room instead of refusing (rule 3). Below the live limits the
+        // caller holds at least MAX_KEPT_PER_CALLER - MAX_LIVE_PER_CALLER finished tasks
+        // when at its kept limit, and the server at least MAX_KEPT - MAX_LIVE, so there is
+        // always a finished task to forget.
+        if mine >= MAX_KEPT_PER_CALLER {
+            Self::forget_oldest_finished(&mut inner, &owner);
+        }
+        if inner.tasks.len() >= MAX_KEPT
+            && let Some(holder) = Self::biggest_finished_holder(&inner)
+        {
+            Self::forget_oldest_finished(&mut inner, &holder);
         }
         let id = random_id();
         let stamp = now();
@@ -327,6 +342,36 @@ impl TaskStore {
             store: self.clone(),
             id,
         })
+    }
+
+    /// Forgets `owner`'s finished task that ended first (rule 3); never a running one.
+    fn forget_oldest_finished(inner: &mut Inner, owner: &Owner) {
+        let oldest = inner
+            .tasks
+            .iter()
+            .filter(|(_, e)| e.owner == *owner)
+            .filter_map(|(id, e)| e.ended.map(|ended| ((ended, e.created), id)))
+            .min_by_key(|(when, _)| *when)
+            .map(|(_, id)| id.clone());
+        if let Some(id) = oldest {
+            inner.tasks.remove(&id);
+        }
+    }
+
+    /// The caller holding the most finished tasks: at the server-wide kept limit it is
+    /// the one that makes room (rule 3). Chosen over "globally oldest finished" so that
+    /// one caller filling the store with quick tasks mostly recycles its own results
+    /// instead of erasing other callers' results they have not read yet; a caller holding
+    /// few finished tasks loses one only once nobody holds more.
+    fn biggest_finished_holder(inner: &Inner) -> Option<Owner> {
+        let mut finished: HashMap<&Owner, usize> = HashMap::new();
+        for e in inner.tasks.values().filter(|e| e.terminal.is_some()) {
+            *finished.entry(&e.owner).or_default() += 1;
+        }
+        finished
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(owner, _)| owner.clone())
     }
 
     /// Runs `work` as the task's body; its outcome (already redacted) ends the task.
@@ -495,5 +540,49 @@ mod tests {
         assert_eq!(store.live(), MAX_LIVE_PER_CALLER);
         // Another caller is not affected.
         store.create(Owner("b".into()), None).unwrap();
+    }
+
+    #[tokio::test]
+    async fn at_the_server_kept_limit_the_biggest_holder_makes_room_never_a_running_task() {
+        let store = TaskStore::default();
+        let failed = || Err(ErrorData::internal_error("x", None));
+        // `a`: all its running tasks plus finished ones, fewer finished than the others.
+        let a = Owner("a".into());
+        for _ in MAX_LIVE_PER_CALLER..MAX_KEPT_PER_CALLER {
+            let t = store.create(a.clone(), None).unwrap();
+            store.finish(&t, failed());
+        }
+        let mut a_running = Vec::new();
+        for _ in 0..MAX_LIVE_PER_CALLER {
+            a_running.push(store.create(a.clone(), None).unwrap());
+        }
+        // Others fill the server with finished tasks.
+        let mut firsts = Vec::new();
+        let mut n = 0;
+        while store.lock().tasks.len() < MAX_KEPT {
+            let owner = Owner(format!("o{}", n / MAX_KEPT_PER_CALLER));
+            let t = store.create(owner.clone(), None).unwrap();
+            store.finish(&t, failed());
+            if n % MAX_KEPT_PER_CALLER == 0 {
+                firsts.push((owner, t.id.clone()));
+            }
+            n += 1;
+        }
+        let newcomer = store.create(Owner("new".into()), None).unwrap();
+        assert_eq!(store.lock().tasks.len(), MAX_KEPT, "the store grew");
+        assert!(store.snapshot(&newcomer).is_some());
+        for t in &a_running {
+            assert_eq!(store.get(&a, &t.id).unwrap().status(), TaskStatus::Working);
+        }
+        let kept_by_a = store.lock().tasks.values().filter(|e| e.owner == a).count();
+        assert_eq!(
+            kept_by_a, MAX_KEPT_PER_CALLER,
+            "a holds fewer finished tasks"
+        );
+        let gone: Vec<_> = firsts
+            .iter()
+            .filter(|(owner, id)| store.get(owner, id).is_err())
+            .collect();
+        assert_eq!(gone.len(), 1, "one biggest holder lost its oldest task");
     }
 }

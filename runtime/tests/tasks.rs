@@ -1,8 +1,9 @@
 //! MCP tasks (SEP-2663) served by the runtime for tools the spec marks `task:
 //! optional|required`, over a real socket with real JWTs: a task completes with the
 //! result a direct call gives, cancel drops the running tool, a task is invisible to
-//! every other caller, `required` refuses a client without the extension, and the
-//! per-caller live-task limit answers an error instead of growing.
+//! every other caller, `required` refuses a client without the extension, the
+//! per-caller live-task limit answers an error instead of growing, and finished tasks
+//! make room instead of locking their caller out.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::convert::Infallible;
@@ -382,7 +383,9 @@ async fn past_the_live_task_limit_a_caller_gets_an_error_not_a_task() {
         refused["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("too many"),
+            .contains(&format!(
+                "too many running tasks for this caller (limit {limit}); wait"
+            )),
         "{refused}"
     );
     // Another caller is not starved by alice.
@@ -391,6 +394,37 @@ async fn past_the_live_task_limit_a_caller_gets_an_error_not_a_task() {
     // A cancelled task frees its place.
     s.task("alice", "tasks/cancel", &ids[0]).await;
     task_id(&s.call("alice", true, "slow", json!({})).await);
+}
+
+#[tokio::test]
+async fn finished_tasks_never_lock_a_caller_out() {
+    let s = start(Arc::default()).await;
+    let kept = bmm_runtime::tasks::MAX_KEPT_PER_CALLER;
+    let mut ids = Vec::new();
+    // `only_task` ends on its first poll: every task is finished before the next call.
+    for n in 0..kept + 8 {
+        let created = s.call("alice", true, "only_task", json!({})).await;
+        assert_eq!(
+            created["result"]["resultType"], "task",
+            "call {n}: {created}"
+        );
+        ids.push(task_id(&created));
+    }
+    // The oldest results made room and are forgotten, like an id that never existed.
+    let unknown = s.task("alice", "tasks/get", &"0".repeat(64)).await;
+    let oldest = s.task("alice", "tasks/get", &ids[0]).await;
+    assert_eq!(oldest["error"], unknown["error"], "{oldest}");
+    assert_eq!(oldest["error"]["code"], -32602, "{oldest}");
+    // The newest are readable.
+    for id in &ids[ids.len() - kept..] {
+        let got = s.task("alice", "tasks/get", id).await;
+        assert_eq!(got["result"]["status"], "completed", "{got}");
+    }
+    let newest = s.task("alice", "tasks/get", ids.last().unwrap()).await;
+    assert_eq!(
+        newest["result"]["result"]["content"][0]["text"], "done",
+        "{newest}"
+    );
 }
 
 #[tokio::test]
