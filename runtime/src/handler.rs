@@ -683,9 +683,27 @@ impl McpServer {
         let legacy = !cx
             .protocol_version()
             .is_some_and(|v| v >= rmcp::model::ProtocolVersion::V_2026_07_28);
-        let input = shared
-            .tasks
-            .create(owner, legacy.then(|| cx.peer.clone()))?;
+        let input = match shared.tasks.create(owner, legacy.then(|| cx.peer.clone())) {
+            Ok(input) => input,
+            // At a running-task limit (the only refusal), an `optional` tool answers
+            // directly: SEP-2663 lets the server decide per request whether to make a
+            // task, and a client declaring the extension must take either result. This
+            // adds no work a client without the extension could not already start.
+            Err(_) if shared.def.tools[i].task == TaskSupport::Optional => {
+                let outcome = run_tool(
+                    Arc::clone(shared),
+                    self.log_level.clone(),
+                    i,
+                    args,
+                    retry,
+                    cx,
+                    None,
+                )
+                .await;
+                return respond(shared, name, outcome);
+            }
+            Err(refused) => return Err(refused),
+        };
         let mut work = run_tool(
             Arc::clone(shared),
             self.log_level.clone(),

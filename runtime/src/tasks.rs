@@ -11,7 +11,9 @@
 //! 2. Ids are 256 random bits (hex), never derived from anything a client sent.
 //! 3. Bounded: at most [`MAX_LIVE`] running (unfinished: `working` or `input_required`)
 //!    tasks overall and [`MAX_LIVE_PER_CALLER`] per caller; a task past either is refused
-//!    with an error ("too many running tasks"), and nothing running is ever evicted for it.
+//!    with an error ("too many running tasks") for a `required` tool, while an `optional`
+//!    one then answers directly (SEP-2663: the server decides per request whether to make
+//!    a task); nothing running is ever evicted for it.
 //!    At most [`MAX_KEPT`] tasks in any state overall and [`MAX_KEPT_PER_CALLER`] per
 //!    caller; these never refuse a task: a caller at its kept limit loses its own oldest
 //!    finished task (the one that ended first), and at the server-wide limit the caller
@@ -276,7 +278,8 @@ impl TaskStore {
         notes
     }
 
-    /// Creates a `working` task for `owner`, or refuses it past a limit (rule 3). The
+    /// Creates a `working` task for `owner`, or refuses it at a running-task limit, the
+    /// only refusal (rule 3; an `optional` tool then answers directly instead). The
     /// task's work starts with [`TaskStore::start`]; until then nobody knows its id.
     pub(crate) fn create(
         &self,

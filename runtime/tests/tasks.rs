@@ -2,8 +2,9 @@
 //! optional|required`, over a real socket with real JWTs: a task completes with the
 //! result a direct call gives, cancel drops the running tool, a task is invisible to
 //! every other caller, `required` refuses a client without the extension, the
-//! per-caller live-task limit answers an error instead of growing, and finished tasks
-//! make room instead of locking their caller out.
+//! per-caller live-task limit answers an error instead of growing (an `optional` tool
+//! answers directly instead), and finished tasks make room instead of locking their
+//! caller out.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::convert::Infallible;
@@ -47,7 +48,8 @@ fn tool(name: &'static str, task: TaskSupport, handler: Handler) -> ToolDef {
 }
 
 /// `double` (optional: doubles `n` after a pause), `slow` (optional: waits an hour, sets
-/// `dropped` when its future is dropped), `only_task` (required).
+/// `dropped` when its future is dropped), `only_task` (required), `slow_task` (required:
+/// waits an hour).
 fn def(dropped: Arc<AtomicBool>) -> ServerDef {
     let double = Handler::Rust(Arc::new(|_ctx, args: Value| {
         Box::pin(async move {
@@ -60,6 +62,12 @@ fn def(dropped: Arc<AtomicBool>) -> ServerDef {
         let flag = DropFlag(Arc::clone(&dropped));
         Box::pin(async move {
             let _flag = flag;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(ToolOutput::text("finished"))
+        })
+    }));
+    let slow_task = Handler::Rust(Arc::new(|_ctx, _args| {
+        Box::pin(async {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok(ToolOutput::text("finished"))
         })
@@ -107,6 +115,7 @@ fn def(dropped: Arc<AtomicBool>) -> ServerDef {
             tool("double", TaskSupport::Optional, double),
             tool("slow", TaskSupport::Optional, slow),
             tool("only_task", TaskSupport::Required, only_task),
+            tool("slow_task", TaskSupport::Required, slow_task),
             tool("two_questions", TaskSupport::Optional, two_questions),
             tool("upfront", TaskSupport::Required, upfront),
         ],
@@ -369,15 +378,17 @@ async fn a_required_task_tool_refuses_a_client_without_the_extension() {
 }
 
 #[tokio::test]
-async fn past_the_live_task_limit_a_caller_gets_an_error_not_a_task() {
+async fn past_the_live_task_limit_a_required_tool_gets_an_error_not_a_task() {
     let dropped = Arc::new(AtomicBool::new(false));
     let s = start(dropped).await;
     let limit = bmm_runtime::tasks::MAX_LIVE_PER_CALLER;
     let mut ids = Vec::new();
     for _ in 0..limit {
-        ids.push(task_id(&s.call("alice", true, "slow", json!({})).await));
+        ids.push(task_id(
+            &s.call("alice", true, "slow_task", json!({})).await,
+        ));
     }
-    let refused = s.call("alice", true, "slow", json!({})).await;
+    let refused = s.call("alice", true, "slow_task", json!({})).await;
     assert!(refused["result"].is_null(), "{refused}");
     assert!(
         refused["error"]["message"]
@@ -389,11 +400,24 @@ async fn past_the_live_task_limit_a_caller_gets_an_error_not_a_task() {
         "{refused}"
     );
     // Another caller is not starved by alice.
-    let bob = s.call("bob", true, "slow", json!({})).await;
+    let bob = s.call("bob", true, "slow_task", json!({})).await;
     task_id(&bob);
     // A cancelled task frees its place.
     s.task("alice", "tasks/cancel", &ids[0]).await;
-    task_id(&s.call("alice", true, "slow", json!({})).await);
+    task_id(&s.call("alice", true, "slow_task", json!({})).await);
+}
+
+#[tokio::test]
+async fn past_the_live_task_limit_an_optional_tool_answers_directly() {
+    let s = start(Arc::default()).await;
+    for _ in 0..bmm_runtime::tasks::MAX_LIVE_PER_CALLER {
+        task_id(&s.call("alice", true, "slow_task", json!({})).await);
+    }
+    let direct = s.call("alice", true, "double", json!({"n": 21})).await;
+    assert_eq!(direct["result"]["resultType"], "complete", "{direct}");
+    assert_eq!(direct["result"]["content"][0]["text"], "42", "{direct}");
+    // Below the limit the same call is a task.
+    task_id(&s.call("bob", true, "double", json!({"n": 21})).await);
 }
 
 #[tokio::test]
