@@ -102,6 +102,11 @@ impl Observer {
         self
     }
 
+    /// Whether anything reads the client's address ([`PeerAddr`]): the audit log only.
+    pub(crate) fn needs_peer(&self) -> bool {
+        self.audit.is_some()
+    }
+
     fn is_on(&self) -> bool {
         self.metrics || self.audit.is_some()
     }
@@ -364,15 +369,16 @@ where
     }
 }
 
-/// Puts the client's address into every request's extensions (as [`PeerAddr`]).
+/// Puts the client's address into every request's extensions (as [`PeerAddr`]) when
+/// something reads it (`None`: nothing does, and a request pays nothing).
 #[derive(Clone, Debug)]
 pub(crate) struct WithPeer<S> {
     inner: S,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
 }
 
 impl<S> WithPeer<S> {
-    pub(crate) fn new(inner: S, peer: SocketAddr) -> Self {
+    pub(crate) fn new(inner: S, peer: Option<SocketAddr>) -> Self {
         Self { inner, peer }
     }
 }
@@ -390,7 +396,9 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        request.extensions_mut().insert(PeerAddr(self.peer));
+        if let Some(peer) = self.peer {
+            request.extensions_mut().insert(PeerAddr(peer));
+        }
         self.inner.call(request)
     }
 }

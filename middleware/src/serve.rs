@@ -350,7 +350,7 @@ impl Server {
                         tracing::debug!(%error, "TCP_NODELAY could not be set");
                     }
                     let connection = Connection {
-                        peer,
+                        peer: config.observer.needs_peer().then_some(peer),
                         builder: Arc::clone(&builder),
                         idle_timeout: config.idle_timeout,
                         grace: config.shutdown_grace,
@@ -381,7 +381,8 @@ impl Server {
 
 /// Drives one accepted connection under the rules of [`crate::conn`].
 struct Connection {
-    peer: SocketAddr,
+    /// The client's address, when the observer reads it (the audit log).
+    peer: Option<SocketAddr>,
     builder: Arc<Builder<TokioExecutor>>,
     idle_timeout: Duration,
     grace: Duration,
