@@ -665,14 +665,16 @@ async fn clients_that_never_complete_an_authorization_expire() {
     let dir = tempfile::tempdir().unwrap();
     let as_ = TestAs::start(
         dir.path(),
-        &["--dev-user", "alice", "--unused-client-ttl", "1"],
+        &["--dev-user", "alice", "--unused-client-ttl", "3"],
     )
     .await;
+    // Times are whole seconds: a client registered at 12.999 with a TTL of 1 is expired at
+    // 13.000. A TTL of 3 leaves a loaded machine at least 2 s to authorize the used client.
     let unused = client_with(&as_, CALLBACK).await;
     let used = client_with(&as_, CALLBACK).await;
     let response = authorize_from(&http(), &as_, &params(&used, CALLBACK, &challenge())).await;
     assert_eq!(response.status(), 303);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let response = authorize_from(&http(), &as_, &params(&unused, CALLBACK, &challenge())).await;
     assert_eq!(
         response.status(),
