@@ -109,6 +109,9 @@ pub struct UserConfig {
     pub name: String,
     /// An argon2 PHC string (`$argon2id$...`).
     pub password_hash: String,
+    /// May sign in to the admin page (`<issuer>/admin`).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// A pre-registered client.
