@@ -14,7 +14,7 @@
 use std::net::IpAddr;
 
 use crate::AppState;
-use crate::store::AuditEvent;
+use crate::store::{AuditEvent, AuditFilter, Store};
 
 /// The event types, as stored in [`AuditEvent::kind`].
 pub const KINDS: &[&str] = &[
@@ -249,6 +249,241 @@ pub fn format_time(at: u64) -> String {
     )
 }
 
+/// Output format of `bmm-as audit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON object per line (JSON lines), for tools.
+    Json,
+}
+
+/// `bmm-as audit`: lists the audit trail of the store the server uses, newest first.
+#[derive(Clone, Debug, clap::Args)]
+pub struct AuditArgs {
+    /// The server's data directory (its SQLite database), when no database URL is given.
+    #[arg(long, env = "BMM_AS_DATA_DIR", default_value = ".bmm-as")]
+    pub data_dir: std::path::PathBuf,
+    /// The server's PostgreSQL database (`postgres://...`); default: SQLite in the data
+    /// directory.
+    #[arg(long, env = "BMM_AS_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// The server's TOML file (read for its `database_url` only).
+    #[arg(long, env = "BMM_AS_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+    /// Only events of this client id.
+    #[arg(long)]
+    pub client: Option<String>,
+    /// Only events of this user (or client, for `client_credentials`).
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Only events of this type (`registration`, `sign_in`, `refresh_reuse`, ...).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kind: Option<String>,
+    /// Only events at or after: RFC 3339 (`2026-05-01T12:00:00Z`) or an age (`1h`, `7d`).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only events before: RFC 3339 or an age.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Most events listed.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// `table` or `json` (JSON lines).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+impl AuditArgs {
+    /// The database URL: the flag (or its environment variable), else the TOML file's
+    /// `database_url`; `None` means SQLite in the data directory.
+    pub fn database_url(&self) -> Result<Option<String>, String> {
+        if let Some(url) = self.database_url.as_ref().filter(|u| !u.is_empty()) {
+            return Ok(Some(url.clone()));
+        }
+        let Some(path) = &self.config else {
+            return Ok(None);
+        };
+        #[derive(serde::Deserialize)]
+        struct OnlyDatabase {
+            database_url: Option<String>,
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str::<OnlyDatabase>(&text)
+            .map(|c| c.database_url.filter(|u| !u.is_empty()))
+            .map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// The store filter these flags describe (the limit is applied by [`list`]).
+    pub fn filter(&self, now: u64) -> Result<AuditFilter, String> {
+        if let Some(kind) = &self.kind
+            && !KINDS.contains(&kind.as_str())
+        {
+            return Err(format!(
+                "unknown event type {kind:?}; the types are {}",
+                KINDS.join(", ")
+            ));
+        }
+        let time = |v: &Option<String>| v.as_deref().map(|t| parse_time(t, now)).transpose();
+        Ok(AuditFilter {
+            client_id: self.client.clone(),
+            subject: self.subject.clone(),
+            kind: self.kind.clone(),
+            since: time(&self.since)?,
+            until: time(&self.until)?,
+            before_id: None,
+            limit: 0,
+        })
+    }
+}
+
+/// Writes the events `args` selects from `store` to `out`, newest first, paging through
+/// the store 1000 at a time. Returns how many it wrote.
+pub async fn list(
+    store: &dyn Store,
+    args: &AuditArgs,
+    out: &mut dyn std::io::Write,
+) -> Result<u64, String> {
+    let mut filter = args.filter(crate::now())?;
+    let mut left = args.limit;
+    let mut events = Vec::new();
+    while left > 0 {
+        filter.limit = left.min(1000);
+        let page = store.events(&filter).await.map_err(|e| e.to_string())?;
+        let full = page.len() == filter.limit as usize;
+        left -= u32::try_from(page.len()).unwrap_or(left).min(left);
+        filter.before_id = page.last().map(|e| e.id);
+        events.extend(page);
+        if !full {
+            break;
+        }
+    }
+    let io = |e: std::io::Error| format!("cannot write: {e}");
+    match args.format {
+        Format::Json => {
+            for event in &events {
+                let line = serde_json::to_string(event).map_err(|e| e.to_string())?;
+                writeln!(out, "{line}").map_err(io)?;
+            }
+        }
+        Format::Table => write_table(&events, out).map_err(io)?,
+    }
+    Ok(events.len() as u64)
+}
+
+/// Why `bmm-as audit` failed.
+#[derive(Debug)]
+pub enum CommandError {
+    /// A bad flag value (exit status 2).
+    Usage(String),
+    /// The store could not be opened or read (exit status 1).
+    Store(String),
+}
+
+/// `bmm-as audit`: opens the store the server uses (read for events only; it never
+/// creates a key) and writes the selected events to `out`.
+pub async fn command(args: &AuditArgs, out: &mut dyn std::io::Write) -> Result<u64, CommandError> {
+    // Flag errors come before the store is opened.
+    args.filter(crate::now()).map_err(CommandError::Usage)?;
+    let url = args.database_url().map_err(CommandError::Usage)?;
+    let store: std::sync::Arc<dyn Store> = match url {
+        Some(url) if crate::store::is_postgres_url(&url) => {
+            crate::store::connect_postgres(&url, 2).await.map_err(|e| {
+                CommandError::Store(format!(
+                    "database {}: {}",
+                    crate::store::redacted_url(&url),
+                    e.0
+                ))
+            })?
+        }
+        Some(url) => {
+            return Err(CommandError::Usage(format!(
+                "--database-url {} is not a postgres:// URL",
+                crate::store::redacted_url(&url)
+            )));
+        }
+        None => {
+            let dir = args.data_dir.clone();
+            if !dir.is_dir() {
+                return Err(CommandError::Store(format!(
+                    "no data directory at {} (pass the server's --data-dir or --database-url)",
+                    dir.display()
+                )));
+            }
+            let sqlite = tokio::task::spawn_blocking(move || crate::store::SqliteStore::open(&dir))
+                .await
+                .map_err(|e| CommandError::Store(format!("store task failed: {e}")))?
+                .map_err(|e| CommandError::Store(e.0))?;
+            std::sync::Arc::new(sqlite)
+        }
+    };
+    list(store.as_ref(), args, out)
+        .await
+        .map_err(CommandError::Store)
+}
+
+/// `text` with control characters shown as `\u{..}`, so a value chosen by a client
+/// (a user name, a client id) cannot drive the terminal.
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn write_table(events: &[AuditEvent], out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    const HEADER: [&str; 9] = [
+        "TIME", "TYPE", "CLIENT", "SUBJECT", "RESOURCE", "SCOPE", "ADDRESS", "OUTCOME", "DETAIL",
+    ];
+    let opt = |v: &Option<String>| printable(v.as_deref().unwrap_or("-"));
+    let rows: Vec<[String; 9]> = events
+        .iter()
+        .map(|e| {
+            [
+                format_time(e.at),
+                printable(&e.kind),
+                opt(&e.client_id),
+                opt(&e.subject),
+                opt(&e.resource),
+                opt(&e.scope),
+                opt(&e.address),
+                printable(&e.outcome),
+                opt(&e.detail),
+            ]
+        })
+        .collect();
+    let mut widths = HEADER.map(|h| h.chars().count());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut line = |cells: &[&str]| -> std::io::Result<()> {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                text.push_str(cell);
+                text.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        writeln!(out, "{}", text.trim_end())
+    };
+    line(&HEADER)?;
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,5 +526,21 @@ mod tests {
         }
         assert!(parse_time("2026-13-01T00:00:00Z", now).is_err());
         assert!(parse_time("2026-05-01T10:00:00", now).is_err());
+    }
+
+    #[test]
+    fn table_cells_cannot_drive_the_terminal() {
+        assert_eq!(printable("a\u{1b}[31mb\n"), "a\\u{1b}[31mb\\u{a}");
+        let mut out = Vec::new();
+        let ev = event("sign_in")
+            .subject("bob\u{7}")
+            .outcome("invalid_credentials");
+        write_table(&[ev], &mut out).unwrap_or_default();
+        let text = String::from_utf8(out).unwrap_or_default();
+        assert!(text.starts_with("TIME"), "{text}");
+        assert!(
+            text.contains("bob\\u{7}") && !text.contains('\u{7}'),
+            "{text}"
+        );
     }
 }
