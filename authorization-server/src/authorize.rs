@@ -37,43 +37,28 @@ use axum::Form;
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::error::OAuthError;
-use crate::signin::Verdict;
-use crate::store::Client;
-use crate::{AppState, clients, now, random_token, secure_eq};
+use crate::signin::{Pending, Verdict};
+use crate::store::{Client, StoredCode};
+use crate::{AppState, clients, now, random_token, secure_eq, sha256_hex};
 use bmm_core::canonical_resource;
 
 const PENDING_TTL: u64 = 600;
 const CSRF_COOKIE: &str = "bmm_csrf";
 
-/// An issued authorization code.
-#[derive(Clone, Debug)]
-pub(crate) struct CodeRecord {
-    pub(crate) client_id: String,
-    pub(crate) redirect_uri: String,
-    /// Whether the authorization request named `redirect_uri` (then `/token` must too).
-    pub(crate) redirect_uri_given: bool,
-    pub(crate) code_challenge: String,
-    pub(crate) resource: String,
-    pub(crate) scope: String,
-    pub(crate) subject: String,
-    pub(crate) expires_at: u64,
-    /// Set once redeemed: the refresh family it produced, revoked if the code is replayed.
-    pub(crate) redeemed_family: Option<String>,
-}
-
-/// A validated request waiting for the user's decision.
-#[derive(Clone, Debug)]
+/// A validated request waiting for the user's decision (kept in the store as JSON, see
+/// `signin::Pending`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct PendingRequest {
     request: Validated,
     csrf: String,
     expires_at: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Validated {
     client: Client,
     redirect_uri: String,
@@ -337,9 +322,10 @@ async fn validate(
     Ok(v)
 }
 
-fn issue_code(state: &AppState, v: &Validated, subject: &str) -> Response {
+async fn issue_code(state: &AppState, v: &Validated, subject: &str) -> Response {
     let code = random_token(32);
-    let record = CodeRecord {
+    let record = StoredCode {
+        code_sha256: sha256_hex(&code),
         client_id: v.client.client_id.clone(),
         redirect_uri: v.redirect_uri.clone(),
         redirect_uri_given: v.redirect_uri_given,
@@ -350,13 +336,17 @@ fn issue_code(state: &AppState, v: &Validated, subject: &str) -> Response {
         expires_at: now() + state.inner.settings.code_ttl,
         redeemed_family: None,
     };
-    if let Ok(mut codes) = state.inner.codes.lock() {
-        let t = now();
-        // Redeemed codes are kept a while longer so a replay can be detected.
-        codes.retain(|_, c| c.expires_at + 600 > t);
-        codes.insert(code.clone(), record);
+    // Redeemed codes are kept 10 minutes past expiry (until the cleanup task purges them)
+    // so a replay can be detected.
+    if let Err(error) = state.inner.store.put_code(&record).await {
+        return error_page(&OAuthError::from(error));
     }
-    if let Err(error) = state.inner.store.mark_client_used(&v.client.client_id) {
+    if let Err(error) = state
+        .inner
+        .store
+        .mark_client_used(&v.client.client_id, now())
+        .await
+    {
         tracing::error!(%error, "cannot record that the client completed an authorization");
     }
     tracing::info!(client_id = %v.client.client_id, subject, "authorization code issued");
@@ -435,21 +425,27 @@ pub(crate) async fn authorize_get(
         Err(response) => return response,
     };
     if let Some(user) = &state.inner.settings.dev_user {
-        return issue_code(&state, &v, user);
+        return issue_code(&state, &v, user).await;
     }
     let request_id = random_token(24);
     let csrf = random_token(24);
     let expires_at = now() + PENDING_TTL;
-    state.inner.pending.insert(
-        request_id.clone(),
-        peer.ip(),
-        PendingRequest {
-            request: v.clone(),
-            csrf: csrf.clone(),
-            expires_at,
-        },
+    let pending = PendingRequest {
+        request: v.clone(),
+        csrf: csrf.clone(),
         expires_at,
-    );
+    };
+    if let Err(error) = Pending::insert(
+        state.store(),
+        &request_id,
+        peer.ip(),
+        &pending,
+        expires_at,
+    )
+    .await
+    {
+        return error_page(&OAuthError::from(error));
+    }
     consent_page(&state, &v, &request_id, &csrf, None)
 }
 
@@ -479,11 +475,10 @@ pub(crate) async fn authorize_post(
     headers: HeaderMap,
     Form(form): Form<ConsentForm>,
 ) -> Response {
-    let pending = state
-        .inner
-        .pending
-        .take(&form.request_id)
-        .filter(|p| p.expires_at > now());
+    let pending = match Pending::take::<PendingRequest>(state.store(), &form.request_id).await {
+        Ok(p) => p.filter(|p| p.expires_at > now()),
+        Err(error) => return error_page(&OAuthError::from(error)),
+    };
     let Some(pending) = pending else {
         return error_page(&OAuthError::invalid_request(
             "this sign-in request expired or was already used; start again from the application",
@@ -516,7 +511,7 @@ pub(crate) async fn authorize_post(
         .check(&state.inner.settings.users, peer.ip(), &username, &password)
         .await;
     let message = match verdict {
-        Verdict::Valid => return issue_code(&state, v, &username),
+        Verdict::Valid => return issue_code(&state, v, &username).await,
         Verdict::Invalid => {
             tracing::info!("sign-in failed");
             (StatusCode::OK, "Wrong user name or password.".to_owned())
@@ -539,16 +534,22 @@ pub(crate) async fn authorize_post(
     // Keep the request alive for another try, with a fresh CSRF token.
     let request_id = random_token(24);
     let csrf = random_token(24);
-    state.inner.pending.insert(
-        request_id.clone(),
+    let again = PendingRequest {
+        request: v.clone(),
+        csrf: csrf.clone(),
+        expires_at: pending.expires_at,
+    };
+    if let Err(error) = Pending::insert(
+        state.store(),
+        &request_id,
         peer.ip(),
-        PendingRequest {
-            request: v.clone(),
-            csrf: csrf.clone(),
-            expires_at: pending.expires_at,
-        },
+        &again,
         pending.expires_at,
-    );
+    )
+    .await
+    {
+        return error_page(&OAuthError::from(error));
+    }
     consent_page(&state, v, &request_id, &csrf, Some((message.0, &message.1)))
 }
 
@@ -558,48 +559,65 @@ pub(crate) enum CodeRefusal {
     /// Unknown or expired.
     Unknown,
     /// The request does not fit the code (another client, wrong verifier, redirect URI or
-    /// resource): nothing happened to the code, which stays redeemable.
+    /// resource), or the store failed: nothing happened to the code, which stays
+    /// redeemable.
     Refused(OAuthError),
-    /// A request that fits the code presented it again: the family it produced, whose
-    /// tokens are to be revoked.
+    /// A request that fits the code presented it again, or lost the race to redeem it: the
+    /// family it produced, whose tokens are to be revoked.
     Replayed(String),
 }
 
-/// Redeems a code: `check` (client, PKCE verifier, redirect URI, resource) runs first, while
-/// the code is held, and the code is used up only when it passes. The check and the use are
-/// one step under the lock, so of two concurrent redemptions exactly one wins, and a
-/// request that does not fit the code (an attacker holding an intercepted code without the
-/// verifier) can neither burn it nor revoke what it produced.
-pub(crate) fn redeem_code(
+/// Finds a code and checks a request against it (rule 8): `check` (client, PKCE verifier,
+/// redirect URI, resource) runs on the stored record, and nothing happens to the code when
+/// it fails, so a request that does not fit the code (an attacker holding an intercepted
+/// code without the verifier) can neither burn it nor revoke what it produced. A redeemed
+/// code presented by a request that fits is a replay.
+pub(crate) async fn check_code(
     state: &AppState,
     code: &str,
-    check: impl FnOnce(&CodeRecord) -> Result<(), OAuthError>,
-) -> Result<CodeRecord, CodeRefusal> {
-    let Ok(mut codes) = state.inner.codes.lock() else {
-        return Err(CodeRefusal::Unknown);
-    };
-    let Some(record) = codes.get_mut(code) else {
-        return Err(CodeRefusal::Unknown);
-    };
+    check: impl FnOnce(&StoredCode) -> Result<(), OAuthError>,
+) -> Result<StoredCode, CodeRefusal> {
+    let hash = sha256_hex(code);
+    let record = state
+        .store()
+        .code(&hash)
+        .await
+        .map_err(|e| CodeRefusal::Refused(e.into()))?
+        .ok_or(CodeRefusal::Unknown)?;
     if record.redeemed_family.is_none() && record.expires_at <= now() {
         return Err(CodeRefusal::Unknown);
     }
-    check(record).map_err(CodeRefusal::Refused)?;
+    check(&record).map_err(CodeRefusal::Refused)?;
     if let Some(family) = &record.redeemed_family {
         return Err(CodeRefusal::Replayed(family.clone()));
     }
-    let out = record.clone();
-    // Marked as redeemed (with a placeholder family) before any token is minted.
-    record.redeemed_family = Some(String::new());
-    Ok(out)
+    Ok(record)
 }
 
-/// Records which refresh family a redeemed code produced.
-pub(crate) fn record_family(state: &AppState, code: &str, family: &str) {
-    if let Ok(mut codes) = state.inner.codes.lock()
-        && let Some(record) = codes.get_mut(code)
-    {
-        record.redeemed_family = Some(family.to_owned());
+/// Redeems a checked code for `family`: the store decides in one statement, so of
+/// concurrent redemptions (on any instance) exactly one wins; a loser learns the winner's
+/// family as a replay. The caller stores the family's first refresh token BEFORE
+/// redeeming, so a replay's revocation always finds it.
+pub(crate) async fn redeem_code(
+    state: &AppState,
+    code: &StoredCode,
+    family: &str,
+) -> Result<(), CodeRefusal> {
+    let store = state.store();
+    let won = store
+        .redeem_code(&code.code_sha256, family, now())
+        .await
+        .map_err(|e| CodeRefusal::Refused(e.into()))?;
+    if won {
+        return Ok(());
+    }
+    match store.code(&code.code_sha256).await {
+        Ok(Some(StoredCode {
+            redeemed_family: Some(winner),
+            ..
+        })) => Err(CodeRefusal::Replayed(winner)),
+        Ok(_) => Err(CodeRefusal::Unknown),
+        Err(e) => Err(CodeRefusal::Refused(e.into())),
     }
 }
 

@@ -22,8 +22,10 @@
 //!    fetch), with a path other than `/`, no user name or password, no fragment, no `.` or
 //!    `..` segment; the document must then name exactly that URL.
 //! 6. A failed fetch is remembered for 60 seconds (up to 1,000 URLs, oldest dropped first):
-//!    asking again for that URL in that time fails without a fetch. Successful documents are
-//!    cached (up to 1,000, oldest dropped first).
+//!    asking again for that URL in that time fails without a fetch. That memory is per
+//!    instance (in memory): another instance may try the URL once itself. Successful
+//!    documents are cached in the store, shared by every instance, and fetched again after
+//!    5 minutes; the cleanup task deletes documents not fetched for a day.
 //! 7. Only `/authorize` fetches documents (with the caller's bound of rule 4). `/token` and
 //!    `/revoke` never fetch: a document URL as `client_id` is known there only from the
 //!    cache (at any age) or as the client the presented code or refresh token was issued
@@ -41,7 +43,7 @@ use url::Url;
 
 use crate::error::OAuthError;
 use crate::ratelimit::caller_key;
-use crate::store::Client;
+use crate::store::{Client, Store};
 use crate::{AppState, sha256_hex};
 
 const CIMD_TTL: Duration = Duration::from_secs(300);
@@ -59,7 +61,6 @@ const CIMD_CACHE_ENTRIES: usize = 1000;
 pub(crate) struct CimdCache {
     allow_loopback_http: bool,
     guard: Option<Guard>,
-    entries: Mutex<HashMap<String, (Instant, Client)>>,
     failures: Mutex<HashMap<String, (Instant, OAuthError)>>,
     global: Arc<Semaphore>,
     per_caller: Arc<Mutex<HashMap<IpAddr, usize>>>,
@@ -128,7 +129,6 @@ impl CimdCache {
         Self {
             allow_loopback_http,
             guard: Guard::new(policy, CIMD_TIMEOUT).ok(),
-            entries: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             global: Arc::new(Semaphore::new(CIMD_FETCHES_GLOBAL)),
             per_caller: Arc::new(Mutex::new(HashMap::new())),
@@ -198,12 +198,16 @@ impl CimdCache {
         Ok((slot, permit))
     }
 
-    async fn fetch(&self, url: &Url, caller: Option<IpAddr>) -> Result<Client, OAuthError> {
-        if let Ok(entries) = self.entries.lock()
-            && let Some((at, client)) = entries.get(url.as_str())
-            && at.elapsed() < CIMD_TTL
+    async fn fetch(
+        &self,
+        store: &dyn Store,
+        url: &Url,
+        caller: Option<IpAddr>,
+    ) -> Result<Client, OAuthError> {
+        if let Some((client, fetched_at)) = store.cimd_document(url.as_str()).await?
+            && fetched_at.saturating_add(CIMD_TTL.as_secs()) > crate::now()
         {
-            return Ok(client.clone());
+            return Ok(client);
         }
         if let Ok(failures) = self.failures.lock()
             && let Some((at, error)) = failures.get(url.as_str())
@@ -214,9 +218,9 @@ impl CimdCache {
         let (_slot, _permit) = self.slots(caller)?;
         match self.fetch_document(url).await {
             Ok(client) => {
-                if let Ok(mut entries) = self.entries.lock() {
-                    insert_bounded(&mut entries, url.to_string(), client.clone(), CIMD_TTL);
-                }
+                store
+                    .put_cimd_document(url.as_str(), &client, crate::now())
+                    .await?;
                 Ok(client)
             }
             Err(error) => {
@@ -287,6 +291,10 @@ impl CimdCache {
                 .map(crate::register::display_name),
             token_endpoint_auth_method: "none".to_owned(),
             created_at: crate::now(),
+            grant_types: Vec::new(),
+            jwks: None,
+            jwks_uri: None,
+            scope: None,
         };
         Ok(client)
     }
@@ -295,7 +303,7 @@ impl CimdCache {
 /// Finds a client by id without ever fetching a metadata document (rule 7): a document URL
 /// is found in the cache, or is `owner` (the client a presented code or refresh token was
 /// issued to), a public client. `Ok(None)` when no such client is known.
-pub(crate) fn find_known(
+pub(crate) async fn find_known(
     state: &AppState,
     client_id: &str,
     owner: Option<&str>,
@@ -303,8 +311,8 @@ pub(crate) fn find_known(
     if client_id.is_empty() || client_id.len() > 2048 {
         return Ok(None);
     }
-    if let Some(client) = state.inner.store.client(client_id)? {
-        if crate::register::expired_unused(state, &client)? {
+    if let Some(client) = state.store().client(client_id).await? {
+        if crate::register::expired_unused(state, &client).await? {
             return Ok(None);
         }
         return Ok(Some(client));
@@ -318,10 +326,8 @@ pub(crate) fn find_known(
     if CimdCache::malformed(client_id, &url).is_some() {
         return Ok(None);
     }
-    if let Ok(entries) = state.inner.cimd.entries.lock()
-        && let Some((_, client)) = entries.get(url.as_str())
-    {
-        return Ok(Some(client.clone()));
+    if let Some((client, _)) = state.store().cimd_document(url.as_str()).await? {
+        return Ok(Some(client));
     }
     if owner == Some(client_id) {
         return Ok(Some(Client {
@@ -331,6 +337,10 @@ pub(crate) fn find_known(
             client_name: None,
             token_endpoint_auth_method: "none".to_owned(),
             created_at: 0,
+            grant_types: Vec::new(),
+            jwks: None,
+            jwks_uri: None,
+            scope: None,
         }));
     }
     Ok(None)
@@ -346,8 +356,8 @@ pub(crate) async fn find_for(
     if client_id.is_empty() || client_id.len() > 2048 {
         return Ok(None);
     }
-    if let Some(client) = state.inner.store.client(client_id)? {
-        if crate::register::expired_unused(state, &client)? {
+    if let Some(client) = state.store().client(client_id).await? {
+        if crate::register::expired_unused(state, &client).await? {
             return Ok(None);
         }
         return Ok(Some(client));
@@ -361,7 +371,12 @@ pub(crate) async fn find_for(
                 "client_id is not a usable Client ID Metadata Document URL: {why}"
             )));
         }
-        return state.inner.cimd.fetch(&url, caller).await.map(Some);
+        return state
+            .inner
+            .cimd
+            .fetch(state.store(), &url, caller)
+            .await
+            .map(Some);
     }
     Ok(None)
 }
@@ -387,6 +402,10 @@ fn preregistered(state: &AppState, client_id: &str) -> Option<Client> {
         redirect_uris: c.redirect_uris.clone(),
         client_name: c.client_name.clone(),
         created_at: 0,
+        grant_types: Vec::new(),
+        jwks: None,
+        jwks_uri: None,
+        scope: None,
     })
 }
 

@@ -78,6 +78,21 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub trusted_proxies: Vec<String>,
+    /// The shared database: `postgres://user@host/db` (several instances may serve from
+    /// it). Without it, state is one SQLite file in the data directory. Also
+    /// `database_url` in the config file.
+    #[arg(long, env = "BMM_AS_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Connections in the PostgreSQL pool.
+    #[arg(long, env = "BMM_AS_DATABASE_POOL_SIZE", default_value_t = 8)]
+    pub database_pool_size: usize,
+    /// Seconds a used refresh token may be presented again (parallel refreshes by one
+    /// client) and get another pair of the same grant instead of revoking it; 0: strict.
+    #[arg(long, env = "BMM_AS_REFRESH_GRACE_SECS", default_value_t = 5)]
+    pub refresh_grace_secs: u64,
+    /// Days audit events are kept.
+    #[arg(long, env = "BMM_AS_AUDIT_RETENTION_DAYS", default_value_t = 90)]
+    pub audit_retention_days: u64,
 }
 
 /// The optional TOML configuration file.
@@ -99,6 +114,9 @@ pub struct FileConfig {
     /// Pre-registered clients.
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    /// The shared database (`--database-url` wins).
+    #[serde(default)]
+    pub database_url: Option<String>,
 }
 
 /// A user account.
@@ -171,6 +189,15 @@ pub struct Settings {
     pub max_connections_per_address: usize,
     /// Trusted reverse proxies (see `--trusted-proxy`).
     pub(crate) trusted_proxies: Vec<crate::forwarded::Cidr>,
+    /// The shared database URL (`None`: SQLite in the data directory). Holds a password:
+    /// log it only through `store::redacted_url`.
+    pub database_url: Option<String>,
+    /// PostgreSQL pool size (at least 1).
+    pub database_pool_size: usize,
+    /// Refresh-token grace period (s); 0 is strict rotation.
+    pub refresh_grace_secs: u64,
+    /// Audit retention (days, at least 1).
+    pub audit_retention_days: u64,
 }
 
 /// A refused configuration, with what to do.
@@ -309,7 +336,24 @@ impl Settings {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let database_url = args
+            .database_url
+            .clone()
+            .or_else(|| file.database_url.clone())
+            .filter(|u| !u.trim().is_empty());
+        if let Some(url) = &database_url
+            && !crate::store::is_postgres_url(url)
+        {
+            return Err(ConfigError(format!(
+                "--database-url `{}` is not a postgres:// or postgresql:// URL (leave it out for SQLite in the data directory)",
+                crate::store::redacted_url(url)
+            )));
+        }
         Ok(Self {
+            database_url,
+            database_pool_size: args.database_pool_size.clamp(1, 1024),
+            refresh_grace_secs: args.refresh_grace_secs.min(300),
+            audit_retention_days: args.audit_retention_days.clamp(1, 36_500),
             trusted_proxies,
             listen: args.listen,
             issuer,

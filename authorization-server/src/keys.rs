@@ -72,16 +72,17 @@ fn generate(now: u64) -> Result<StoredKey, StoreError> {
 impl KeyRing {
     /// Loads the keys from `store`, creating the first one if there is none. Retired keys
     /// stay published for `retain_secs` (at least the access-token lifetime).
-    pub fn load_or_create(
+    pub async fn load_or_create(
         store: &dyn Store,
         now: u64,
         retain_secs: u64,
     ) -> Result<Self, StoreError> {
-        if !store.keys()?.iter().any(|k| k.retired_at.is_none()) {
-            store.rotate_in(&generate(now)?, now)?;
+        if !store.keys().await?.iter().any(|k| k.retired_at.is_none())
+            && store.create_first_key(&generate(now)?).await?
+        {
             tracing::info!("generated the first signing key");
         }
-        let ring = Self::build(store, now, retain_secs)?;
+        let ring = Self::build(store, now, retain_secs).await?;
         Ok(Self {
             ring: RwLock::new(Arc::new(ring)),
             retain_secs,
@@ -89,9 +90,9 @@ impl KeyRing {
         })
     }
 
-    fn build(store: &dyn Store, now: u64, retain_secs: u64) -> Result<Ring, StoreError> {
-        store.prune_keys(now.saturating_sub(retain_secs))?;
-        let keys = store.keys()?;
+    async fn build(store: &dyn Store, now: u64, retain_secs: u64) -> Result<Ring, StoreError> {
+        store.prune_keys(now.saturating_sub(retain_secs)).await?;
+        let keys = store.keys().await?;
         let mut current = None;
         let mut published = Vec::new();
         for key in keys {
@@ -110,10 +111,10 @@ impl KeyRing {
     }
 
     /// Replaces the current key; the old one stays in the JWKS for the retention period.
-    pub fn rotate(&self, store: &dyn Store, now: u64) -> Result<String, StoreError> {
+    pub async fn rotate(&self, store: &dyn Store, now: u64) -> Result<String, StoreError> {
         let key = generate(now)?;
-        store.rotate_in(&key, now)?;
-        let ring = Self::build(store, now, self.retain_secs)?;
+        store.rotate_in(&key, now).await?;
+        let ring = Self::build(store, now, self.retain_secs).await?;
         let kid = ring.current.kid.clone();
         if let Ok(mut slot) = self.ring.write() {
             *slot = Arc::new(ring);

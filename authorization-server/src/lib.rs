@@ -41,8 +41,7 @@ mod signin;
 pub mod store;
 mod token;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -67,8 +66,6 @@ pub(crate) struct Inner {
     pub(crate) settings: Settings,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) keys: KeyRing,
-    pub(crate) codes: Mutex<HashMap<String, authorize::CodeRecord>>,
-    pub(crate) pending: signin::Pending<authorize::PendingRequest>,
     pub(crate) throttle: signin::Throttle,
     pub(crate) limiter: ratelimit::RateLimiter,
     pub(crate) cimd: clients::CimdCache,
@@ -83,22 +80,22 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Opens the store in the data directory, loads (or creates) the keys.
-    pub fn open(settings: Settings) -> Result<Self, error::StoreError> {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&settings.data_dir)?);
-        Self::with_store(settings, store)
+    /// Opens the store the settings name (migrating it), loads (or creates) the keys.
+    pub async fn open(settings: Settings) -> Result<Self, error::StoreError> {
+        let store = open_store(&settings).await?;
+        Self::with_store(settings, store).await
     }
 
     /// Builds the state over any store.
-    pub fn with_store(
+    pub async fn with_store(
         settings: Settings,
         store: Arc<dyn Store>,
     ) -> Result<Self, error::StoreError> {
         // Retired keys stay published until every token they signed has expired.
         let retain = settings.access_token_ttl + 300;
-        let keys = KeyRing::load_or_create(store.as_ref(), now(), retain)?;
+        let keys = KeyRing::load_or_create(store.as_ref(), now(), retain).await?;
         if settings.rotate_keys {
-            keys.rotate(store.as_ref(), now())?;
+            keys.rotate(store.as_ref(), now()).await?;
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -106,8 +103,6 @@ impl AppState {
                 settings,
                 store,
                 keys,
-                codes: Mutex::new(HashMap::new()),
-                pending: signin::Pending::new(),
                 throttle: signin::Throttle::new(),
                 limiter: ratelimit::RateLimiter::new(),
             }),
@@ -127,6 +122,35 @@ impl AppState {
     /// The store.
     pub fn store(&self) -> &dyn Store {
         self.inner.store.as_ref()
+    }
+}
+
+/// The store `settings` name: PostgreSQL for a `--database-url`, else the SQLite file in
+/// the data directory.
+pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, error::StoreError> {
+    match &settings.database_url {
+        Some(url) if store::is_postgres_url(url) => {
+            store::connect_postgres(url, settings.database_pool_size)
+                .await
+                .map_err(|e| {
+                    error::StoreError(format!(
+                        "database {}: {}",
+                        store::redacted_url(url),
+                        e.0
+                    ))
+                })
+        }
+        Some(url) => Err(error::StoreError(format!(
+            "--database-url {} is not a postgres:// URL",
+            store::redacted_url(url)
+        ))),
+        None => {
+            let dir = settings.data_dir.clone();
+            let sqlite = tokio::task::spawn_blocking(move || SqliteStore::open(&dir))
+                .await
+                .map_err(|e| error::StoreError(format!("store task failed: {e}")))??;
+            Ok(Arc::new(sqlite))
+        }
     }
 }
 

@@ -38,7 +38,7 @@ async fn main() -> ExitCode {
         settings.idle_timeout.as_secs(),
         settings.max_connections_per_address
     );
-    let state = match AppState::open(settings) {
+    let state = match AppState::open(settings).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("bmm-as: {e}");

@@ -61,6 +61,25 @@ impl RateLimiter {
         }
     }
 
+    /// The clients registered since `since` that this limiter tracks: of `ip`'s address,
+    /// or of every address (`None`). The caller looks up which are still unused (in the
+    /// store, asynchronously) before [`Self::may_register`] / [`Self::evict_candidate`].
+    pub(crate) fn tracked(&self, ip: Option<IpAddr>, since: u64) -> Vec<String> {
+        let Ok(registered) = self.registered.lock() else {
+            return Vec::new();
+        };
+        let fresh = |list: &Vec<(String, u64)>| {
+            list.iter()
+                .filter(|(_, at)| *at >= since)
+                .map(|(id, _)| id.clone())
+                .collect::<Vec<_>>()
+        };
+        match ip {
+            Some(ip) => registered.get(&caller_key(ip)).map(fresh).unwrap_or_default(),
+            None => registered.values().flat_map(fresh).collect(),
+        }
+    }
+
     /// Whether `ip` may register another client: fewer than [`UNUSED_CLIENTS_PER_ADDRESS`]
     /// of its registrations since `since` are still `unused`. Fails closed.
     pub(crate) fn may_register(

@@ -300,8 +300,8 @@ pub(crate) async fn register(
         return OAuthError::rate_limited().into_response();
     }
     let since = now().saturating_sub(state.inner.settings.unused_client_ttl);
-    let store = &state.inner.store;
-    let unused = |id: &str| !store.client_used(id).unwrap_or(false);
+    let used = used_among(state.store(), state.inner.limiter.tracked(Some(peer.ip()), since)).await;
+    let unused = |id: &str| !used.get(id).copied().flatten().unwrap_or(false);
     if !state.inner.limiter.may_register(peer.ip(), since, unused) {
         return OAuthError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -310,7 +310,7 @@ pub(crate) async fn register(
         )
         .into_response();
     }
-    match register_client(&state, peer.ip(), body) {
+    match register_client(&state, peer.ip(), body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -356,22 +356,34 @@ fn check_field_limits(req: &RegistrationRequest) -> Result<(), OAuthError> {
 /// Rule 7: unused clients past their time are deleted; a full quota evicts the oldest unused
 /// client of the largest holder, and refuses only when no holder is known (clients
 /// registered before a restart).
-fn check_quota(state: &AppState) -> Result<(), OAuthError> {
+async fn check_quota(state: &AppState) -> Result<(), OAuthError> {
     let settings = &state.inner.settings;
-    let store = &state.inner.store;
+    let store = state.store();
     let since = now().saturating_sub(settings.unused_client_ttl);
-    store.prune_unused_clients(since)?;
-    while settings.max_unused_clients > 0 && store.unused_clients()? >= settings.max_unused_clients
+    store.prune_unused_clients(since).await?;
+    let mut used = None;
+    while settings.max_unused_clients > 0
+        && store.unused_clients().await? >= settings.max_unused_clients
     {
-        let unused = |id: &str| !store.client_used(id).unwrap_or(true);
+        // Which tracked clients are used is looked up once per registration (a full quota
+        // is rare: only then are they all looked up).
+        if used.is_none() {
+            used = Some(used_among(store, state.inner.limiter.tracked(None, since)).await);
+        }
+        let known = used.as_ref();
+        let unused = |id: &str| {
+            !known
+                .and_then(|u| u.get(id).copied().flatten())
+                .unwrap_or(true)
+        };
         let Some(victim) = state.inner.limiter.evict_candidate(since, unused) else {
             break;
         };
-        if store.delete_unused_client(&victim)? {
+        if store.delete_unused_client(&victim).await? {
             tracing::info!(client_id = %victim, "registration quota full: the largest holder's oldest unused client was deleted");
         }
     }
-    if store.unused_clients()? >= settings.max_unused_clients {
+    if store.unused_clients().await? >= settings.max_unused_clients {
         tracing::warn!(
             max = settings.max_unused_clients,
             "registration refused: the quota of clients that have not completed an authorization is full"
@@ -387,24 +399,37 @@ fn check_quota(state: &AppState) -> Result<(), OAuthError> {
 
 /// Whether a stored client is past rule 7's time without having completed an
 /// authorization (it is then deleted and treated as unknown).
-pub(crate) fn expired_unused(
+pub(crate) async fn expired_unused(
     state: &AppState,
     client: &crate::store::Client,
 ) -> Result<bool, OAuthError> {
     let ttl = state.inner.settings.unused_client_ttl;
     if client.created_at.saturating_add(ttl) > now()
-        || state.inner.store.client_used(&client.client_id)?
+        || state.store().client_used(&client.client_id).await?
     {
         return Ok(false);
     }
     state
-        .inner
-        .store
-        .prune_unused_clients(now().saturating_sub(ttl))?;
+        .store()
+        .prune_unused_clients(now().saturating_sub(ttl))
+        .await?;
     Ok(true)
 }
 
-fn register_client(
+/// Whether each of `ids` completed an authorization (`None`: the store failed).
+async fn used_among(
+    store: &dyn crate::store::Store,
+    ids: Vec<String>,
+) -> std::collections::HashMap<String, Option<bool>> {
+    let mut used = std::collections::HashMap::with_capacity(ids.len());
+    for id in ids {
+        let u = store.client_used(&id).await.ok();
+        used.insert(id, u);
+    }
+    used
+}
+
+async fn register_client(
     state: &AppState,
     caller: std::net::IpAddr,
     body: Result<Json<RegistrationRequest>, axum::extract::rejection::JsonRejection>,
@@ -451,7 +476,7 @@ fn register_client(
             "only the `code` response type is supported",
         ));
     }
-    check_quota(state)?;
+    check_quota(state).await?;
     let secret = (method != "none").then(|| random_token(32));
     let client = Client {
         client_id: format!("bmm_{}", random_token(16)),
@@ -460,8 +485,12 @@ fn register_client(
         client_name: req.client_name.clone(),
         token_endpoint_auth_method: method,
         created_at: now(),
+        grant_types: Vec::new(),
+        jwks: None,
+        jwks_uri: None,
+        scope: None,
     };
-    state.inner.store.put_client(&client)?;
+    state.store().put_client(&client).await?;
     state.inner.limiter.registered(
         caller,
         &client.client_id,

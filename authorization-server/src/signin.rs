@@ -28,7 +28,7 @@
 //! 4. Argon2 runs on the blocking pool, at most one per CPU (up to 4) at a time; a guess
 //!    that cannot start within 10 s is answered "busy".
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -36,145 +36,63 @@ use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use crate::config::UserConfig;
+use crate::error::StoreError;
+use crate::store::Store;
 use crate::ratelimit::caller_key;
 use crate::{now, sha256_hex};
 
 /// Pending sign-ins per caller address (rule 1).
-pub(crate) const PENDING_PER_CALLER: usize = 16;
+pub(crate) const PENDING_PER_CALLER: u32 = 16;
 /// Pending sign-ins in all (rule 1).
-pub(crate) const PENDING_GLOBAL: usize = 10_000;
+pub(crate) const PENDING_GLOBAL: u32 = 10_000;
 
-struct PendingEntry<V> {
-    value: V,
-    caller: IpAddr,
-    expires_at: u64,
-    seq: u64,
-}
+/// Pending sign-in requests, kept in the store (so any instance can finish a sign-in
+/// another showed) as JSON documents under the SHA-256 of their id, bounded per caller and
+/// in all (rule 1; the store applies the evictions in one transaction).
+pub(crate) struct Pending;
 
-struct PendingInner<V> {
-    map: HashMap<String, PendingEntry<V>>,
-    by_caller: HashMap<IpAddr, VecDeque<String>>,
-    order: VecDeque<String>,
-    seq: u64,
-}
-
-/// Pending sign-in requests, bounded per caller and in all (rule 1).
-pub(crate) struct Pending<V> {
-    inner: Mutex<PendingInner<V>>,
-}
-
-impl<V> std::fmt::Debug for Pending<V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pending").finish_non_exhaustive()
-    }
-}
-
-impl<V> PendingInner<V> {
-    fn remove(&mut self, id: &str) -> Option<PendingEntry<V>> {
-        let entry = self.map.remove(id)?;
-        if let Some(ids) = self.by_caller.get_mut(&entry.caller) {
-            ids.retain(|i| i != id);
-            if ids.is_empty() {
-                self.by_caller.remove(&entry.caller);
-            }
-        }
-        Some(entry)
-    }
-}
-
-impl<V> Pending<V> {
-    pub(crate) fn new() -> Self {
-        Self {
-            inner: Mutex::new(PendingInner {
-                map: HashMap::new(),
-                by_caller: HashMap::new(),
-                order: VecDeque::new(),
-                seq: 0,
-            }),
-        }
-    }
-
+impl Pending {
     /// Keeps `value` under `id` for `caller` until `expires_at`, evicting as rule 1 says.
-    pub(crate) fn insert(&self, id: String, caller: IpAddr, value: V, expires_at: u64) {
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
-        let caller = caller_key(caller);
-        let t = now();
-        // Expired or already taken requests at the front go first.
-        while let Some(front) = inner.order.front().cloned() {
-            match inner.map.get(&front) {
-                Some(e) if e.expires_at > t => break,
-                _ => {
-                    inner.order.pop_front();
-                    inner.remove(&front);
-                }
-            }
-        }
-        let own = inner.by_caller.get(&caller).map_or(0, VecDeque::len);
-        if own >= PENDING_PER_CALLER
-            && let Some(oldest) = inner
-                .by_caller
-                .get(&caller)
-                .and_then(|ids| ids.front().cloned())
-        {
-            inner.remove(&oldest);
-        }
-        while inner.map.len() >= PENDING_GLOBAL {
-            // The caller holding the most pending requests loses its oldest one; among
-            // equal holders, the most recent caller (requests already under way survive).
-            let newest_first = |ids: &VecDeque<String>| {
-                ids.front()
-                    .and_then(|id| inner.map.get(id))
-                    .map_or(0, |e| e.seq)
-            };
-            let Some(oldest) = inner
-                .by_caller
-                .values()
-                .max_by_key(|ids| (ids.len(), newest_first(ids)))
-                .and_then(|ids| ids.front().cloned())
-            else {
-                break;
-            };
-            inner.remove(&oldest);
-        }
-        if inner.order.len() > 2 * PENDING_GLOBAL {
-            let PendingInner { map, order, .. } = &mut *inner;
-            order.retain(|id| map.contains_key(id));
-        }
-        inner
-            .by_caller
-            .entry(caller)
-            .or_default()
-            .push_back(id.clone());
-        inner.order.push_back(id.clone());
-        inner.seq += 1;
-        let seq = inner.seq;
-        inner.map.insert(
-            id,
-            PendingEntry {
-                value,
-                caller,
+    pub(crate) async fn insert<V: Serialize>(
+        store: &dyn Store,
+        id: &str,
+        caller: IpAddr,
+        value: &V,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let document = serde_json::to_string(value)
+            .map_err(|e| StoreError(format!("pending sign-in: {e}")))?;
+        store
+            .put_pending(
+                &sha256_hex(id),
+                &caller_key(caller).to_string(),
+                &document,
                 expires_at,
-                seq,
-            },
-        );
+                PENDING_PER_CALLER,
+                PENDING_GLOBAL,
+            )
+            .await
     }
 
-    /// Takes the live request `id` (single use).
-    pub(crate) fn take(&self, id: &str) -> Option<V> {
-        let mut inner = self.inner.lock().ok()?;
-        let entry = inner.remove(id)?;
-        (entry.expires_at > now()).then_some(entry.value)
-    }
-
-    /// How many are pending (tests).
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.inner.lock().map_or(0, |i| i.map.len())
+    /// Takes the live request `id` (single use, also across instances).
+    pub(crate) async fn take<V: DeserializeOwned>(
+        store: &dyn Store,
+        id: &str,
+    ) -> Result<Option<V>, StoreError> {
+        if id.is_empty() || id.len() > 256 {
+            return Ok(None);
+        }
+        match store.take_pending(&sha256_hex(id), now()).await? {
+            Some(document) => serde_json::from_str(&document)
+                .map(Some)
+                .map_err(|e| StoreError(format!("pending sign-in: {e}"))),
+            None => Ok(None),
+        }
     }
 }
 
@@ -446,41 +364,65 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn pending_requests_per_caller_are_bounded_and_the_callers_oldest_is_evicted() {
-        let pending = Pending::<u32>::new();
+    struct Table(crate::store::SqliteStore);
+
+    impl Table {
+        fn new() -> Self {
+            Self(crate::store::SqliteStore::in_memory().unwrap())
+        }
+
+        async fn insert(&self, id: &str, caller: IpAddr, value: u32, expires_at: u64) {
+            Pending::insert(&self.0, id, caller, &value, expires_at)
+                .await
+                .unwrap();
+        }
+
+        async fn take(&self, id: &str) -> Option<u32> {
+            Pending::take(&self.0, id).await.unwrap()
+        }
+
+        async fn len(&self) -> usize {
+            self.0.pending_len().await.unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn pending_requests_per_caller_are_bounded_and_the_callers_oldest_is_evicted() {
+        let pending = Table::new();
         let flooder: IpAddr = "192.0.2.1".parse().unwrap();
         let user: IpAddr = "192.0.2.2".parse().unwrap();
-        pending.insert("user".to_owned(), user, 0, now() + 600);
-        for i in 0..1000u32 {
-            pending.insert(format!("f{i}"), flooder, i, now() + 600);
+        pending.insert("user", user, 0, now() + 600).await;
+        for i in 0..200u32 {
+            pending.insert(&format!("f{i}"), flooder, i, now() + 600).await;
         }
-        assert_eq!(pending.len(), PENDING_PER_CALLER + 1);
-        assert_eq!(pending.take("f0"), None, "the flooder's oldest went first");
-        assert_eq!(pending.take("f999"), Some(999));
+        assert_eq!(pending.len().await, PENDING_PER_CALLER as usize + 1);
+        assert_eq!(pending.take("f0").await, None, "the flooder's oldest went first");
+        assert_eq!(pending.take("f199").await, Some(199));
         assert_eq!(
-            pending.take("user"),
+            pending.take("user").await,
             Some(0),
             "another caller's request survives"
         );
-        assert_eq!(pending.take("user"), None, "single use");
+        assert_eq!(pending.take("user").await, None, "single use");
     }
 
-    #[test]
-    fn pending_ipv6_callers_are_bounded_by_their_64() {
-        let pending = Pending::<u32>::new();
+    #[tokio::test]
+    async fn pending_ipv6_callers_are_bounded_by_their_64() {
+        let pending = Table::new();
         for i in 0..100u32 {
             let ip: IpAddr = format!("2001:db8::{i:x}").parse().unwrap();
-            pending.insert(format!("f{i}"), ip, i, now() + 600);
+            pending.insert(&format!("f{i}"), ip, i, now() + 600).await;
         }
-        assert_eq!(pending.len(), PENDING_PER_CALLER);
+        assert_eq!(pending.len().await, PENDING_PER_CALLER as usize);
     }
 
-    #[test]
-    fn full_pending_table_evicts_from_the_largest_holder_not_a_lone_user() {
-        let pending = Pending::<u32>::new();
+    #[tokio::test]
+    async fn full_pending_table_evicts_from_the_largest_holder_not_a_lone_user() {
+        let pending = Table::new();
         let t = now() + 600;
-        pending.insert("user".to_owned(), "198.51.100.1".parse().unwrap(), 0, t);
+        pending
+            .insert("user", "198.51.100.1".parse().unwrap(), 0, t)
+            .await;
         let mut n = 0u32;
         'fill: for a in 0..=255u8 {
             for b in 0..=255u8 {
@@ -491,27 +433,30 @@ mod tests {
                     1
                 };
                 for _ in 0..holders {
-                    pending.insert(format!("f{n}"), ip, n, t);
+                    pending.insert(&format!("f{n}"), ip, n, t).await;
                     n += 1;
                 }
-                if n as usize >= PENDING_GLOBAL + 100 {
+                if n >= PENDING_GLOBAL + 100 {
                     break 'fill;
                 }
             }
         }
-        assert_eq!(pending.len(), PENDING_GLOBAL);
+        assert_eq!(pending.len().await, PENDING_GLOBAL as usize);
+        assert_eq!(pending.take("f0").await, None, "the largest holder lost its oldest");
         assert_eq!(
-            pending.take("user"),
+            pending.take("user").await,
             Some(0),
             "a lone pending sign-in survives"
         );
     }
 
-    #[test]
-    fn expired_pending_requests_are_not_returned() {
-        let pending = Pending::<u32>::new();
-        pending.insert("old".to_owned(), "192.0.2.1".parse().unwrap(), 1, now());
-        assert_eq!(pending.take("old"), None);
+    #[tokio::test]
+    async fn expired_pending_requests_are_not_returned() {
+        let pending = Table::new();
+        pending
+            .insert("old", "192.0.2.1".parse().unwrap(), 1, now())
+            .await;
+        assert_eq!(pending.take("old").await, None);
     }
 
     #[test]

@@ -42,7 +42,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::OAuthError;
 use crate::ratelimit::Bucket;
-use crate::store::{Client, RefreshRecord, RefreshUse};
+use crate::store::{Client, RefreshRecord, RefreshUse, StoredCode};
 use crate::{AppState, authorize, clients, now, random_token, secure_eq, sha256_hex};
 use bmm_core::canonical_resource;
 
@@ -129,27 +129,36 @@ fn form_params(form: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
 /// Rule 1: which client is calling, authenticated as it registered.
 /// The client the code or refresh token a request presents was issued to, if it is live
 /// (`token_param`: the parameter holding a refresh token, `refresh_token` or `token`).
-fn presented_owner(
+async fn presented_owner(
     state: &AppState,
     params: &HashMap<String, String>,
     token_param: &str,
 ) -> Option<String> {
     if params.get("grant_type").map(String::as_str) == Some("authorization_code") {
         let code = params.get("code")?;
-        let codes = state.inner.codes.lock().ok()?;
-        return codes.get(code).map(|c| c.client_id.clone());
+        return state
+            .store()
+            .code(&sha256_hex(code))
+            .await
+            .ok()
+            .flatten()
+            .map(|c| c.client_id);
     }
     let token = params.get(token_param)?;
     state
-        .inner
-        .store
-        .peek_refresh(&sha256_hex(token), now())
+        .store()
+        .peek_refresh(
+            &sha256_hex(token),
+            now(),
+            state.inner.settings.refresh_grace_secs,
+        )
+        .await
         .ok()
         .flatten()
         .map(|r| r.client_id)
 }
 
-fn authenticate(
+async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
@@ -205,7 +214,8 @@ fn authenticate(
                 ));
             }
         };
-    let client = clients::find_known(state, &client_id, owner)?
+    let client = clients::find_known(state, &client_id, owner)
+        .await?
         .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
     match (&client.secret_sha256, secret) {
         (None, None) => Ok(client),
@@ -229,13 +239,41 @@ fn authenticate(
     }
 }
 
-fn token_response(
+/// Stores a new refresh token of `family` and returns it.
+async fn new_refresh(
     state: &AppState,
     client_id: &str,
     subject: &str,
     scope: &str,
     resource: &str,
     family: &str,
+) -> Result<String, OAuthError> {
+    let t = now();
+    let refresh_token = random_token(32);
+    state
+        .store()
+        .put_refresh(&RefreshRecord {
+            token_sha256: sha256_hex(&refresh_token),
+            family: family.to_owned(),
+            client_id: client_id.to_owned(),
+            subject: subject.to_owned(),
+            scope: scope.to_owned(),
+            resource: resource.to_owned(),
+            issued_at: t,
+            expires_at: t + state.inner.settings.refresh_token_ttl,
+        })
+        .await?;
+    Ok(refresh_token)
+}
+
+/// The token response: a new access token, and `refresh_token` (already stored) if any.
+fn token_response(
+    state: &AppState,
+    client_id: &str,
+    subject: &str,
+    scope: &str,
+    resource: &str,
+    refresh_token: Option<&str>,
 ) -> Result<Response, OAuthError> {
     let t = now();
     let ttl = state.inner.settings.access_token_ttl;
@@ -251,23 +289,15 @@ fn token_response(
         "client_id": client_id,
     });
     let access_token = state.inner.keys.sign(&claims)?;
-    let refresh_token = random_token(32);
-    state.inner.store.put_refresh(&RefreshRecord {
-        token_sha256: sha256_hex(&refresh_token),
-        family: family.to_owned(),
-        client_id: client_id.to_owned(),
-        subject: subject.to_owned(),
-        scope: scope.to_owned(),
-        resource: resource.to_owned(),
-        expires_at: t + state.inner.settings.refresh_token_ttl,
-    })?;
-    let body = json!({
+    let mut body = json!({
         "access_token": access_token,
         "token_type": "Bearer",
         "expires_in": ttl,
-        "refresh_token": refresh_token,
         "scope": scope,
     });
+    if let Some(refresh_token) = refresh_token {
+        body["refresh_token"] = json!(refresh_token);
+    }
     let mut response = (StatusCode::OK, Json(body)).into_response();
     response
         .headers_mut()
@@ -287,7 +317,7 @@ pub(crate) async fn token(
     if !state.inner.limiter.allow(peer.ip(), Bucket::Token) {
         return OAuthError::rate_limited().into_response();
     }
-    match grant(&state, &headers, body) {
+    match grant(&state, &headers, body).await {
         Ok(response) => response,
         Err(error) => {
             tracing::info!(error = error.code(), "token request refused");
@@ -296,14 +326,14 @@ pub(crate) async fn token(
     }
 }
 
-fn grant(
+async fn grant(
     state: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OAuthError> {
     let params = body_params(headers, body)?;
-    let owner = presented_owner(state, &params, "refresh_token");
-    let client = authenticate(state, headers, &params, owner.as_deref())?;
+    let owner = presented_owner(state, &params, "refresh_token").await;
+    let client = authenticate(state, headers, &params, owner.as_deref()).await?;
     let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
     match get("grant_type") {
         Some("authorization_code") => {
@@ -313,7 +343,7 @@ fn grant(
             let verifier = get("code_verifier");
             let resource = get("resource");
             // Rule 2: every check runs before the code is used up.
-            let check = |record: &authorize::CodeRecord| {
+            let check = |record: &StoredCode| {
                 if record.client_id != client.client_id {
                     return Err(OAuthError::invalid_grant(
                         "the authorization code was issued to another client",
@@ -348,33 +378,54 @@ fn grant(
                     "resource does not match the authorization request",
                 )
             };
-            let record = match authorize::redeem_code(state, code, check) {
-                Ok(r) => r,
-                Err(authorize::CodeRefusal::Refused(error)) => return Err(error),
-                Err(authorize::CodeRefusal::Replayed(family)) => {
-                    if !family.is_empty() {
-                        state.inner.store.revoke_family(&family)?;
+            let client_id = client.client_id.as_str();
+            let refused = |refusal: authorize::CodeRefusal| async move {
+                match refusal {
+                    authorize::CodeRefusal::Refused(error) => error,
+                    authorize::CodeRefusal::Replayed(family) => {
+                        if let Err(error) = state.store().revoke_family(&family).await {
+                            return OAuthError::from(error);
+                        }
+                        tracing::warn!(client_id = %client_id, "authorization code replayed; its tokens are revoked");
+                        OAuthError::invalid_grant(
+                            "the authorization code was already used; the tokens it produced are revoked",
+                        )
                     }
-                    tracing::warn!(client_id = %client.client_id, "authorization code replayed; its tokens are revoked");
-                    return Err(OAuthError::invalid_grant(
-                        "the authorization code was already used; the tokens it produced are revoked",
-                    ));
-                }
-                Err(authorize::CodeRefusal::Unknown) => {
-                    return Err(OAuthError::invalid_grant(
-                        "the authorization code is unknown or expired",
-                    ));
+                    authorize::CodeRefusal::Unknown => {
+                        OAuthError::invalid_grant("the authorization code is unknown or expired")
+                    }
                 }
             };
+            let record = match authorize::check_code(state, code, check).await {
+                Ok(r) => r,
+                Err(refusal) => return Err(refused(refusal).await),
+            };
+            // The family's first refresh token is stored before the code is redeemed, so a
+            // replay (on any instance) that revokes the family always finds it; a lost race
+            // revokes it like any replay.
             let family = random_token(16);
-            authorize::record_family(state, code, &family);
-            token_response(
+            let refresh = new_refresh(
                 state,
                 &client.client_id,
                 &record.subject,
                 &record.scope,
                 &record.resource,
                 &family,
+            )
+            .await?;
+            if let Err(refusal) = authorize::redeem_code(state, &record, &family).await {
+                if let Err(error) = state.store().revoke_family(&family).await {
+                    tracing::error!(%error, "cannot revoke the refresh token of a lost redemption");
+                }
+                return Err(refused(refusal).await);
+            }
+            token_response(
+                state,
+                &client.client_id,
+                &record.subject,
+                &record.scope,
+                &record.resource,
+                Some(&refresh),
             )
         }
         Some("refresh_token") => {
@@ -383,7 +434,8 @@ fn grant(
             let hash = sha256_hex(token);
             // Check the request against the grant before using the token up: a request with
             // a bad scope or resource must not burn the token (and trip reuse detection).
-            let scope = match state.inner.store.peek_refresh(&hash, now())? {
+            let grace = state.inner.settings.refresh_grace_secs;
+            let scope = match state.store().peek_refresh(&hash, now(), grace).await? {
                 Some(record) => {
                     if record.client_id != client.client_id {
                         // Rule 3: another client's token is refused and left alone.
@@ -401,12 +453,14 @@ fn grant(
                 None => String::new(),
             };
             let record = match state
-                .inner
-                .store
-                .use_refresh(&hash, &client.client_id, now())?
+                .store()
+                .use_refresh(&hash, &client.client_id, now(), grace)
+                .await?
             {
-                RefreshUse::Fresh(r) => r,
-                RefreshUse::Reused => {
+                // Within the grace period a used token gets another pair of the same
+                // family (parallel refreshes by one client); see rule 3.
+                RefreshUse::Fresh(r) | RefreshUse::Grace(r) => r,
+                RefreshUse::Reused(_) => {
                     tracing::warn!(client_id = %client.client_id, "refresh token reused; its family is revoked");
                     return Err(OAuthError::invalid_grant(
                         "the refresh token was already used; every token of this grant is revoked",
@@ -423,13 +477,29 @@ fn grant(
                     "the refresh token was issued to another client",
                 ));
             }
-            token_response(
+            if let Err(error) = state
+                .store()
+                .mark_client_used(&client.client_id, now())
+                .await
+            {
+                tracing::error!(%error, "cannot record that the client used a token");
+            }
+            let refresh = new_refresh(
                 state,
                 &client.client_id,
                 &record.subject,
                 &scope,
                 &record.resource,
                 &record.family,
+            )
+            .await?;
+            token_response(
+                state,
+                &client.client_id,
+                &record.subject,
+                &scope,
+                &record.resource,
+                Some(&refresh),
             )
         }
         Some(other) => Err(OAuthError::unsupported_grant_type(format!(
@@ -481,8 +551,8 @@ pub(crate) async fn revoke(
     }
     let result = async {
         let params = body_params(&headers, body)?;
-        let owner = presented_owner(&state, &params, "token");
-        let client = authenticate(&state, &headers, &params, owner.as_deref())?;
+        let owner = presented_owner(&state, &params, "token").await;
+        let client = authenticate(&state, &headers, &params, owner.as_deref()).await?;
         let token = params
             .get("token")
             .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
@@ -490,10 +560,10 @@ pub(crate) async fn revoke(
         // are revoked with their family. Unknown tokens, and tokens of another client
         // (rule 6, RFC 7009 2.1), are not an error (RFC 7009 2.2): nothing happens.
         let revoked = state
-            .inner
-            .store
-            .revoke_refresh(&sha256_hex(token), &client.client_id)?;
-        if !revoked {
+            .store()
+            .revoke_refresh(&sha256_hex(token), &client.client_id)
+            .await?;
+        if revoked.is_none() {
             tracing::info!(client_id = %client.client_id, "revocation of an unknown token or one of another client ignored");
         }
         Ok::<_, OAuthError>(())

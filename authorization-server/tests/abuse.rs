@@ -49,7 +49,9 @@ impl TestAs {
     async fn start(data_dir: &Path, extra: &[&str]) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = AppState::open(settings(data_dir, &addr.to_string(), extra)).unwrap();
+        let state = AppState::open(settings(data_dir, &addr.to_string(), extra))
+            .await
+            .unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(serve(listener, state, async move {
             let _ = rx.await;
@@ -570,7 +572,9 @@ async fn data_dir_is_created_0700_and_the_key_store_files_0600() {
     use std::os::unix::fs::PermissionsExt;
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("as-data");
-    let state = AppState::open(settings(&dir, "127.0.0.1:0", &[])).unwrap();
+    let state = AppState::open(settings(&dir, "127.0.0.1:0", &[]))
+        .await
+        .unwrap();
     drop(state);
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
@@ -589,10 +593,15 @@ async fn start_is_refused_on_a_group_or_world_readable_key_store() {
     use std::os::unix::fs::PermissionsExt;
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("as-data");
-    drop(AppState::open(settings(&dir, "127.0.0.1:0", &[])).unwrap());
+    drop(
+        AppState::open(settings(&dir, "127.0.0.1:0", &[]))
+            .await
+            .unwrap(),
+    );
     let db = dir.join("bmm-as.sqlite3");
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
     let error = AppState::open(settings(&dir, "127.0.0.1:0", &[]))
+        .await
         .unwrap_err()
         .to_string();
     assert!(
@@ -602,6 +611,7 @@ async fn start_is_refused_on_a_group_or_world_readable_key_store() {
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     let error = AppState::open(settings(&dir, "127.0.0.1:0", &[]))
+        .await
         .unwrap_err()
         .to_string();
     assert!(
@@ -609,7 +619,11 @@ async fn start_is_refused_on_a_group_or_world_readable_key_store() {
         "{error}"
     );
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    assert!(AppState::open(settings(&dir, "127.0.0.1:0", &[])).is_ok());
+    assert!(
+        AppState::open(settings(&dir, "127.0.0.1:0", &[]))
+            .await
+            .is_ok()
+    );
 }
 
 // ---- item 14: registration quota, expiry and field limits ----

@@ -45,7 +45,7 @@ impl TestAs {
         ];
         argv.extend_from_slice(extra);
         let settings = Settings::from_args(Args::try_parse_from(argv).unwrap()).unwrap();
-        let state = AppState::open(settings).unwrap();
+        let state = AppState::open(settings).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(serve(listener, state, async move {
             let _ = rx.await;
@@ -528,7 +528,10 @@ async fn expired_code_is_refused() {
 #[tokio::test]
 async fn refresh_tokens_rotate_and_reuse_revokes_the_family() {
     let dir = tempfile::tempdir().unwrap();
-    let as_ = TestAs::start(dir.path(), &dev()).await;
+    // Strict rotation: no grace period for a used token.
+    let mut args = dev();
+    args.extend(["--refresh-grace-secs", "0"]);
+    let as_ = TestAs::start(dir.path(), &args).await;
     let (client, first) = first_grant(&as_).await;
     let r1 = first["refresh_token"].as_str().unwrap().to_owned();
     let (status, second) = token(

@@ -52,7 +52,7 @@ impl TestAs {
         }
         argv.extend_from_slice(extra);
         let settings = Settings::from_args(Args::try_parse_from(argv).unwrap()).unwrap();
-        let state = AppState::open(settings).unwrap();
+        let state = AppState::open(settings).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(serve(listener, state, async move {
             let _ = rx.await;

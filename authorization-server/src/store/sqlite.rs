@@ -1,44 +1,61 @@
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Client, RefreshRecord, RefreshUse, Store, StoredKey};
+use super::migrate;
+use super::{
+    AuditEvent, AuditFilter, Client, ClientSummary, Grant, Purged, RefreshRecord, RefreshUse,
+    Store, StoredCode, StoredKey,
+};
 use crate::error::StoreError;
 
 /// The embedded store: one SQLite database file (WAL mode).
-#[derive(Debug)]
+///
+/// One connection per process, used on tokio's blocking pool (store rule 4). Every
+/// read-then-write runs in a `BEGIN IMMEDIATE` transaction, which takes SQLite's write lock
+/// before reading, so several processes on one file (waiting up to 5 s for each other)
+/// decide single-use things exactly like one process would (store rule 1).
+#[derive(Debug, Clone)]
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS clients (
-    client_id TEXT PRIMARY KEY,
-    document TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS refresh_tokens (
-    token_sha256 TEXT PRIMARY KEY,
-    family TEXT NOT NULL,
-    client_id TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    scope TEXT NOT NULL,
-    resource TEXT NOT NULL,
-    expires_at INTEGER NOT NULL,
-    used INTEGER NOT NULL DEFAULT 0,
-    revoked INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens(family);
-CREATE TABLE IF NOT EXISTS used_clients (
-    client_id TEXT PRIMARY KEY
-);
-CREATE TABLE IF NOT EXISTS signing_keys (
-    kid TEXT PRIMARY KEY,
-    pkcs8 BLOB NOT NULL,
-    created_at INTEGER NOT NULL,
-    retired_at INTEGER
-);
-";
+fn json_error(e: serde_json::Error) -> StoreError {
+    StoreError(format!("stored document: {e}"))
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn uint(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Applies the migrations this database lacks, in one transaction (store rule 3).
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(migrate::VERSION_TABLE)?;
+    let current: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM bmm_schema_migrations",
+        [],
+        |row| row.get(0),
+    )?;
+    let todo = migrate::pending(current)?;
+    for m in todo {
+        tx.execute_batch(m.sqlite)
+            .map_err(|e| StoreError(format!("migration {} ({}): {e}", m.version, m.name)))?;
+        tx.execute(
+            "INSERT INTO bmm_schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![m.version, int(crate::now())],
+        )?;
+        tracing::info!(version = m.version, name = m.name, "store migrated");
+    }
+    tx.commit()?;
+    Ok(())
+}
 
 /// Owner-only files (issue 12 item 13).
 #[cfg(unix)]
@@ -137,22 +154,94 @@ mod private {
     }
 }
 
-/// A refresh record from a row whose first six columns are family, client_id, subject,
-/// scope, resource, expires_at.
-fn refresh_record(token_sha256: &str, row: &rusqlite::Row<'_>) -> rusqlite::Result<RefreshRecord> {
+const REFRESH_COLUMNS: &str =
+    "token_sha256, family, client_id, subject, scope, resource, issued_at, expires_at";
+
+/// A refresh record from a row whose first columns are [`REFRESH_COLUMNS`].
+fn refresh_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RefreshRecord> {
     Ok(RefreshRecord {
-        token_sha256: token_sha256.to_owned(),
-        family: row.get(0)?,
-        client_id: row.get(1)?,
-        subject: row.get(2)?,
-        scope: row.get(3)?,
-        resource: row.get(4)?,
-        expires_at: row.get::<_, i64>(5)? as u64,
+        token_sha256: row.get(0)?,
+        family: row.get(1)?,
+        client_id: row.get(2)?,
+        subject: row.get(3)?,
+        scope: row.get(4)?,
+        resource: row.get(5)?,
+        issued_at: uint(row.get(6)?),
+        expires_at: uint(row.get(7)?),
     })
 }
 
+const CODE_COLUMNS: &str = "code_sha256, client_id, redirect_uri, redirect_uri_given, code_challenge, resource, scope, subject, expires_at, redeemed_family";
+
+fn stored_code(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredCode> {
+    Ok(StoredCode {
+        code_sha256: row.get(0)?,
+        client_id: row.get(1)?,
+        redirect_uri: row.get(2)?,
+        redirect_uri_given: row.get(3)?,
+        code_challenge: row.get(4)?,
+        resource: row.get(5)?,
+        scope: row.get(6)?,
+        subject: row.get(7)?,
+        expires_at: uint(row.get(8)?),
+        redeemed_family: row.get(9)?,
+    })
+}
+
+const EVENT_COLUMNS: &str =
+    "id, at, kind, client_id, subject, resource, scope, address, outcome, detail";
+
+fn audit_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEvent> {
+    Ok(AuditEvent {
+        id: row.get(0)?,
+        at: uint(row.get(1)?),
+        kind: row.get(2)?,
+        client_id: row.get(3)?,
+        subject: row.get(4)?,
+        resource: row.get(5)?,
+        scope: row.get(6)?,
+        address: row.get(7)?,
+        outcome: row.get(8)?,
+        detail: row.get(9)?,
+    })
+}
+
+/// Revokes every unrevoked token of `family` at `now`; whether one of them was live.
+fn revoke_family_in(conn: &Connection, family: &str, now: u64) -> Result<bool, StoreError> {
+    let live: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM refresh_tokens
+         WHERE family = ?1 AND revoked_at IS NULL AND expires_at > ?2",
+        params![family, int(now)],
+        |row| row.get(0),
+    )?;
+    conn.execute(
+        "UPDATE refresh_tokens SET revoked_at = ?2 WHERE family = ?1 AND revoked_at IS NULL",
+        params![family, int(now)],
+    )?;
+    Ok(live > 0)
+}
+
+/// Deletes at most `batch` rows of `table` matching `condition` (whose one parameter is
+/// `cutoff`); how many it deleted.
+fn delete_batch(
+    conn: &Connection,
+    table: &str,
+    condition: &str,
+    cutoff: u64,
+    batch: u32,
+) -> Result<u64, StoreError> {
+    let n = conn.execute(
+        &format!(
+            "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {condition} LIMIT ?2)"
+        ),
+        params![int(cutoff), i64::from(batch)],
+    )?;
+    Ok(n as u64)
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) `bmm-as.sqlite3` in `dir`.
+    /// Opens (creating if needed) `bmm-as.sqlite3` in `dir` and brings its schema up to
+    /// date (see `migrate`). Blocking: call it from a blocking thread.
     ///
     /// The data directory is created `0700` and the database file `0600` whatever the
     /// umask; SQLite gives its `-wal` and `-shm` files the database's mode, and they are
@@ -166,231 +255,715 @@ impl SqliteStore {
         for suffix in ["-wal", "-shm"] {
             private::prepare_file(&dir.join(format!("bmm-as.sqlite3{suffix}")), false)?;
         }
-        let conn = Connection::open(&path)?;
+        let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        migrate(&mut conn)?;
         for suffix in ["-wal", "-shm"] {
             private::prepare_file(&dir.join(format!("bmm-as.sqlite3{suffix}")), false)?;
         }
         Ok(Self {
-            conn: Mutex::new(conn),
+            conn: Arc::new(Mutex::new(conn)),
         })
     }
 
-    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
-        self.conn
-            .lock()
-            .map_err(|_| StoreError("store lock poisoned".to_owned()))
+    /// A private in-memory database (tests, tools).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let mut conn = Connection::open_in_memory()?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// How many pending sign-ins are stored, expired or not (tests).
+    #[cfg(test)]
+    pub(crate) async fn pending_len(&self) -> Result<usize, StoreError> {
+        self.run(|conn| {
+            let n: i64 =
+                conn.query_row("SELECT COUNT(*) FROM pending_signins", [], |row| row.get(0))?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Runs `f` with the connection on the blocking pool (store rule 4).
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn
+                .lock()
+                .map_err(|_| StoreError("store lock poisoned".to_owned()))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError(format!("store task failed: {e}")))?
     }
 }
 
+#[async_trait]
 impl Store for SqliteStore {
-    fn put_client(&self, client: &Client) -> Result<(), StoreError> {
-        let document = serde_json::to_string(client).map_err(|e| StoreError(e.to_string()))?;
-        self.conn()?.execute(
-            "INSERT INTO clients (client_id, document) VALUES (?1, ?2)",
-            params![client.client_id, document],
-        )?;
-        Ok(())
+    fn backend(&self) -> &'static str {
+        "sqlite"
     }
 
-    fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError> {
+    async fn put_client(&self, client: &Client) -> Result<(), StoreError> {
+        let document = serde_json::to_string(client).map_err(json_error)?;
+        let id = client.client_id.clone();
+        let created_at = int(client.created_at);
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO clients (client_id, document, created_at) VALUES (?1, ?2, ?3)",
+                params![id, document, created_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError> {
+        let id = client_id.to_owned();
         let document: Option<String> = self
-            .conn()?
-            .query_row(
-                "SELECT document FROM clients WHERE client_id = ?1",
-                params![client_id],
-                |row| row.get(0),
-            )
-            .optional()?;
+            .run(move |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT document FROM clients WHERE client_id = ?1",
+                        params![id],
+                        |row| row.get(0),
+                    )
+                    .optional()?)
+            })
+            .await?;
         document
-            .map(|d| serde_json::from_str(&d).map_err(|e| StoreError(e.to_string())))
+            .map(|d| serde_json::from_str(&d).map_err(json_error))
             .transpose()
     }
 
-    fn put_refresh(&self, r: &RefreshRecord) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "INSERT INTO refresh_tokens (token_sha256, family, client_id, subject, scope, resource, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![r.token_sha256, r.family, r.client_id, r.subject, r.scope, r.resource, r.expires_at as i64],
-        )?;
-        Ok(())
+    async fn clients(&self, limit: u32, offset: u32) -> Result<Vec<ClientSummary>, StoreError> {
+        let rows: Vec<(String, Option<i64>)> = self
+            .run(move |conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT document, last_used FROM clients
+                     ORDER BY created_at DESC, client_id LIMIT ?1 OFFSET ?2",
+                )?;
+                let rows = stmt
+                    .query_map(params![i64::from(limit), i64::from(offset)], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(document, last_used)| {
+                Ok(ClientSummary {
+                    client: serde_json::from_str(&document).map_err(json_error)?,
+                    last_used: last_used.map(uint),
+                })
+            })
+            .collect()
     }
 
-    fn peek_refresh(
+    async fn mark_client_used(&self, client_id: &str, now: u64) -> Result<(), StoreError> {
+        let id = client_id.to_owned();
+        self.run(move |conn| {
+            conn.execute(
+                "UPDATE clients SET last_used = ?2 WHERE client_id = ?1",
+                params![id, int(now)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn client_used(&self, client_id: &str) -> Result<bool, StoreError> {
+        let id = client_id.to_owned();
+        self.run(move |conn| {
+            let used: Option<bool> = conn
+                .query_row(
+                    "SELECT last_used IS NOT NULL FROM clients WHERE client_id = ?1",
+                    params![id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            Ok(used.unwrap_or(false))
+        })
+        .await
+    }
+
+    async fn unused_clients(&self) -> Result<u64, StoreError> {
+        self.run(|conn| {
+            let n: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM clients WHERE last_used IS NULL",
+                [],
+                |row| row.get(0),
+            )?;
+            Ok(uint(n))
+        })
+        .await
+    }
+
+    async fn delete_unused_client(&self, client_id: &str) -> Result<bool, StoreError> {
+        let id = client_id.to_owned();
+        self.run(move |conn| {
+            let n = conn.execute(
+                "DELETE FROM clients WHERE client_id = ?1 AND last_used IS NULL",
+                params![id],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn prune_unused_clients(&self, cutoff: u64) -> Result<u64, StoreError> {
+        self.run(move |conn| {
+            let n = conn.execute(
+                "DELETE FROM clients WHERE last_used IS NULL AND created_at < ?1",
+                params![int(cutoff)],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn put_code(&self, code: &StoredCode) -> Result<(), StoreError> {
+        let c = code.clone();
+        self.run(move |conn| {
+            conn.execute(
+                &format!("INSERT INTO codes ({CODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![
+                    c.code_sha256,
+                    c.client_id,
+                    c.redirect_uri,
+                    c.redirect_uri_given,
+                    c.code_challenge,
+                    c.resource,
+                    c.scope,
+                    c.subject,
+                    int(c.expires_at),
+                    c.redeemed_family
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn code(&self, code_sha256: &str) -> Result<Option<StoredCode>, StoreError> {
+        let hash = code_sha256.to_owned();
+        self.run(move |conn| {
+            Ok(conn
+                .query_row(
+                    &format!("SELECT {CODE_COLUMNS} FROM codes WHERE code_sha256 = ?1"),
+                    params![hash],
+                    stored_code,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn redeem_code(
+        &self,
+        code_sha256: &str,
+        family: &str,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let hash = code_sha256.to_owned();
+        let family = family.to_owned();
+        self.run(move |conn| {
+            let n = conn.execute(
+                "UPDATE codes SET redeemed_family = ?2
+                 WHERE code_sha256 = ?1 AND redeemed_family IS NULL AND expires_at > ?3",
+                params![hash, family, int(now)],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn put_pending(
+        &self,
+        id_sha256: &str,
+        caller: &str,
+        document: &str,
+        expires_at: u64,
+        per_caller: u32,
+        global: u32,
+    ) -> Result<(), StoreError> {
+        let id = id_sha256.to_owned();
+        let caller = caller.to_owned();
+        let document = document.to_owned();
+        let now = crate::now();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM pending_signins WHERE expires_at <= ?1",
+                params![int(now)],
+            )?;
+            let own: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM pending_signins WHERE caller = ?1",
+                params![caller],
+                |row| row.get(0),
+            )?;
+            let over = own - i64::from(per_caller) + 1;
+            if over > 0 {
+                tx.execute(
+                    "DELETE FROM pending_signins WHERE seq IN
+                     (SELECT seq FROM pending_signins WHERE caller = ?1 ORDER BY seq LIMIT ?2)",
+                    params![caller, over],
+                )?;
+            }
+            loop {
+                let total: i64 =
+                    tx.query_row("SELECT COUNT(*) FROM pending_signins", [], |row| row.get(0))?;
+                if total < i64::from(global) {
+                    break;
+                }
+                // The largest holder's oldest goes; among equal holders, the one whose
+                // oldest is the newest (sign-ins under way survive).
+                let n = tx.execute(
+                    "DELETE FROM pending_signins WHERE seq = (
+                        SELECT MIN(seq) FROM pending_signins WHERE caller = (
+                            SELECT caller FROM pending_signins GROUP BY caller
+                            ORDER BY COUNT(*) DESC, MIN(seq) DESC LIMIT 1))",
+                    [],
+                )?;
+                if n == 0 {
+                    break;
+                }
+            }
+            tx.execute(
+                "INSERT INTO pending_signins (id_sha256, caller, document, expires_at)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![id, caller, document, int(expires_at)],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn take_pending(&self, id_sha256: &str, now: u64) -> Result<Option<String>, StoreError> {
+        let id = id_sha256.to_owned();
+        self.run(move |conn| {
+            let row: Option<(String, i64)> = conn
+                .query_row(
+                    "DELETE FROM pending_signins WHERE id_sha256 = ?1 RETURNING document, expires_at",
+                    params![id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            Ok(row.and_then(|(document, expires_at)| (uint(expires_at) > now).then_some(document)))
+        })
+        .await
+    }
+
+    async fn put_refresh(&self, record: &RefreshRecord) -> Result<(), StoreError> {
+        let r = record.clone();
+        self.run(move |conn| {
+            conn.execute(
+                &format!("INSERT INTO refresh_tokens ({REFRESH_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                params![
+                    r.token_sha256,
+                    r.family,
+                    r.client_id,
+                    r.subject,
+                    r.scope,
+                    r.resource,
+                    int(r.issued_at),
+                    int(r.expires_at)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn peek_refresh(
         &self,
         token_sha256: &str,
         now: u64,
+        grace: u64,
     ) -> Result<Option<RefreshRecord>, StoreError> {
-        let record = self
-            .conn()?
-            .query_row(
-                "SELECT family, client_id, subject, scope, resource, expires_at FROM refresh_tokens
-                 WHERE token_sha256 = ?1 AND used = 0 AND revoked = 0 AND expires_at > ?2",
-                params![token_sha256, now as i64],
-                |row| refresh_record(token_sha256, row),
-            )
-            .optional()?;
-        Ok(record)
+        let hash = token_sha256.to_owned();
+        self.run(move |conn| {
+            Ok(conn
+                .query_row(
+                    &format!(
+                        "SELECT {REFRESH_COLUMNS} FROM refresh_tokens
+                         WHERE token_sha256 = ?1 AND revoked_at IS NULL AND expires_at > ?2
+                         AND (used_at IS NULL OR used_at > ?2 - ?3)"
+                    ),
+                    params![hash, int(now), int(grace)],
+                    refresh_record,
+                )
+                .optional()?)
+        })
+        .await
     }
 
-    fn use_refresh(
+    async fn use_refresh(
         &self,
         token_sha256: &str,
         client_id: &str,
         now: u64,
+        grace: u64,
     ) -> Result<RefreshUse, StoreError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        let row = tx
-            .query_row(
-                "SELECT family, client_id, subject, scope, resource, expires_at, used, revoked
-                 FROM refresh_tokens WHERE token_sha256 = ?1 AND client_id = ?2",
-                params![token_sha256, client_id],
-                |row| {
-                    Ok((
-                        refresh_record(token_sha256, row)?,
-                        row.get::<_, bool>(6)?,
-                        row.get::<_, bool>(7)?,
-                    ))
-                },
-            )
-            .optional()?;
-        let outcome = match row {
-            None => RefreshUse::Invalid,
-            Some((_, _, true)) => RefreshUse::Invalid,
-            Some((record, true, false)) => {
-                tx.execute(
-                    "UPDATE refresh_tokens SET revoked = 1 WHERE family = ?1",
-                    params![record.family],
-                )?;
-                RefreshUse::Reused
-            }
-            Some((record, false, false)) if record.expires_at <= now => RefreshUse::Invalid,
-            Some((record, false, false)) => {
-                tx.execute(
-                    "UPDATE refresh_tokens SET used = 1 WHERE token_sha256 = ?1",
-                    params![token_sha256],
-                )?;
-                RefreshUse::Fresh(record)
-            }
-        };
-        tx.commit()?;
-        Ok(outcome)
+        let hash = token_sha256.to_owned();
+        let client_id = client_id.to_owned();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let row = tx
+                .query_row(
+                    &format!(
+                        "SELECT {REFRESH_COLUMNS}, used_at, revoked_at FROM refresh_tokens
+                         WHERE token_sha256 = ?1"
+                    ),
+                    params![hash],
+                    |row| {
+                        Ok((
+                            refresh_record(row)?,
+                            row.get::<_, Option<i64>>(8)?,
+                            row.get::<_, Option<i64>>(9)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let outcome = match row {
+                None => RefreshUse::Invalid,
+                Some((record, _, _)) if record.client_id != client_id => RefreshUse::Invalid,
+                Some((_, _, Some(_))) => RefreshUse::Invalid,
+                Some((record, _, None)) if record.expires_at <= now => RefreshUse::Invalid,
+                Some((record, None, None)) => {
+                    tx.execute(
+                        "UPDATE refresh_tokens SET used_at = ?2 WHERE token_sha256 = ?1",
+                        params![hash, int(now)],
+                    )?;
+                    RefreshUse::Fresh(record)
+                }
+                Some((record, Some(used_at), None)) if int(now) - used_at < int(grace) => {
+                    RefreshUse::Grace(record)
+                }
+                Some((record, Some(_), None)) => {
+                    revoke_family_in(&tx, &record.family, now)?;
+                    RefreshUse::Reused(record)
+                }
+            };
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
     }
 
-    fn revoke_family(&self, family: &str) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "UPDATE refresh_tokens SET revoked = 1 WHERE family = ?1",
-            params![family],
-        )?;
-        Ok(())
+    async fn revoke_family(&self, family: &str) -> Result<bool, StoreError> {
+        let family = family.to_owned();
+        let now = crate::now();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let live = revoke_family_in(&tx, &family, now)?;
+            tx.commit()?;
+            Ok(live)
+        })
+        .await
     }
 
-    fn revoke_refresh(&self, token_sha256: &str, client_id: &str) -> Result<bool, StoreError> {
-        let conn = self.conn()?;
-        let family: Option<String> = conn
-            .query_row(
-                "SELECT family FROM refresh_tokens WHERE token_sha256 = ?1 AND client_id = ?2",
-                params![token_sha256, client_id],
-                |row| row.get(0),
-            )
-            .optional()?;
-        if let Some(family) = &family {
-            conn.execute(
-                "UPDATE refresh_tokens SET revoked = 1 WHERE family = ?1",
-                params![family],
+    async fn revoke_refresh(
+        &self,
+        token_sha256: &str,
+        client_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let hash = token_sha256.to_owned();
+        let client_id = client_id.to_owned();
+        let now = crate::now();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let family: Option<String> = tx
+                .query_row(
+                    "SELECT family FROM refresh_tokens WHERE token_sha256 = ?1 AND client_id = ?2",
+                    params![hash, client_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if let Some(family) = &family {
+                revoke_family_in(&tx, family, now)?;
+            }
+            tx.commit()?;
+            Ok(family)
+        })
+        .await
+    }
+
+    async fn grants(
+        &self,
+        subject: Option<&str>,
+        client_id: Option<&str>,
+        now: u64,
+        limit: u32,
+    ) -> Result<Vec<Grant>, StoreError> {
+        let subject = subject.map(str::to_owned);
+        let client_id = client_id.map(str::to_owned);
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT family, MIN(client_id), MIN(subject),
+                    (SELECT r2.scope FROM refresh_tokens r2 WHERE r2.family = r.family
+                     ORDER BY r2.issued_at DESC, r2.rowid DESC LIMIT 1),
+                    MIN(resource), MIN(issued_at), MAX(issued_at), MAX(expires_at)
+                 FROM refresh_tokens r
+                 WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR client_id = ?2)
+                 GROUP BY family
+                 HAVING SUM(CASE WHEN revoked_at IS NULL AND used_at IS NULL AND expires_at > ?3
+                            THEN 1 ELSE 0 END) > 0
+                 ORDER BY MAX(issued_at) DESC, family LIMIT ?4",
             )?;
-        }
-        Ok(family.is_some())
+            let grants = stmt
+                .query_map(
+                    params![subject, client_id, int(now), i64::from(limit.min(1000))],
+                    |row| {
+                        Ok(Grant {
+                            family: row.get(0)?,
+                            client_id: row.get(1)?,
+                            subject: row.get(2)?,
+                            scope: row.get(3)?,
+                            resource: row.get(4)?,
+                            created_at: uint(row.get(5)?),
+                            last_used: uint(row.get(6)?),
+                            expires_at: uint(row.get(7)?),
+                        })
+                    },
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(grants)
+        })
+        .await
     }
 
-    fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare("SELECT kid, pkcs8, created_at, retired_at FROM signing_keys ORDER BY created_at DESC, rowid DESC")?;
-        let keys = stmt
-            .query_map([], |row| {
-                Ok(StoredKey {
-                    kid: row.get(0)?,
-                    pkcs8: row.get(1)?,
-                    created_at: row.get::<_, i64>(2)? as u64,
-                    retired_at: row.get::<_, Option<i64>>(3)?.map(|v| v as u64),
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(keys)
+    async fn use_assertion_jti(
+        &self,
+        client_id: &str,
+        jti: &str,
+        expires_at: u64,
+    ) -> Result<bool, StoreError> {
+        let client_id = client_id.to_owned();
+        let jti = jti.to_owned();
+        let now = crate::now();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM assertion_jtis WHERE client_id = ?1 AND jti = ?2 AND expires_at <= ?3",
+                params![client_id, jti, int(now)],
+            )?;
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO assertion_jtis (client_id, jti, expires_at) VALUES (?1, ?2, ?3)",
+                params![client_id, jti, int(expires_at)],
+            )?;
+            tx.commit()?;
+            Ok(n == 1)
+        })
+        .await
     }
 
-    fn rotate_in(&self, key: &StoredKey, now: u64) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
-        tx.execute(
-            "UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL",
-            params![now as i64],
-        )?;
-        tx.execute(
-            "INSERT INTO signing_keys (kid, pkcs8, created_at) VALUES (?1, ?2, ?3)",
-            params![key.kid, key.pkcs8, key.created_at as i64],
-        )?;
-        tx.commit()?;
-        Ok(())
+    async fn cimd_document(&self, url: &str) -> Result<Option<(Client, u64)>, StoreError> {
+        let url = url.to_owned();
+        let row: Option<(String, i64)> = self
+            .run(move |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT document, fetched_at FROM cimd_documents WHERE url = ?1",
+                        params![url],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                    .optional()?)
+            })
+            .await?;
+        row.map(|(d, at)| Ok((serde_json::from_str(&d).map_err(json_error)?, uint(at))))
+            .transpose()
     }
 
-    fn prune_keys(&self, cutoff: u64) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < ?1",
-            params![cutoff as i64],
-        )?;
-        Ok(())
+    async fn put_cimd_document(
+        &self,
+        url: &str,
+        client: &Client,
+        fetched_at: u64,
+    ) -> Result<(), StoreError> {
+        let url = url.to_owned();
+        let document = serde_json::to_string(client).map_err(json_error)?;
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO cimd_documents (url, document, fetched_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(url) DO UPDATE SET document = excluded.document, fetched_at = excluded.fetched_at",
+                params![url, document, int(fetched_at)],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
-    fn mark_client_used(&self, client_id: &str) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "INSERT OR IGNORE INTO used_clients (client_id)
-             SELECT client_id FROM clients WHERE client_id = ?1",
-            params![client_id],
-        )?;
-        Ok(())
+    async fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        self.run(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT kid, pkcs8, created_at, retired_at FROM signing_keys
+                 ORDER BY created_at DESC, rowid DESC",
+            )?;
+            let keys = stmt
+                .query_map([], |row| {
+                    Ok(StoredKey {
+                        kid: row.get(0)?,
+                        pkcs8: row.get(1)?,
+                        created_at: uint(row.get(2)?),
+                        retired_at: row.get::<_, Option<i64>>(3)?.map(uint),
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(keys)
+        })
+        .await
     }
 
-    fn client_used(&self, client_id: &str) -> Result<bool, StoreError> {
-        let used: Option<i64> = self
-            .conn()?
-            .query_row(
-                "SELECT 1 FROM used_clients WHERE client_id = ?1",
-                params![client_id],
+    async fn create_first_key(&self, key: &StoredKey) -> Result<bool, StoreError> {
+        let key = key.clone();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM signing_keys WHERE retired_at IS NULL",
+                [],
                 |row| row.get(0),
-            )
-            .optional()?;
-        Ok(used.is_some())
+            )?;
+            if current > 0 {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO signing_keys (kid, pkcs8, created_at) VALUES (?1, ?2, ?3)",
+                params![key.kid, key.pkcs8, int(key.created_at)],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
     }
 
-    fn unused_clients(&self) -> Result<u64, StoreError> {
-        let n: i64 = self.conn()?.query_row(
-            "SELECT COUNT(*) FROM clients WHERE client_id NOT IN (SELECT client_id FROM used_clients)",
-            [],
-            |row| row.get(0),
-        )?;
-        Ok(n.max(0) as u64)
+    async fn rotate_in(&self, key: &StoredKey, now: u64) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.run(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "UPDATE signing_keys SET retired_at = ?1 WHERE retired_at IS NULL",
+                params![int(now)],
+            )?;
+            tx.execute(
+                "INSERT INTO signing_keys (kid, pkcs8, created_at) VALUES (?1, ?2, ?3)",
+                params![key.kid, key.pkcs8, int(key.created_at)],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
     }
 
-    fn delete_unused_client(&self, client_id: &str) -> Result<bool, StoreError> {
-        let n = self.conn()?.execute(
-            "DELETE FROM clients WHERE client_id = ?1
-             AND client_id NOT IN (SELECT client_id FROM used_clients)",
-            params![client_id],
-        )?;
-        Ok(n > 0)
+    async fn prune_keys(&self, cutoff: u64) -> Result<(), StoreError> {
+        self.run(move |conn| {
+            conn.execute(
+                "DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < ?1",
+                params![int(cutoff)],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
-    fn prune_unused_clients(&self, cutoff: u64) -> Result<usize, StoreError> {
-        let n = self.conn()?.execute(
-            "DELETE FROM clients WHERE client_id NOT IN (SELECT client_id FROM used_clients)
-             AND json_extract(document, '$.created_at') < ?1",
-            params![cutoff as i64],
-        )?;
-        Ok(n)
+    async fn record_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let e = event.clone();
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO audit_events (at, kind, client_id, subject, resource, scope, address, outcome, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    int(e.at),
+                    e.kind,
+                    e.client_id,
+                    e.subject,
+                    e.resource,
+                    e.scope,
+                    e.address,
+                    e.outcome,
+                    e.detail
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn events(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+        let f = filter.clone();
+        self.run(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {EVENT_COLUMNS} FROM audit_events
+                 WHERE (?1 IS NULL OR client_id = ?1) AND (?2 IS NULL OR subject = ?2)
+                 AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR at >= ?4)
+                 AND (?5 IS NULL OR at < ?5) AND (?6 IS NULL OR id < ?6)
+                 ORDER BY id DESC LIMIT ?7"
+            ))?;
+            let events = stmt
+                .query_map(
+                    params![
+                        f.client_id,
+                        f.subject,
+                        f.kind,
+                        f.since.map(int),
+                        f.until.map(int),
+                        f.before_id,
+                        i64::from(f.limit.min(1000))
+                    ],
+                    audit_event,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn purge(
+        &self,
+        now: u64,
+        cimd_cutoff: u64,
+        audit_cutoff: u64,
+        batch: u32,
+    ) -> Result<Purged, StoreError> {
+        self.run(move |conn| {
+            let day_ago = now.saturating_sub(86_400);
+            Ok(Purged {
+                codes: delete_batch(
+                    conn,
+                    "codes",
+                    "expires_at < ?1",
+                    now.saturating_sub(600),
+                    batch,
+                )?,
+                pending: delete_batch(conn, "pending_signins", "expires_at <= ?1", now, batch)?,
+                refresh_tokens: delete_batch(
+                    conn,
+                    "refresh_tokens",
+                    "expires_at < ?1 OR revoked_at < ?1",
+                    day_ago,
+                    batch,
+                )?,
+                assertions: delete_batch(conn, "assertion_jtis", "expires_at <= ?1", now, batch)?,
+                cimd_documents: delete_batch(
+                    conn,
+                    "cimd_documents",
+                    "fetched_at < ?1",
+                    cimd_cutoff,
+                    batch,
+                )?,
+                audit_events: delete_batch(conn, "audit_events", "at < ?1", audit_cutoff, batch)?,
+            })
+        })
+        .await
     }
 }
