@@ -11,6 +11,8 @@
 //! flood of tokens with a forged signature. Reports
 //! req/s, p50, p99 and the server's peak RSS as a Markdown table with the ratios, in
 //! `target/bench/results.md`, and shows what 10,000 `initialize` requests do to memory.
+//! Then bmm-as's token endpoint (refresh grants) on SQLite and on a private PostgreSQL,
+//! side by side with the pool size ([`token_endpoint`]; alone: `cargo xtask bench-token`).
 //! With `--profile`, also samples the auth-on server with `perf` under load
 //! (`target/bench/profile.txt`).
 
@@ -611,6 +613,10 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
         scrape.body.len(),
         bytes as f64 / 1_048_576.0
     ));
+    // Token-endpoint throughput, SQLite and PostgreSQL side by side (the other servers
+    // are idle by now).
+    md.push('\n');
+    md.push_str(&token_endpoint(&release, &out)?);
     std::fs::write(out.join("results.md"), &md).map_err(|e| e.to_string())?;
     println!("{md}");
     if profile {
@@ -750,4 +756,278 @@ impl OtlpSink {
             self.counts.1.load(Ordering::Relaxed),
         )
     }
+}
+
+/// Concurrent refresh chains measured per backend.
+const TOKEN_CONCURRENCY: [usize; 2] = [1, 16];
+/// `--database-pool-size` of the PostgreSQL instance (bmm-as's default).
+const TOKEN_POOL_SIZE: usize = 8;
+/// Caller addresses the token requests are spread over (see [`token_endpoint`]).
+const TOKEN_ADDRESSES: u32 = 2048;
+
+/// `cargo xtask bench-token`: only the token-endpoint table (release bmm-as), in
+/// `target/bench/token.md`.
+pub(crate) fn bench_token(root: &Path) -> Result<(), String> {
+    run(
+        "build release bmm-as",
+        cargo().args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "bmm-authorization-server",
+            "--bin",
+            "bmm-as",
+        ]),
+    )?;
+    let out = root.join("target/bench-token");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    let md = token_endpoint(&root.join("target/release"), &out)?;
+    std::fs::write(out.join("token.md"), &md).map_err(|e| e.to_string())?;
+    println!("{md}");
+    Ok(())
+}
+
+/// Token-endpoint throughput, SQLite and PostgreSQL side by side: bmm-as (release, dev
+/// mode) on each backend, one public client, and `c` refresh chains driven at once for
+/// [`SECONDS`] each (every request is `grant_type=refresh_token` with the refresh token
+/// the previous answer returned: a read, a row-locked use, an insert, a client update and
+/// an audit event per request, plus signing the access token). PostgreSQL is a private
+/// server ([`crate::postgres::TestPostgres`], durability off as in the tests: fsync is
+/// off, so its numbers are an upper bound of the database's own cost) on this machine.
+/// Requests come from 127.0.0.1, trusted as a proxy, with `X-Forwarded-For` spread over
+/// 2,048 addresses of the benchmarking range 198.18.0.0/15 (a header only: no packet is
+/// sent there), so the per-address token limit (600 a minute) does not cap what is
+/// measured. Returns a Markdown section.
+pub(crate) fn token_endpoint(release: &Path, out: &Path) -> Result<String, String> {
+    let pg = crate::postgres::TestPostgres::start()?;
+    pg.psql("CREATE DATABASE bmm_bench")?;
+    let backends = [
+        ("SQLite", None),
+        ("PostgreSQL", Some(pg.url_of("bmm_bench"))),
+    ];
+    let resource = "http://127.0.0.1:4103/mcp";
+    let mut rows = Vec::new();
+    for (backend, url) in &backends {
+        let port = free_port()?;
+        let issuer = format!("http://127.0.0.1:{port}");
+        let mut command = Command::new(release.join("bmm-as"));
+        command
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--resource", resource, "--dev-user", "bench"])
+            .args(["--trusted-proxy", "127.0.0.1/32"])
+            .args(["--database-pool-size", &TOKEN_POOL_SIZE.to_string()])
+            .arg("--data-dir")
+            .arg(out.join(format!("as-{backend}")));
+        if let Some(url) = url {
+            command.args(["--database-url", url]);
+        }
+        let log = std::fs::File::create(out.join(format!("bmm-as-{backend}.log")))
+            .map_err(|e| e.to_string())?;
+        let _as = Guard(
+            command
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("cannot start bmm-as: {e}"))?,
+        );
+        let metadata = format!("{issuer}/.well-known/oauth-authorization-server");
+        wait_for("bmm-as", Duration::from_secs(30), || {
+            http("GET", &metadata, &[], None)
+                .ok()
+                .filter(|r| r.status == 200)
+                .map(|_| String::new())
+        })?;
+        let client_id = register_public(&issuer)?;
+        let max = TOKEN_CONCURRENCY.iter().copied().max().unwrap_or(1);
+        let mut chains = (0..max)
+            .map(|_| refresh_token_for(&issuer, &client_id, resource))
+            .collect::<Result<Vec<_>, _>>()?;
+        for connections in TOKEN_CONCURRENCY {
+            let (measure, next) = refresh_load(&issuer, &client_id, &chains[..connections])?;
+            chains.splice(..connections, next);
+            let pool = if url.is_some() {
+                TOKEN_POOL_SIZE.to_string()
+            } else {
+                "one connection".to_owned()
+            };
+            rows.push(format!(
+                "| {backend} | {pool} | {connections} | {:.0} | {:.2} | {:.2} | {} |",
+                measure.rps, measure.p50_ms, measure.p99_ms, measure.non_2xx
+            ));
+        }
+    }
+    drop(pg);
+    Ok(format!(
+        "## Token endpoint\n\n`POST /token` with `grant_type=refresh_token` (rotation: each answer's refresh \
+         token is the next request's), release bmm-as, {SECONDS} s per cell, one new connection per \
+         request; PostgreSQL {} on this machine with fsync off, pool of {TOKEN_POOL_SIZE} connections \
+         (`--database-pool-size`); SQLite in WAL mode, one connection.\n\n\
+         | backend | pool size | concurrent refresh chains | refreshes/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|---|---|\n{}\n",
+        pg_version(),
+        rows.join("\n")
+    ))
+}
+
+fn pg_version() -> String {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .max()
+        })
+        .map_or_else(String::new, |v| v.to_string())
+}
+
+fn register_public(issuer: &str) -> Result<String, String> {
+    let registration = json!({"client_name": "bmm token bench", "redirect_uris": ["http://127.0.0.1:33419/callback"], "token_endpoint_auth_method": "none"}).to_string();
+    let r = http(
+        "POST",
+        &format!("{issuer}/register"),
+        &[("Content-Type", "application/json")],
+        Some(&registration),
+    )?;
+    let client: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+    client["client_id"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("registration answered {}: {}", r.status, r.body))
+}
+
+/// A refresh token from the code flow (dev mode approves).
+fn refresh_token_for(issuer: &str, client_id: &str, resource: &str) -> Result<String, String> {
+    let redirect = "http://127.0.0.1:33419/callback";
+    let verifier = random()?;
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let authorize = format!(
+        "{issuer}/authorize?{}",
+        form(&[
+            ("response_type", "code"),
+            ("client_id", client_id),
+            ("redirect_uri", redirect),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+            ("state", "bench"),
+            ("resource", resource),
+        ])
+    );
+    let r = http("GET", &authorize, &[], None)?;
+    let location = r.header("location").unwrap_or_default().to_owned();
+    let code = location
+        .split_once('?')
+        .map(|(_, q)| q)
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == "code")
+        .map(|(_, v)| decode(v))
+        .ok_or_else(|| format!("no code from /authorize ({}): {}", r.status, r.body))?;
+    let body = form(&[
+        ("grant_type", "authorization_code"),
+        ("code", &code),
+        ("redirect_uri", redirect),
+        ("code_verifier", &verifier),
+        ("client_id", client_id),
+        ("resource", resource),
+    ]);
+    let r = http(
+        "POST",
+        &format!("{issuer}/token"),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some(&body),
+    )?;
+    let token: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+    token["refresh_token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no refresh token ({}): {}", r.status, r.body))
+}
+
+/// Drives one thread per chain for [`SECONDS`]; returns the measure and each chain's
+/// newest refresh token.
+fn refresh_load(
+    issuer: &str,
+    client_id: &str,
+    chains: &[String],
+) -> Result<(Measure, Vec<String>), String> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let counter = std::sync::Arc::new(AtomicU32::new(0));
+    let deadline = std::time::Instant::now() + Duration::from_secs(u64::from(SECONDS));
+    let started = std::time::Instant::now();
+    let workers: Vec<_> = chains
+        .iter()
+        .map(|token| {
+            let (issuer, client_id, counter) =
+                (issuer.to_owned(), client_id.to_owned(), counter.clone());
+            let mut token = token.clone();
+            std::thread::spawn(move || {
+                let (mut latencies, mut errors) = (Vec::new(), 0u64);
+                while std::time::Instant::now() < deadline {
+                    let n = counter.fetch_add(1, Ordering::Relaxed) % TOKEN_ADDRESSES;
+                    let caller = format!("198.18.{}.{}", n / 256, n % 256);
+                    let body = form(&[
+                        ("grant_type", "refresh_token"),
+                        ("refresh_token", &token),
+                        ("client_id", &client_id),
+                    ]);
+                    let t = std::time::Instant::now();
+                    let r = http(
+                        "POST",
+                        &format!("{issuer}/token"),
+                        &[
+                            ("Content-Type", "application/x-www-form-urlencoded"),
+                            ("X-Forwarded-For", &caller),
+                        ],
+                        Some(&body),
+                    );
+                    latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                    let next = r.ok().filter(|r| r.status == 200).and_then(|r| {
+                        serde_json::from_str::<Value>(&r.body).ok()?["refresh_token"]
+                            .as_str()
+                            .map(str::to_owned)
+                    });
+                    match next {
+                        Some(next) => token = next,
+                        None => {
+                            // The chain is broken (its token is used or revoked): stop it.
+                            errors += 1;
+                            break;
+                        }
+                    }
+                }
+                (latencies, errors, token)
+            })
+        })
+        .collect();
+    let (mut all, mut errors, mut tokens) = (Vec::new(), 0, Vec::new());
+    for worker in workers {
+        let (latencies, e, token) = worker
+            .join()
+            .map_err(|_| "a token bench thread panicked".to_owned())?;
+        all.extend(latencies);
+        errors += e;
+        tokens.push(token);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if errors > 0 {
+        return Err(format!(
+            "{errors} refresh chains broke during the token bench (see target/bench*/bmm-as-*.log)"
+        ));
+    }
+    all.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Ok((
+        Measure {
+            rps: all.len() as f64 / elapsed,
+            p50_ms: pick(0.50),
+            p99_ms: pick(0.99),
+            non_2xx: errors,
+        },
+        tokens,
+    ))
 }

@@ -14,6 +14,11 @@
 //!   tokens) in both eras; a Markdown table in `target/bench/results.md`. `--profile` adds
 //!   a perf profile of the auth-on server. Micro-benchmarks: `cargo bench -p bmm-middleware
 //!   -p bmm-generator` (criterion).
+//! - `bench-token`: bmm-as's token endpoint alone (refresh grants, SQLite and a private
+//!   PostgreSQL side by side, with the pool size), in `target/bench-token/token.md`.
+//! - `test-postgres`: the bmm-as test suite on a private PostgreSQL server (Debian's
+//!   package, installed with apt-get when missing; started on a free port, torn down
+//!   after). `ci` runs it after the workspace tests, with the binaries they built.
 //! - `sdk-client`: the official TypeScript SDK's OAuth client (pinned under `tests/`) runs
 //!   its own flow against bmm-as and the generated `notes` server, then calls tools.
 //! - `consent`: bmm-as's sign-in and consent page driven in headless Chromium (Debian's
@@ -30,6 +35,7 @@ mod bench;
 mod conformance;
 mod demo;
 mod openapi_corpus;
+mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -43,14 +49,16 @@ fn main() -> ExitCode {
             conformance::server(&root()).and_then(|()| conformance::authorization(&root()))
         }
         Some("sdk-client") => conformance::sdk_client(&root()),
+        Some("test-postgres") => postgres::as_suite(&root(), false),
         Some("bench") => bench::bench(&root(), args.iter().any(|a| a == "--profile")),
+        Some("bench-token") => bench::bench_token(&root()),
         Some("consent") => conformance::consent(&root()),
         Some("generate") => generate(args.get(1).map(String::as_str) == Some("--check")),
         Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
         Some("openapi-corpus") => openapi_corpus::sweep(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | generate [--check] | conformance | sdk-client | consent | bench [--profile] | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS] [--jobs N]>"
+                "usage: cargo xtask <demo | ci | generate [--check] | conformance | sdk-client | test-postgres | consent | bench [--profile] | bench-token | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS] [--jobs N]>"
             );
             return ExitCode::from(2);
         }
@@ -203,6 +211,8 @@ fn ci() -> Result<(), String> {
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     run("tests", cargo().args(["test", "--workspace"]))?;
+    // bmm-as's suite again on a private PostgreSQL server: the same test binaries.
+    postgres::as_suite(&root(), true)?;
     // Each criterion bench once, unmeasured: a bench that no longer builds or whose
     // assertions fail is caught here, not on the day someone measures.
     run(
