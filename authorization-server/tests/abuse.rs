@@ -49,7 +49,12 @@ impl TestAs {
     async fn start(data_dir: &Path, extra: &[&str]) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = AppState::open(settings(data_dir, &addr.to_string(), extra))
+        // On PostgreSQL when the suite runs there; the file-permission tests below call
+        // `settings` directly and stay on SQLite.
+        let database = database_args(data_dir);
+        let mut args: Vec<&str> = database.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        let state = AppState::open(settings(data_dir, &addr.to_string(), &args))
             .await
             .unwrap();
         let (tx, rx) = oneshot::channel::<()>();

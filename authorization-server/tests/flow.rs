@@ -44,6 +44,8 @@ impl TestAs {
             OTHER_RESOURCE,
         ];
         argv.extend_from_slice(extra);
+        let database = database_args(data_dir);
+        argv.extend(database.iter().map(String::as_str));
         let settings = Settings::from_args(Args::try_parse_from(argv).unwrap()).unwrap();
         let state = AppState::open(settings).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();

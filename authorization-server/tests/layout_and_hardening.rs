@@ -51,6 +51,8 @@ impl TestAs {
             argv.extend_from_slice(&["--issuer", &issuer]);
         }
         argv.extend_from_slice(extra);
+        let database = database_args(data_dir);
+        argv.extend(database.iter().map(String::as_str));
         let settings = Settings::from_args(Args::try_parse_from(argv).unwrap()).unwrap();
         let state = AppState::open(settings).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
