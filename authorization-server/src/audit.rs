@@ -115,9 +115,26 @@ impl AuditEvent {
 
 /// Records `event` (rule 2: a store error is logged, never returned).
 pub(crate) async fn record(state: &AppState, event: AuditEvent) {
-    if let Err(err) = state.inner.store.record_event(&event).await {
+    record_to(state.inner.store.as_ref(), event).await;
+}
+
+/// Records `event` in `store`, for code that holds the store but not the state.
+pub(crate) async fn record_to(store: &dyn Store, event: AuditEvent) {
+    if let Err(err) = store.record_event(&event).await {
         tracing::error!(kind = %event.kind, error = %err, "could not record an audit event");
     }
+}
+
+/// The name a sign-in attempt gave, for its audit event: only a configured user's name,
+/// never what an unknown attempt typed (it may be a password typed in the wrong field).
+pub(crate) fn attempted_user<'u>(
+    users: &'u [crate::config::UserConfig],
+    name: &str,
+) -> Option<&'u str> {
+    users
+        .iter()
+        .find(|u| u.name == name)
+        .map(|u| u.name.as_str())
 }
 
 /// Parses a time bound for `bmm-as audit --since/--until` and the admin page's filter:

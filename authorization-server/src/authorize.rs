@@ -40,6 +40,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::audit;
 use crate::error::OAuthError;
 use crate::signin::{Pending, Verdict};
 use crate::store::{Client, StoredCode};
@@ -322,7 +323,7 @@ async fn validate(
     Ok(v)
 }
 
-async fn issue_code(state: &AppState, v: &Validated, subject: &str) -> Response {
+async fn issue_code(state: &AppState, v: &Validated, subject: &str, caller: IpAddr) -> Response {
     let code = random_token(32);
     let record = StoredCode {
         code_sha256: sha256_hex(&code),
@@ -349,6 +350,13 @@ async fn issue_code(state: &AppState, v: &Validated, subject: &str) -> Response 
     {
         tracing::error!(%error, "cannot record that the client completed an authorization");
     }
+    let issued = audit::event("code_issued")
+        .client(&v.client.client_id)
+        .subject(subject)
+        .resource(&v.resource)
+        .scope(&record.scope)
+        .address(caller);
+    audit::record(state, issued).await;
     tracing::info!(client_id = %v.client.client_id, subject, "authorization code issued");
     redirect_to(
         state,
@@ -425,7 +433,15 @@ pub(crate) async fn authorize_get(
         Err(response) => return response,
     };
     if let Some(user) = &state.inner.settings.dev_user {
-        return issue_code(&state, &v, user).await;
+        let consent = audit::event("consent")
+            .client(&v.client.client_id)
+            .subject(user)
+            .resource(&v.resource)
+            .scope(&v.scopes.join(" "))
+            .address(peer.ip())
+            .detail("dev mode: approved without sign-in");
+        audit::record(&state, consent).await;
+        return issue_code(&state, &v, user, peer.ip()).await;
     }
     let request_id = random_token(24);
     let csrf = random_token(24);
@@ -493,6 +509,13 @@ pub(crate) async fn authorize_post(
     }
     let v = &pending.request;
     if form.decision.as_deref() != Some("approve") {
+        let denied = audit::event("consent")
+            .client(&v.client.client_id)
+            .resource(&v.resource)
+            .scope(&v.scopes.join(" "))
+            .address(peer.ip())
+            .outcome("access_denied");
+        audit::record(&state, denied).await;
         return redirect_error(
             &state,
             v,
@@ -510,8 +533,31 @@ pub(crate) async fn authorize_post(
         .throttle
         .check(&state.inner.settings.users, peer.ip(), &username, &password)
         .await;
+    let mut signed_in = audit::event("sign_in")
+        .client(&v.client.client_id)
+        .address(peer.ip());
+    match audit::attempted_user(&state.inner.settings.users, &username) {
+        Some(user) => signed_in = signed_in.subject(user),
+        None => signed_in = signed_in.detail("unknown user"),
+    }
+    let outcome = match verdict {
+        Verdict::Valid => "ok",
+        Verdict::Invalid => "invalid_credentials",
+        Verdict::Wait(_) => "throttled",
+        Verdict::Busy => "busy",
+    };
+    audit::record(&state, signed_in.outcome(outcome)).await;
     let message = match verdict {
-        Verdict::Valid => return issue_code(&state, v, &username).await,
+        Verdict::Valid => {
+            let consent = audit::event("consent")
+                .client(&v.client.client_id)
+                .subject(&username)
+                .resource(&v.resource)
+                .scope(&v.scopes.join(" "))
+                .address(peer.ip());
+            audit::record(&state, consent).await;
+            return issue_code(&state, v, &username, peer.ip()).await;
+        }
         Verdict::Invalid => {
             tracing::info!("sign-in failed");
             (StatusCode::OK, "Wrong user name or password.".to_owned())

@@ -224,6 +224,14 @@ impl CimdCache {
                 Ok(client)
             }
             Err(error) => {
+                let mut refused = crate::audit::event("cimd_refused")
+                    .client(url.as_str())
+                    .outcome(error.code())
+                    .detail(error.description());
+                if let Some(caller) = caller {
+                    refused = refused.address(caller);
+                }
+                crate::audit::record_to(store, refused).await;
                 if let Ok(mut failures) = self.failures.lock() {
                     insert_bounded(
                         &mut failures,

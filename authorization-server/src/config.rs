@@ -93,6 +93,19 @@ pub struct Args {
     /// Days audit events are kept.
     #[arg(long, env = "BMM_AS_AUDIT_RETENTION_DAYS", default_value_t = 90)]
     pub audit_retention_days: u64,
+    /// Another command instead of the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// `bmm-as <command>`: tools next to the server (which runs without one).
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Lists the audit trail (newest first) from the store the server uses.
+    Audit(crate::audit::AuditArgs),
+    /// Reads a password on stdin, prints the argon2id hash for the config file's
+    /// `password_hash`.
+    HashPassword,
 }
 
 /// The optional TOML configuration file.

@@ -27,6 +27,8 @@
 //!    elsewhere cannot register a client and read the dev tokens it obtains.
 //! 7. Connections are bounded in time and number per address (see `connections`).
 
+mod admin;
+pub mod audit;
 pub mod authorize;
 mod clients;
 pub mod config;
@@ -95,7 +97,12 @@ impl AppState {
         let retain = settings.access_token_ttl + 300;
         let keys = KeyRing::load_or_create(store.as_ref(), now(), retain).await?;
         if settings.rotate_keys {
-            keys.rotate(store.as_ref(), now()).await?;
+            let kid = keys.rotate(store.as_ref(), now()).await?;
+            audit::record_to(
+                store.as_ref(),
+                audit::event("key_rotation").detail(&format!("new signing key {kid}")),
+            )
+            .await;
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -194,10 +201,15 @@ pub fn router(state: AppState) -> Router {
         .route("/token", post(token::token).options(preflight))
         .route("/revoke", post(token::revoke).options(preflight))
         .layer(client_cors);
-    let endpoints = Router::new().merge(public).merge(client_api).route(
-        "/authorize",
-        get(authorize::authorize_get).post(authorize::authorize_post),
-    );
+    // The admin page is for people signed in with a cookie: no CORS (see `admin`).
+    let endpoints = Router::new()
+        .merge(public)
+        .merge(client_api)
+        .route(
+            "/authorize",
+            get(authorize::authorize_get).post(authorize::authorize_post),
+        )
+        .route("/admin", get(admin::page).post(admin::action));
     let mut discovery = Router::new();
     for path in metadata::well_known_paths(&prefix) {
         discovery = discovery.route(&path, get(metadata::metadata).options(preflight));

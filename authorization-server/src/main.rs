@@ -2,7 +2,8 @@
 
 use std::process::ExitCode;
 
-use bmm_authorization_server::{AppState, Args, Settings, serve};
+use bmm_authorization_server::config::Command;
+use bmm_authorization_server::{AppState, Args, Settings, audit, serve};
 use clap::Parser;
 
 #[tokio::main]
@@ -17,7 +18,13 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let settings = match Settings::from_args(Args::parse()) {
+    let mut args = Args::parse();
+    match args.command.take() {
+        Some(Command::Audit(audit)) => return audit_command(&audit).await,
+        Some(Command::HashPassword) => return hash_password(),
+        None => {}
+    }
+    let settings = match Settings::from_args(args) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("bmm-as: {e}");
@@ -77,6 +84,29 @@ async fn bmm_shutdown() {
     tokio::select! {
         () = ctrl_c => {}
         () = terminate => {}
+    }
+}
+
+/// `bmm-as audit`: lists the audit trail; exit status 2 for a bad flag, 1 when the store
+/// cannot be read.
+async fn audit_command(args: &audit::AuditArgs) -> ExitCode {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let result = audit::command(args, &mut out).await;
+    let flushed = std::io::Write::flush(&mut out);
+    match (result, flushed) {
+        (Ok(_), Ok(())) => ExitCode::SUCCESS,
+        (Ok(_), Err(e)) => {
+            eprintln!("bmm-as audit: cannot write: {e}");
+            ExitCode::FAILURE
+        }
+        (Err(audit::CommandError::Usage(e)), _) => {
+            eprintln!("bmm-as audit: {e}");
+            ExitCode::from(2)
+        }
+        (Err(audit::CommandError::Store(e)), _) => {
+            eprintln!("bmm-as audit: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

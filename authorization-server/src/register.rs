@@ -312,7 +312,14 @@ pub(crate) async fn register(
     }
     match register_client(&state, peer.ip(), body).await {
         Ok(response) => response,
-        Err(error) => error.into_response(),
+        Err(error) => {
+            let refused = crate::audit::event("registration")
+                .address(peer.ip())
+                .outcome(error.code())
+                .detail(error.description());
+            crate::audit::record(&state, refused).await;
+            error.into_response()
+        }
     }
 }
 
@@ -491,6 +498,11 @@ async fn register_client(
         scope: None,
     };
     state.store().put_client(&client).await?;
+    let registered = crate::audit::event("registration")
+        .client(&client.client_id)
+        .address(caller)
+        .detail(&client.token_endpoint_auth_method);
+    crate::audit::record(state, registered).await;
     state.inner.limiter.registered(
         caller,
         &client.client_id,

@@ -317,7 +317,7 @@ pub(crate) async fn token(
     if !state.inner.limiter.allow(peer.ip(), Bucket::Token) {
         return OAuthError::rate_limited().into_response();
     }
-    match grant(&state, &headers, body).await {
+    match grant(&state, peer.ip(), &headers, body).await {
         Ok(response) => response,
         Err(error) => {
             tracing::info!(error = error.code(), "token request refused");
@@ -328,6 +328,7 @@ pub(crate) async fn token(
 
 async fn grant(
     state: &AppState,
+    caller: std::net::IpAddr,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OAuthError> {
@@ -387,6 +388,12 @@ async fn grant(
                             return OAuthError::from(error);
                         }
                         tracing::warn!(client_id = %client_id, "authorization code replayed; its tokens are revoked");
+                        let replayed = crate::audit::event("code_redeemed")
+                            .client(client_id)
+                            .address(caller)
+                            .outcome("invalid_grant")
+                            .detail("code replayed: the tokens it produced are revoked");
+                        crate::audit::record(state, replayed).await;
                         OAuthError::invalid_grant(
                             "the authorization code was already used; the tokens it produced are revoked",
                         )
@@ -419,14 +426,25 @@ async fn grant(
                 }
                 return Err(refused(refusal).await);
             }
-            token_response(
+            let response = token_response(
                 state,
                 &client.client_id,
                 &record.subject,
                 &record.scope,
                 &record.resource,
                 Some(&refresh),
-            )
+            )?;
+            for kind in ["code_redeemed", "token_issued"] {
+                let event = crate::audit::event(kind)
+                    .client(&client.client_id)
+                    .subject(&record.subject)
+                    .resource(&record.resource)
+                    .scope(&record.scope)
+                    .address(caller)
+                    .detail("authorization_code");
+                crate::audit::record(state, event).await;
+            }
+            Ok(response)
         }
         Some("refresh_token") => {
             let token = get("refresh_token")
@@ -563,9 +581,16 @@ pub(crate) async fn revoke(
             .store()
             .revoke_refresh(&sha256_hex(token), &client.client_id)
             .await?;
+        let mut event = crate::audit::event("revocation")
+            .client(&client.client_id)
+            .address(peer.ip());
         if revoked.is_none() {
             tracing::info!(client_id = %client.client_id, "revocation of an unknown token or one of another client ignored");
+            event = event
+                .outcome("ignored")
+                .detail("an unknown token, an access token or another client's: nothing revoked");
         }
+        crate::audit::record(&state, event).await;
         Ok::<_, OAuthError>(())
     }
     .await;

@@ -1,0 +1,612 @@
+//! The admin page and `bmm-as audit` on a real socket: admin-only sign-in with CSRF
+//! checks, clients and grants listed without secrets, revocation that ends the grant at
+//! `/token`, the audit trail filtered, sessions that survive a restart; the audit command
+//! run as a real process over the same data directory.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use common::*;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bmm_authorization_server::{AppState, Args, Settings, serve};
+use clap::Parser;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+const RESOURCE: &str = "http://127.0.0.1:4113/mcp";
+const REDIRECT: &str = "http://127.0.0.1:33418/callback";
+
+struct TestAs {
+    /// The issuer (with its `/oauth` path).
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestAs {
+    async fn start(data_dir: &Path, config: &Path) -> Self {
+        Self::start_at(data_dir, config, "127.0.0.1:0").await
+    }
+
+    /// Starts on `listen` (a restart keeps the address, hence the issuer).
+    async fn start_at(data_dir: &Path, config: &Path, listen: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let listen = addr.to_string();
+        let issuer = format!("http://{addr}/oauth");
+        let argv = vec![
+            "bmm-as",
+            "--listen",
+            &listen,
+            "--issuer",
+            &issuer,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--resource",
+            RESOURCE,
+            "--config",
+            config.to_str().unwrap(),
+            // Carol is approved without a password: the grant the admin sees is hers.
+            "--dev-user",
+            "carol",
+        ];
+        let settings = Settings::from_args(Args::try_parse_from(argv).unwrap()).unwrap();
+        let state = AppState::open(settings).await.unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            url: issuer,
+            stop: Some(tx),
+            handle,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.handle)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    fn admin(&self) -> String {
+        format!("{}/admin", self.url)
+    }
+}
+
+/// A config with `alice` (admin, password `wonderland`) and `bob` (not admin, `builder`).
+fn config() -> tempfile::NamedTempFile {
+    use argon2::PasswordHasher;
+    use std::io::Write;
+    let salt = argon2::password_hash::SaltString::encode_b64(b"bmm-test-salt-16").unwrap();
+    let hash = |p: &str| {
+        argon2::Argon2::default()
+            .hash_password(p.as_bytes(), &salt)
+            .unwrap()
+            .to_string()
+    };
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        file,
+        "scopes = [\"mcp:read\"]\n\
+         [[users]]\nname = \"alice\"\npassword_hash = \"{}\"\nadmin = true\n\
+         [[users]]\nname = \"bob\"\npassword_hash = \"{}\"\n",
+        hash("wonderland"),
+        hash("builder")
+    )
+    .unwrap();
+    file
+}
+
+fn hidden(page: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = page
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {page}"))
+        + marker.len();
+    page[start..].split('"').next().unwrap().to_owned()
+}
+
+/// The `name=value` of the response's cookie `name`, and its attributes.
+fn set_cookie(response: &reqwest::Response, name: &str) -> Option<(String, String)> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| {
+            let (pair, attrs) = v.split_once(';').unwrap_or((v, ""));
+            (pair.to_owned(), attrs.to_owned())
+        })
+}
+
+/// Registers a client, runs the code flow (dev mode approves as carol); returns the client
+/// id and the refresh token.
+async fn grant(as_: &TestAs, auth: &str) -> (String, String, Option<String>) {
+    let (status, reg) = json_of(
+        http()
+            .post(format!("{}/register", as_.url))
+            .json(&json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": auth, "client_name": "Admin Test Client"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{reg}");
+    let client_id = reg["client_id"].as_str().unwrap().to_owned();
+    let secret = reg["client_secret"].as_str().map(str::to_owned);
+    let p = pkce();
+    let response = http()
+        .get(format!("{}/authorize", as_.url))
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", &client_id),
+            ("redirect_uri", REDIRECT),
+            ("code_challenge", &p.challenge),
+            ("code_challenge_method", "S256"),
+            ("scope", "mcp:read"),
+            ("resource", RESOURCE),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let code = url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .to_string();
+    let mut request = http().post(format!("{}/token", as_.url));
+    if let Some(secret) = &secret {
+        request = request.basic_auth(&client_id, Some(secret));
+    }
+    let (status, tokens) = json_of(
+        request
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", &p.verifier),
+                ("client_id", &client_id),
+                ("resource", RESOURCE),
+            ])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{tokens}");
+    (
+        client_id,
+        tokens["refresh_token"].as_str().unwrap().to_owned(),
+        secret,
+    )
+}
+
+async fn refresh(as_: &TestAs, client_id: &str, refresh_token: &str) -> (u16, Value) {
+    json_of(
+        http()
+            .post(format!("{}/token", as_.url))
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+                ("client_id", client_id),
+            ])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// Opens the sign-in form; returns its CSRF cookie (`name=value`) and form token.
+async fn login_form(as_: &TestAs) -> (String, String) {
+    let page = http().get(as_.admin()).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let (cookie, attrs) = set_cookie(&page, "bmm_admin_login").expect("a sign-in CSRF cookie");
+    assert!(
+        attrs.contains("HttpOnly") && attrs.contains("SameSite=Strict"),
+        "{attrs}"
+    );
+    let html = page.text().await.unwrap();
+    (cookie, hidden(&html, "csrf"))
+}
+
+async fn sign_in(as_: &TestAs, user: &str, password: &str) -> reqwest::Response {
+    let (cookie, csrf) = login_form(as_).await;
+    http()
+        .post(as_.admin())
+        .header("cookie", cookie)
+        .form(&[
+            ("action", "login"),
+            ("csrf", &csrf),
+            ("username", user),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Signs alice in; returns the session cookie (`name=value`).
+async fn admin_session(as_: &TestAs) -> String {
+    let response = sign_in(as_, "alice", "wonderland").await;
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/oauth/admin");
+    let (cookie, attrs) = set_cookie(&response, "bmm_admin").expect("a session cookie");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/oauth/admin"] {
+        assert!(attrs.contains(attr), "{attr} in {attrs}");
+    }
+    cookie
+}
+
+async fn admin_page(as_: &TestAs, session: &str, query: &str) -> (u16, String) {
+    let response = http()
+        .get(format!("{}{query}", as_.admin()))
+        .header("cookie", session)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    assert_eq!(headers["cache-control"], "no-store");
+    assert!(
+        headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    assert!(
+        headers.get("access-control-allow-origin").is_none(),
+        "no CORS"
+    );
+    (status, response.text().await.unwrap())
+}
+
+fn count(html: &str, needle: &str) -> usize {
+    html.matches(needle).count()
+}
+
+#[tokio::test]
+async fn only_admins_sign_in_and_forms_need_their_csrf_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config();
+    let as_ = TestAs::start(dir.path(), config.path()).await;
+
+    // Not signed in: the sign-in form, not the page.
+    let (status, html) = admin_page(&as_, "", "").await;
+    assert_eq!(status, 200);
+    assert!(html.contains("name=\"password\"") && !html.contains("id=\"clients\""));
+
+    // A right password but a forged CSRF token: refused before the password is checked.
+    let (cookie, _) = login_form(&as_).await;
+    let forged = http()
+        .post(as_.admin())
+        .header("cookie", cookie)
+        .form(&[
+            ("action", "login"),
+            ("csrf", "forged"),
+            ("username", "alice"),
+            ("password", "wonderland"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(set_cookie(&forged, "bmm_admin").is_none());
+
+    // A wrong password, then a user who is not an admin.
+    let wrong = sign_in(&as_, "alice", "looking-glass").await;
+    assert_eq!(wrong.status(), 200);
+    assert!(set_cookie(&wrong, "bmm_admin").is_none());
+    assert!(
+        wrong
+            .text()
+            .await
+            .unwrap()
+            .contains("Wrong user name or password")
+    );
+    let bob = sign_in(&as_, "bob", "builder").await;
+    assert_eq!(bob.status(), 403);
+    assert!(set_cookie(&bob, "bmm_admin").is_none());
+    assert!(
+        bob.text()
+            .await
+            .unwrap()
+            .contains("may not open the admin page")
+    );
+
+    // Alice gets a session; a tampered one is worth nothing.
+    let session = admin_session(&as_).await;
+    let (status, html) = admin_page(&as_, &session, "").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("Signed in as <strong>alice</strong>"),
+        "{html}"
+    );
+    let tampered = format!("{session}x");
+    let (_, html) = admin_page(&as_, &tampered, "").await;
+    assert!(
+        html.contains("name=\"password\""),
+        "a tampered session is refused"
+    );
+    let (_, payload_swapped) = {
+        // Another user's claims under alice's signature.
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let token = session.strip_prefix("bmm_admin=").unwrap();
+        let parts: Vec<&str> = token.split('.').collect();
+        let mut claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        claims["sub"] = json!("bob");
+        let forged = format!(
+            "bmm_admin={}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(claims.to_string()),
+            parts[2]
+        );
+        admin_page(&as_, &forged, "").await
+    };
+    assert!(payload_swapped.contains("name=\"password\""));
+
+    // A POST with the session but without its CSRF token changes nothing.
+    let (_, refresh_token, _) = grant(&as_, "none").await;
+    let (_, html) = admin_page(&as_, &session, "").await;
+    let family = hidden(&html, "family");
+    let csrf = hidden(&html, "csrf");
+    let no_csrf = http()
+        .post(as_.admin())
+        .header("cookie", &session)
+        .form(&[
+            ("action", "revoke"),
+            ("csrf", "forged"),
+            ("family", &family),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_csrf.status(), 403);
+    // ... nor does the right token without the session (a cross-site form has no cookie).
+    let no_session = http()
+        .post(as_.admin())
+        .form(&[("action", "revoke"), ("csrf", &csrf), ("family", &family)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_session.status(), 401);
+    let (_, html) = admin_page(&as_, &session, "").await;
+    assert_eq!(
+        count(&html, "class=\"grant\""),
+        1,
+        "the grant is still live"
+    );
+    assert!(!html.contains(&refresh_token));
+
+    // The session still works after a restart (it is verified with the stored keys).
+    let listen = as_.url["http://".len()..].trim_end_matches("/oauth").to_owned();
+    as_.stop().await;
+    let as_ = TestAs::start_at(dir.path(), config.path(), &listen).await;
+    let (_, html) = admin_page(&as_, &session, "").await;
+    assert!(html.contains("Signed in as"), "{html}");
+
+    // Signing out clears the cookie.
+    let out = http()
+        .post(as_.admin())
+        .header("cookie", &session)
+        .form(&[("action", "logout"), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    let (cleared, attrs) = set_cookie(&out, "bmm_admin").unwrap();
+    assert_eq!(cleared, "bmm_admin=");
+    assert!(attrs.contains("Max-Age=0"));
+    as_.stop().await;
+}
+
+#[tokio::test]
+async fn admin_sees_clients_and_grants_without_secrets_revokes_and_filters_the_audit_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config();
+    let as_ = TestAs::start(dir.path(), config.path()).await;
+    let (public, public_refresh, _) = grant(&as_, "none").await;
+    let (confidential, confidential_refresh, secret) = grant(&as_, "client_secret_basic").await;
+    let secret = secret.unwrap();
+    let session = admin_session(&as_).await;
+
+    let (status, html) = admin_page(&as_, &session, "").await;
+    assert_eq!(status, 200);
+    // Both clients with their redirect URI and a last use; both grants, carol's.
+    assert!(
+        html.contains(&public) && html.contains(&confidential),
+        "{html}"
+    );
+    assert!(html.contains(REDIRECT));
+    assert_eq!(count(&html, "class=\"client\""), 2);
+    assert_eq!(count(&html, "class=\"last-used\">never<"), 0, "{html}");
+    assert_eq!(count(&html, "class=\"grant\""), 2);
+    assert_eq!(count(&html, "class=\"grant-subject\">carol<"), 2);
+    // No secret, token or hash of one anywhere on the page.
+    let secret_hash = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(secret.as_bytes());
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let refresh_hash = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(public_refresh.as_bytes());
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    for leaked in [
+        &secret,
+        &secret_hash,
+        &public_refresh,
+        &confidential_refresh,
+        &refresh_hash,
+    ] {
+        assert!(!html.contains(leaked.as_str()), "a secret is on the page");
+    }
+    // The audit trail has the registrations and the tokens.
+    for kind in [
+        "registration",
+        "code_issued",
+        "code_redeemed",
+        "token_issued",
+        "admin_sign_in",
+    ] {
+        assert!(
+            html.contains(&format!("class=\"event-type\">{kind}<")),
+            "{kind} in the audit trail"
+        );
+    }
+
+    // Filter by type and by client.
+    let (status, html) = admin_page(&as_, &session, "?type=registration").await;
+    assert_eq!(status, 200);
+    assert_eq!(count(&html, "class=\"event\""), 2, "{html}");
+    assert_eq!(count(&html, "class=\"event-type\">registration<"), 2);
+    let (_, html) = admin_page(&as_, &session, &format!("?client={public}")).await;
+    assert!(count(&html, "class=\"event\"") >= 3);
+    assert!(!html.contains(&format!("class=\"event-client\">{confidential}<")));
+    assert_eq!(
+        count(&html, "class=\"grant\""),
+        1,
+        "the grants follow the client filter"
+    );
+    let (_, html) = admin_page(&as_, &session, "?type=registration&since=1h").await;
+    assert_eq!(count(&html, "class=\"event\""), 2);
+    let (_, html) = admin_page(
+        &as_,
+        &session,
+        "?type=registration&until=2000-01-01T00:00:00Z",
+    )
+    .await;
+    assert_eq!(count(&html, "class=\"event\""), 0);
+    let (status, html) = admin_page(&as_, &session, "?since=yesterday").await;
+    assert_eq!(status, 400);
+    assert!(html.contains("id=\"error\""));
+
+    // Revoke the public client's grant: its refresh token then fails at /token.
+    let (_, html) = admin_page(&as_, &session, &format!("?client={public}")).await;
+    let family = hidden(&html, "family");
+    let csrf = hidden(&html, "csrf");
+    let back = hidden(&html, "back");
+    let revoked = http()
+        .post(as_.admin())
+        .header("cookie", &session)
+        .form(&[
+            ("action", "revoke"),
+            ("csrf", &csrf),
+            ("family", &family),
+            ("back", &back.replace("&amp;", "&")),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 303);
+    let location = revoked.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/oauth/admin?client="), "{location}");
+    assert!(location.ends_with("revoked=1"), "{location}");
+    let (status, body) = refresh(&as_, &public, &public_refresh).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    let (_, html) = admin_page(&as_, &session, "?type=admin_revoke").await;
+    assert_eq!(count(&html, "class=\"event\""), 1, "{html}");
+    assert!(html.contains(&format!("class=\"event-client\">{public}<")));
+    assert!(html.contains("class=\"event-subject\">carol<"));
+    let (_, html) = admin_page(&as_, &session, "").await;
+    assert_eq!(count(&html, "class=\"grant\""), 1, "one grant left");
+    as_.stop().await;
+}
+
+#[tokio::test]
+async fn audit_command_lists_and_filters_events_as_a_table_or_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config();
+    let as_ = TestAs::start(dir.path(), config.path()).await;
+    let (client, _, _) = grant(&as_, "none").await;
+    let wrong = sign_in(&as_, "alice", "not-her-password").await;
+    assert_eq!(wrong.status(), 200);
+    as_.stop().await;
+
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_bmm-as"))
+            .arg("audit")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .env_remove("BMM_AS_DATABASE_URL")
+            .env_remove("BMM_AS_CONFIG")
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    };
+    let (code, out, err) = run(&["--format", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events.len() >= 5, "{out}");
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    for kind in [
+        "registration",
+        "code_issued",
+        "code_redeemed",
+        "token_issued",
+        "admin_sign_in",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    // Newest first.
+    let ats: Vec<u64> = events.iter().map(|e| e["at"].as_u64().unwrap()).collect();
+    assert!(ats.windows(2).all(|w| w[0] >= w[1]));
+
+    let (_, out, _) = run(&["--format", "json", "--type", "admin_sign_in"]);
+    let failed: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert_eq!(failed["subject"], "alice");
+    assert_eq!(failed["outcome"], "invalid_credentials");
+    assert_eq!(failed["address"], "127.0.0.1");
+    assert!(!out.contains("not-her-password"));
+
+    let (_, out, _) = run(&["--format", "json", "--client", &client, "--since", "1h"]);
+    assert!(out.lines().count() >= 3, "{out}");
+    assert!(out.lines().all(|l| l.contains(&client)));
+    let (_, out, _) = run(&["--format", "json", "--until", "2000-01-01T00:00:00Z"]);
+    assert_eq!(out, "");
+    let (_, out, _) = run(&["--format", "json", "--limit", "2"]);
+    assert_eq!(out.lines().count(), 2);
+
+    let (code, out, _) = run(&["--type", "registration"]);
+    assert_eq!(code, Some(0));
+    let mut lines = out.lines();
+    assert!(lines.next().unwrap().starts_with("TIME "));
+    let row = lines.next().unwrap();
+    assert!(
+        row.contains("registration") && row.contains(&client),
+        "{out}"
+    );
+
+    let (code, _, err) = run(&["--type", "nonsense"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("unknown event type"), "{err}");
+    let (code, _, err) = run(&["--since", "yesterday"]);
+    assert_eq!(code, Some(2), "{err}");
+}
