@@ -37,7 +37,8 @@ impl TestAs {
         let addr = listener.local_addr().unwrap();
         let listen = addr.to_string();
         let issuer = format!("http://{addr}/oauth");
-        let argv = vec![
+        let database = database_args(data_dir);
+        let mut argv = vec![
             "bmm-as",
             "--listen",
             &listen,
@@ -53,6 +54,7 @@ impl TestAs {
             "--dev-user",
             "carol",
         ];
+        argv.extend(database.iter().map(String::as_str));
         let settings = Settings::from_args(Args::try_parse_from(argv).unwrap()).unwrap();
         let state = AppState::open(settings).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -395,7 +397,9 @@ async fn only_admins_sign_in_and_forms_need_their_csrf_token() {
     assert!(!html.contains(&refresh_token));
 
     // The session still works after a restart (it is verified with the stored keys).
-    let listen = as_.url["http://".len()..].trim_end_matches("/oauth").to_owned();
+    let listen = as_.url["http://".len()..]
+        .trim_end_matches("/oauth")
+        .to_owned();
     as_.stop().await;
     let as_ = TestAs::start_at(dir.path(), config.path(), &listen).await;
     let (_, html) = admin_page(&as_, &session, "").await;
@@ -541,11 +545,14 @@ async fn audit_command_lists_and_filters_events_as_a_table_or_json_lines() {
     assert_eq!(wrong.status(), 200);
     as_.stop().await;
 
+    // The same store the server used: its data dir, or its PostgreSQL database.
+    let database = database_args(dir.path());
     let run = |args: &[&str]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_bmm-as"))
             .arg("audit")
             .arg("--data-dir")
             .arg(dir.path())
+            .args(&database)
             .args(args)
             .env_remove("BMM_AS_DATABASE_URL")
             .env_remove("BMM_AS_CONFIG")
