@@ -211,6 +211,41 @@ pub(crate) fn consent(root: &Path) -> Result<(), String> {
     )
 }
 
+/// bmm-as's admin page in headless Chromium: a non-admin is refused; the admin sees a
+/// client and its grant, revokes it (its refresh token then fails) and filters the audit
+/// trail. The issuer has a path, so the page and its cookies live under `/oauth/admin`.
+pub(crate) fn admin_page(root: &Path) -> Result<(), String> {
+    let node = npm_tools(root)?;
+    let browser = chromium()?;
+    let out = fresh_dir(root, "admin")?;
+    let resource = "http://127.0.0.1:4103/mcp";
+    let config = root.join("tests/admin/bmm-as.toml");
+    let config = config.to_str().ok_or("non-UTF-8 path")?;
+    let (issuer, _as) = start_as(
+        root,
+        &out,
+        "/oauth",
+        &[
+            "--resource",
+            resource,
+            "--config",
+            config,
+            "--dev-user",
+            "carol",
+        ],
+    )?;
+    let screenshot = out.join("admin.png");
+    run(
+        "admin page in headless Chromium",
+        Command::new(&node)
+            .arg(root.join("tests/admin/admin.mjs"))
+            .args([issuer.as_str(), resource])
+            .arg(&screenshot)
+            .env("CHROMIUM", &browser)
+            .current_dir(root.join("tests")),
+    )
+}
+
 pub(crate) fn authorization(root: &Path) -> Result<(), String> {
     let node = npm_tools(root)?;
     let out = fresh_dir(root, "authorization")?;

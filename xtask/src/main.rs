@@ -3,7 +3,7 @@
 //! - `demo`: the OAuth walkthrough end to end (bmm-as, two generated servers, a client).
 //! - `ci`: formatting check, clippy and rustdoc with warnings denied, every test of the
 //!   workspace, generated/ drift, the conformance runs, the TypeScript SDK client, the
-//!   consent page and the demo.
+//!   consent and admin pages and the demo.
 //! - `generate [--check]`: every `specs/*.yaml` into `generated/<name>/`, and the spec
 //!   format's JSON Schema into `specs/schema/bmm-spec.schema.json` (check: fail on drift).
 //! - `conformance`: the official MCP conformance suite (Node 22 and the suite installed by
@@ -23,6 +23,9 @@
 //!   its own flow against bmm-as and the generated `notes` server, then calls tools.
 //! - `consent`: bmm-as's sign-in and consent page driven in headless Chromium (Debian's
 //!   package, installed with apt-get when missing), screenshot in `target/conformance/`.
+//! - `admin-page`: bmm-as's admin page in headless Chromium (a non-admin refused; sign in,
+//!   see a client and its grant, revoke it, filter the audit trail), screenshot in
+//!   `target/conformance/admin/`.
 //! - `fuzz [SECONDS]`: bounded coverage-guided runs of each fuzz target (needs
 //!   `cargo install cargo-fuzz`; uses `RUSTC_BOOTSTRAP=1` since only a stable toolchain
 //!   is available).
@@ -53,12 +56,13 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(&root(), args.iter().any(|a| a == "--profile")),
         Some("bench-token") => bench::bench_token(&root()),
         Some("consent") => conformance::consent(&root()),
+        Some("admin-page") => conformance::admin_page(&root()),
         Some("generate") => generate(args.get(1).map(String::as_str) == Some("--check")),
         Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
         Some("openapi-corpus") => openapi_corpus::sweep(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | generate [--check] | conformance | sdk-client | test-postgres | consent | bench [--profile] | bench-token | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS] [--jobs N]>"
+                "usage: cargo xtask <demo | ci | generate [--check] | conformance | sdk-client | test-postgres | consent | admin-page | bench [--profile] | bench-token | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS] [--jobs N]>"
             );
             return ExitCode::from(2);
         }
@@ -224,7 +228,8 @@ fn ci() -> Result<(), String> {
     conformance::authorization(&root())?;
     conformance::sdk_client(&root())?;
     demo::demo(&root(), false)?;
-    conformance::consent(&root())
+    conformance::consent(&root())?;
+    conformance::admin_page(&root())
 }
 
 fn fuzz(seconds: &str) -> Result<(), String> {
