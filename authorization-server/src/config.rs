@@ -304,6 +304,8 @@ impl Settings {
                 resources.push(c);
             }
         }
+    /// Encrypts the stored signing keys (`BMM_AS_KEY_ENCRYPTION_KEY`; see `keys`).
+    pub key_encryption_key: Option<crate::keys::KeyEncryptionKey>,
         if resources.is_empty() {
             return Err(ConfigError(
                 "no resource configured: pass the MCP server URL(s) tokens are for (--resource / BMM_AS_RESOURCES)".to_owned(),
@@ -392,3 +394,7 @@ impl Settings {
         })
     }
 }
+        // Only from the environment: a flag would show in the process list.
+        let key_encryption_key =
+            crate::keys::KeyEncryptionKey::from_env().map_err(ConfigError)?;
+            key_encryption_key,

@@ -37,6 +37,7 @@ pub mod error;
 mod forwarded;
 pub mod keys;
 mod metadata;
+mod maintenance;
 mod ratelimit;
 pub mod register;
 mod signin;
@@ -95,7 +96,13 @@ impl AppState {
     ) -> Result<Self, error::StoreError> {
         // Retired keys stay published until every token they signed has expired.
         let retain = settings.access_token_ttl + 300;
-        let keys = KeyRing::load_or_create(store.as_ref(), now(), retain).await?;
+        let keys = KeyRing::load_or_create(
+            store.as_ref(),
+            now(),
+            retain,
+            settings.key_encryption_key.clone(),
+        )
+        .await?;
         if settings.rotate_keys {
             let kid = keys.rotate(store.as_ref(), now()).await?;
             audit::record_to(
@@ -259,6 +266,8 @@ pub async fn serve(
 }
 
 /// Seconds since the epoch.
+    // Key reloading and cleanup run while this serves (see `maintenance`).
+    let _tasks = maintenance::start(&state);
 pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -501,7 +501,10 @@ async fn register_client(
     let registered = crate::audit::event("registration")
         .client(&client.client_id)
         .address(caller)
-        .detail(&client.token_endpoint_auth_method);
+        .detail(&format!(
+            "token_endpoint_auth_method {}",
+            client.token_endpoint_auth_method
+        ));
     crate::audit::record(state, registered).await;
     state.inner.limiter.registered(
         caller,

@@ -783,6 +783,9 @@ async fn key_rotation_keeps_the_old_key_published_so_old_tokens_still_verify() {
         2,
         "old and new key published"
     );
+    // The new key signs once it is old enough for every instance to publish it.
+    tokio::time::sleep(bmm_authorization_server::keys::PUBLISH_DELAY + Duration::from_secs(1))
+        .await;
     let code = get_code_with_iss(&as2, &client, &p, &issuer).await;
     let (_, after) = exchange(&as2, &client, &code, &p).await;
     let kid = |t: &str| -> Value {

@@ -389,6 +389,10 @@ pub trait Store: Send + Sync + 'static {
     async fn rotate_in(&self, key: &StoredKey, now: u64) -> Result<(), StoreError>;
     /// Deletes keys retired before `cutoff`.
     async fn prune_keys(&self, cutoff: u64) -> Result<(), StoreError>;
+    /// Replaces the stored private part of key `kid` with `new` if it is still `old` (the
+    /// key is encrypted in place when a key-encryption key is first configured); returns
+    /// whether it did.
+    async fn replace_key(&self, kid: &str, old: &[u8], new: &[u8]) -> Result<bool, StoreError>;
 
     // ---- audit trail ----
     /// Appends an event (its `id` is ignored).

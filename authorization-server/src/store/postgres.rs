@@ -826,6 +826,16 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn replace_key(&self, kid: &str, old: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        let n = self
+            .execute(
+                "UPDATE signing_keys SET pkcs8 = $3 WHERE kid = $1 AND pkcs8 = $2",
+                &[&kid, &old, &new],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     // ---- audit trail ----
 
     async fn record_event(&self, e: &AuditEvent) -> Result<(), StoreError> {

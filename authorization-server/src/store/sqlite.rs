@@ -876,6 +876,18 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn replace_key(&self, kid: &str, old: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+        let (kid, old, new) = (kid.to_owned(), old.to_vec(), new.to_vec());
+        self.run(move |conn| {
+            let n = conn.execute(
+                "UPDATE signing_keys SET pkcs8 = ?3 WHERE kid = ?1 AND pkcs8 = ?2",
+                params![kid, old, new],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn record_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let e = event.clone();
         self.run(move |conn| {
@@ -965,5 +977,208 @@ impl Store for SqliteStore {
             })
         })
         .await
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The schema the releases before migrations created (migration 1's text).
+    const OLD_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS clients (client_id TEXT PRIMARY KEY, document TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    token_sha256 TEXT PRIMARY KEY, family TEXT NOT NULL, client_id TEXT NOT NULL,
+    subject TEXT NOT NULL, scope TEXT NOT NULL, resource TEXT NOT NULL,
+    expires_at INTEGER NOT NULL, used INTEGER NOT NULL DEFAULT 0,
+    revoked INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS refresh_tokens_family ON refresh_tokens(family);
+CREATE TABLE IF NOT EXISTS used_clients (client_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS signing_keys (
+    kid TEXT PRIMARY KEY, pkcs8 BLOB NOT NULL, created_at INTEGER NOT NULL, retired_at INTEGER);
+";
+
+    fn old_data_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bmm-as.sqlite3");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .unwrap();
+        }
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch(OLD_SCHEMA).unwrap();
+        let client = |id: &str| {
+            format!(
+                r#"{{"client_id":"{id}","secret_sha256":null,"redirect_uris":["http://127.0.0.1/cb"],"client_name":"Old","token_endpoint_auth_method":"none","created_at":1700000000}}"#
+            )
+        };
+        conn.execute(
+            "INSERT INTO clients (client_id, document) VALUES ('bmm_used', ?1), ('bmm_unused', ?2)",
+            params![client("bmm_used"), client("bmm_unused")],
+        )
+        .unwrap();
+        conn.execute("INSERT INTO used_clients VALUES ('bmm_used')", [])
+            .unwrap();
+        let far = int(crate::now() + 86_400);
+        for (hash, used, revoked) in [("live", 0, 0), ("spent", 1, 0), ("dead", 0, 1)] {
+            conn.execute(
+                "INSERT INTO refresh_tokens VALUES (?1, 'fam', 'bmm_used', 'alice', 'read', 'https://mcp.example/', ?2, ?3, ?4)",
+                params![hash, far, used, revoked],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO signing_keys VALUES ('kid-old', x'3082', 1700000000, NULL)",
+            [],
+        )
+        .unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_data_dir_of_the_previous_release_is_migrated_without_losing_anything() {
+        let dir = old_data_dir();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let client = store.client("bmm_used").await.unwrap().unwrap();
+        assert_eq!(client.client_name.as_deref(), Some("Old"));
+        assert_eq!(client.created_at, 1_700_000_000);
+        assert!(client.grant_types.is_empty());
+        assert!(store.client_used("bmm_used").await.unwrap());
+        assert!(!store.client_used("bmm_unused").await.unwrap());
+        assert_eq!(store.unused_clients().await.unwrap(), 1);
+
+        let t = crate::now();
+        let live = store.peek_refresh("live", t, 5).await.unwrap().unwrap();
+        assert_eq!(
+            (live.subject.as_str(), live.family.as_str()),
+            ("alice", "fam")
+        );
+        assert_eq!(store.peek_refresh("spent", t, 5).await.unwrap(), None);
+        assert_eq!(store.peek_refresh("dead", t, 5).await.unwrap(), None);
+        // A token used before the upgrade is a reuse, not within a grace period.
+        assert!(matches!(
+            store.use_refresh("spent", "bmm_used", t, 5).await.unwrap(),
+            RefreshUse::Reused(_)
+        ));
+        assert_eq!(store.peek_refresh("live", t, 5).await.unwrap(), None);
+
+        let keys = store.keys().await.unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(
+            (keys[0].kid.as_str(), keys[0].pkcs8.as_slice()),
+            ("kid-old", &[0x30, 0x82][..])
+        );
+        drop(store);
+        // Opening again applies nothing twice.
+        let again = SqliteStore::open(dir.path()).unwrap();
+        assert!(again.client("bmm_unused").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_database_of_a_newer_release_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path()).unwrap());
+        let path = dir.path().join("bmm-as.sqlite3");
+        let future = migrate::LATEST + 1;
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO bmm_schema_migrations VALUES (?1, 0)",
+                params![future],
+            )
+            .unwrap();
+        let error = SqliteStore::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("schema is version {future}"))
+                && error.contains("do not downgrade"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn two_handles_on_one_file_redeem_a_code_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SqliteStore::open(dir.path()).unwrap();
+        let b = SqliteStore::open(dir.path()).unwrap();
+        let code = StoredCode {
+            code_sha256: "c".to_owned(),
+            client_id: "x".to_owned(),
+            redirect_uri: "http://127.0.0.1/cb".to_owned(),
+            redirect_uri_given: true,
+            code_challenge: "ch".to_owned(),
+            resource: "r".to_owned(),
+            scope: String::new(),
+            subject: "alice".to_owned(),
+            expires_at: crate::now() + 60,
+            redeemed_family: None,
+        };
+        a.put_code(&code).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                store
+                    .redeem_code("c", &format!("f{i}"), crate::now())
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut won = 0;
+        for task in tasks {
+            won += usize::from(task.await.unwrap());
+        }
+        assert_eq!(won, 1);
+        assert!(
+            b.code("c")
+                .await
+                .unwrap()
+                .unwrap()
+                .redeemed_family
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn purge_deletes_in_batches_and_keeps_what_is_live() {
+        let store = SqliteStore::in_memory().unwrap();
+        let t = 10_000_000;
+        for i in 0..5 {
+            let e = AuditEvent {
+                id: 0,
+                at: t - 100 + i,
+                kind: "sign_in".to_owned(),
+                client_id: None,
+                subject: Some("alice".to_owned()),
+                resource: None,
+                scope: None,
+                address: None,
+                outcome: "ok".to_owned(),
+                detail: None,
+            };
+            store.record_event(&e).await.unwrap();
+        }
+        let p = store.purge(t, 0, t - 97, 2).await.unwrap();
+        assert_eq!(p.audit_events, 2);
+        let p = store.purge(t, 0, t - 97, 2).await.unwrap();
+        assert_eq!(p.audit_events, 1);
+        let p = store.purge(t, 0, t - 97, 2).await.unwrap();
+        assert_eq!(p, Purged::default());
+        let left = store
+            .events(&AuditFilter {
+                limit: 10,
+                ..AuditFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 2);
+        assert!(left[0].id > left[1].id, "newest first");
     }
 }
