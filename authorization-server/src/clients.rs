@@ -398,9 +398,12 @@ fn preregistered(state: &AppState, client_id: &str) -> Option<Client> {
         .iter()
         .find(|c| c.client_id == client_id)?;
     let secret = c.client_secret.as_deref().map(sha256_hex);
+    let jwks = c.jwks_text();
     Some(Client {
         client_id: c.client_id.clone(),
-        token_endpoint_auth_method: if secret.is_some() {
+        token_endpoint_auth_method: if jwks.is_some() || c.jwks_uri.is_some() {
+            "private_key_jwt"
+        } else if secret.is_some() {
             "client_secret_basic"
         } else {
             "none"
@@ -410,10 +413,10 @@ fn preregistered(state: &AppState, client_id: &str) -> Option<Client> {
         redirect_uris: c.redirect_uris.clone(),
         client_name: c.client_name.clone(),
         created_at: 0,
-        grant_types: Vec::new(),
-        jwks: None,
-        jwks_uri: None,
-        scope: None,
+        grant_types: c.grant_types.clone(),
+        jwks,
+        jwks_uri: c.jwks_uri.clone(),
+        scope: c.scope.clone(),
     })
 }
 

@@ -151,12 +151,105 @@ pub struct UserConfig {
 pub struct ClientConfig {
     /// The client id.
     pub client_id: String,
-    /// Its redirect URIs.
+    /// Its redirect URIs (none for a `client_credentials`-only client).
+    #[serde(default)]
     pub redirect_uris: Vec<String>,
     /// Its display name.
     pub client_name: Option<String>,
     /// A secret makes it confidential (`client_secret_basic`/`client_secret_post`).
     pub client_secret: Option<String>,
+    /// Grant types it may use; empty: `authorization_code` and `refresh_token`.
+    /// `client_credentials` (a machine client, tokens with `sub` = the client id) needs a
+    /// `client_secret`, `jwks` or `jwks_uri`.
+    #[serde(default)]
+    pub grant_types: Vec<String>,
+    /// Its JWK Set for `private_key_jwt` (RFC 7523): a table, or JSON text.
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// Where it publishes its JWK Set for `private_key_jwt` (https; loopback http only
+    /// with `--allow-loopback-cimd`).
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Scopes a `client_credentials` token may carry (space-separated); none: the
+    /// default scopes.
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+impl ClientConfig {
+    /// The JWK Set as JSON text.
+    pub(crate) fn jwks_text(&self) -> Option<String> {
+        self.jwks.as_ref().map(|v| match v {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        })
+    }
+
+    /// Checks what a machine client adds: known grant types, one authentication method,
+    /// usable keys, a scope the server offers, and no `client_credentials` for a public
+    /// client or under a user's name (its tokens' `sub` is the client id).
+    fn check_machine(
+        &self,
+        allow_loopback: bool,
+        scopes: &[String],
+        user_names: &[&str],
+    ) -> Result<(), String> {
+        if let Some(bad) = self.grant_types.iter().find(|g| {
+            !matches!(
+                g.as_str(),
+                "authorization_code" | "refresh_token" | "client_credentials"
+            )
+        }) {
+            return Err(format!("grant type `{bad}` is not supported"));
+        }
+        let methods = [
+            self.client_secret.is_some(),
+            self.jwks.is_some(),
+            self.jwks_uri.is_some(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return Err(
+                "give one of client_secret, jwks and jwks_uri (one authentication method)"
+                    .to_owned(),
+            );
+        }
+        if let Some(text) = self.jwks_text() {
+            crate::client_auth::KeySet::parse_text(&text).map_err(|e| format!("jwks: {e}"))?;
+        }
+        if let Some(uri) = &self.jwks_uri {
+            crate::client_auth::check_jwks_uri(uri, allow_loopback)?;
+        }
+        let machine = self.grant_types.iter().any(|g| g == "client_credentials");
+        if machine && !methods.iter().any(|m| *m) {
+            return Err(
+                "client_credentials is for confidential clients: give it a client_secret, jwks or jwks_uri"
+                    .to_owned(),
+            );
+        }
+        if machine && user_names.contains(&self.client_id.as_str()) {
+            return Err(
+                "a client_credentials client's tokens carry its id as `sub`; it must not be a user's name"
+                    .to_owned(),
+            );
+        }
+        if self.redirect_uris.is_empty()
+            && (self.grant_types.is_empty()
+                || self.grant_types.iter().any(|g| g == "authorization_code"))
+        {
+            return Err("redirect_uris is required for the authorization_code grant".to_owned());
+        }
+        for scope in self.scope.iter().flat_map(|s| s.split(' ')) {
+            if scope.is_empty() {
+                continue;
+            }
+            if !bmm_core::is_scope_token(scope)
+                || (!scopes.is_empty() && !scopes.iter().any(|s| s == scope))
+            {
+                return Err(format!("scope `{scope}` is not offered by this server"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Everything the server needs, checked.
@@ -321,9 +414,18 @@ impl Settings {
                 redirect_uris: vec![redirect.to_owned()],
                 client_name: None,
                 client_secret: None,
+                grant_types: Vec::new(),
+                jwks: None,
+                jwks_uri: None,
+                scope: None,
             });
         }
+        let mut user_names: Vec<&str> = file.users.iter().map(|u| u.name.as_str()).collect();
+        user_names.extend(args.dev_user.as_deref());
         for client in &clients {
+            client
+                .check_machine(args.allow_loopback_cimd, &file.scopes, &user_names)
+                .map_err(|e| ConfigError(format!("client `{}`: {e}", client.client_id)))?;
             for uri in &client.redirect_uris {
                 crate::register::check_redirect_uri(uri).map_err(|e| {
                     ConfigError(format!(

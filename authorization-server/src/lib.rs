@@ -30,6 +30,7 @@
 mod admin;
 pub mod audit;
 pub mod authorize;
+mod client_auth;
 mod clients;
 pub mod config;
 mod connections;
@@ -72,6 +73,8 @@ pub(crate) struct Inner {
     pub(crate) throttle: signin::Throttle,
     pub(crate) limiter: ratelimit::RateLimiter,
     pub(crate) cimd: clients::CimdCache,
+    /// Key sets of `private_key_jwt` clients fetched from their `jwks_uri`.
+    pub(crate) client_keys: client_auth::JwksCache,
 }
 
 impl std::fmt::Debug for AppState {
@@ -114,6 +117,7 @@ impl AppState {
         Ok(Self {
             inner: Arc::new(Inner {
                 cimd: clients::CimdCache::new(settings.allow_loopback_cimd),
+                client_keys: client_auth::JwksCache::new(settings.allow_loopback_cimd),
                 settings,
                 store,
                 keys,

@@ -16,9 +16,13 @@
 //!    [`FORBIDDEN_SCHEME_PREFIXES`], network protocols other than http(s) (`ftp:`,
 //!    `ws:`, `smb:`, `mailto:`, `tel:`, ...), and one-letter schemes (Windows drive letters).
 //! 3. Public clients register with `token_endpoint_auth_method: none`; confidential ones
-//!    (`client_secret_basic`, `client_secret_post`) get a generated secret, stored hashed.
+//!    (`client_secret_basic`, `client_secret_post`) get a generated secret, stored hashed;
+//!    `private_key_jwt` ones (RFC 7523, see `client_auth`) register exactly one of `jwks`
+//!    (a JWK Set with a usable signing key) and `jwks_uri` (https) and get no secret.
 //! 4. Only the `authorization_code` and `refresh_token` grants and the `code` response type
-//!    are accepted.
+//!    are accepted. `client_credentials` is refused: registration is open to anyone, and
+//!    that grant's tokens need no user, so such clients are configured by the operator
+//!    (`[[clients]]` in the config file with `grant_types = ["client_credentials"]`).
 //! 5. Client ids look like `bmm_<random>`.
 //! 6. Field limits: at most 10 redirect URIs of at most 1,024 bytes each, `client_name` at
 //!    most 100 characters, `scope` at most 1,024 bytes, `client_uri` and `logo_uri` at most
@@ -285,6 +289,8 @@ pub(crate) struct RegistrationRequest {
     logo_uri: Option<String>,
     software_id: Option<String>,
     software_version: Option<String>,
+    jwks: Option<serde_json::Value>,
+    jwks_uri: Option<String>,
 }
 
 pub(crate) async fn register(
@@ -436,6 +442,34 @@ async fn used_among(
     used
 }
 
+/// Rule 3: the keys of a `private_key_jwt` client, `jwks` (as JSON text) xor `jwks_uri`;
+/// other clients register neither.
+fn client_keys(
+    state: &AppState,
+    method: &str,
+    req: &RegistrationRequest,
+) -> Result<(Option<String>, Option<String>), OAuthError> {
+    let bad = OAuthError::invalid_client_metadata;
+    match (method, &req.jwks, &req.jwks_uri) {
+        ("private_key_jwt", Some(jwks), None) => {
+            crate::client_auth::KeySet::parse(jwks).map_err(|e| bad(format!("jwks: {e}")))?;
+            Ok((Some(jwks.to_string()), None))
+        }
+        ("private_key_jwt", None, Some(uri)) => {
+            crate::client_auth::check_jwks_uri(uri, state.inner.settings.allow_loopback_cimd)
+                .map_err(bad)?;
+            Ok((None, Some(uri.clone())))
+        }
+        ("private_key_jwt", _, _) => Err(bad(
+            "private_key_jwt needs exactly one of jwks and jwks_uri".to_owned(),
+        )),
+        (_, None, None) => Ok((None, None)),
+        _ => Err(bad(
+            "jwks and jwks_uri are for token_endpoint_auth_method private_key_jwt".to_owned(),
+        )),
+    }
+}
+
 async fn register_client(
     state: &AppState,
     caller: std::net::IpAddr,
@@ -456,16 +490,22 @@ async fn register_client(
         .unwrap_or_else(|| "client_secret_basic".to_owned());
     if !matches!(
         method.as_str(),
-        "none" | "client_secret_basic" | "client_secret_post"
+        "none" | "client_secret_basic" | "client_secret_post" | "private_key_jwt"
     ) {
         return Err(OAuthError::invalid_client_metadata(format!(
-            "token_endpoint_auth_method `{method}` is not supported (none, client_secret_basic, client_secret_post)"
+            "token_endpoint_auth_method `{method}` is not supported (none, client_secret_basic, client_secret_post, private_key_jwt)"
         )));
     }
+    let (jwks, jwks_uri) = client_keys(state, &method, &req)?;
     let grant_types = req
         .grant_types
         .clone()
         .unwrap_or_else(|| vec!["authorization_code".to_owned()]);
+    if grant_types.iter().any(|g| g == "client_credentials") {
+        return Err(OAuthError::invalid_client_metadata(
+            "the client_credentials grant is for clients the operator configures (registration is open, and its tokens need no user)",
+        ));
+    }
     if let Some(bad) = grant_types
         .iter()
         .find(|g| !matches!(g.as_str(), "authorization_code" | "refresh_token"))
@@ -484,7 +524,9 @@ async fn register_client(
         ));
     }
     check_quota(state).await?;
-    let secret = (method != "none").then(|| random_token(32));
+    let secret = method
+        .starts_with("client_secret_")
+        .then(|| random_token(32));
     let client = Client {
         client_id: format!("bmm_{}", random_token(16)),
         secret_sha256: secret.as_deref().map(sha256_hex),
@@ -492,9 +534,9 @@ async fn register_client(
         client_name: req.client_name.clone(),
         token_endpoint_auth_method: method,
         created_at: now(),
-        grant_types: Vec::new(),
-        jwks: None,
-        jwks_uri: None,
+        grant_types: grant_types.clone(),
+        jwks,
+        jwks_uri,
         scope: None,
     };
     state.store().put_client(&client).await?;
@@ -534,6 +576,12 @@ async fn register_client(
         if let Some(v) = value {
             body[key] = json!(v);
         }
+    }
+    if let Some(uri) = &client.jwks_uri {
+        body["jwks_uri"] = json!(uri);
+    }
+    if let Some(jwks) = &req.jwks {
+        body["jwks"] = jwks.clone();
     }
     if let Some(secret) = secret {
         body["client_secret"] = json!(secret);

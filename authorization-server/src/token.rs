@@ -1,8 +1,12 @@
-//! `/token` (authorization code and refresh token grants) and `/revoke` (RFC 7009).
+//! `/token` (authorization code, refresh token and client credentials grants) and
+//! `/revoke` (RFC 7009).
 //!
 //! Rules:
 //! 1. Clients authenticate as registered: `none` (client_id only), `client_secret_basic`
-//!    or `client_secret_post`; secrets are compared as hashes in constant time. Neither
+//!    or `client_secret_post`, or `private_key_jwt` (an RFC 7523 client assertion whose
+//!    `sub` names the client, verified by `client_auth`, its `jti` single use in the store
+//!    across instances); secrets are compared as hashes in constant time; a request using
+//!    two methods is refused. Neither
 //!    endpoint fetches a Client ID Metadata Document: such a client is known from the
 //!    document cache or as the owner of the code or refresh token presented, and is
 //!    `invalid_client` otherwise (so these endpoints cannot be used to make bmm-as fetch).
@@ -12,10 +16,17 @@
 //!    of that is checked before the code is used up: a request that fails any check leaves
 //!    the code redeemable. A replayed code (by a request that passes the checks) revokes
 //!    the refresh tokens it produced.
-//! 3. Refresh tokens rotate on every use; presenting a used one revokes its whole family.
-//!    A refresh token presented by a client it was not issued to is answered
-//!    `invalid_grant` and left alone (not used up, its family not revoked), like a code.
-//!    `scope` may narrow the grant; `resource` must be the grant's.
+//! 3. Refresh tokens rotate on every use. A used one presented again within the grace
+//!    period (`--refresh-grace-secs`, default 5 s, decided by the store so every instance
+//!    agrees) gets another live pair of the same family: MCP hosts refresh in parallel
+//!    (tabs, agents, a retry after a timeout) and must not lose the grant for it. Presented
+//!    later, it revokes the whole family (reuse detection). The trade-off against RFC 9700
+//!    section 4.14: within the grace period a thief holding a used token gets a pair too,
+//!    undetected, and that branch lives on like the legitimate one; detection still
+//!    catches every presentation after the grace period. `--refresh-grace-secs 0` is
+//!    strict rotation. A refresh token presented by a client it was not issued to is
+//!    answered `invalid_grant` and left alone (not used up, its family not revoked), like a
+//!    code. `scope` may narrow the grant; `resource` must be the grant's.
 //! 4. Access tokens are RS256 JWTs with `iss`, `sub`, `aud` (the resource), `exp`, `iat`,
 //!    `jti`, `scope`, `client_id`. Responses carry `Cache-Control: no-store`.
 //! 5. Parameters come as `application/x-www-form-urlencoded` (the default, also when no
@@ -25,6 +36,12 @@
 //!    `invalid_request`.
 //! 6. Revocation (RFC 7009) acts only on a token issued to the authenticated client; a
 //!    token of another client is treated like an unknown one: 200, and nothing happens.
+//! 7. `client_credentials` (the MCP client-credentials extension, SEP-1046) is for
+//!    confidential clients (a secret or `private_key_jwt`) configured with that grant;
+//!    others get `unauthorized_client`. `resource` is required and must be one this server
+//!    issues tokens for (the token's `aud`); `scope` may only narrow the client's
+//!    configured scope (default: the default scopes). The token's `sub` is the client id;
+//!    no refresh token is issued (the client authenticates again instead).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,7 +60,7 @@ use sha2::{Digest, Sha256};
 use crate::error::OAuthError;
 use crate::ratelimit::Bucket;
 use crate::store::{Client, RefreshRecord, RefreshUse, StoredCode};
-use crate::{AppState, authorize, clients, now, random_token, secure_eq, sha256_hex};
+use crate::{AppState, authorize, client_auth, clients, now, random_token, secure_eq, sha256_hex};
 use bmm_core::canonical_resource;
 
 /// Rule 5: the request's parameters, from a form or a JSON body.
@@ -189,6 +206,14 @@ async fn authenticate(
             Ok::<_, OAuthError>((decode(id), decode(secret)))
         })
         .transpose()?;
+    if params.contains_key("client_assertion") || params.contains_key("client_assertion_type") {
+        if basic.is_some() || params.contains_key("client_secret") {
+            return Err(OAuthError::invalid_request(
+                "use one client authentication method, not two",
+            ));
+        }
+        return authenticate_assertion(state, params).await;
+    }
     let (client_id, secret, method) =
         match (&basic, params.get("client_id"), params.get("client_secret")) {
             (Some((id, secret)), form_id, None) => {
@@ -217,6 +242,11 @@ async fn authenticate(
     let client = clients::find_known(state, &client_id, owner)
         .await?
         .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
+    if client.token_endpoint_auth_method == "private_key_jwt" {
+        return Err(OAuthError::invalid_client(
+            "this client must authenticate with a client assertion (private_key_jwt)",
+        ));
+    }
     match (&client.secret_sha256, secret) {
         (None, None) => Ok(client),
         (None, Some(_)) => Err(OAuthError::invalid_client(
@@ -237,6 +267,67 @@ async fn authenticate(
             }
         }
     }
+}
+
+/// Rule 1, `private_key_jwt`: the client the assertion's `sub` names, if the assertion
+/// verifies with its keys and its `jti` was not used before (on any instance).
+async fn authenticate_assertion(
+    state: &AppState,
+    params: &HashMap<String, String>,
+) -> Result<Client, OAuthError> {
+    if params.get("client_assertion_type").map(String::as_str) != Some(client_auth::ASSERTION_TYPE)
+    {
+        return Err(OAuthError::invalid_client(format!(
+            "client_assertion_type must be {}",
+            client_auth::ASSERTION_TYPE
+        )));
+    }
+    let text = params
+        .get("client_assertion")
+        .ok_or_else(|| OAuthError::invalid_client("client_assertion is required"))?;
+    let assertion = client_auth::Assertion::parse(text)?;
+    let client_id = assertion
+        .subject()
+        .ok_or_else(|| {
+            OAuthError::invalid_client("client assertion refused: `sub` must be the client id")
+        })?
+        .to_owned();
+    if params.get("client_id").is_some_and(|id| *id != client_id) {
+        return Err(OAuthError::invalid_client(
+            "client_id differs from the client assertion's `sub`",
+        ));
+    }
+    let client = clients::find_known(state, &client_id, None)
+        .await?
+        .ok_or_else(|| OAuthError::invalid_client("unknown client"))?;
+    let issuer = state.inner.settings.issuer.as_str();
+    let base = issuer.trim_end_matches('/');
+    let token_endpoint = format!("{base}/token");
+    let revocation_endpoint = format!("{base}/revoke");
+    let audiences = [
+        token_endpoint.as_str(),
+        issuer,
+        revocation_endpoint.as_str(),
+    ];
+    let verified = client_auth::verify(
+        &state.inner.client_keys,
+        &client,
+        &assertion,
+        &audiences,
+        now(),
+    )
+    .await?;
+    if !state
+        .store()
+        .use_assertion_jti(&client.client_id, &verified.jti, verified.expires_at)
+        .await?
+    {
+        tracing::warn!(client_id = %client.client_id, "client assertion replayed (its jti was used before)");
+        return Err(OAuthError::invalid_client(
+            "client assertion refused: its jti was already used",
+        ));
+    }
+    Ok(client)
 }
 
 /// Stores a new refresh token of `family` and returns it.
@@ -520,11 +611,75 @@ async fn grant(
                 Some(&refresh),
             )
         }
+        Some("client_credentials") => {
+            let (resource, scope) = machine_grant(state, &client, get("resource"), get("scope"))?;
+            if let Err(error) = state
+                .store()
+                .mark_client_used(&client.client_id, now())
+                .await
+            {
+                tracing::error!(%error, "cannot record that the client used a token");
+            }
+            tracing::info!(client_id = %client.client_id, resource = %resource, "client_credentials token issued");
+            // Rule 7: the client acts for itself; no refresh token.
+            token_response(
+                state,
+                &client.client_id,
+                &client.client_id,
+                &scope,
+                &resource,
+                None,
+            )
+        }
         Some(other) => Err(OAuthError::unsupported_grant_type(format!(
             "grant_type `{other}` is not supported"
         ))),
         None => Err(OAuthError::invalid_request("grant_type is required")),
     }
+}
+
+/// Rule 7: whether `client` may use `client_credentials`, and the token's resource and
+/// scope.
+fn machine_grant(
+    state: &AppState,
+    client: &Client,
+    resource: Option<&str>,
+    scope: Option<&str>,
+) -> Result<(String, String), OAuthError> {
+    let unauthorized =
+        |why: &str| OAuthError::new(StatusCode::BAD_REQUEST, "unauthorized_client", why);
+    if client.secret_sha256.is_none() && client.token_endpoint_auth_method != "private_key_jwt" {
+        return Err(unauthorized(
+            "client_credentials is only for confidential clients (a secret or private_key_jwt)",
+        ));
+    }
+    if !client.grant_types.iter().any(|g| g == "client_credentials") {
+        return Err(unauthorized(
+            "this client is not configured for the client_credentials grant",
+        ));
+    }
+    let settings = &state.inner.settings;
+    let resource = resource.ok_or_else(|| {
+        OAuthError::invalid_target("resource is required (RFC 8707): the URL of the MCP server")
+    })?;
+    let resource = match canonical_resource(resource) {
+        Ok(r) if settings.resources.contains(&r) => r,
+        _ => {
+            return Err(OAuthError::invalid_target(
+                "this authorization server does not issue tokens for that resource",
+            ));
+        }
+    };
+    let allowed = match &client.scope {
+        Some(scope) => scope.clone(),
+        None => settings.default_scopes.join(" "),
+    };
+    let scope = narrowed_scope(&allowed, scope).map_err(|_| {
+        OAuthError::invalid_scope(format!(
+            "this client may ask for these scopes only: `{allowed}`"
+        ))
+    })?;
+    Ok((resource, scope))
 }
 
 /// The scope of a refreshed token: the grant's, or a subset the request asks for.
