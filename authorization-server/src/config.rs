@@ -304,6 +304,8 @@ pub struct Settings {
     pub refresh_grace_secs: u64,
     /// Audit retention (days, at least 1).
     pub audit_retention_days: u64,
+    /// Encrypts the stored signing keys (`BMM_AS_KEY_ENCRYPTION_KEY`; see `keys`).
+    pub key_encryption_key: Option<crate::keys::KeyEncryptionKey>,
 }
 
 /// A refused configuration, with what to do.
@@ -397,8 +399,6 @@ impl Settings {
                 resources.push(c);
             }
         }
-    /// Encrypts the stored signing keys (`BMM_AS_KEY_ENCRYPTION_KEY`; see `keys`).
-    pub key_encryption_key: Option<crate::keys::KeyEncryptionKey>,
         if resources.is_empty() {
             return Err(ConfigError(
                 "no resource configured: pass the MCP server URL(s) tokens are for (--resource / BMM_AS_RESOURCES)".to_owned(),
@@ -453,6 +453,9 @@ impl Settings {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Only from the environment: a flag would show in the process list.
+        let key_encryption_key =
+            crate::keys::KeyEncryptionKey::from_env().map_err(ConfigError)?;
         let database_url = args
             .database_url
             .clone()
@@ -471,6 +474,7 @@ impl Settings {
             database_pool_size: args.database_pool_size.clamp(1, 1024),
             refresh_grace_secs: args.refresh_grace_secs.min(300),
             audit_retention_days: args.audit_retention_days.clamp(1, 36_500),
+            key_encryption_key,
             trusted_proxies,
             listen: args.listen,
             issuer,
@@ -496,7 +500,3 @@ impl Settings {
         })
     }
 }
-        // Only from the environment: a flag would show in the process list.
-        let key_encryption_key =
-            crate::keys::KeyEncryptionKey::from_env().map_err(ConfigError)?;
-            key_encryption_key,

@@ -37,8 +37,8 @@ mod connections;
 pub mod error;
 mod forwarded;
 pub mod keys;
-mod metadata;
 mod maintenance;
+mod metadata;
 mod ratelimit;
 pub mod register;
 mod signin;
@@ -266,12 +266,12 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = connections::Limits::from_settings(state.settings());
+    // Key reloading and cleanup run while this serves (see `maintenance`).
+    let _tasks = maintenance::start(&state);
     connections::run(listener, router(state), limits, shutdown).await
 }
 
 /// Seconds since the epoch.
-    // Key reloading and cleanup run while this serves (see `maintenance`).
-    let _tasks = maintenance::start(&state);
 pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
