@@ -33,6 +33,11 @@ impl TestAs {
 
     /// Starts on `listen` (a restart keeps the address, hence the issuer).
     async fn start_at(data_dir: &Path, config: &Path, listen: &str) -> Self {
+        // Carol is approved without a password: the grant the admin sees is hers.
+        Self::start_with(data_dir, config, listen, &["--dev-user", "carol"]).await
+    }
+
+    async fn start_with(data_dir: &Path, config: &Path, listen: &str, extra: &[&str]) -> Self {
         let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let listen = addr.to_string();
@@ -50,10 +55,8 @@ impl TestAs {
             RESOURCE,
             "--config",
             config.to_str().unwrap(),
-            // Carol is approved without a password: the grant the admin sees is hers.
-            "--dev-user",
-            "carol",
         ];
+        argv.extend_from_slice(extra);
         argv.extend(database.iter().map(String::as_str));
         let settings = Settings::from_args(Args::try_parse_from(argv).unwrap()).unwrap();
         let state = AppState::open(settings).await.unwrap();
@@ -616,4 +619,180 @@ async fn audit_command_lists_and_filters_events_as_a_table_or_json_lines() {
     assert!(err.contains("unknown event type"), "{err}");
     let (code, _, err) = run(&["--since", "yesterday"]);
     assert_eq!(code, Some(2), "{err}");
+}
+
+/// Runs `bmm-as audit --format json` over the store of the AS in `dir`; returns the events.
+fn audit_events(dir: &Path, args: &[&str]) -> Vec<Value> {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_bmm-as"))
+        .arg("audit")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(database_args(dir))
+        .args(["--format", "json"])
+        .args(args)
+        .env_remove("BMM_AS_DATABASE_URL")
+        .env_remove("BMM_AS_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn consent_sign_ins_approvals_and_denials_are_audited_without_what_was_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config();
+    // No dev user: the consent page asks for a password.
+    let as_ = TestAs::start_with(dir.path(), config.path(), "127.0.0.1:0", &[]).await;
+    let (status, reg) = json_of(
+        http()
+            .post(format!("{}/register", as_.url))
+            .json(&json!({"redirect_uris": [REDIRECT], "token_endpoint_auth_method": "none"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let client_id = reg["client_id"].as_str().unwrap().to_owned();
+    let p = pkce();
+    let authorize = || async {
+        let page = http()
+            .get(format!("{}/authorize", as_.url))
+            .query(&[
+                ("response_type", "code"),
+                ("client_id", client_id.as_str()),
+                ("redirect_uri", REDIRECT),
+                ("code_challenge", p.challenge.as_str()),
+                ("code_challenge_method", "S256"),
+                ("scope", "mcp:read"),
+                ("resource", RESOURCE),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        let (cookie, _) = set_cookie(&page, "bmm_csrf").unwrap();
+        let html = page.text().await.unwrap();
+        (cookie, hidden(&html, "request_id"), hidden(&html, "csrf"))
+    };
+    let post = |cookie: String,
+                request_id: String,
+                csrf: String,
+                user: &'static str,
+                password: &'static str,
+                decision: &'static str| {
+        let url = format!("{}/authorize", as_.url);
+        async move {
+            http()
+                .post(url)
+                .header("cookie", cookie)
+                .form(&[
+                    ("request_id", request_id.as_str()),
+                    ("csrf", csrf.as_str()),
+                    ("username", user),
+                    ("password", password),
+                    ("decision", decision),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // A name that is no user (perhaps a password typed in the wrong field), a wrong
+    // password, then the right one.
+    let (cookie, request_id, csrf) = authorize().await;
+    let page = post(
+        cookie,
+        request_id,
+        csrf,
+        "s3cret-typed-as-name",
+        "x",
+        "approve",
+    )
+    .await;
+    assert_eq!(page.status(), 200);
+    // Each new form comes with a fresh CSRF cookie.
+    let (cookie, _) = set_cookie(&page, "bmm_csrf").unwrap();
+    let html = page.text().await.unwrap();
+    let page = post(
+        cookie,
+        hidden(&html, "request_id"),
+        hidden(&html, "csrf"),
+        "alice",
+        "not-her-password",
+        "approve",
+    )
+    .await;
+    assert_eq!(page.status(), 200);
+    let (cookie, _) = set_cookie(&page, "bmm_csrf").unwrap();
+    let html = page.text().await.unwrap();
+    let approved = post(
+        cookie,
+        hidden(&html, "request_id"),
+        hidden(&html, "csrf"),
+        "alice",
+        "wonderland",
+        "approve",
+    )
+    .await;
+    assert_eq!(approved.status(), 303);
+    let (cookie, request_id, csrf) = authorize().await;
+    let denied = post(cookie, request_id, csrf, "", "", "deny").await;
+    assert_eq!(denied.status(), 303);
+    assert!(
+        denied.headers()["location"]
+            .to_str()
+            .unwrap()
+            .contains("error=access_denied")
+    );
+    as_.stop().await;
+
+    let sign_ins = audit_events(dir.path(), &["--type", "sign_in"]);
+    let outcomes: Vec<(&str, &str)> = sign_ins
+        .iter()
+        .map(|e| {
+            (
+                e["outcome"].as_str().unwrap(),
+                e["subject"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    // Newest first.
+    assert_eq!(
+        outcomes,
+        [
+            ("ok", "alice"),
+            ("invalid_credentials", "alice"),
+            ("invalid_credentials", "-")
+        ]
+    );
+    assert!(
+        sign_ins
+            .iter()
+            .all(|e| e["client_id"] == client_id.as_str())
+    );
+    assert_eq!(sign_ins[2]["detail"], "unknown user");
+    let consents = audit_events(dir.path(), &["--type", "consent"]);
+    assert_eq!(consents.len(), 2);
+    assert_eq!(consents[0]["outcome"], "access_denied");
+    assert_eq!(consents[1]["outcome"], "ok");
+    assert_eq!(consents[1]["subject"], "alice");
+    assert_eq!(consents[1]["resource"], RESOURCE);
+    assert_eq!(consents[1]["scope"], "mcp:read");
+    let codes = audit_events(dir.path(), &["--type", "code_issued"]);
+    assert_eq!(codes.len(), 1);
+    assert_eq!(codes[0]["subject"], "alice");
+    let everything = serde_json::to_string(&audit_events(dir.path(), &[])).unwrap();
+    for typed in ["s3cret-typed-as-name", "not-her-password", "wonderland"] {
+        assert!(!everything.contains(typed), "{typed} is in the audit trail");
+    }
 }
