@@ -425,8 +425,25 @@ async fn grant(
 ) -> Result<Response, OAuthError> {
     let params = body_params(headers, body)?;
     let owner = presented_owner(state, &params, "refresh_token").await;
-    let client = authenticate(state, headers, &params, owner.as_deref()).await?;
     let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
+    let client = match authenticate(state, headers, &params, owner.as_deref()).await {
+        Ok(client) => client,
+        Err(error) => {
+            // A machine client has no user to notice a refusal: the trail keeps it (a
+            // replayed assertion, a wrong key, an unknown client id).
+            if get("grant_type") == Some("client_credentials") {
+                let mut refused = crate::audit::event("client_credentials")
+                    .address(caller)
+                    .outcome(error.code())
+                    .detail(error.description());
+                if let Some(id) = get("client_id") {
+                    refused = refused.client(id);
+                }
+                crate::audit::record(state, refused).await;
+            }
+            return Err(error);
+        }
+    };
     match get("grant_type") {
         Some("authorization_code") => {
             let code =
@@ -561,16 +578,29 @@ async fn grant(
                 }
                 None => String::new(),
             };
-            let record = match state
+            let (record, how) = match state
                 .store()
                 .use_refresh(&hash, &client.client_id, now(), grace)
                 .await?
             {
                 // Within the grace period a used token gets another pair of the same
                 // family (parallel refreshes by one client); see rule 3.
-                RefreshUse::Fresh(r) | RefreshUse::Grace(r) => r,
-                RefreshUse::Reused(_) => {
+                RefreshUse::Fresh(r) => (r, "rotated"),
+                RefreshUse::Grace(r) => (
+                    r,
+                    "presented again within the grace period: another pair of the same grant",
+                ),
+                RefreshUse::Reused(r) => {
                     tracing::warn!(client_id = %client.client_id, "refresh token reused; its family is revoked");
+                    let reuse = crate::audit::event("refresh_reuse")
+                        .client(&client.client_id)
+                        .subject(&r.subject)
+                        .resource(&r.resource)
+                        .scope(&r.scope)
+                        .address(caller)
+                        .outcome("invalid_grant")
+                        .detail("a used refresh token presented after the grace period: its grant is revoked");
+                    crate::audit::record(state, reuse).await;
                     return Err(OAuthError::invalid_grant(
                         "the refresh token was already used; every token of this grant is revoked",
                     ));
@@ -602,14 +632,23 @@ async fn grant(
                 &record.family,
             )
             .await?;
-            token_response(
+            let response = token_response(
                 state,
                 &client.client_id,
                 &record.subject,
                 &scope,
                 &record.resource,
                 Some(&refresh),
-            )
+            )?;
+            let refreshed = crate::audit::event("refresh")
+                .client(&client.client_id)
+                .subject(&record.subject)
+                .resource(&record.resource)
+                .scope(&scope)
+                .address(caller)
+                .detail(how);
+            crate::audit::record(state, refreshed).await;
+            Ok(response)
         }
         Some("client_credentials") => {
             let (resource, scope) = machine_grant(state, &client, get("resource"), get("scope"))?;
@@ -622,14 +661,26 @@ async fn grant(
             }
             tracing::info!(client_id = %client.client_id, resource = %resource, "client_credentials token issued");
             // Rule 7: the client acts for itself; no refresh token.
-            token_response(
+            let response = token_response(
                 state,
                 &client.client_id,
                 &client.client_id,
                 &scope,
                 &resource,
                 None,
-            )
+            )?;
+            let issued = crate::audit::event("client_credentials")
+                .client(&client.client_id)
+                .subject(&client.client_id)
+                .resource(&resource)
+                .scope(&scope)
+                .address(caller)
+                .detail(&format!(
+                    "token_endpoint_auth_method {}",
+                    client.token_endpoint_auth_method
+                ));
+            crate::audit::record(state, issued).await;
+            Ok(response)
         }
         Some(other) => Err(OAuthError::unsupported_grant_type(format!(
             "grant_type `{other}` is not supported"

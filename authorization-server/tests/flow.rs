@@ -23,6 +23,8 @@ const OTHER_RESOURCE: &str = "http://127.0.0.1:4104/mcp";
 
 struct TestAs {
     url: String,
+    /// The running server's state (its store, for the audit trail).
+    state: AppState,
     stop: Option<oneshot::Sender<()>>,
     handle: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -49,11 +51,12 @@ impl TestAs {
         let settings = Settings::from_args(Args::try_parse_from(argv).unwrap()).unwrap();
         let state = AppState::open(settings).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(serve(listener, state, async move {
+        let handle = tokio::spawn(serve(listener, state.clone(), async move {
             let _ = rx.await;
         }));
         Self {
             url: format!("http://{addr}"),
+            state,
             stop: Some(tx),
             handle,
         }
@@ -1130,4 +1133,98 @@ async fn browser_clients_get_cors_on_registration_and_token_but_not_authorize() 
         .await
         .unwrap();
     assert!(page.headers().get("access-control-allow-origin").is_none());
+}
+
+/// A refresh with `refresh_token` by `client`.
+async fn refresh(as_: &TestAs, client: &str, refresh_token: &str) -> (u16, Value) {
+    token(
+        as_,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+            ("client_id", client),
+        ],
+    )
+    .await
+}
+
+/// Audit events of `kind`, newest first.
+async fn events(as_: &TestAs, kind: &str) -> Vec<bmm_authorization_server::store::AuditEvent> {
+    let filter = bmm_authorization_server::store::AuditFilter {
+        kind: Some(kind.to_owned()),
+        limit: 100,
+        ..Default::default()
+    };
+    as_.state.store().events(&filter).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_refresh_token_presented_again_within_the_grace_period_gets_another_live_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    // A grace period far longer than these requests take, even on a loaded machine.
+    let mut args = dev();
+    args.extend(["--refresh-grace-secs", "120"]);
+    let as_ = TestAs::start(dir.path(), &args).await;
+    let (client, first) = first_grant(&as_).await;
+    let r0 = first["refresh_token"].as_str().unwrap().to_owned();
+    let (status, a) = refresh(&as_, &client, &r0).await;
+    assert_eq!(status, 200, "{a}");
+    // The same token again (a second tab, a retry after a timeout): another pair.
+    let (status, b) = refresh(&as_, &client, &r0).await;
+    assert_eq!(status, 200, "within the grace period: {b}");
+    let (ra, rb) = (
+        a["refresh_token"].as_str().unwrap().to_owned(),
+        b["refresh_token"].as_str().unwrap().to_owned(),
+    );
+    assert_ne!(ra, rb);
+    for body in [&a, &b] {
+        verify(&as_, body["access_token"].as_str().unwrap(), RESOURCE)
+            .await
+            .unwrap();
+    }
+    // The grant is alive: both successors refresh.
+    for r in [&ra, &rb] {
+        let (status, next) = refresh(&as_, &client, r).await;
+        assert_eq!(status, 200, "the family is still alive: {next}");
+    }
+    let recorded = events(&as_, "refresh").await;
+    assert_eq!(recorded.len(), 4, "{recorded:?}");
+    assert!(
+        recorded
+            .iter()
+            .any(|e| e.detail.as_deref().is_some_and(|d| d.contains("grace")))
+    );
+    assert!(events(&as_, "refresh_reuse").await.is_empty());
+    for e in &recorded {
+        let text = format!("{e:?}");
+        for secret in [&r0, &ra, &rb] {
+            assert!(!text.contains(secret.as_str()), "no token in the trail");
+        }
+    }
+    as_.stop().await;
+}
+
+#[tokio::test]
+async fn a_refresh_token_presented_after_the_grace_period_revokes_the_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = dev();
+    args.extend(["--refresh-grace-secs", "1"]);
+    let as_ = TestAs::start(dir.path(), &args).await;
+    let (client, first) = first_grant(&as_).await;
+    let r0 = first["refresh_token"].as_str().unwrap().to_owned();
+    let (status, a) = refresh(&as_, &client, &r0).await;
+    assert_eq!(status, 200, "{a}");
+    let ra = a["refresh_token"].as_str().unwrap().to_owned();
+    // Times are whole seconds: 2.5 s later the use is at least 2 s old, past the grace.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, reuse) = refresh(&as_, &client, &r0).await;
+    assert_eq!(status, 400, "{reuse}");
+    assert_eq!(reuse["error"], "invalid_grant");
+    let (status, _) = refresh(&as_, &client, &ra).await;
+    assert_eq!(status, 400, "reuse detection revoked the whole family");
+    let reuses = events(&as_, "refresh_reuse").await;
+    assert_eq!(reuses.len(), 1, "{reuses:?}");
+    assert_eq!(reuses[0].client_id.as_deref(), Some(client.as_str()));
+    assert_eq!(reuses[0].subject.as_deref(), Some("alice"));
+    as_.stop().await;
 }

@@ -36,6 +36,8 @@ const WEB_SECRET: &str = "web-secret-0123456789abcdef";
 
 struct TestAs {
     url: String,
+    /// The running server's state (its store, for the audit trail).
+    state: AppState,
     stop: Option<oneshot::Sender<()>>,
     handle: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -67,11 +69,12 @@ impl TestAs {
         let settings = Settings::from_args(Args::try_parse_from(argv).unwrap()).unwrap();
         let state = AppState::open(settings).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(serve(listener, state, async move {
+        let handle = tokio::spawn(serve(listener, state.clone(), async move {
             let _ = rx.await;
         }));
         Self {
             url: format!("http://{addr}"),
+            state,
             stop: Some(tx),
             handle,
         }
@@ -90,6 +93,16 @@ impl TestAs {
 
     fn token_endpoint(&self) -> String {
         format!("{}/token", self.url)
+    }
+
+    /// The `client_credentials` audit events, newest first.
+    async fn machine_events(&self) -> Vec<bmm_authorization_server::store::AuditEvent> {
+        let filter = bmm_authorization_server::store::AuditFilter {
+            kind: Some("client_credentials".to_owned()),
+            limit: 100,
+            ..Default::default()
+        };
+        self.state.store().events(&filter).await.unwrap()
     }
 }
 
@@ -543,6 +556,28 @@ async fn private_key_jwt_with_registered_jwks_verifies_and_refuses_bad_assertion
     .await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"], "invalid_client");
+    // The trail has the two tokens and the refusals, never an assertion.
+    let trail = as_.machine_events().await;
+    let issued: Vec<_> = trail.iter().filter(|e| e.outcome == "ok").collect();
+    assert_eq!(issued.len(), 2, "{trail:?}");
+    assert!(
+        issued
+            .iter()
+            .all(|e| e.client_id.as_deref() == Some("svc-jwks")
+                && e.subject.as_deref() == Some("svc-jwks")
+                && e.resource.as_deref() == Some(RESOURCE))
+    );
+    assert!(
+        trail.iter().any(|e| e.outcome == "invalid_client"
+            && e.detail.as_deref().is_some_and(|d| d.contains("jti"))),
+        "the replay is recorded: {trail:?}"
+    );
+    let text = format!("{trail:?}");
+    for (_, assertion) in &cases {
+        let signature = assertion.rsplit('.').next().unwrap();
+        assert!(signature.is_empty() || !text.contains(signature));
+    }
+    assert!(!text.contains(good.rsplit('.').next().unwrap()));
     // client_id in the body must be the assertion's subject.
     let good = s.rsa.sign(&header, &claims("svc-jwks", &endpoint));
     let (status, _) = with_assertion(as_, &good, &[("client_id", "svc-secret")]).await;
