@@ -14,6 +14,8 @@
 //! 6. The consent form is bound to a pending request (single use, 10 minutes) and protected
 //!    by a double-submit CSRF token (cookie + form field, compared in constant time).
 //! 7. Codes are single-use and live 60 seconds (`--code-ttl`); redirects carry `code`, `state` and `iss`.
+//!    They are kept in the store under their SHA-256, so any instance redeems them, and
+//!    the store decides which of concurrent redemptions wins (see `redeem_code`).
 //! 8. A code is checked before it is used up (client, PKCE verifier, redirect URI,
 //!    resource; see `redeem_code`): a request that does not fit leaves it redeemable.
 //!

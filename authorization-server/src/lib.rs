@@ -6,7 +6,8 @@
 //! PKCE S256 only, RFC 8707 resource indicators (the token's `aud`), RFC 9207 `iss` on the
 //! redirect, RS256 JWT access tokens (RFC 9068) with `kid`, a JWKS that keeps the previous
 //! key through a rotation, refresh-token rotation with reuse detection, RFC 7009
-//! revocation, a consent page, and durable state in SQLite.
+//! revocation, a consent page, and durable state in SQLite or in a PostgreSQL database
+//! several instances share (see `store`).
 //!
 //! Rules every endpoint follows:
 //! 1. Errors never redirect to a URI that is not registered for the client.

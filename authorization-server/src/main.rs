@@ -59,7 +59,8 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(%listen, %issuer, %limits, "bmm-as ready");
+    let store = state.store().backend();
+    tracing::info!(%listen, %issuer, %limits, store, "bmm-as ready");
     match serve(listener, state, bmm_shutdown()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -10,6 +10,9 @@
 //!    many addresses evicts the largest holders, then the newest, first, so a sign-in under
 //!    way survives. (A flood from more than 10,000 addresses can still evict a sign-in
 //!    started during it: pending requests are kept server-side, not in signed form state.)
+//!    They are kept in the store, under the SHA-256 of their id, so the instance that
+//!    shows the page and the one that receives the form need not be the same; the store
+//!    applies these evictions and the single use in one transaction.
 //! 2. Failed sign-ins are counted per caller address and per user name (known or not, so
 //!    the answer does not tell which names exist). After 10 failures from an address, or 5
 //!    for a name, each further attempt must wait 1 s, doubling per failure up to 5 minutes;
