@@ -137,3 +137,87 @@ pub(crate) async fn cleanup(state: &AppState) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::store::{AuditEvent, AuditFilter, SqliteStore, Store, StoredCode};
+    use crate::{Args, Settings};
+
+    fn code(hash: &str, expires_at: u64) -> StoredCode {
+        StoredCode {
+            code_sha256: hash.to_owned(),
+            client_id: "c".to_owned(),
+            redirect_uri: "http://127.0.0.1/cb".to_owned(),
+            redirect_uri_given: true,
+            code_challenge: "x".to_owned(),
+            resource: "https://mcp.example".to_owned(),
+            scope: String::new(),
+            subject: "alice".to_owned(),
+            expires_at,
+            redeemed_family: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn cleanup_deletes_what_expired_and_keeps_the_rest() {
+        let args = Args::try_parse_from([
+            "bmm-as",
+            "--resource",
+            "https://mcp.example",
+            "--audit-retention-days",
+            "1",
+        ])
+        .unwrap();
+        let settings = Settings::from_args(args).unwrap();
+        let store = Arc::new(SqliteStore::in_memory().unwrap());
+        let state = AppState::with_store(settings, store.clone()).await.unwrap();
+        let t = now();
+        store.put_code(&code("old", t - 700)).await.unwrap();
+        store.put_code(&code("recent", t - 100)).await.unwrap();
+        for (kind, at) in [("old_event", t - 2 * 86_400), ("new_event", t - 10)] {
+            let event = AuditEvent {
+                id: 0,
+                at,
+                kind: kind.to_owned(),
+                client_id: None,
+                subject: None,
+                resource: None,
+                scope: None,
+                address: None,
+                outcome: "ok".to_owned(),
+                detail: None,
+            };
+            store.record_event(&event).await.unwrap();
+        }
+        store
+            .put_pending("p", "192.0.2.1", "{}", t - 1, 16, 10_000)
+            .await
+            .unwrap();
+
+        cleanup(&state).await;
+
+        assert!(store.code("old").await.unwrap().is_none());
+        assert!(
+            store.code("recent").await.unwrap().is_some(),
+            "kept 10 minutes past expiry for replay detection"
+        );
+        let events = store
+            .events(&AuditFilter {
+                limit: 10,
+                ..AuditFilter::default()
+            })
+            .await
+            .unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["new_event"]);
+        assert_eq!(store.pending_len().await.unwrap(), 0);
+        assert_eq!(store.keys().await.unwrap().len(), 1, "the live key stays");
+    }
+}
