@@ -20,8 +20,9 @@ const RESOURCE: &str = "http://127.0.0.1:4113/mcp";
 const REDIRECT: &str = "http://127.0.0.1:33418/callback";
 
 struct TestAs {
-    /// The issuer (with its `/oauth` path).
+    /// Where its endpoints are (the issuer, with its `/oauth` path, except for a twin).
     url: String,
+    settings: Settings,
     stop: Option<oneshot::Sender<()>>,
     handle: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -59,16 +60,29 @@ impl TestAs {
         argv.extend_from_slice(extra);
         argv.extend(database.iter().map(String::as_str));
         let settings = Settings::from_args(Args::try_parse_from(argv).unwrap()).unwrap();
-        let state = AppState::open(settings).await.unwrap();
+        Self::serve(listener, settings, issuer).await
+    }
+
+    async fn serve(listener: tokio::net::TcpListener, settings: Settings, url: String) -> Self {
+        let state = AppState::open(settings.clone()).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(serve(listener, state, async move {
             let _ = rx.await;
         }));
         Self {
-            url: issuer,
+            url,
+            settings,
             stop: Some(tx),
             handle,
         }
+    }
+
+    /// A second instance with the same settings (issuer, store) on another port, as
+    /// behind a load balancer.
+    async fn twin(&self) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/oauth", listener.local_addr().unwrap());
+        Self::serve(listener, self.settings.clone(), url).await
     }
 
     async fn stop(mut self) {
@@ -795,4 +809,110 @@ async fn consent_sign_ins_approvals_and_denials_are_audited_without_what_was_typ
     for typed in ["s3cret-typed-as-name", "not-her-password", "wonderland"] {
         assert!(!everything.contains(typed), "{typed} is in the audit trail");
     }
+}
+
+#[tokio::test]
+async fn an_admin_session_made_by_one_instance_works_on_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config();
+    let a = TestAs::start(dir.path(), config.path()).await;
+    let b = a.twin().await;
+    let (client, refresh_token, _) = grant(&a, "none").await;
+    let session = admin_session(&a).await;
+    // B verifies A's session with the keys both load from the store, and lists A's grant.
+    let (status, html) = admin_page(&b, &session, "").await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains("Signed in as <strong>alice</strong>"),
+        "{html}"
+    );
+    assert!(html.contains(&format!("class=\"grant-client\">{client}<")));
+    let csrf = hidden(&html, "csrf");
+    let family = hidden(&html, "family");
+    let revoked = http()
+        .post(b.admin())
+        .header("cookie", &session)
+        .form(&[("action", "revoke"), ("csrf", &csrf), ("family", &family)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 303);
+    // Revoked on B, refused on A.
+    let (status, body) = refresh(&a, &client, &refresh_token).await;
+    assert_eq!(status, 400, "{body}");
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn revocations_key_rotations_and_refused_metadata_documents_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config();
+    let as_ = TestAs::start_with(
+        dir.path(),
+        config.path(),
+        "127.0.0.1:0",
+        &[
+            "--dev-user",
+            "carol",
+            "--rotate-keys",
+            "--allow-loopback-cimd",
+        ],
+    )
+    .await;
+    let (client, refresh_token, _) = grant(&as_, "none").await;
+    for token in [refresh_token.as_str(), "not-a-token-of-this-server"] {
+        let response = http()
+            .post(format!("{}/revoke", as_.url))
+            .form(&[("token", token), ("client_id", client.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    // A metadata document that cannot be fetched (nothing listens on its port).
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let document = format!("http://{}/client.json", closed.local_addr().unwrap());
+    drop(closed);
+    let p = pkce();
+    let refused = http()
+        .get(format!("{}/authorize", as_.url))
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", document.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_challenge", p.challenge.as_str()),
+            ("code_challenge_method", "S256"),
+            ("resource", RESOURCE),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16() / 100, 4);
+    as_.stop().await;
+
+    let rotations = audit_events(dir.path(), &["--type", "key_rotation"]);
+    assert_eq!(rotations.len(), 1);
+    assert!(
+        rotations[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("new signing key ")
+    );
+    let revocations = audit_events(dir.path(), &["--type", "revocation"]);
+    assert_eq!(revocations.len(), 2);
+    assert!(
+        revocations
+            .iter()
+            .all(|e| e["client_id"] == client.as_str())
+    );
+    assert_eq!(revocations[0]["outcome"], "ignored");
+    assert_eq!(revocations[1]["outcome"], "ok");
+    let cimd = audit_events(dir.path(), &["--type", "cimd_refused"]);
+    assert_eq!(cimd.len(), 1, "{cimd:?}");
+    assert_eq!(cimd[0]["client_id"], document.as_str());
+    assert_eq!(cimd[0]["address"], "127.0.0.1");
+    assert_ne!(cimd[0]["outcome"], "ok");
+    let everything = serde_json::to_string(&audit_events(dir.path(), &[])).unwrap();
+    assert!(!everything.contains(&refresh_token));
 }
