@@ -736,3 +736,127 @@ fn a_configured_client_credentials_client_must_be_confidential() {
         assert!(Settings::from_args(args).is_err(), "{why}");
     }
 }
+
+#[tokio::test]
+async fn a_registered_private_key_jwt_client_runs_the_code_flow_refreshes_and_revokes() {
+    let (rsa, ec) = (Key::rsa(), Key::ec());
+    let server = jwks_server(json!({"keys": [ec.jwk("unused")]})).await;
+    let config = config(&rsa, &server.url);
+    let dir = tempfile::tempdir().unwrap();
+    let as_ = TestAs::start(dir.path(), config.path(), &["--dev-user", "bob"]).await;
+    let key = Key::ec();
+    let (status, reg) = json_of(
+        http()
+            .post(format!("{}/register", as_.url))
+            .json(
+                &json!({"redirect_uris": ["http://127.0.0.1:33418/callback"],
+                "token_endpoint_auth_method": "private_key_jwt",
+                "jwks": {"keys": [key.jwk("app-1")]}}),
+            )
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{reg}");
+    let client = reg["client_id"].as_str().unwrap().to_owned();
+    let p = pkce();
+    let response = http()
+        .get(format!("{}/authorize", as_.url))
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", &client),
+            ("redirect_uri", "http://127.0.0.1:33418/callback"),
+            ("code_challenge", &p.challenge),
+            ("code_challenge_method", "S256"),
+            ("state", "s"),
+            ("resource", RESOURCE),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let code = url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.to_string())
+        .unwrap();
+    let endpoint = as_.token_endpoint();
+    let assertion = || {
+        key.sign(
+            &json!({"alg": "ES256", "kid": "app-1"}),
+            &claims(&client, &endpoint),
+        )
+    };
+    let code_form = |assertion: String| {
+        vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code.clone()),
+            ("redirect_uri", "http://127.0.0.1:33418/callback".to_owned()),
+            ("code_verifier", p.verifier.clone()),
+            ("client_assertion_type", ASSERTION_TYPE.to_owned()),
+            ("client_assertion", assertion),
+        ]
+    };
+    let send = |form: Vec<(&'static str, String)>, path: &'static str| {
+        let url = format!("{}/{path}", as_.url);
+        async move {
+            let response = http().post(url).form(&form).send().await.unwrap();
+            json_of(response).await
+        }
+    };
+    // The client id alone is not enough for this client, even with the right code.
+    let mut bare = code_form(String::new());
+    bare.truncate(4);
+    bare.push(("client_id", client.clone()));
+    let (status, body) = send(bare, "token").await;
+    assert_eq!(status, 401, "{body}");
+    let (status, tokens) = send(code_form(assertion()), "token").await;
+    assert_eq!(status, 200, "{tokens}");
+    assert_eq!(
+        verify(&as_, tokens["access_token"].as_str().unwrap(), RESOURCE)
+            .await
+            .unwrap()
+            .subject(),
+        Some("bob")
+    );
+    let refresh_token = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let (status, refreshed) = send(
+        vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", refresh_token.clone()),
+            ("client_assertion_type", ASSERTION_TYPE.to_owned()),
+            ("client_assertion", assertion()),
+        ],
+        "token",
+    )
+    .await;
+    assert_eq!(status, 200, "{refreshed}");
+    let next = refreshed["refresh_token"].as_str().unwrap().to_owned();
+    // Revocation authenticates the same way; the grant then ends.
+    let response = http()
+        .post(format!("{}/revoke", as_.url))
+        .form(&[
+            ("token", next.as_str()),
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("client_assertion", &assertion()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let (status, body) = send(
+        vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", next),
+            ("client_assertion_type", ASSERTION_TYPE.to_owned()),
+            ("client_assertion", assertion()),
+        ],
+        "token",
+    )
+    .await;
+    assert_eq!(status, 400, "revoked: {body}");
+    assert_eq!(body["error"], "invalid_grant");
+    as_.stop().await;
+}
