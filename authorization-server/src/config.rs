@@ -42,6 +42,7 @@ pub struct Args {
     pub refresh_token_ttl: u64,
     /// Accept `http` Client ID Metadata Document URLs on loopback hosts, and let metadata
     /// documents be fetched from loopback addresses (local development and tests only).
+    /// The same holds for the `jwks_uri` of `private_key_jwt` clients.
     #[arg(long, env = "BMM_AS_ALLOW_LOOPBACK_CIMD")]
     pub allow_loopback_cimd: bool,
     /// Most dynamically registered clients that have not completed an authorization yet;
