@@ -306,7 +306,8 @@ pub(crate) async fn register(
         return OAuthError::rate_limited().into_response();
     }
     let since = now().saturating_sub(state.inner.settings.unused_client_ttl);
-    let used = used_among(state.store(), state.inner.limiter.tracked(Some(peer.ip()), since)).await;
+    let tracked = state.inner.limiter.tracked(Some(peer.ip()), since);
+    let used = used_among(state.store(), tracked).await;
     let unused = |id: &str| !used.get(id).copied().flatten().unwrap_or(false);
     if !state.inner.limiter.may_register(peer.ip(), since, unused) {
         return OAuthError::new(
@@ -434,12 +435,20 @@ async fn used_among(
     store: &dyn crate::store::Store,
     ids: Vec<String>,
 ) -> std::collections::HashMap<String, Option<bool>> {
-    let mut used = std::collections::HashMap::with_capacity(ids.len());
-    for id in ids {
-        let u = store.client_used(&id).await.ok();
-        used.insert(id, u);
-    }
-    used
+    let used: Option<std::collections::HashSet<String>> = match store.used_clients_among(&ids).await
+    {
+        Ok(used) => Some(used.into_iter().collect()),
+        Err(error) => {
+            tracing::error!(%error, "cannot look up which registered clients were used");
+            None
+        }
+    };
+    ids.into_iter()
+        .map(|id| {
+            let u = used.as_ref().map(|set| set.contains(&id));
+            (id, u)
+        })
+        .collect()
 }
 
 /// Rule 3: the keys of a `private_key_jwt` client, `jwks` (as JSON text) xor `jwks_uri`;

@@ -277,6 +277,9 @@ pub trait Store: Send + Sync + 'static {
     async fn mark_client_used(&self, client_id: &str, now: u64) -> Result<(), StoreError>;
     /// Whether a registered client completed an authorization.
     async fn client_used(&self, client_id: &str) -> Result<bool, StoreError>;
+    /// Those of `ids` that are registered clients which completed an authorization (one
+    /// query per few hundred ids, for the registration quota's bookkeeping).
+    async fn used_clients_among(&self, ids: &[String]) -> Result<Vec<String>, StoreError>;
     /// How many registered clients have not completed an authorization.
     async fn unused_clients(&self) -> Result<u64, StoreError>;
     /// Deletes a registered client if it never completed an authorization; returns whether

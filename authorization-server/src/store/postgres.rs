@@ -363,6 +363,24 @@ impl Store for PgStore {
         Ok(row.is_some())
     }
 
+    async fn used_clients_among(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut used = Vec::new();
+        for chunk in ids.chunks(500) {
+            let chunk = chunk.to_vec();
+            let rows = self
+                .query(
+                    "SELECT client_id FROM clients
+                     WHERE last_used IS NOT NULL AND client_id = ANY($1)",
+                    &[&chunk],
+                )
+                .await?;
+            for row in rows {
+                used.push(row.try_get(0)?);
+            }
+        }
+        Ok(used)
+    }
+
     async fn unused_clients(&self) -> Result<u64, StoreError> {
         let row = self
             .query_opt("SELECT COUNT(*) FROM clients WHERE last_used IS NULL", &[])

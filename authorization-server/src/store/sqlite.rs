@@ -396,6 +396,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn used_clients_among(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let ids = ids.to_vec();
+        self.run(move |conn| {
+            let mut used = Vec::new();
+            for chunk in ids.chunks(500) {
+                let marks = vec!["?"; chunk.len()].join(", ");
+                let mut stmt = conn.prepare(&format!(
+                    "SELECT client_id FROM clients
+                     WHERE last_used IS NOT NULL AND client_id IN ({marks})"
+                ))?;
+                let rows = stmt
+                    .query_map(rusqlite::params_from_iter(chunk), |row| row.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?;
+                used.extend(rows);
+            }
+            Ok(used)
+        })
+        .await
+    }
+
     async fn unused_clients(&self) -> Result<u64, StoreError> {
         self.run(|conn| {
             let n: i64 = conn.query_row(
@@ -1080,6 +1100,37 @@ CREATE TABLE IF NOT EXISTS signing_keys (
         // Opening again applies nothing twice.
         let again = SqliteStore::open(dir.path()).unwrap();
         assert!(again.client("bmm_unused").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn used_clients_among_answers_for_many_ids_at_once() {
+        let store = SqliteStore::in_memory().unwrap();
+        let mut ids = Vec::new();
+        for i in 0..1200 {
+            let client = Client {
+                client_id: format!("bmm_{i}"),
+                secret_sha256: None,
+                redirect_uris: Vec::new(),
+                client_name: None,
+                token_endpoint_auth_method: "none".to_owned(),
+                created_at: 1,
+                grant_types: Vec::new(),
+                jwks: None,
+                jwks_uri: None,
+                scope: None,
+            };
+            store.put_client(&client).await.unwrap();
+            if i % 100 == 7 {
+                store.mark_client_used(&client.client_id, 2).await.unwrap();
+            }
+            ids.push(client.client_id);
+        }
+        ids.push("bmm_never_registered".to_owned());
+        let mut used = store.used_clients_among(&ids).await.unwrap();
+        used.sort();
+        assert_eq!(used.len(), 12);
+        assert!(used.contains(&"bmm_1107".to_owned()));
+        assert_eq!(store.unused_clients().await.unwrap(), 1188);
     }
 
     #[tokio::test]
