@@ -19,8 +19,9 @@
 //! 5. Keys come from the client's registered `jwks` or from its `jwks_uri` (never both).
 //!    A key is RSA (2048 to 8192 bits) or EC P-256; `oct` keys and other curves are
 //!    ignored; a key's `alg`, `use` and `key_ops`, when present, must allow verifying with
-//!    the header's `alg`. The header's `kid` selects the key; without a `kid` every key of
-//!    the right type is tried (at most [`MAX_KEYS`] in a set).
+//!    the header's `alg`. The header's `kid` selects the key (keys without a `kid` are
+//!    tried when none has it); without a `kid` every key of the right type is tried (at
+//!    most [`MAX_KEYS`] in a set).
 //! 6. `jwks_uri` documents are fetched through `bmm-netguard` like client metadata
 //!    documents (public addresses only; loopback only with `--allow-loopback-cimd`; no
 //!    redirect, no proxy), at most 64 KiB in 5 s, 16 fetches at a time in all. A fetched
@@ -269,12 +270,18 @@ impl KeySet {
     }
 
     fn verify(&self, assertion: &Assertion) -> Result<(), Miss> {
+        // A `kid` selects its key; a set whose keys carry no `kid` is tried whole (the
+        // header's `kid` is then only a hint it cannot match).
+        let named = assertion
+            .kid
+            .as_ref()
+            .filter(|wanted| self.keys.iter().any(|k| k.kid.as_ref() == Some(*wanted)));
         let candidates = self.keys.iter().filter(|k| {
             k.fits(assertion.alg)
-                && match (&assertion.kid, &k.kid) {
-                    (Some(wanted), Some(kid)) => wanted == kid,
-                    (Some(_), None) => false,
-                    (None, _) => true,
+                && match (named, &assertion.kid) {
+                    (Some(wanted), _) => k.kid.as_ref() == Some(wanted),
+                    (None, Some(_)) => k.kid.is_none(),
+                    (None, None) => true,
                 }
         });
         let mut found = false;
@@ -894,6 +901,20 @@ mod tests {
         // An EC key never verifies RS256, whatever the kid says.
         let wrong = r.sign(&json!({"alg": "RS256", "kid": "e"}), &claims("bmm_machine"));
         refusal(check(&c, &wrong).await);
+        // Keys without a kid are tried when the header names a kid no key has.
+        let mut bare = r.jwk("x");
+        bare.as_object_mut().unwrap().remove("kid");
+        let c = client(json!({"keys": [bare]}));
+        let named = r.sign(
+            &json!({"alg": "RS256", "kid": "any"}),
+            &claims("bmm_machine"),
+        );
+        check(&c, &named).await.unwrap();
+        let forged = other.sign(
+            &json!({"alg": "RS256", "kid": "any"}),
+            &claims("bmm_machine"),
+        );
+        assert!(refusal(check(&c, &forged).await).contains("signature"));
         // A key pinned to RS256 does not verify PS256.
         let mut pinned = r.jwk("r");
         pinned["alg"] = json!("RS256");
