@@ -36,7 +36,13 @@ impl TestPostgres {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!("bmm-pg-{}-{nanos}", std::process::id()));
+        // The postgres user must reach the directory: a root's TMPDIR may be private.
+        let base = if as_postgres_user {
+            PathBuf::from("/tmp")
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!("bmm-pg-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         // From here on, dropping `server` tears down whatever was made.
