@@ -1221,9 +1221,7 @@ mod tests {
         let rotations: Vec<_> = (0..4)
             .map(|i| {
                 let store = store.clone();
-                tokio::spawn(
-                    async move { store.rotate_in(&key(&format!("r{i}"), 200), 300).await },
-                )
+                tokio::spawn(async move { store.rotate_in(&key(&format!("r{i}"), 200), 300).await })
             })
             .collect();
         for r in rotations {
