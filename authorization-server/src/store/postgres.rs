@@ -1040,6 +1040,29 @@ mod tests {
         }
     }
 
+    /// Runs without a server too: a refused or failed connection never shows the password.
+    #[tokio::test]
+    async fn tls_urls_are_refused_and_errors_never_carry_the_password() {
+        let error = PgStore::connect("postgres://bmm:s3cret-pw@127.0.0.1:1/x?sslmode=require", 1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("TLS"), "{error}");
+        assert!(!error.contains("s3cret-pw"), "{error}");
+        // Port 1 on loopback: nothing listens, the connection is refused.
+        let error = PgStore::connect("postgres://bmm:s3cret-pw@127.0.0.1:1/x", 1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("postgres"), "{error}");
+        assert!(!error.contains("s3cret-pw"), "{error}");
+        let error = PgStore::connect("postgres://bmm:s3cret-pw@127.0.0.1:1/x?bogus=1", 1)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("s3cret-pw"), "{error}");
+    }
+
     #[tokio::test]
     async fn instances_starting_together_migrate_once_and_a_newer_schema_is_refused() {
         let Some((store, url)) = fresh().await else {
