@@ -417,3 +417,76 @@ pub trait Store: Send + Sync + 'static {
         batch: u32,
     ) -> Result<Purged, StoreError>;
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::io::Write;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::{Args, Settings};
+
+    #[test]
+    fn a_database_urls_password_never_reaches_a_message() {
+        let url = "postgres://bmm:s3cret@db.internal:5432/bmm";
+        assert!(is_postgres_url(url));
+        assert!(is_postgres_url("postgresql://db/bmm"));
+        assert!(!is_postgres_url("mysql://db/bmm"));
+        let shown = redacted_url(url);
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("bmm:***@db.internal"), "{shown}");
+        assert_eq!(
+            redacted_url("not a url s3cret"),
+            "<unparseable database URL>"
+        );
+
+        let error = Settings::from_args(
+            Args::try_parse_from([
+                "bmm-as",
+                "--resource",
+                "https://mcp.example",
+                "--database-url",
+                "mysql://root:s3cret@db/bmm",
+            ])
+            .unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("postgres://") && !error.contains("s3cret"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_config_file_may_name_the_database_and_the_flag_wins() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "database_url = \"postgres://file-host/bmm\"").unwrap();
+        let path = file.path().to_str().unwrap();
+        let base = [
+            "bmm-as",
+            "--resource",
+            "https://mcp.example",
+            "--config",
+            path,
+        ];
+        let from_file = Settings::from_args(Args::try_parse_from(base).unwrap()).unwrap();
+        assert_eq!(
+            from_file.database_url.as_deref(),
+            Some("postgres://file-host/bmm")
+        );
+        let mut argv = base.to_vec();
+        argv.extend(["--database-url", "postgresql://flag-host/bmm"]);
+        let from_flag = Settings::from_args(Args::try_parse_from(argv).unwrap()).unwrap();
+        assert_eq!(
+            from_flag.database_url.as_deref(),
+            Some("postgresql://flag-host/bmm")
+        );
+        assert_eq!(from_flag.database_pool_size, 8);
+        assert_eq!(from_flag.refresh_grace_secs, 5);
+        assert_eq!(from_flag.audit_retention_days, 90);
+    }
+}
