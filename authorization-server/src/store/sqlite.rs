@@ -352,9 +352,10 @@ impl Store for SqliteStore {
                      ORDER BY created_at DESC, client_id LIMIT ?1 OFFSET ?2",
                 )?;
                 let rows = stmt
-                    .query_map(params![i64::from(limit), i64::from(offset)], |row| {
-                        Ok((row.get(0)?, row.get(1)?))
-                    })?
+                    .query_map(
+                        params![i64::from(limit.min(1000)), i64::from(offset)],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )?
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(rows)
             })
