@@ -11,11 +11,16 @@ async fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("hash-password") {
         return hash_password();
     }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "bmm_authorization_server=info".into());
+    // tokio-postgres logs every statement's parameters at debug level: signing keys and
+    // pending sign-in documents (CSRF tokens). Never below info, whatever RUST_LOG says.
+    let filter = match "tokio_postgres=info".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "bmm_authorization_server=info".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let mut args = Args::parse();
