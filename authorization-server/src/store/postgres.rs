@@ -193,6 +193,10 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("bmm-as");
         }
+        if config.get_options().is_none() {
+            // The migrations' `IF NOT EXISTS` notices would be logged at every start.
+            config.options("-c client_min_messages=warning");
+        }
         let pool_size = pool_size.max(1);
         let manager = Manager::from_config(
             config,
