@@ -407,7 +407,9 @@ impl Store for PgStore {
 
     async fn prune_unused_clients(&self, cutoff: u64) -> Result<u64, StoreError> {
         self.execute(
-            "DELETE FROM clients WHERE last_used IS NULL AND created_at < $1",
+            "DELETE FROM clients WHERE client_id IN (
+                 SELECT client_id FROM clients WHERE last_used IS NULL AND created_at < $1
+                 FOR UPDATE SKIP LOCKED)",
             &[&to_db(cutoff)],
         )
         .await
@@ -914,6 +916,9 @@ impl Store for PgStore {
 
     // ---- cleanup ----
 
+    /// Each kind is one `DELETE` of a batch whose rows are locked `SKIP LOCKED`: instances
+    /// purging at the same time take different rows instead of waiting on (or deadlocking
+    /// over) each other's.
     async fn purge(
         &self,
         now: u64,
@@ -925,14 +930,16 @@ impl Store for PgStore {
         let codes = self
             .execute(
                 "DELETE FROM codes WHERE code_sha256 IN (
-                     SELECT code_sha256 FROM codes WHERE expires_at < $1 LIMIT $2)",
+                     SELECT code_sha256 FROM codes WHERE expires_at < $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)",
                 &[&to_db(now.saturating_sub(CODE_KEEP_SECS)), &batch],
             )
             .await?;
         let pending = self
             .execute(
                 "DELETE FROM pending_signins WHERE seq IN (
-                     SELECT seq FROM pending_signins WHERE expires_at <= $1 LIMIT $2)",
+                     SELECT seq FROM pending_signins WHERE expires_at <= $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)",
                 &[&to_db(now), &batch],
             )
             .await?;
@@ -940,28 +947,32 @@ impl Store for PgStore {
             .execute(
                 "DELETE FROM refresh_tokens WHERE token_sha256 IN (
                      SELECT token_sha256 FROM refresh_tokens
-                     WHERE expires_at < $1 OR revoked_at < $1 LIMIT $2)",
+                     WHERE expires_at < $1 OR revoked_at < $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)",
                 &[&to_db(now.saturating_sub(REFRESH_KEEP_SECS)), &batch],
             )
             .await?;
         let assertions = self
             .execute(
                 "DELETE FROM assertion_jtis WHERE (client_id, jti) IN (
-                     SELECT client_id, jti FROM assertion_jtis WHERE expires_at <= $1 LIMIT $2)",
+                     SELECT client_id, jti FROM assertion_jtis WHERE expires_at <= $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)",
                 &[&to_db(now), &batch],
             )
             .await?;
         let cimd_documents = self
             .execute(
                 "DELETE FROM cimd_documents WHERE url IN (
-                     SELECT url FROM cimd_documents WHERE fetched_at < $1 LIMIT $2)",
+                     SELECT url FROM cimd_documents WHERE fetched_at < $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)",
                 &[&to_db(cimd_cutoff), &batch],
             )
             .await?;
         let audit_events = self
             .execute(
                 "DELETE FROM audit_events WHERE id IN (
-                     SELECT id FROM audit_events WHERE at < $1 ORDER BY id LIMIT $2)",
+                     SELECT id FROM audit_events WHERE at < $1
+                     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
                 &[&to_db(audit_cutoff), &batch],
             )
             .await?;
@@ -1347,6 +1358,14 @@ mod tests {
         assert!(store.client_used("c1").await.unwrap());
         assert!(!store.delete_unused_client("c1").await.unwrap());
         assert_eq!(store.prune_unused_clients(now).await.unwrap(), 0);
+        let unused = Client {
+            client_id: "c2".to_owned(),
+            ..client.clone()
+        };
+        store.put_client(&unused).await.unwrap();
+        assert_eq!(store.prune_unused_clients(now - 100).await.unwrap(), 0);
+        assert_eq!(store.prune_unused_clients(now - 99).await.unwrap(), 1);
+        assert_eq!(store.client("c2").await.unwrap(), None);
         let listed = store.clients(10, 0).await.unwrap();
         assert_eq!(listed[0].last_used, Some(now));
 
