@@ -453,14 +453,8 @@ pub(crate) async fn authorize_get(
         csrf: csrf.clone(),
         expires_at,
     };
-    if let Err(error) = Pending::insert(
-        state.store(),
-        &request_id,
-        peer.ip(),
-        &pending,
-        expires_at,
-    )
-    .await
+    if let Err(error) =
+        Pending::insert(state.store(), &request_id, peer.ip(), &pending, expires_at).await
     {
         return error_page(&OAuthError::from(error));
     }

@@ -455,8 +455,7 @@ impl Settings {
             })
             .collect::<Result<Vec<_>, _>>()?;
         // Only from the environment: a flag would show in the process list.
-        let key_encryption_key =
-            crate::keys::KeyEncryptionKey::from_env().map_err(ConfigError)?;
+        let key_encryption_key = crate::keys::KeyEncryptionKey::from_env().map_err(ConfigError)?;
         let database_url = args
             .database_url
             .clone()

@@ -152,11 +152,7 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, error::St
             store::connect_postgres(url, settings.database_pool_size)
                 .await
                 .map_err(|e| {
-                    error::StoreError(format!(
-                        "database {}: {}",
-                        store::redacted_url(url),
-                        e.0
-                    ))
+                    error::StoreError(format!("database {}: {}", store::redacted_url(url), e.0))
                 })
         }
         Some(url) => Err(error::StoreError(format!(

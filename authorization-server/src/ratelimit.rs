@@ -75,7 +75,10 @@ impl RateLimiter {
                 .collect::<Vec<_>>()
         };
         match ip {
-            Some(ip) => registered.get(&caller_key(ip)).map(fresh).unwrap_or_default(),
+            Some(ip) => registered
+                .get(&caller_key(ip))
+                .map(fresh)
+                .unwrap_or_default(),
             None => registered.values().flat_map(fresh).collect(),
         }
     }

@@ -45,8 +45,8 @@ use tokio::sync::Semaphore;
 
 use crate::config::UserConfig;
 use crate::error::StoreError;
-use crate::store::Store;
 use crate::ratelimit::caller_key;
+use crate::store::Store;
 use crate::{now, sha256_hex};
 
 /// Pending sign-ins per caller address (rule 1).
@@ -396,10 +396,16 @@ mod tests {
         let user: IpAddr = "192.0.2.2".parse().unwrap();
         pending.insert("user", user, 0, now() + 600).await;
         for i in 0..200u32 {
-            pending.insert(&format!("f{i}"), flooder, i, now() + 600).await;
+            pending
+                .insert(&format!("f{i}"), flooder, i, now() + 600)
+                .await;
         }
         assert_eq!(pending.len().await, PENDING_PER_CALLER as usize + 1);
-        assert_eq!(pending.take("f0").await, None, "the flooder's oldest went first");
+        assert_eq!(
+            pending.take("f0").await,
+            None,
+            "the flooder's oldest went first"
+        );
         assert_eq!(pending.take("f199").await, Some(199));
         assert_eq!(
             pending.take("user").await,
@@ -445,7 +451,11 @@ mod tests {
             }
         }
         assert_eq!(pending.len().await, PENDING_GLOBAL as usize);
-        assert_eq!(pending.take("f0").await, None, "the largest holder lost its oldest");
+        assert_eq!(
+            pending.take("f0").await,
+            None,
+            "the largest holder lost its oldest"
+        );
         assert_eq!(
             pending.take("user").await,
             Some(0),
