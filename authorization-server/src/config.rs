@@ -81,8 +81,9 @@ pub struct Args {
     pub trusted_proxies: Vec<String>,
     /// The shared database: `postgres://user@host/db` (several instances may serve from
     /// it). Without it, state is one SQLite file in the data directory. Also
-    /// `database_url` in the config file.
-    #[arg(long, env = "BMM_AS_DATABASE_URL")]
+    /// `database_url` in the config file. A password in it is never printed (`--help`
+    /// hides the variable's value; logs show the URL redacted).
+    #[arg(long, env = "BMM_AS_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "BMM_AS_DATABASE_POOL_SIZE", default_value_t = 8)]
