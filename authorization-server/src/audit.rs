@@ -275,6 +275,13 @@ pub enum Format {
     Json,
 }
 
+/// The server's TOML file as `bmm-as audit` reads it: the database keys only.
+#[derive(Default, serde::Deserialize)]
+struct OnlyDatabase {
+    database_url: Option<String>,
+    database_ca_file: Option<std::path::PathBuf>,
+}
+
 /// `bmm-as audit`: lists the audit trail of the store the server uses, newest first.
 #[derive(Clone, Debug, clap::Args)]
 pub struct AuditArgs {
@@ -285,7 +292,11 @@ pub struct AuditArgs {
     /// directory.
     #[arg(long, env = "BMM_AS_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// The server's TOML file (read for its `database_url` only).
+    /// CA certificates (PEM) for the database's TLS (`sslmode=require`), as the server's
+    /// `--database-ca-file`.
+    #[arg(long, value_name = "PEM", env = "BMM_AS_DATABASE_CA_FILE")]
+    pub database_ca_file: Option<std::path::PathBuf>,
+    /// The server's TOML file (read for its `database_url` and `database_ca_file` only).
     #[arg(long, env = "BMM_AS_CONFIG")]
     pub config: Option<std::path::PathBuf>,
     /// Only events of this client id.
@@ -318,18 +329,33 @@ impl AuditArgs {
         if let Some(url) = self.database_url.as_ref().filter(|u| !u.is_empty()) {
             return Ok(Some(url.clone()));
         }
-        let Some(path) = &self.config else {
-            return Ok(None);
-        };
-        #[derive(serde::Deserialize)]
-        struct OnlyDatabase {
-            database_url: Option<String>,
+        Ok(self.file()?.database_url.filter(|u| !u.is_empty()))
+    }
+
+    /// The database CA file: the flag (or its environment variable), else the TOML
+    /// file's `database_ca_file`.
+    pub fn database_ca_file(&self) -> Result<Option<std::path::PathBuf>, String> {
+        if let Some(path) = self
+            .database_ca_file
+            .as_ref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            return Ok(Some(path.clone()));
         }
+        Ok(self
+            .file()?
+            .database_ca_file
+            .filter(|p| !p.as_os_str().is_empty()))
+    }
+
+    /// The database keys of the TOML file (none without `--config`).
+    fn file(&self) -> Result<OnlyDatabase, String> {
+        let Some(path) = &self.config else {
+            return Ok(OnlyDatabase::default());
+        };
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        toml::from_str::<OnlyDatabase>(&text)
-            .map(|c| c.database_url.filter(|u| !u.is_empty()))
-            .map_err(|e| format!("config {}: {e}", path.display()))
+        toml::from_str::<OnlyDatabase>(&text).map_err(|e| format!("config {}: {e}", path.display()))
     }
 
     /// The store filter these flags describe (the limit is applied by [`list`]).
@@ -406,13 +432,16 @@ pub async fn command(args: &AuditArgs, out: &mut dyn std::io::Write) -> Result<u
     let url = args.database_url().map_err(CommandError::Usage)?;
     let store: std::sync::Arc<dyn Store> = match url {
         Some(url) if crate::store::is_postgres_url(&url) => {
-            crate::store::connect_postgres(&url, 2).await.map_err(|e| {
-                CommandError::Store(format!(
-                    "database {}: {}",
-                    crate::store::redacted_url(&url),
-                    e.0
-                ))
-            })?
+            let ca_file = args.database_ca_file().map_err(CommandError::Usage)?;
+            crate::store::connect_postgres(&url, 2, ca_file.as_deref())
+                .await
+                .map_err(|e| {
+                    CommandError::Store(format!(
+                        "database {}: {}",
+                        crate::store::redacted_url(&url),
+                        e.0
+                    ))
+                })?
         }
         Some(url) => {
             return Err(CommandError::Usage(format!(

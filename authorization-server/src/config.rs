@@ -82,9 +82,17 @@ pub struct Args {
     /// The shared database: `postgres://user@host/db` (several instances may serve from
     /// it). Without it, state is one SQLite file in the data directory. Also
     /// `database_url` in the config file. A password in it is never printed (`--help`
-    /// hides the variable's value; logs show the URL redacted).
+    /// hides the variable's value; logs show the URL redacted). TLS: add
+    /// `?sslmode=require` (the server's certificate and host name are always verified,
+    /// stricter than libpq's `require`; `verify-full` is read the same); without it, or with
+    /// `sslmode=prefer` or `disable`, the connection is plain text.
     #[arg(long, env = "BMM_AS_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// CA certificates (PEM) the database server's certificate may chain to, besides the
+    /// system's, for `sslmode=require`; refused with any other sslmode. Also
+    /// `database_ca_file` in the config file.
+    #[arg(long, value_name = "PEM", env = "BMM_AS_DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
     /// Connections in the PostgreSQL pool.
     #[arg(long, env = "BMM_AS_DATABASE_POOL_SIZE", default_value_t = 8)]
     pub database_pool_size: usize,
@@ -104,7 +112,7 @@ pub struct Args {
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
     /// Lists the audit trail (newest first) from the store the server uses.
-    Audit(crate::audit::AuditArgs),
+    Audit(Box<crate::audit::AuditArgs>),
     /// Reads a password on stdin, prints the argon2id hash for the config file's
     /// `password_hash`.
     HashPassword,
@@ -132,6 +140,9 @@ pub struct FileConfig {
     /// The shared database (`--database-url` wins).
     #[serde(default)]
     pub database_url: Option<String>,
+    /// CA certificates (PEM) for the database's TLS (`--database-ca-file` wins).
+    #[serde(default)]
+    pub database_ca_file: Option<PathBuf>,
 }
 
 /// A user account.
@@ -302,6 +313,8 @@ pub struct Settings {
     pub database_url: Option<String>,
     /// PostgreSQL pool size (at least 1).
     pub database_pool_size: usize,
+    /// Extra CA certificates (PEM file) for the database's TLS (`sslmode=require`).
+    pub database_ca_file: Option<PathBuf>,
     /// Refresh-token grace period (s); 0 is strict rotation.
     pub refresh_grace_secs: u64,
     /// Audit retention (days, at least 1).
@@ -470,8 +483,19 @@ impl Settings {
                 crate::store::redacted_url(url)
             )));
         }
+        let database_ca_file = args
+            .database_ca_file
+            .clone()
+            .or_else(|| file.database_ca_file.clone())
+            .filter(|p| !p.as_os_str().is_empty());
+        if database_ca_file.is_some() && database_url.is_none() {
+            return Err(ConfigError(
+                "--database-ca-file is for a PostgreSQL --database-url with sslmode=require; there is none".to_owned(),
+            ));
+        }
         Ok(Self {
             database_url,
+            database_ca_file,
             database_pool_size: args.database_pool_size.clamp(1, 1024),
             refresh_grace_secs: args.refresh_grace_secs.min(300),
             audit_retention_days: args.audit_retention_days.clamp(1, 36_500),

@@ -148,13 +148,13 @@ impl AppState {
 /// the data directory.
 pub async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, error::StoreError> {
     match &settings.database_url {
-        Some(url) if store::is_postgres_url(url) => {
-            store::connect_postgres(url, settings.database_pool_size)
-                .await
-                .map_err(|e| {
-                    error::StoreError(format!("database {}: {}", store::redacted_url(url), e.0))
-                })
-        }
+        Some(url) if store::is_postgres_url(url) => store::connect_postgres(
+            url,
+            settings.database_pool_size,
+            settings.database_ca_file.as_deref(),
+        )
+        .await
+        .map_err(|e| error::StoreError(format!("database {}: {}", store::redacted_url(url), e.0))),
         Some(url) => Err(error::StoreError(format!(
             "--database-url {} is not a postgres:// URL",
             store::redacted_url(url)

@@ -40,9 +40,14 @@ pub fn is_postgres_url(url: &str) -> bool {
 }
 
 /// Connects to the PostgreSQL database at `url` with a pool of `pool_size` connections
-/// and brings its schema up to date ([`PgStore::connect`]).
-pub async fn connect_postgres(url: &str, pool_size: usize) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(PgStore::connect(url, pool_size).await?))
+/// and brings its schema up to date ([`PgStore::connect`]; with `sslmode=require`, the
+/// server's certificate is verified against the system's roots plus `ca_file`).
+pub async fn connect_postgres(
+    url: &str,
+    pool_size: usize,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(PgStore::connect(url, pool_size, ca_file).await?))
 }
 
 /// `url` with its password (if any) replaced by `***`, for logs and errors.

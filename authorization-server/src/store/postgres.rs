@@ -17,24 +17,42 @@
 //! 3. Connections come from a pool (`deadpool-postgres`) of `--database-pool-size`
 //!    connections; waiting for one, or opening one, gives up after 10 s with an error (the
 //!    request answers 500) rather than hanging.
-//! 4. No TLS yet (`NoTls`): reach the database over a Unix socket or a private network
-//!    (the connection carries token hashes and the signing keys, encrypted only with a
-//!    key-encryption key). `sslmode=require` in the URL is refused rather than silently
-//!    ignored.
+//! 4. TLS follows the URL's `sslmode` ([`PgStore::connect`]), failing closed:
+//!    - `sslmode=require` (`verify-full` and `verify-ca` are read as `require`): TLS 1.2+
+//!      (rustls, aws-lc-rs) and bmm-as ALWAYS verifies the server's certificate chain and
+//!      its host name (the URL's `host`, an IP address or a DNS name), against the system's
+//!      CA certificates plus `--database-ca-file`. This is stricter than libpq's `require`,
+//!      which encrypts without verifying: it is libpq's `verify-full`. A server without TLS,
+//!      an unknown issuer or a certificate for another name is a start-up error naming the
+//!      cause. Channel binding (`channel_binding=require`, SCRAM `tls-server-end-point`) works
+//!      over it.
+//!    - `sslmode=disable`, and `prefer` (the default when the URL says nothing): plain TCP,
+//!      as before TLS support. `prefer` is not "TLS when the server offers it": verifying
+//!      would break servers that work today with a self-signed certificate (Debian's default
+//!      `ssl=on` with the snakeoil certificate), and not verifying protects from no active
+//!      attacker while looking safe. Reach such a database over a Unix socket or a private
+//!      network (the connection carries token hashes and the signing keys, encrypted only
+//!      with a key-encryption key), or say `sslmode=require`.
+//!    - `--database-ca-file` with any mode but `require` is refused: it says TLS was meant.
 //! 5. The database URL is never logged: it may carry a password. Errors name the failure,
 //!    never the URL.
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::migrate;
 use super::{
@@ -174,19 +192,37 @@ impl PgStore {
     /// or the key=value form) with a pool of at most `pool_size` connections, and brings
     /// its schema up to date (migration rules).
     ///
-    /// TLS is not supported yet: a URL asking for it (`sslmode=require`) is refused.
-    pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+    /// TLS follows the URL's `sslmode` (rule 4): `require` (or `verify-full`, `verify-ca`)
+    /// verifies the server's certificate and host name against the system's CA
+    /// certificates plus the PEM certificates in `ca_file`; `disable` and `prefer` (the
+    /// default) connect in plain text, and refuse a `ca_file`.
+    pub async fn connect(
+        url: &str,
+        pool_size: usize,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, StoreError> {
+        let url = verify_modes_as_require(url);
+        let mut config = tokio_postgres::Config::from_str(&url).map_err(|e| {
             StoreError(format!(
                 "the database URL is not a valid PostgreSQL connection string ({})",
                 describe(&e)
             ))
         })?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(StoreError(
-                "the database URL asks for TLS (sslmode=require), which bmm-as does not support yet; connect over a Unix socket or a private network".to_owned(),
-            ));
-        }
+        let tls = match config.get_ssl_mode() {
+            SslMode::Require => Some(tls_connector(ca_file)?),
+            SslMode::Disable | SslMode::Prefer if ca_file.is_none() => None,
+            SslMode::Disable | SslMode::Prefer => {
+                return Err(StoreError(
+                    "a database CA file is given but the database URL does not ask for TLS: add `sslmode=require` to it (or leave the CA file out)".to_owned(),
+                ));
+            }
+            _ => {
+                return Err(StoreError(
+                    "the database URL's sslmode is not one bmm-as knows (use require or disable)"
+                        .to_owned(),
+                ));
+            }
+        };
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(POOL_TIMEOUT);
         }
@@ -198,13 +234,14 @@ impl PgStore {
             config.options("-c client_min_messages=warning");
         }
         let pool_size = pool_size.max(1);
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let verified = tls.is_some();
+        let manager = match tls {
+            Some(tls) => Manager::from_config(config, tls, manager_config),
+            None => Manager::from_config(config, NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(pool_size)
             .runtime(Runtime::Tokio1)
@@ -213,7 +250,17 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError(format!("postgres pool: {e}")))?;
         let store = Self { pool, pool_size };
-        let mut client = store.pool.get().await?;
+        let mut client = store.pool.get().await.map_err(|e| {
+            let error = StoreError::from(e);
+            if verified && tls_failure(&error) {
+                StoreError(format!(
+                    "{}; bmm-as verifies the database server's certificate and host name (sslmode=require) against the system's CA certificates and --database-ca-file (BMM_AS_DATABASE_CA_FILE)",
+                    error.0
+                ))
+            } else {
+                error
+            }
+        })?;
         migrate_schema(&mut client).await?;
         Ok(store)
     }
@@ -254,6 +301,89 @@ impl PgStore {
         let statement = conn.prepare_cached(sql).await?;
         Ok(conn.query(&statement, params).await?)
     }
+}
+
+/// `url` with libpq's `sslmode=verify-full` or `verify-ca` (which tokio-postgres does not
+/// parse) read as `require`, which verifies at least as much (rule 4). Only whole
+/// `sslmode=...` parameters change: the URL's query, or key=value words.
+fn verify_modes_as_require(url: &str) -> std::borrow::Cow<'_, str> {
+    let is_verify = |p: &str| p == "sslmode=verify-full" || p == "sslmode=verify-ca";
+    if let Some((base, query)) = url.split_once('?')
+        && (url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        if !query.split('&').any(is_verify) {
+            return url.into();
+        }
+        let query: Vec<&str> = query
+            .split('&')
+            .map(|p| if is_verify(p) { "sslmode=require" } else { p })
+            .collect();
+        return format!("{base}?{}", query.join("&")).into();
+    }
+    if !url.contains("://") && url.split(' ').any(is_verify) {
+        let words: Vec<&str> = url
+            .split(' ')
+            .map(|p| if is_verify(p) { "sslmode=require" } else { p })
+            .collect();
+        return words.join(" ").into();
+    }
+    url.into()
+}
+
+/// The TLS connector for `sslmode=require`: TLS 1.2 or 1.3 with the aws-lc-rs provider,
+/// the server's certificate and host name verified against the system's CA certificates
+/// and those in `ca_file` (PEM). A CA file that cannot be read or holds no certificate is
+/// an error; so is a system without CA certificates when no CA file is given.
+fn tls_connector(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, StoreError> {
+    let mut roots = rustls::RootCertStore::empty();
+    // Unreadable system files are skipped: the CA file may be all that is needed.
+    let system = rustls_native_certs::load_native_certs();
+    let (_added, _ignored) = roots.add_parsable_certificates(system.certs);
+    if let Some(path) = ca_file {
+        let shown = path.display();
+        let pem = std::fs::read(path)
+            .map_err(|e| StoreError(format!("cannot read the database CA file {shown}: {e}")))?;
+        let mut found = 0usize;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert
+                .map_err(|e| StoreError(format!("the database CA file {shown} is not PEM: {e}")))?;
+            roots.add(cert).map_err(|e| {
+                StoreError(format!(
+                    "the database CA file {shown} holds a certificate that cannot be a trust anchor: {e}"
+                ))
+            })?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(StoreError(format!(
+                "the database CA file {shown} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+            )));
+        }
+    }
+    if roots.is_empty() {
+        return Err(StoreError(
+            "sslmode=require but this system has no CA certificates to verify the database server with: pass --database-ca-file (BMM_AS_DATABASE_CA_FILE)".to_owned(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError(format!("TLS for the database: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // What libpq 17 sends; required by servers for `sslnegotiation=direct`.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// Whether a connection error comes from TLS (a rustls error somewhere in its causes, or
+/// tokio-postgres's own TLS refusals), to add what bmm-as checks to the message.
+fn tls_failure(error: &StoreError) -> bool {
+    let text = &error.0;
+    text.contains("invalid peer certificate")
+        || text.contains("server does not support TLS")
+        || text.contains("error performing TLS handshake")
+        || text.contains("received fatal alert")
 }
 
 /// Applies the pending migrations in one transaction under the migration lock (rule 2).
@@ -1015,7 +1145,7 @@ mod tests {
         let _ = task.await;
         let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
         let url = format!("{base}/{name}");
-        Some((PgStore::connect(&url, 8).await.unwrap(), url))
+        Some((PgStore::connect(&url, 8, None).await.unwrap(), url))
     }
 
     fn code(hash: &str, expires_at: u64) -> StoredCode {
@@ -1057,25 +1187,94 @@ mod tests {
 
     /// Runs without a server too: a refused or failed connection never shows the password.
     #[tokio::test]
-    async fn tls_urls_are_refused_and_errors_never_carry_the_password() {
-        let error = PgStore::connect("postgres://bmm:s3cret-pw@127.0.0.1:1/x?sslmode=require", 1)
+    async fn failed_connections_never_carry_the_password() {
+        // Port 1 on loopback: nothing listens, the connection is refused (with and without
+        // TLS: the TCP connection fails before any handshake).
+        for url in [
+            "postgres://bmm:s3cret-pw@127.0.0.1:1/x?sslmode=require",
+            "postgres://bmm:s3cret-pw@127.0.0.1:1/x",
+        ] {
+            let error = PgStore::connect(url, 1, None)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("postgres"), "{error}");
+            assert!(!error.contains("s3cret-pw"), "{error}");
+        }
+        let error = PgStore::connect("postgres://bmm:s3cret-pw@127.0.0.1:1/x?bogus=1", 1, None)
             .await
             .unwrap_err()
             .to_string();
-        assert!(error.contains("TLS"), "{error}");
         assert!(!error.contains("s3cret-pw"), "{error}");
-        // Port 1 on loopback: nothing listens, the connection is refused.
-        let error = PgStore::connect("postgres://bmm:s3cret-pw@127.0.0.1:1/x", 1)
+    }
+
+    /// A CA file says TLS was meant: without `sslmode=require` it is refused, as is a CA
+    /// file that cannot be read or holds no certificate (before anything is connected).
+    #[tokio::test]
+    async fn a_ca_file_without_require_or_without_certificates_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "no certificate here\n").unwrap();
+        for url in [
+            "postgres://bmm@127.0.0.1:1/x",
+            "postgres://bmm@127.0.0.1:1/x?sslmode=prefer",
+            "postgres://bmm@127.0.0.1:1/x?sslmode=disable",
+        ] {
+            let error = PgStore::connect(url, 1, Some(&empty))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("sslmode=require"), "{url}: {error}");
+        }
+        let url = "postgres://bmm@127.0.0.1:1/x?sslmode=require";
+        let error = PgStore::connect(url, 1, Some(&empty))
             .await
             .unwrap_err()
             .to_string();
-        assert!(error.contains("postgres"), "{error}");
-        assert!(!error.contains("s3cret-pw"), "{error}");
-        let error = PgStore::connect("postgres://bmm:s3cret-pw@127.0.0.1:1/x?bogus=1", 1)
+        assert!(error.contains("holds no PEM certificate"), "{error}");
+        let missing = dir.path().join("missing.pem");
+        let error = PgStore::connect(url, 1, Some(&missing))
             .await
             .unwrap_err()
             .to_string();
-        assert!(!error.contains("s3cret-pw"), "{error}");
+        assert!(
+            error.contains("cannot read the database CA file"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn libpq_verify_modes_are_read_as_require() {
+        assert_eq!(
+            verify_modes_as_require("postgres://h/db?sslmode=verify-full&application_name=a"),
+            "postgres://h/db?sslmode=require&application_name=a"
+        );
+        assert_eq!(
+            verify_modes_as_require("postgresql://h/db?x=1&sslmode=verify-ca"),
+            "postgresql://h/db?x=1&sslmode=require"
+        );
+        assert_eq!(
+            verify_modes_as_require("host=h sslmode=verify-full dbname=d"),
+            "host=h sslmode=require dbname=d"
+        );
+        // Only a whole parameter: a password or another value is left alone.
+        for url in [
+            "postgres://u:sslmode=verify-full@h/db",
+            "postgres://h/db?sslmode=verify-fullx",
+            "postgres://h/db?sslmode=disable",
+        ] {
+            assert_eq!(verify_modes_as_require(url), url);
+        }
+        let mode = |url: &str| {
+            tokio_postgres::Config::from_str(&verify_modes_as_require(url))
+                .unwrap()
+                .get_ssl_mode()
+        };
+        assert_eq!(
+            mode("postgres://h/db?sslmode=verify-full"),
+            SslMode::Require
+        );
+        assert_eq!(mode("postgres://h/db"), SslMode::Prefer);
     }
 
     #[tokio::test]
@@ -1086,7 +1285,7 @@ mod tests {
         let starts: Vec<_> = (0..4)
             .map(|_| {
                 let url = url.clone();
-                tokio::spawn(async move { PgStore::connect(&url, 2).await.map(|_| ()) })
+                tokio::spawn(async move { PgStore::connect(&url, 2, None).await.map(|_| ()) })
             })
             .collect();
         for start in starts {
@@ -1110,7 +1309,10 @@ mod tests {
         )
         .await
         .unwrap();
-        let error = PgStore::connect(&url, 1).await.unwrap_err().to_string();
+        let error = PgStore::connect(&url, 1, None)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("upgrade bmm-as"), "{error}");
         assert!(
             !error.contains(&url),
