@@ -32,7 +32,8 @@
 //!      `ssl=on` with the snakeoil certificate), and not verifying protects from no active
 //!      attacker while looking safe. Reach such a database over a Unix socket or a private
 //!      network (the connection carries token hashes and the signing keys, encrypted only
-//!      with a key-encryption key), or say `sslmode=require`.
+//!      with a key-encryption key), or say `sslmode=require`. A plain connection to a host
+//!      that is not loopback or a Unix socket logs a warning at start.
 //!    - `--database-ca-file` with any mode but `require` is refused: it says TLS was meant.
 //! 5. The database URL is never logged: it may carry a password. Errors name the failure,
 //!    never the URL.
@@ -238,6 +239,11 @@ impl PgStore {
             recycling_method: RecyclingMethod::Fast,
         };
         let verified = tls.is_some();
+        if !verified && config.get_hosts().iter().any(is_remote) {
+            tracing::warn!(
+                "the database connection is plain text (no sslmode=require) to a host that is not this machine: token hashes and encrypted signing keys cross the network readable"
+            );
+        }
         let manager = match tls {
             Some(tls) => Manager::from_config(config, tls, manager_config),
             None => Manager::from_config(config, NoTls, manager_config),
@@ -300,6 +306,21 @@ impl PgStore {
         let conn = self.conn().await?;
         let statement = conn.prepare_cached(sql).await?;
         Ok(conn.query(&statement, params).await?)
+    }
+}
+
+/// Whether a database host is reached over the network: TCP to anything but a loopback
+/// address or `localhost`.
+fn is_remote(host: &tokio_postgres::config::Host) -> bool {
+    match host {
+        tokio_postgres::config::Host::Tcp(name) => {
+            !(name.eq_ignore_ascii_case("localhost")
+                || name
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback()))
+        }
+        #[cfg(unix)]
+        tokio_postgres::config::Host::Unix(_) => false,
     }
 }
 
@@ -1241,6 +1262,23 @@ mod tests {
             error.contains("cannot read the database CA file"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn only_hosts_off_this_machine_are_remote() {
+        let remote = |url: &str| {
+            tokio_postgres::Config::from_str(url)
+                .unwrap()
+                .get_hosts()
+                .iter()
+                .any(is_remote)
+        };
+        assert!(remote("postgres://db.internal/bmm"));
+        assert!(remote("postgres://127.0.0.1,10.0.0.5/bmm"));
+        assert!(!remote("postgres://127.0.0.1/bmm"));
+        assert!(!remote("postgres://[::1]/bmm"));
+        assert!(!remote("postgres://LocalHost/bmm"));
+        assert!(!remote("host=/run/postgresql dbname=bmm"));
     }
 
     #[test]
