@@ -219,9 +219,11 @@ fn ci() -> Result<(), String> {
     postgres::as_suite(&root(), true)?;
     // Each criterion bench once, unmeasured: a bench that no longer builds or whose
     // assertions fail is caught here, not on the day someone measures.
+    // `--bench '*'`, not `--benches`: the latter also runs every library's unit tests a
+    // second time (libraries are bench targets by default).
     run(
         "benches (test mode)",
-        cargo().args(["test", "--workspace", "--benches"]),
+        cargo().args(["test", "--workspace", "--bench", "*"]),
     )?;
     generate_with(true, Some(&root().join("target/debug/bmm")))?;
     conformance::server(&root())?;
