@@ -233,6 +233,9 @@ impl Filters {
     fn parse(query: &str) -> Result<Self, String> {
         let mut f = Self::default();
         for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            if v.contains('\0') {
+                return Err(format!("the `{k}` filter contains a NUL byte"));
+            }
             if v.len() > MAX_FILTER {
                 return Err(format!(
                     "the `{k}` filter is longer than {MAX_FILTER} bytes"
@@ -539,6 +542,19 @@ pub(crate) async fn action(
     headers: HeaderMap,
     Form(form): Form<AdminForm>,
 ) -> Response {
+    // No legitimate field holds NUL, and PostgreSQL text cannot store it.
+    let optional = [&form.username, &form.password, &form.family, &form.back];
+    if form.action.contains('\0')
+        || form.csrf.contains('\0')
+        || optional
+            .iter()
+            .any(|f| f.as_deref().is_some_and(|v| v.contains('\0')))
+    {
+        return render(
+            StatusCode::BAD_REQUEST,
+            Ok("a form field contains a NUL byte".to_owned()),
+        );
+    }
     match form.action.as_str() {
         "login" => login(&state, peer, &headers, form).await,
         "logout" | "revoke" => {
@@ -581,6 +597,17 @@ async fn login(
     headers: &HeaderMap,
     form: AdminForm,
 ) -> Response {
+    if !state
+        .inner
+        .limiter
+        .allow(peer.ip(), crate::ratelimit::Bucket::SignIn)
+    {
+        return login_page(
+            state,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("Too many sign-in requests from this address. Wait a minute, then try again."),
+        );
+    }
     let cookie_ok = cookie_value(headers, LOGIN_COOKIE).is_some_and(|c| secure_eq(c, &form.csrf));
     if !cookie_ok {
         return login_page(
@@ -639,7 +666,9 @@ async fn login(
             (StatusCode::OK, "Wrong user name or password.".to_owned())
         }
         Verdict::Wait(wait) => {
-            audit::record(state, ev.outcome("throttled")).await;
+            if state.inner.throttle.audit_refusal(peer.ip(), wait) {
+                audit::record(state, ev.outcome("throttled")).await;
+            }
             (
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(

@@ -39,6 +39,10 @@ pub const MAX_VALUE: usize = 512;
 
 /// `text` cut to at most `max` bytes on a character boundary.
 fn cap(text: &str, max: usize) -> String {
+    // PostgreSQL text cannot hold NUL: an event carrying one would fail to be written.
+    if text.contains('\0') {
+        return cap(&text.replace('\0', ""), max);
+    }
     if text.len() <= max {
         return text.to_owned();
     }
@@ -151,7 +155,9 @@ pub fn parse_time(text: &str, now: u64) -> Result<u64, String> {
     if text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse().map_err(|_| format!("{text:?} is too large"));
     }
-    let (number, unit) = text.split_at(text.len() - 1);
+    // The unit is the last character, which may be more than one byte (outside input).
+    let last = text.char_indices().next_back().map_or(0, |(at, _)| at);
+    let (number, unit) = text.split_at(last);
     let unit = match unit {
         "s" => 1,
         "m" => 60,
@@ -547,6 +553,12 @@ mod tests {
     }
 
     #[test]
+    fn nul_bytes_are_stripped_because_postgresql_text_cannot_hold_them() {
+        let ev = event("token").client("a\0b");
+        assert_eq!(ev.client_id.as_deref(), Some("ab"));
+    }
+
+    #[test]
     fn times_parse_as_rfc3339_epoch_or_age() {
         let now = 1_800_000_000;
         assert_eq!(parse_time("1h", now), Ok(now - 3600));
@@ -555,6 +567,9 @@ mod tests {
         assert_eq!(parse_time("1970-01-01T00:01:00Z", now), Ok(60));
         assert!(parse_time("yesterday", now).is_err());
         assert!(parse_time("h", now).is_err());
+        // A multi-byte last character is an unknown unit, not a panic.
+        assert!(parse_time("é", now).is_err());
+        assert!(parse_time("1é", now).is_err());
         assert!(parse_time("", now).is_err());
         assert_eq!(format_time(60), "1970-01-01T00:01:00Z");
         assert_eq!(

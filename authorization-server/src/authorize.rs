@@ -157,10 +157,21 @@ fn redirect_error(state: &AppState, v: &Validated, error: &OAuthError) -> Respon
     )
 }
 
+/// The answer to an address over its rate limit (sign-in rule 5).
+fn too_many_requests() -> Response {
+    error_page(&OAuthError::rate_limited())
+}
+
 /// Parses the query, refusing repeated parameters.
 fn single_params(query: Option<&str>) -> Result<HashMap<String, String>, OAuthError> {
     let mut map = HashMap::new();
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        // No legitimate value holds NUL, and PostgreSQL text cannot store it.
+        if k.contains('\0') || v.contains('\0') {
+            return Err(OAuthError::invalid_request(
+                "a parameter contains a NUL byte",
+            ));
+        }
         if map.insert(k.to_string(), v.to_string()).is_some() {
             return Err(OAuthError::invalid_request(format!(
                 "the `{k}` parameter is given more than once"
@@ -426,6 +437,13 @@ pub(crate) async fn authorize_get(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
 ) -> Response {
+    if !state
+        .inner
+        .limiter
+        .allow(peer.ip(), crate::ratelimit::Bucket::Authorize)
+    {
+        return too_many_requests();
+    }
     let params = match single_params(query.as_deref()) {
         Ok(p) => p,
         Err(e) => return error_page(&e),
@@ -487,6 +505,24 @@ pub(crate) async fn authorize_post(
     headers: HeaderMap,
     Form(form): Form<ConsentForm>,
 ) -> Response {
+    if !state
+        .inner
+        .limiter
+        .allow(peer.ip(), crate::ratelimit::Bucket::SignIn)
+    {
+        return too_many_requests();
+    }
+    let fields = [&form.username, &form.password, &form.decision];
+    if form.request_id.contains('\0')
+        || form.csrf.contains('\0')
+        || fields
+            .iter()
+            .any(|f| f.as_deref().is_some_and(|v| v.contains('\0')))
+    {
+        return error_page(&OAuthError::invalid_request(
+            "a form field contains a NUL byte",
+        ));
+    }
     let pending = match Pending::take::<PendingRequest>(state.store(), &form.request_id).await {
         Ok(p) => p.filter(|p| p.expires_at > now()),
         Err(error) => return error_page(&OAuthError::from(error)),
@@ -542,7 +578,14 @@ pub(crate) async fn authorize_post(
         Verdict::Wait(_) => "throttled",
         Verdict::Busy => "busy",
     };
-    audit::record(&state, signed_in.outcome(outcome)).await;
+    // A refused attempt is audited once per back-off period (sign-in rule 5).
+    let audited = match verdict {
+        Verdict::Wait(wait) => state.inner.throttle.audit_refusal(peer.ip(), wait),
+        _ => true,
+    };
+    if audited {
+        audit::record(&state, signed_in.outcome(outcome)).await;
+    }
     let message = match verdict {
         Verdict::Valid => {
             let consent = audit::event("consent")

@@ -1,4 +1,5 @@
-//! Fixed-window rate limits per client address for registration and token requests.
+//! Fixed-window rate limits per client address for registration, token, sign-in and
+//! consent-page requests.
 //! IPv6 callers are counted by /64 ([`caller_key`]), since one host usually holds a whole /64.
 
 use std::collections::HashMap;
@@ -11,13 +12,21 @@ use std::time::{Duration, Instant};
 pub(crate) enum Bucket {
     Register,
     Token,
+    /// Password sign-ins: the admin page's and the consent page's.
+    SignIn,
+    /// The consent page itself (`GET /authorize`).
+    Authorize,
 }
 
 impl Bucket {
+    /// Requests per address per minute; far above what a person (or several behind one
+    /// address) makes, so only a flood is refused.
     fn limit(self) -> u32 {
         match self {
             Self::Register => 60,
             Self::Token => 600,
+            Self::SignIn => 60,
+            Self::Authorize => 300,
         }
     }
 }

@@ -479,6 +479,33 @@ fn client_keys(
     }
 }
 
+/// Whether any string of the request holds a NUL byte: none legitimately does, and
+/// PostgreSQL text cannot store it.
+fn has_nul(req: &RegistrationRequest) -> bool {
+    let single = [
+        &req.client_name,
+        &req.token_endpoint_auth_method,
+        &req.scope,
+        &req.client_uri,
+        &req.logo_uri,
+        &req.software_id,
+        &req.software_version,
+        &req.jwks_uri,
+    ];
+    let lists = [&req.redirect_uris, &req.grant_types, &req.response_types];
+    single
+        .iter()
+        .any(|s| s.as_deref().is_some_and(|v| v.contains('\0')))
+        || lists
+            .iter()
+            .flat_map(|l| l.iter().flatten())
+            .any(|v| v.contains('\0'))
+        || req
+            .jwks
+            .as_ref()
+            .is_some_and(|j| j.to_string().contains("\\u0000"))
+}
+
 async fn register_client(
     state: &AppState,
     caller: std::net::IpAddr,
@@ -490,6 +517,11 @@ async fn register_client(
             e.body_text()
         ))
     })?;
+    if has_nul(&req) {
+        return Err(OAuthError::invalid_client_metadata(
+            "a metadata string contains a NUL byte",
+        ));
+    }
     let redirect_uris = req.redirect_uris.clone().unwrap_or_default();
     check_redirect_uris(&redirect_uris)?;
     check_field_limits(&req)?;

@@ -30,6 +30,10 @@
 //!    exists.
 //! 4. Argon2 runs on the blocking pool, at most one per CPU (up to 4) at a time; a guess
 //!    that cannot start within 10 s is answered "busy".
+//! 5. An attempt refused under rule 2 is audited once per back-off period and address (the
+//!    first refusal), not once per request, so a flood cannot fill the audit trail; both
+//!    sign-in forms and the consent page are also rate limited per address
+//!    ([`crate::ratelimit::Bucket::SignIn`], [`crate::ratelimit::Bucket::Authorize`]).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -241,6 +245,8 @@ pub(crate) struct Throttle {
     by_user: Mutex<HashMap<String, Failures>>,
     argon2: Arc<Semaphore>,
     dummy_hash: Arc<OnceLock<Option<String>>>,
+    /// Until when each address's refusals are already audited (rule 5).
+    audited_until: Mutex<HashMap<IpAddr, Instant>>,
 }
 
 impl std::fmt::Debug for Throttle {
@@ -280,6 +286,30 @@ impl Throttle {
             by_user: Mutex::new(HashMap::new()),
             argon2: Arc::new(Semaphore::new(cpus)),
             dummy_hash: Arc::new(OnceLock::new()),
+            audited_until: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether a refusal of `caller` told to wait `wait` should be audited (rule 5): the
+    /// first one of each back-off period is, the rest are not.
+    pub(crate) fn audit_refusal(&self, caller: IpAddr, wait: Duration) -> bool {
+        let caller = caller_key(caller);
+        let Ok(mut map) = self.audited_until.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        if map.len() >= MAX_THROTTLE_ENTRIES && !map.contains_key(&caller) {
+            map.retain(|_, until| *until > now);
+            if map.len() >= MAX_THROTTLE_ENTRIES {
+                return false;
+            }
+        }
+        match map.get(&caller) {
+            Some(until) if *until > now => false,
+            _ => {
+                map.insert(caller, now + wait.max(IN_FLIGHT_WAIT));
+                true
+            }
         }
     }
 

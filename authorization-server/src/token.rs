@@ -122,13 +122,30 @@ impl<'de> serde::Deserialize<'de> for JsonParams {
 }
 
 fn json_params(body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
-    serde_json::from_slice::<JsonParams>(body)
+    let map = serde_json::from_slice::<JsonParams>(body)
         .map(|p| p.0)
         .map_err(|e| {
             OAuthError::invalid_request(format!(
                 "the JSON body must be an object of string parameters: {e}"
             ))
-        })
+        })?;
+    refuse_nul(&map)?;
+    Ok(map)
+}
+
+/// No parameter may hold a NUL byte: no legitimate value has one, and PostgreSQL text
+/// cannot store it (the lookup would fail as a server error instead of a refusal).
+fn refuse_nul(map: &HashMap<String, String>) -> Result<(), OAuthError> {
+    match map
+        .iter()
+        .find(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        Some((k, _)) => Err(OAuthError::invalid_request(format!(
+            "the `{}` parameter contains a NUL byte",
+            k.replace('\0', "\\0")
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn form_params(form: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
@@ -140,6 +157,7 @@ fn form_params(form: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
             )));
         }
     }
+    refuse_nul(&map)?;
     Ok(map)
 }
 

@@ -916,3 +916,164 @@ async fn revocations_key_rotations_and_refused_metadata_documents_are_audited() 
     let everything = serde_json::to_string(&audit_events(dir.path(), &[])).unwrap();
     assert!(!everything.contains(&refresh_token));
 }
+
+#[tokio::test]
+async fn nul_bytes_and_multibyte_times_from_outside_are_refused_not_server_errors() {
+    // On PostgreSQL (BMM_AS_TEST_DATABASE_URL), whose text cannot hold NUL, each of these
+    // was a 500 (or a dropped connection for the time) before it was refused.
+    let dir = tempfile::tempdir().unwrap();
+    let config = config();
+    let as_ = TestAs::start(dir.path(), config.path()).await;
+    let session = admin_session(&as_).await;
+    for query in [
+        "?client=a%00b",
+        "?subject=%00",
+        "?until=1%C3%A9",
+        "?since=%C3%A9",
+    ] {
+        let (status, html) = admin_page(&as_, &session, query).await;
+        assert_eq!(status, 400, "{query}: {html}");
+        assert!(html.contains("id=\"error\""), "{query}");
+    }
+    let token = format!("{}/token", as_.url);
+    let response = http()
+        .post(&token)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials&client_id=a%00b")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    let response = http()
+        .post(&token)
+        .json(&json!({"grant_type": "client_credentials", "client_id": "a\u{0}b"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 400, "{body}");
+    let response = http()
+        .post(format!("{}/revoke", as_.url))
+        .form(&[("token", "x\u{0}y"), ("client_id", "a\u{0}b")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let response = http()
+        .post(format!("{}/register", as_.url))
+        .json(
+            &json!({"redirect_uris": [REDIRECT], "client_name": "a\u{0}b",
+            "token_endpoint_auth_method": "none"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_client_metadata", "{body}");
+    let response = http()
+        .get(format!(
+            "{}/authorize?response_type=code&client_id=a%00b&redirect_uri={REDIRECT}",
+            as_.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let response = http()
+        .post(format!("{}/authorize", as_.url))
+        .form(&[
+            ("request_id", "a\u{0}b"),
+            ("csrf", "c"),
+            ("decision", "approve"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    // The server still answers, and nothing failed to be written.
+    let (status, _) = admin_page(&as_, &session, "").await;
+    assert_eq!(status, 200);
+    as_.stop().await;
+}
+
+#[tokio::test]
+async fn admin_sign_in_refusals_are_audited_once_per_back_off_and_floods_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config();
+    let as_ = TestAs::start(dir.path(), config.path()).await;
+    let (mut backed_off, mut rate_limited) = (0, 0);
+    for _ in 0..70 {
+        let response = sign_in(&as_, "mallory", "guess").await;
+        let status = response.status().as_u16();
+        let html = response.text().await.unwrap();
+        if html.contains("Too many failed sign-ins") {
+            backed_off += 1;
+        }
+        if html.contains("Too many sign-in requests from this address") {
+            assert_eq!(status, 429);
+            rate_limited += 1;
+        }
+    }
+    // 60 sign-ins a minute per address; then refused before anything else.
+    assert_eq!(rate_limited, 10);
+    assert!(backed_off >= 20, "{backed_off}");
+    // The real admin can still sign in from elsewhere.
+    let other = http_from(Some("127.0.0.2".parse().unwrap()));
+    let page = other.get(as_.admin()).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    as_.stop().await;
+    let throttled = audit_events(dir.path(), &["--type", "admin_sign_in"])
+        .into_iter()
+        .filter(|e| e["outcome"] == "throttled")
+        .count();
+    assert!(
+        (1..=8).contains(&throttled),
+        "{throttled} throttled events for {backed_off} refusals: one per back-off period"
+    );
+}
+
+#[tokio::test]
+async fn consent_page_and_its_sign_in_form_are_rate_limited_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config();
+    let as_ = TestAs::start(dir.path(), config.path()).await;
+    let authorize = format!("{}/authorize", as_.url);
+    let mut statuses = Vec::new();
+    for _ in 0..301 {
+        statuses.push(
+            http()
+                .get(&authorize)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert!(statuses[..300].iter().all(|s| *s == 400), "{statuses:?}");
+    assert_eq!(statuses[300], 429);
+    let mut statuses = Vec::new();
+    for _ in 0..61 {
+        let response = http()
+            .post(&authorize)
+            .form(&[
+                ("request_id", "unknown"),
+                ("csrf", "c"),
+                ("decision", "approve"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert!(statuses[..60].iter().all(|s| *s == 400), "{statuses:?}");
+    assert_eq!(statuses[60], 429);
+    // Another address is not affected.
+    let other = http_from(Some("127.0.0.3".parse().unwrap()));
+    let response = other.get(&authorize).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    as_.stop().await;
+}

@@ -57,6 +57,23 @@ pub fn redacted_url(url: &str) -> String {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
             }
+            // libpq-style query parameters may carry the password (or name its file).
+            let secret =
+                |k: &str| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("passfile");
+            if u.query_pairs().any(|(k, _)| secret(&k)) {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if secret(&k) {
+                            "***".to_owned()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             u.to_string()
         }
         Err(_) => "<unparseable database URL>".to_owned(),
@@ -443,6 +460,14 @@ mod tests {
         let shown = redacted_url(url);
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("bmm:***@db.internal"), "{shown}");
+        for url in [
+            "postgres://db/bmm?password=s3cret&sslmode=require",
+            "postgres://db/bmm?sslmode=require&PASSFILE=%2Fhome%2Fs3cret",
+        ] {
+            let shown = redacted_url(url);
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("sslmode=require"), "{shown}");
+        }
         assert_eq!(
             redacted_url("not a url s3cret"),
             "<unparseable database URL>"
