@@ -439,8 +439,9 @@ pub async fn command(args: &AuditArgs, out: &mut dyn std::io::Write) -> Result<u
     let store: std::sync::Arc<dyn Store> = match url {
         Some(url) if crate::store::is_postgres_url(&url) => {
             let ca_file = args.database_ca_file().map_err(CommandError::Usage)?;
-            crate::store::connect_postgres(&url, 2, ca_file.as_deref())
+            crate::store::PgStore::connect_existing(&url, 2, ca_file.as_deref())
                 .await
+                .map(|pg| std::sync::Arc::new(pg) as std::sync::Arc<dyn Store>)
                 .map_err(|e| {
                     CommandError::Store(format!(
                         "database {}: {}",
@@ -463,10 +464,12 @@ pub async fn command(args: &AuditArgs, out: &mut dyn std::io::Write) -> Result<u
                     dir.display()
                 )));
             }
-            let sqlite = tokio::task::spawn_blocking(move || crate::store::SqliteStore::open(&dir))
-                .await
-                .map_err(|e| CommandError::Store(format!("store task failed: {e}")))?
-                .map_err(|e| CommandError::Store(e.0))?;
+            let sqlite = tokio::task::spawn_blocking(move || {
+                crate::store::SqliteStore::open_read_only(&dir)
+            })
+            .await
+            .map_err(|e| CommandError::Store(format!("store task failed: {e}")))?
+            .map_err(|e| CommandError::Store(e.0))?;
             std::sync::Arc::new(sqlite)
         }
     };

@@ -23,6 +23,10 @@
 //!    Without a key-encryption key, private keys are stored as PKCS#8 DER in clear (the
 //!    SQLite file is `0600`; a PostgreSQL database must be protected by its own access
 //!    control). Losing the key-encryption key loses the signing keys: rotate them then.
+//!    Encrypting in place logs a warning to rotate the keys (a backup or an old copy of
+//!    the database still holds them in clear); SQLite runs with `secure_delete` and the
+//!    file is vacuumed and its WAL truncated after the in-place encryption, while
+//!    PostgreSQL keeps the old row versions until `VACUUM FULL signing_keys`.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -240,6 +244,7 @@ impl KeyRing {
             tracing::info!("generated the first signing key");
         }
         if let Some(kek) = &kek {
+            let mut encrypted = 0u32;
             for key in store.keys().await? {
                 if is_encrypted(&key.pkcs8) {
                     continue;
@@ -247,6 +252,17 @@ impl KeyRing {
                 let sealed = kek.encrypt(&key.kid, &key.pkcs8)?;
                 if store.replace_key(&key.kid, &key.pkcs8, &sealed).await? {
                     tracing::info!(kid = %key.kid, "stored signing key encrypted with the key-encryption key");
+                    encrypted += 1;
+                }
+            }
+            if encrypted > 0 {
+                tracing::warn!(
+                    "{encrypted} signing key(s) were stored in clear until now: rotate them (`bmm-as --rotate-keys`) so that no key a copy of the old database holds signs tokens"
+                );
+                if store.backend() == "postgres" {
+                    tracing::warn!(
+                        "PostgreSQL keeps the old row versions holding the clear key until the signing_keys table is vacuumed: run `VACUUM FULL signing_keys` (and rotate the keys: its write-ahead log and backups keep them too)"
+                    );
                 }
             }
         }

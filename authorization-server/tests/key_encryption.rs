@@ -150,3 +150,39 @@ async fn a_first_start_with_a_key_encryption_key_never_stores_the_key_in_clear()
     assert!(stored.starts_with(b"bmmk1"), "stored encrypted");
     assert!(refused(&data_dir, None).contains("is encrypted"));
 }
+
+#[tokio::test]
+async fn encrypting_a_clear_key_in_place_leaves_no_clear_copy_in_the_sqlite_files() {
+    if test_database_url().is_some() {
+        // Reads the SQLite files; PostgreSQL keeps old row versions until VACUUM (logged).
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("as-data");
+    let (first, _) = start(&data_dir, None).await;
+    drop(first);
+    let der: Vec<u8> = {
+        let db = rusqlite::Connection::open(data_dir.join("bmm-as.sqlite3")).unwrap();
+        db.query_row("SELECT pkcs8 FROM signing_keys", [], |row| row.get(0))
+            .unwrap()
+    };
+    assert!(!der.starts_with(b"bmmk1"), "stored in clear at first");
+    // A slice of the private part: the whole record fits in one page.
+    let secret = &der[der.len() / 2..der.len() / 2 + 64];
+    let holds_secret = |bytes: &[u8]| bytes.windows(secret.len()).any(|w| w == secret);
+    let files = |name: &str| std::fs::read(data_dir.join(name)).unwrap_or_default();
+    assert!(
+        holds_secret(&files("bmm-as.sqlite3")),
+        "the check can see it"
+    );
+
+    // Killed right after it answers (no checkpoint at close): what is on disk then.
+    let (second, _) = start(&data_dir, Some(&kek(5))).await;
+    drop(second);
+    for name in ["bmm-as.sqlite3", "bmm-as.sqlite3-wal"] {
+        assert!(
+            !holds_secret(&files(name)),
+            "{name} still holds the clear key"
+        );
+    }
+}

@@ -265,6 +265,20 @@ CREATE INDEX audit_events_kind ON audit_events(kind, id);
 /// The highest version this build knows.
 pub(crate) const LATEST: i64 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 
+/// For readers that must not migrate (`bmm-as audit`): refuses a database whose schema
+/// version (`0`: none) is not [`LATEST`].
+pub(crate) fn require_latest(found: i64) -> Result<(), StoreError> {
+    match found {
+        LATEST => Ok(()),
+        0 => Err(StoreError(format!(
+            "the database has no bmm-as schema version (not a bmm-as database, or one of a release before schema versions); this bmm-as reads version {LATEST}: use the bmm-as release that serves it, or start this bmm-as server on it to migrate it"
+        ))),
+        _ => Err(StoreError(format!(
+            "the database schema is version {found}; this bmm-as reads version {LATEST}: use the bmm-as release that serves it"
+        ))),
+    }
+}
+
 /// The refusal of a database written by a newer bmm-as (migration rule 3).
 pub(crate) fn too_new(found: i64) -> StoreError {
     StoreError(format!(

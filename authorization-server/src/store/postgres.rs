@@ -202,6 +202,26 @@ impl PgStore {
         pool_size: usize,
         ca_file: Option<&Path>,
     ) -> Result<Self, StoreError> {
+        Self::open(url, pool_size, ca_file, true).await
+    }
+
+    /// Like [`PgStore::connect`] but for readers (`bmm-as audit`): runs no migration,
+    /// creates nothing, its sessions are read-only (`default_transaction_read_only`),
+    /// and a schema that is absent or not the latest this binary knows is refused.
+    pub async fn connect_existing(
+        url: &str,
+        pool_size: usize,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, StoreError> {
+        Self::open(url, pool_size, ca_file, false).await
+    }
+
+    async fn open(
+        url: &str,
+        pool_size: usize,
+        ca_file: Option<&Path>,
+        migrate: bool,
+    ) -> Result<Self, StoreError> {
         let url = verify_modes_as_require(url);
         let mut config = tokio_postgres::Config::from_str(&url).map_err(|e| {
             StoreError(format!(
@@ -232,7 +252,11 @@ impl PgStore {
         }
         if config.get_options().is_none() {
             // The migrations' `IF NOT EXISTS` notices would be logged at every start.
-            config.options("-c client_min_messages=warning");
+            config.options(if migrate {
+                "-c client_min_messages=warning"
+            } else {
+                "-c client_min_messages=warning -c default_transaction_read_only=on"
+            });
         }
         let pool_size = pool_size.max(1);
         let manager_config = ManagerConfig {
@@ -267,7 +291,30 @@ impl PgStore {
                 error
             }
         })?;
-        migrate_schema(&mut client).await?;
+        if migrate {
+            migrate_schema(&mut client).await?;
+        } else {
+            // Two statements: a missing table would fail the parse of a single one.
+            let versioned: bool = client
+                .query_one(
+                    "SELECT to_regclass('bmm_schema_migrations') IS NOT NULL",
+                    &[],
+                )
+                .await?
+                .try_get(0)?;
+            let found: i64 = if versioned {
+                client
+                    .query_one(
+                        "SELECT COALESCE(MAX(version), 0)::BIGINT FROM bmm_schema_migrations",
+                        &[],
+                    )
+                    .await?
+                    .try_get(0)?
+            } else {
+                0
+            };
+            migrate::require_latest(found)?;
+        }
         Ok(store)
     }
 

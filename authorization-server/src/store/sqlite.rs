@@ -2,7 +2,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::migrate;
 use super::{
@@ -259,10 +259,51 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // Deleted and overwritten content (a signing key once stored in clear) is zeroed
+        // rather than left in free pages; cheap at this write rate.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         migrate(&mut conn)?;
         for suffix in ["-wal", "-shm"] {
             private::prepare_file(&dir.join(format!("bmm-as.sqlite3{suffix}")), false)?;
         }
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Opens the existing `bmm-as.sqlite3` in `dir` read-only and without migrating, for
+    /// `bmm-as audit`: a directory without one is refused (nothing is created), and so is
+    /// a schema that is not the latest this binary knows. Blocking.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("bmm-as.sqlite3");
+        if std::fs::symlink_metadata(&path).is_err() {
+            return Err(StoreError(format!(
+                "no bmm-as database in {}",
+                dir.display()
+            )));
+        }
+        private::prepare_file(&path, false)?;
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "query_only", "ON")?;
+        let versioned: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bmm_schema_migrations')",
+            [],
+            |row| row.get(0),
+        )?;
+        let found: i64 = if versioned {
+            conn.query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM bmm_schema_migrations",
+                [],
+                |row| row.get(0),
+            )?
+        } else {
+            0
+        };
+        migrate::require_latest(found)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -904,6 +945,24 @@ impl Store for SqliteStore {
                 "UPDATE signing_keys SET pkcs8 = ?3 WHERE kid = ?1 AND pkcs8 = ?2",
                 params![kid, old, new],
             )?;
+            if n == 1 {
+                // The key was in clear: leave no copy in free pages or the WAL (a file
+                // of a release without secure_delete may still have older ones).
+                let checkpoint = conn.execute_batch("VACUUM").and_then(|()| {
+                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                        row.get::<_, i64>(0)
+                    })
+                });
+                match checkpoint {
+                    Ok(0) => {}
+                    Ok(_) => tracing::warn!(
+                        "the database file was compacted but another process kept its WAL from being truncated; it is truncated at a later checkpoint"
+                    ),
+                    Err(e) => tracing::warn!(
+                        "could not compact the database file after encrypting the signing key ({e}); the clear key may remain in free pages until a VACUUM"
+                    ),
+                }
+            }
             Ok(n == 1)
         })
         .await
