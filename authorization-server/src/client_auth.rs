@@ -21,7 +21,9 @@
 //!    ignored; a key's `alg`, `use` and `key_ops`, when present, must allow verifying with
 //!    the header's `alg`. The header's `kid` selects the key (keys without a `kid` are
 //!    tried when none has it); without a `kid` every key of the right type is tried (at
-//!    most [`MAX_KEYS`] in a set).
+//!    most [`MAX_KEYS`] in a set). A key set holding a private member (`d`, `p`, `q`,
+//!    `dp`, `dq`, `qi`, `k`, `oth`) is refused, registered, configured or fetched; a
+//!    registered one is stored with only its keys' public members, at most 8 KiB.
 //! 6. `jwks_uri` documents are fetched through `bmm-netguard` like client metadata
 //!    documents (public addresses only; loopback only with `--allow-loopback-cimd`; no
 //!    redirect, no proxy), at most 64 KiB in 5 s, 16 fetches at a time in all. A fetched
@@ -149,10 +151,54 @@ fn b64(value: &Value, name: &str) -> Result<Vec<u8>, String> {
         .map_err(|_| format!("a key's `{name}` is not base64url"))
 }
 
+/// Members of a JWK that carry private or symmetric key material (RFC 7518 6.2.2, 6.3.2,
+/// 6.4.1): a key set holding one is refused (rule 5), so no private key is stored or echoed.
+const PRIVATE_MEMBERS: [&str; 8] = ["d", "p", "q", "dp", "dq", "qi", "k", "oth"];
+/// The members a registered key keeps (rule 5); the rest are dropped before it is stored.
+const PUBLIC_MEMBERS: [&str; 10] = [
+    "kty", "kid", "use", "key_ops", "alg", "n", "e", "crv", "x", "y",
+];
+/// Largest registered `jwks` text, after only the public members are kept, in bytes.
+pub(crate) const MAX_REGISTERED_JWKS_BYTES: usize = 8 * 1024;
+
+/// The key set `doc` (already accepted by [`KeySet::parse`]) with only the public members
+/// of each key, as JSON text to store; refused when that is larger than
+/// [`MAX_REGISTERED_JWKS_BYTES`].
+pub(crate) fn public_jwks_text(doc: &Value) -> Result<String, String> {
+    let keys: Vec<Value> = doc
+        .get("keys")
+        .and_then(Value::as_array)
+        .map(|keys| {
+            keys.iter()
+                .filter_map(Value::as_object)
+                .map(|key| {
+                    let kept = key
+                        .iter()
+                        .filter(|(name, _)| PUBLIC_MEMBERS.contains(&name.as_str()))
+                        .map(|(name, value)| (name.clone(), value.clone()));
+                    Value::Object(kept.collect())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let text = serde_json::json!({ "keys": keys }).to_string();
+    if text.len() > MAX_REGISTERED_JWKS_BYTES {
+        return Err(format!(
+            "the key set is larger than {MAX_REGISTERED_JWKS_BYTES} bytes"
+        ));
+    }
+    Ok(text)
+}
+
 /// One JWK of rule 5; `Ok(None)` for a key of a type this server does not use.
 fn parse_jwk(jwk: &Value) -> Result<Option<PublicJwk>, String> {
     if !jwk.is_object() {
         return Err("a key is not a JSON object".to_owned());
+    }
+    if let Some(member) = PRIVATE_MEMBERS.iter().find(|m| jwk.get(**m).is_some()) {
+        return Err(format!(
+            "a key holds the private member `{member}`: give only public keys"
+        ));
     }
     let text = |name: &str| jwk.get(name).and_then(Value::as_str);
     if text("use").is_some_and(|u| u != "sig") {

@@ -462,7 +462,10 @@ fn client_keys(
     match (method, &req.jwks, &req.jwks_uri) {
         ("private_key_jwt", Some(jwks), None) => {
             crate::client_auth::KeySet::parse(jwks).map_err(|e| bad(format!("jwks: {e}")))?;
-            Ok((Some(jwks.to_string()), None))
+            // Only the public members are stored (and echoed), in a bounded text.
+            let text = crate::client_auth::public_jwks_text(jwks)
+                .map_err(|e| bad(format!("jwks: {e}")))?;
+            Ok((Some(text), None))
         }
         ("private_key_jwt", None, Some(uri)) => {
             crate::client_auth::check_jwks_uri(uri, state.inner.settings.allow_loopback_cimd)
@@ -621,8 +624,12 @@ async fn register_client(
     if let Some(uri) = &client.jwks_uri {
         body["jwks_uri"] = json!(uri);
     }
-    if let Some(jwks) = &req.jwks {
-        body["jwks"] = jwks.clone();
+    if let Some(jwks) = client
+        .jwks
+        .as_deref()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+    {
+        body["jwks"] = jwks;
     }
     if let Some(secret) = secret {
         body["client_secret"] = json!(secret);

@@ -860,3 +860,63 @@ async fn a_registered_private_key_jwt_client_runs_the_code_flow_refreshes_and_re
     assert_eq!(body["error"], "invalid_grant");
     as_.stop().await;
 }
+
+#[tokio::test]
+async fn registered_key_sets_refuse_private_members_and_keep_only_public_ones_within_8_kib() {
+    let s = setup().await;
+    let as_ = &s.as_;
+    let register = |jwks: Value| {
+        let url = format!("{}/register", as_.url);
+        let body = json!({"redirect_uris": ["http://127.0.0.1:33418/callback"],
+            "token_endpoint_auth_method": "private_key_jwt", "jwks": jwks});
+        async move { json_of(http().post(url).json(&body).send().await.unwrap()).await }
+    };
+    for member in ["d", "p", "q", "dp", "dq", "qi", "k", "oth"] {
+        let mut key = s.rsa.jwk("k1");
+        key[member] = json!("c2VjcmV0");
+        let (status, answer) = register(json!({"keys": [key]})).await;
+        assert_eq!(status, 400, "{member}: {answer}");
+        assert_eq!(answer["error"], "invalid_client_metadata");
+    }
+    // Unknown members are dropped: what is stored and echoed is the public key only.
+    let mut key = s.rsa.jwk("k1");
+    key["x-padding"] = json!("a".repeat(60_000));
+    let (status, answer) = register(json!({"keys": [key], "x-more": "b".repeat(1000)})).await;
+    assert_eq!(status, 201, "{answer}");
+    let echoed = answer["jwks"].to_string();
+    assert!(echoed.len() < 1024, "{echoed}");
+    assert_eq!(answer["jwks"]["keys"][0]["n"], s.rsa.jwk("k1")["n"]);
+    // Twenty 2048-bit keys with long `kid`s are more than 8 KiB of public members.
+    let keys: Vec<Value> = (0..20)
+        .map(|i| s.rsa.jwk(&format!("k{i}-{}", "x".repeat(200))))
+        .collect();
+    let (status, answer) = register(json!({ "keys": keys })).await;
+    assert_eq!(status, 400, "{answer}");
+    s.as_.stop().await;
+}
+
+#[test]
+fn a_configured_key_set_with_a_private_member_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut key = Key::ec().jwk("svc-1");
+    key["d"] = json!("c2VjcmV0");
+    let jwks = json!({ "keys": [key] }).to_string();
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        config,
+        "[[clients]]\nclient_id = \"svc\"\ngrant_types = [\"client_credentials\"]\njwks = '{jwks}'\n"
+    )
+    .unwrap();
+    let args = Args::try_parse_from([
+        "bmm-as",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        "--resource",
+        RESOURCE,
+        "--config",
+        config.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    let error = Settings::from_args(args).unwrap_err().to_string();
+    assert!(error.contains("private member"), "{error}");
+}
