@@ -23,7 +23,12 @@
 //!    later, it revokes the whole family (reuse detection). The trade-off against RFC 9700
 //!    section 4.14: within the grace period a thief holding a used token gets a pair too,
 //!    undetected, and that branch lives on like the legitimate one; detection still
-//!    catches every presentation after the grace period. `--refresh-grace-secs 0` is
+//!    catches every presentation after the grace period. One used token is re-issued at
+//!    most [`crate::store::GRACE_REISSUES`] (32) times within the grace period; past that
+//!    it is answered `invalid_grant` and nothing is revoked (the pairs already issued
+//!    live on). The new token is stored in the same transaction that uses the presented
+//!    one, so a revocation of the grant (`/revoke`, the admin page, reuse detection) is
+//!    never followed by a live token of it. `--refresh-grace-secs 0` is
 //!    strict rotation. A refresh token presented by a client it was not issued to is
 //!    answered `invalid_grant` and left alone (not used up, its family not revoked), like a
 //!    code. `scope` may narrow the grant; `resource` must be the grant's.
@@ -341,9 +346,24 @@ async fn authenticate_assertion(
         .await?
     {
         tracing::warn!(client_id = %client.client_id, "client assertion replayed (its jti was used before)");
-        return Err(OAuthError::invalid_client(
-            "client assertion refused: its jti was already used",
-        ));
+        let error = OAuthError::invalid_client("client assertion refused: its jti was already used");
+        // A replay is audited under the client it names, whatever the request (the
+        // client_credentials grant audits its own refusals).
+        let kind = match params.get("grant_type").map(String::as_str) {
+            Some("client_credentials") => None,
+            Some("authorization_code") => Some("code_redeemed"),
+            Some("refresh_token") => Some("refresh"),
+            Some(_) => Some("token_issued"),
+            None => Some("revocation"),
+        };
+        if let Some(kind) = kind {
+            let replayed = crate::audit::event(kind)
+                .client(&client.client_id)
+                .outcome(error.code())
+                .detail(error.description());
+            crate::audit::record(state, replayed).await;
+        }
+        return Err(error);
     }
     Ok(client)
 }
@@ -454,8 +474,14 @@ async fn grant(
                     .address(caller)
                     .outcome(error.code())
                     .detail(error.description());
-                if let Some(id) = get("client_id") {
-                    refused = refused.client(id);
+                // The client the request names, or else the one its assertion names.
+                let named = get("client_id").map(str::to_owned).or_else(|| {
+                    let text = get("client_assertion")?;
+                    let assertion = client_auth::Assertion::parse(text).ok()?;
+                    assertion.subject().map(str::to_owned)
+                });
+                if let Some(id) = named {
+                    refused = refused.client(&id);
                 }
                 crate::audit::record(state, refused).await;
             }
@@ -596,9 +622,25 @@ async fn grant(
                 }
                 None => String::new(),
             };
+            // The successor is stored by the same transaction that uses the presented
+            // token (the store fills in its family, client, subject and resource): a
+            // revocation of the grant running at the same time comes before it (no
+            // successor) or after it (the successor is revoked too).
+            let refresh = random_token(32);
+            let issued_at = now();
+            let successor = RefreshRecord {
+                token_sha256: sha256_hex(&refresh),
+                family: String::new(),
+                client_id: client.client_id.clone(),
+                subject: String::new(),
+                scope: scope.clone(),
+                resource: String::new(),
+                issued_at,
+                expires_at: issued_at + state.inner.settings.refresh_token_ttl,
+            };
             let (record, how) = match state
                 .store()
-                .use_refresh(&hash, &client.client_id, now(), grace)
+                .use_refresh(&hash, &client.client_id, issued_at, grace, &successor)
                 .await?
             {
                 // Within the grace period a used token gets another pair of the same
@@ -623,6 +665,11 @@ async fn grant(
                         "the refresh token was already used; every token of this grant is revoked",
                     ));
                 }
+                RefreshUse::GraceSpent => {
+                    return Err(OAuthError::invalid_grant(
+                        "the refresh token was already re-issued too often within the grace period",
+                    ));
+                }
                 RefreshUse::Invalid => {
                     return Err(OAuthError::invalid_grant(
                         "the refresh token is unknown, expired or revoked",
@@ -641,15 +688,6 @@ async fn grant(
             {
                 tracing::error!(%error, "cannot record that the client used a token");
             }
-            let refresh = new_refresh(
-                state,
-                &client.client_id,
-                &record.subject,
-                &scope,
-                &record.resource,
-                &record.family,
-            )
-            .await?;
             let response = token_response(
                 state,
                 &client.client_id,

@@ -5,7 +5,8 @@
 //! concurrent redemptions of a code wins, parallel refreshes within the grace period all
 //! succeed, a reuse after it revokes the family, a key rotated by one instance is published
 //! by the other, a restart loses nothing, and a SIGKILL during a burst of token requests
-//! leaves no half-written grant.
+//! leaves no half-written grant. A grant revoked while refreshes within the grace period
+//! run stays revoked, and one used token is re-issued a bounded number of times.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -367,6 +368,115 @@ async fn parallel_refreshes_within_the_grace_period_succeed_and_a_reuse_after_it
     for (instance, token) in [(&b, &newest), (&a, &successors[3])] {
         let (status, body) = refresh(&instance.url, &client_id, token).await;
         assert_eq!(status, 400, "the family is revoked: {body}");
+    }
+}
+
+/// RFC 7009 revocation of `token` by the public client `client_id`.
+async fn revoke(url: &str, client_id: &str, token: &str) -> u16 {
+    http()
+        .post(format!("{url}/revoke"))
+        .form(&[("token", token), ("client_id", client_id)])
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn a_grant_revoked_while_refreshes_within_the_grace_period_run_stays_revoked() {
+    // Review finding 1: the successor used to be stored after the used token was, in
+    // another transaction, so a revocation between the two left it live.
+    let shared = Shared::new();
+    let a = shared.start("a", 0, &["--refresh-grace-secs", "60"]).await;
+    let b = shared.start("b", 0, &["--refresh-grace-secs", "60"]).await;
+    let client_id = register(&a).await;
+    for trial in 0..6 {
+        let original = grant(&a, &b, &client_id).await;
+        let (status, body) = refresh(&a.url, &client_id, &original).await;
+        assert_eq!(status, 200, "{body}");
+        let first = refresh_token_of(&body);
+        // 24 refreshes of the used token (within the grace period) on both instances,
+        // and a revocation of the grant on B, all at once.
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(25));
+        let mut refreshes = tokio::task::JoinSet::new();
+        for i in 0..24 {
+            let url = if i % 2 == 0 {
+                a.url.clone()
+            } else {
+                b.url.clone()
+            };
+            let (client_id, original, start) = (client_id.clone(), original.clone(), start.clone());
+            refreshes.spawn(async move {
+                start.wait().await;
+                refresh(&url, &client_id, &original).await
+            });
+        }
+        let revocation = {
+            let (url, client_id, first, start) = (
+                b.url.clone(),
+                client_id.clone(),
+                first.clone(),
+                start.clone(),
+            );
+            tokio::spawn(async move {
+                start.wait().await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                revoke(&url, &client_id, &first).await
+            })
+        };
+        let results = refreshes.join_all().await;
+        assert_eq!(revocation.await.unwrap(), 200);
+        let mut issued = vec![first];
+        for (status, body) in &results {
+            // Before the revocation: a new pair; after it: refused.
+            match status {
+                200 => issued.push(refresh_token_of(body)),
+                400 => assert_eq!(body["error"], "invalid_grant", "{body}"),
+                _ => panic!("{status} {body}"),
+            }
+        }
+        let mut live = 0;
+        for (i, token) in issued.iter().enumerate() {
+            let url = if i % 2 == 0 { &a.url } else { &b.url };
+            let (status, _) = refresh(url, &client_id, token).await;
+            live += usize::from(status == 200);
+        }
+        assert_eq!(
+            live,
+            0,
+            "trial {trial}: {live} of {} refresh tokens of a revoked grant still work",
+            issued.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_used_refresh_token_is_re_issued_a_bounded_number_of_times_within_the_grace_period() {
+    // Review finding 12: the cap is 32 re-issues after the rotation.
+    const CAP: usize = 32;
+    let shared = Shared::new();
+    let a = shared.start("a", 0, &["--refresh-grace-secs", "600"]).await;
+    let b = shared.start("b", 0, &["--refresh-grace-secs", "600"]).await;
+    let client_id = register(&a).await;
+    let original = grant(&a, &b, &client_id).await;
+    let (status, body) = refresh(&a.url, &client_id, &original).await;
+    assert_eq!(status, 200, "{body}");
+    let first = refresh_token_of(&body);
+    let mut reissued = Vec::new();
+    for i in 0..CAP {
+        let url = if i % 2 == 0 { &a.url } else { &b.url };
+        let (status, body) = refresh(url, &client_id, &original).await;
+        assert_eq!(status, 200, "re-issue {i}: {body}");
+        reissued.push(refresh_token_of(&body));
+    }
+    let (status, body) = refresh(&b.url, &client_id, &original).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    // Refused, not revoked: the grant and every pair already issued live on.
+    for token in [&first, &reissued[0], &reissued[CAP - 1]] {
+        let (status, body) = refresh(&a.url, &client_id, token).await;
+        assert_eq!(status, 200, "{body}");
     }
 }
 

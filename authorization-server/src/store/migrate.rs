@@ -260,6 +260,12 @@ CREATE INDEX audit_events_subject ON audit_events(subject, id);
 CREATE INDEX audit_events_kind ON audit_events(kind, id);
 ",
     },
+    Migration {
+        version: 3,
+        name: "count re-issues of a used refresh token within the grace period",
+        sqlite: "ALTER TABLE refresh_tokens ADD COLUMN grace_uses INTEGER NOT NULL DEFAULT 0;",
+        postgres: "ALTER TABLE refresh_tokens ADD COLUMN grace_uses BIGINT NOT NULL DEFAULT 0;",
+    },
 ];
 
 /// The highest version this build knows.

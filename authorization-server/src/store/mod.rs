@@ -143,6 +143,11 @@ pub struct RefreshRecord {
     pub expires_at: u64,
 }
 
+/// How many times one used refresh token may be re-issued within the grace period (after
+/// its first rotation): enough for parallel refreshes by one host, a bound on what a thief
+/// holding a used token gets in the grace period.
+pub const GRACE_REISSUES: i64 = 32;
+
 /// What using a refresh token found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RefreshUse {
@@ -154,6 +159,9 @@ pub enum RefreshUse {
     /// The token was used longer ago than the grace period: its family has been revoked
     /// (reuse detection).
     Reused(RefreshRecord),
+    /// The token was used less than the grace period ago but already re-issued
+    /// [`GRACE_REISSUES`] times: refused, nothing revoked, nothing issued.
+    GraceSpent,
     /// Unknown, expired, revoked, or issued to another client (then left as it was).
     Invalid,
 }
@@ -353,16 +361,24 @@ pub trait Store: Send + Sync + 'static {
         now: u64,
         grace: u64,
     ) -> Result<Option<RefreshRecord>, StoreError>;
-    /// Uses a refresh token, in one transaction: unused → marked used at `now`, `Fresh`;
-    /// used less than `grace` seconds ago → `Grace` (nothing revoked); used earlier →
-    /// family revoked, `Reused`. Only a token issued to `client_id` is acted on: another
-    /// client's is `Invalid` and left as it was.
+    /// Rotates a refresh token, in one transaction: unused → marked used at `now`,
+    /// `Fresh`; used less than `grace` seconds ago → `Grace` (nothing revoked) while it
+    /// has been re-issued fewer than [`GRACE_REISSUES`] times, `GraceSpent` (nothing
+    /// revoked, nothing issued) after; used earlier → family revoked, `Reused`. Only a
+    /// token issued to `client_id` is acted on: another client's is `Invalid` and left as
+    /// it was. On `Fresh` and `Grace`, and only then, `successor` is inserted in the same
+    /// transaction, with the family, client, subject and resource of the used token (its
+    /// own values of those are ignored): a revocation of the family (by [`Store::revoke_family`],
+    /// [`Store::revoke_refresh`] or reuse detection) either comes after the insertion and
+    /// revokes the successor too, or before and the rotation answers `Invalid`; a revoked
+    /// family never gets a live token again.
     async fn use_refresh(
         &self,
         token_sha256: &str,
         client_id: &str,
         now: u64,
         grace: u64,
+        successor: &RefreshRecord,
     ) -> Result<RefreshUse, StoreError>;
     /// Revokes every token of a family; returns whether any was live.
     async fn revoke_family(&self, family: &str) -> Result<bool, StoreError>;

@@ -46,7 +46,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{
-    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
 };
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
@@ -67,6 +67,21 @@ use crate::error::StoreError;
 const MIGRATION_LOCK: i64 = 0x626d_6d2d_6173_0001;
 const PENDING_LOCK: i64 = 0x626d_6d2d_6173_0002;
 const KEYS_LOCK: i64 = 0x626d_6d2d_6173_0003;
+/// The first key of a refresh family's advisory lock (the two-key form, a lock space apart
+/// from the one-key locks above): "bmmr"; the second is `hashtext(family)`.
+const FAMILY_LOCK_SPACE: i32 = 0x626d_6d72;
+
+/// Takes the transaction-scoped lock of a refresh family: every rotation and every
+/// revocation of the family takes it first (before any row lock, so they never deadlock)
+/// and so runs alone; a revocation is never followed by a successor in the same family.
+/// Two families whose hashes collide only wait for each other.
+async fn lock_family(tx: &Transaction<'_>, family: &str) -> Result<(), StoreError> {
+    let lock = tx
+        .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .await?;
+    tx.execute(&lock, &[&FAMILY_LOCK_SPACE, &family]).await?;
+    Ok(())
+}
 
 /// How long a request waits for a pooled connection, or for a new one to open.
 const POOL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -800,14 +815,25 @@ impl Store for PgStore {
         client_id: &str,
         now: u64,
         grace: u64,
+        successor: &RefreshRecord,
     ) -> Result<RefreshUse, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await?;
+        // A token's family never changes: read it unlocked, then take the family's lock
+        // before the token's row lock (the order revocations follow too).
+        let family = tx
+            .prepare_cached("SELECT family FROM refresh_tokens WHERE token_sha256 = $1")
+            .await?;
+        let Some(row) = tx.query_opt(&family, &[&token_sha256]).await? else {
+            return Ok(RefreshUse::Invalid);
+        };
+        let family: String = row.try_get(0)?;
+        lock_family(&tx, &family).await?;
         // The row lock makes concurrent uses of one token take turns; each sees the
         // committed `used_at` of the one before.
         let select = tx
             .prepare_cached(&format!(
-                "SELECT {REFRESH_COLUMNS}, used_at, revoked_at FROM refresh_tokens
+                "SELECT {REFRESH_COLUMNS}, used_at, revoked_at, grace_uses FROM refresh_tokens
                  WHERE token_sha256 = $1 FOR UPDATE"
             ))
             .await?;
@@ -817,6 +843,7 @@ impl Store for PgStore {
         let record = refresh_record(&row)?;
         let used_at: Option<i64> = row.try_get(8)?;
         let revoked_at: Option<i64> = row.try_get(9)?;
+        let grace_uses: i64 = row.try_get(10)?;
         if record.client_id != client_id || revoked_at.is_some() || record.expires_at <= now {
             return Ok(RefreshUse::Invalid);
         }
@@ -830,7 +857,20 @@ impl Store for PgStore {
                 tx.execute(&mark, &[&token_sha256, &to_db(now)]).await?;
                 RefreshUse::Fresh(record)
             }
-            Some(used) if now.saturating_sub(used) < grace => RefreshUse::Grace(record),
+            Some(used) if now.saturating_sub(used) < grace => {
+                if grace_uses >= super::GRACE_REISSUES {
+                    // Dropping `tx` rolls back (nothing was written).
+                    return Ok(RefreshUse::GraceSpent);
+                }
+                let count = tx
+                    .prepare_cached(
+                        "UPDATE refresh_tokens SET grace_uses = grace_uses + 1
+                         WHERE token_sha256 = $1",
+                    )
+                    .await?;
+                tx.execute(&count, &[&token_sha256]).await?;
+                RefreshUse::Grace(record)
+            }
             Some(_) => {
                 let revoke = tx
                     .prepare_cached(
@@ -842,25 +882,62 @@ impl Store for PgStore {
                 RefreshUse::Reused(record)
             }
         };
+        if let RefreshUse::Fresh(record) | RefreshUse::Grace(record) = &outcome {
+            // Under the family's lock: a family revoked before it stays revoked.
+            let revoked = tx
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM refresh_tokens
+                                    WHERE family = $1 AND revoked_at IS NOT NULL)",
+                )
+                .await?;
+            let row = tx.query_one(&revoked, &[&record.family]).await?;
+            if row.try_get::<_, bool>(0)? {
+                // Dropping `tx` rolls back: the presented token is left as it was.
+                return Ok(RefreshUse::Invalid);
+            }
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO refresh_tokens (token_sha256, family, client_id, subject,
+                         scope, resource, issued_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .await?;
+            tx.execute(
+                &insert,
+                &[
+                    &successor.token_sha256,
+                    &record.family,
+                    &record.client_id,
+                    &record.subject,
+                    &successor.scope,
+                    &record.resource,
+                    &to_db(successor.issued_at),
+                    &to_db(successor.expires_at),
+                ],
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(outcome)
     }
 
     async fn revoke_family(&self, family: &str) -> Result<bool, StoreError> {
         let now = to_db(crate::now());
-        let row = self
-            .query_opt(
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        lock_family(&tx, family).await?;
+        let revoke = tx
+            .prepare_cached(
                 "WITH revoked AS (
                      UPDATE refresh_tokens SET revoked_at = $2
                      WHERE family = $1 AND revoked_at IS NULL RETURNING expires_at)
                  SELECT COUNT(*) FROM revoked WHERE expires_at > $2",
-                &[&family, &now],
             )
             .await?;
-        Ok(match row {
-            Some(row) => row.try_get::<_, i64>(0)? > 0,
-            None => false,
-        })
+        let row = tx.query_one(&revoke, &[&family, &now]).await?;
+        let live = row.try_get::<_, i64>(0)? > 0;
+        tx.commit().await?;
+        Ok(live)
     }
 
     async fn revoke_refresh(
@@ -878,6 +955,7 @@ impl Store for PgStore {
             return Ok(None);
         };
         let family: String = row.try_get(0)?;
+        // Takes the family's lock, like a rotation.
         self.revoke_family(&family).await?;
         Ok(Some(family))
     }
@@ -1440,14 +1518,18 @@ mod tests {
         let now = crate::now();
         store.put_refresh(&refresh("t1", "fam", now)).await.unwrap();
         assert_eq!(
-            store.use_refresh("t1", "other", now, 5).await.unwrap(),
+            store
+                .use_refresh("t1", "other", now, 5, &refresh("x", "", now))
+                .await
+                .unwrap(),
             RefreshUse::Invalid
         );
         // Twenty at once within the grace: one Fresh, the rest Grace, nothing revoked.
         let uses: Vec<_> = (0..20)
-            .map(|_| {
+            .map(|i| {
                 let store = store.clone();
-                tokio::spawn(async move { store.use_refresh("t1", "c1", now, 5).await })
+                let successor = refresh(&format!("s{i}"), "", now);
+                tokio::spawn(async move { store.use_refresh("t1", "c1", now, 5, &successor).await })
             })
             .collect();
         let (mut fresh_uses, mut grace) = (0, 0);
@@ -1459,6 +1541,29 @@ mod tests {
             }
         }
         assert_eq!((fresh_uses, grace), (1, 19));
+        // Each got its successor, in the used token's family.
+        let s7 = store.peek_refresh("s7", now, 5).await.unwrap().unwrap();
+        assert_eq!((s7.family.as_str(), s7.subject.as_str()), ("fam", "alice"));
+        // Re-issues within the grace are capped; past the cap nothing is revoked.
+        for i in 19..crate::store::GRACE_REISSUES {
+            let successor = refresh(&format!("g{i}"), "", now);
+            assert!(matches!(
+                store
+                    .use_refresh("t1", "c1", now, 5, &successor)
+                    .await
+                    .unwrap(),
+                RefreshUse::Grace(_)
+            ));
+        }
+        assert_eq!(
+            store
+                .use_refresh("t1", "c1", now, 5, &refresh("over", "", now))
+                .await
+                .unwrap(),
+            RefreshUse::GraceSpent
+        );
+        assert!(store.peek_refresh("over", now, 5).await.unwrap().is_none());
+        assert!(store.peek_refresh("s7", now, 5).await.unwrap().is_some());
         assert!(
             store
                 .peek_refresh("t1", now + 4, 5)
@@ -1484,11 +1589,17 @@ mod tests {
         // After the grace: reuse, the family is revoked.
         store.put_refresh(&refresh("t2", "fam", now)).await.unwrap();
         assert!(matches!(
-            store.use_refresh("t1", "c1", now + 5, 5).await.unwrap(),
+            store
+                .use_refresh("t1", "c1", now + 5, 5, &refresh("y1", "", now))
+                .await
+                .unwrap(),
             RefreshUse::Reused(_)
         ));
         assert_eq!(
-            store.use_refresh("t2", "c1", now + 5, 5).await.unwrap(),
+            store
+                .use_refresh("t2", "c1", now + 5, 5, &refresh("y2", "", now))
+                .await
+                .unwrap(),
             RefreshUse::Invalid
         );
         assert!(
@@ -1504,11 +1615,17 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(
-            store.use_refresh("t3", "c1", now, 0).await.unwrap(),
+            store
+                .use_refresh("t3", "c1", now, 0, &refresh("y3", "", now))
+                .await
+                .unwrap(),
             RefreshUse::Fresh(_)
         ));
         assert!(matches!(
-            store.use_refresh("t3", "c1", now, 0).await.unwrap(),
+            store
+                .use_refresh("t3", "c1", now, 0, &refresh("y4", "", now))
+                .await
+                .unwrap(),
             RefreshUse::Reused(_)
         ));
         // Revocation by the owner only.

@@ -676,16 +676,20 @@ impl Store for SqliteStore {
         client_id: &str,
         now: u64,
         grace: u64,
+        successor: &RefreshRecord,
     ) -> Result<RefreshUse, StoreError> {
         let hash = token_sha256.to_owned();
         let client_id = client_id.to_owned();
+        let successor = successor.clone();
         self.run(move |conn| {
+            // BEGIN IMMEDIATE: the write lock is taken first, so this rotation and every
+            // revocation (which takes it too) run one after the other, across processes.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let row = tx
                 .query_row(
                     &format!(
-                        "SELECT {REFRESH_COLUMNS}, used_at, revoked_at FROM refresh_tokens
-                         WHERE token_sha256 = ?1"
+                        "SELECT {REFRESH_COLUMNS}, used_at, revoked_at, grace_uses
+                         FROM refresh_tokens WHERE token_sha256 = ?1"
                     ),
                     params![hash],
                     |row| {
@@ -693,30 +697,70 @@ impl Store for SqliteStore {
                             refresh_record(row)?,
                             row.get::<_, Option<i64>>(8)?,
                             row.get::<_, Option<i64>>(9)?,
+                            row.get::<_, i64>(10)?,
                         ))
                     },
                 )
                 .optional()?;
             let outcome = match row {
                 None => RefreshUse::Invalid,
-                Some((record, _, _)) if record.client_id != client_id => RefreshUse::Invalid,
-                Some((_, _, Some(_))) => RefreshUse::Invalid,
-                Some((record, _, None)) if record.expires_at <= now => RefreshUse::Invalid,
-                Some((record, None, None)) => {
+                Some((record, ..)) if record.client_id != client_id => RefreshUse::Invalid,
+                Some((_, _, Some(_), _)) => RefreshUse::Invalid,
+                Some((record, _, None, _)) if record.expires_at <= now => RefreshUse::Invalid,
+                Some((record, None, None, _)) => {
                     tx.execute(
                         "UPDATE refresh_tokens SET used_at = ?2 WHERE token_sha256 = ?1",
                         params![hash, int(now)],
                     )?;
                     RefreshUse::Fresh(record)
                 }
-                Some((record, Some(used_at), None)) if int(now) - used_at < int(grace) => {
-                    RefreshUse::Grace(record)
+                Some((record, Some(used_at), None, uses)) if int(now) - used_at < int(grace) => {
+                    if uses >= super::GRACE_REISSUES {
+                        RefreshUse::GraceSpent
+                    } else {
+                        tx.execute(
+                            "UPDATE refresh_tokens SET grace_uses = grace_uses + 1
+                             WHERE token_sha256 = ?1",
+                            params![hash],
+                        )?;
+                        RefreshUse::Grace(record)
+                    }
                 }
-                Some((record, Some(_), None)) => {
+                Some((record, Some(_), None, _)) => {
                     revoke_family_in(&tx, &record.family, now)?;
                     RefreshUse::Reused(record)
                 }
             };
+            if let RefreshUse::Fresh(record) | RefreshUse::Grace(record) = &outcome {
+                // The family is checked under the same lock the insertion holds: a revoked
+                // family never gets a live token.
+                let revoked: bool = tx.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM refresh_tokens
+                                    WHERE family = ?1 AND revoked_at IS NOT NULL)",
+                    params![record.family],
+                    |row| row.get(0),
+                )?;
+                if revoked {
+                    // Leave the presented token as it was (dropping `tx` rolls back).
+                    return Ok(RefreshUse::Invalid);
+                }
+                tx.execute(
+                    &format!(
+                        "INSERT INTO refresh_tokens ({REFRESH_COLUMNS})
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                    ),
+                    params![
+                        successor.token_sha256,
+                        record.family,
+                        record.client_id,
+                        record.subject,
+                        successor.scope,
+                        record.resource,
+                        int(successor.issued_at),
+                        int(successor.expires_at)
+                    ],
+                )?;
+            }
             tx.commit()?;
             Ok(outcome)
         })
@@ -1144,8 +1188,21 @@ CREATE TABLE IF NOT EXISTS signing_keys (
         assert_eq!(store.peek_refresh("spent", t, 5).await.unwrap(), None);
         assert_eq!(store.peek_refresh("dead", t, 5).await.unwrap(), None);
         // A token used before the upgrade is a reuse, not within a grace period.
+        let successor = RefreshRecord {
+            token_sha256: "next".into(),
+            family: String::new(),
+            client_id: String::new(),
+            subject: String::new(),
+            scope: "read".into(),
+            resource: String::new(),
+            issued_at: t,
+            expires_at: t + 60,
+        };
         assert!(matches!(
-            store.use_refresh("spent", "bmm_used", t, 5).await.unwrap(),
+            store
+                .use_refresh("spent", "bmm_used", t, 5, &successor)
+                .await
+                .unwrap(),
             RefreshUse::Reused(_)
         ));
         assert_eq!(store.peek_refresh("live", t, 5).await.unwrap(), None);
