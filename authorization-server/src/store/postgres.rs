@@ -4,8 +4,10 @@
 //! 1. Every single-use or rotating decision is one statement or one transaction whose rows
 //!    are locked before they are read (store rule 1): a code is redeemed by one
 //!    `UPDATE ... WHERE redeemed_family IS NULL` (of concurrent updates PostgreSQL lets one
-//!    win and re-checks the others against the committed row); a refresh token is read
-//!    `FOR UPDATE` before it is used; a client assertion's `jti` is an
+//!    win and re-checks the others against the committed row); a refresh token's family
+//!    is locked (an advisory lock that revocations of the family take too), then the
+//!    token is read `FOR UPDATE`, and its successor inserted in the same transaction; a
+//!    client assertion's `jti` is an
 //!    `INSERT ... ON CONFLICT`; the first signing key is an insert that the unique index on
 //!    the current key turns into a no-op for every instance but one. Transactions that read
 //!    a whole table and then write it (pending sign-ins' quotas, key rotation) take a
