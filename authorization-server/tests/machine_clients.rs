@@ -920,3 +920,47 @@ fn a_configured_key_set_with_a_private_member_is_refused() {
     let error = Settings::from_args(args).unwrap_err().to_string();
     assert!(error.contains("private member"), "{error}");
 }
+
+#[tokio::test]
+async fn a_replayed_assertion_is_audited_under_the_client_it_names_at_token_and_revoke() {
+    let s = setup().await;
+    let as_ = &s.as_;
+    let endpoint = as_.token_endpoint();
+    let header = json!({"alg": "RS256", "kid": "svc-rsa-1"});
+    let good = s.rsa.sign(&header, &claims("svc-jwks", &endpoint));
+    let (status, body) = with_assertion(as_, &good, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    // No client_id in the body: the replay is still the assertion's client's.
+    let (status, _) = with_assertion(as_, &good, &[]).await;
+    assert_eq!(status, 401);
+    let replays = |events: Vec<bmm_authorization_server::store::AuditEvent>| {
+        events
+            .into_iter()
+            .filter(|e| e.detail.as_deref().is_some_and(|d| d.contains("jti")))
+            .collect::<Vec<_>>()
+    };
+    let trail = replays(as_.machine_events().await);
+    assert_eq!(trail.len(), 1, "{trail:?}");
+    assert_eq!(trail[0].client_id.as_deref(), Some("svc-jwks"));
+    // A replay at /revoke is audited too, under the same client.
+    let response = http()
+        .post(format!("{}/revoke", as_.url))
+        .form(&[
+            ("token", "whatever"),
+            ("client_assertion_type", ASSERTION_TYPE),
+            ("client_assertion", &good),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let filter = bmm_authorization_server::store::AuditFilter {
+        kind: Some("revocation".to_owned()),
+        limit: 100,
+        ..Default::default()
+    };
+    let trail = replays(as_.state.store().events(&filter).await.unwrap());
+    assert_eq!(trail.len(), 1, "{trail:?}");
+    assert_eq!(trail[0].client_id.as_deref(), Some("svc-jwks"));
+    s.as_.stop().await;
+}
