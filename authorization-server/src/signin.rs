@@ -28,8 +28,11 @@
 //!    Argon2 hash with the algorithm and parameters of the first configured user's hash
 //!    (the defaults without users), so a guess costs the same time whether or not the name
 //!    exists.
-//! 4. Argon2 runs on the blocking pool, at most one per CPU (up to 4) at a time; a guess
-//!    that cannot start within 10 s is answered "busy".
+//! 4. Argon2 runs on dedicated threads, one per CPU (up to 4), started with the server, at
+//!    most one check per thread at a time; a guess that cannot start within 10 s is
+//!    answered "busy". Not on tokio's blocking pool: its threads come and go by the
+//!    hundred, and glibc keeps each thread's freed 19 MiB Argon2 blocks in that thread's
+//!    arena, so a few hundred guesses left the process holding gigabytes.
 //! 5. An attempt refused under rule 2 is audited once per back-off period and address (the
 //!    first refusal), not once per request, so a flood cannot fill the audit trail; both
 //!    sign-in forms and the consent page are also rate limited per address
@@ -244,6 +247,8 @@ pub(crate) struct Throttle {
     by_caller: Mutex<HashMap<IpAddr, Failures>>,
     by_user: Mutex<HashMap<String, Failures>>,
     argon2: Arc<Semaphore>,
+    /// The queue of the Argon2 threads (rule 4); `None` when they could not be started.
+    argon2_threads: Option<std::sync::mpsc::SyncSender<Job>>,
     dummy_hash: Arc<OnceLock<Option<String>>>,
     /// Until when each address's refusals are already audited (rule 5).
     audited_until: Mutex<HashMap<IpAddr, Instant>>,
@@ -278,6 +283,39 @@ fn dummy_hash(template: Option<&str>) -> Option<String> {
         .map(|h| h.to_string())
 }
 
+/// A password check run on an Argon2 thread (rule 4).
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Starts `n` Argon2 threads (rule 4) and returns their queue (room for `n` jobs: the
+/// semaphore admits no more). They end when the queue is dropped with the [`Throttle`].
+fn argon2_threads(n: usize) -> Option<std::sync::mpsc::SyncSender<Job>> {
+    let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(n);
+    let queue = Arc::new(Mutex::new(queue));
+    for i in 0..n {
+        let queue = Arc::clone(&queue);
+        let worker = move || {
+            loop {
+                let next = match queue.lock() {
+                    Ok(queue) => queue.recv(),
+                    Err(_) => return,
+                };
+                match next {
+                    Ok(job) => job(),
+                    Err(_) => return,
+                }
+            }
+        };
+        if let Err(error) = std::thread::Builder::new()
+            .name(format!("bmm-as-argon2-{i}"))
+            .spawn(worker)
+        {
+            tracing::error!(%error, "cannot start the Argon2 threads");
+            return None;
+        }
+    }
+    Some(jobs)
+}
+
 impl Throttle {
     pub(crate) fn new() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
@@ -285,6 +323,7 @@ impl Throttle {
             by_caller: Mutex::new(HashMap::new()),
             by_user: Mutex::new(HashMap::new()),
             argon2: Arc::new(Semaphore::new(cpus)),
+            argon2_threads: argon2_threads(cpus),
             dummy_hash: Arc::new(OnceLock::new()),
             audited_until: Mutex::new(HashMap::new()),
         }
@@ -359,7 +398,7 @@ impl Throttle {
         let template = users.iter().find(readable).map(|u| u.password_hash.clone());
         let dummy = Arc::clone(&self.dummy_hash);
         let password = password.to_owned();
-        let matched = tokio::task::spawn_blocking(move || {
+        let check = move || {
             let hash = match known {
                 Some(h) => h,
                 None => match dummy.get_or_init(|| dummy_hash(template.as_deref())) {
@@ -372,9 +411,16 @@ impl Throttle {
                     .verify_password(password.as_bytes(), &parsed)
                     .is_ok()
             })
-        })
-        .await
-        .unwrap_or(false);
+        };
+        let (done, matched) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(check());
+        });
+        // Rule 4: on the Argon2 threads; the permit held guarantees the queue has room.
+        let Some(Ok(())) = self.argon2_threads.as_ref().map(|jobs| jobs.try_send(job)) else {
+            return Verdict::Busy;
+        };
+        let matched = matched.await.unwrap_or(false);
         if matched && real {
             if let Ok(mut map) = self.by_user.lock()
                 && let Some(f) = map.get_mut(&user_key)
