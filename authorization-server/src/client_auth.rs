@@ -29,7 +29,10 @@
 //!    redirect, no proxy), at most 64 KiB in 5 s, 16 fetches at a time in all. A fetched
 //!    set is cached for 5 minutes per instance (up to 1,000 URLs); an unknown `kid` refetches
 //!    it once, at most every 2 s per URL (so forged `kid`s cannot turn `/token` into a
-//!    fetch loop); a failed fetch is remembered for 10 s.
+//!    fetch loop); a failed fetch is remembered for 60 s. The 16 fetches are for
+//!    registered clients, at most 2 at a time per caller address (IPv6 by /64), like
+//!    metadata documents; configured clients fetch in a pool of their own (4), so slow
+//!    `jwks_uri`s of registered clients cannot starve them.
 //! 7. The `jti` is single use: the caller records it with `Store::use_assertion_jti` until
 //!    `exp` plus the leeway, which every instance on the database sees, and refuses a
 //!    replay. Every refusal is `invalid_client`; the assertion is never logged.
@@ -74,9 +77,42 @@ pub(crate) const MAX_JWKS_BYTES: usize = 64 * 1024;
 const JWKS_TTL: Duration = Duration::from_secs(300);
 const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 const JWKS_REFETCH_AFTER: Duration = Duration::from_secs(2);
-const JWKS_FAILURE_TTL: Duration = Duration::from_secs(10);
+const JWKS_FAILURE_TTL: Duration = Duration::from_secs(60);
 const JWKS_CACHE_ENTRIES: usize = 1000;
 const JWKS_FETCHES: usize = 16;
+/// Fetches at a time for configured clients' `jwks_uri`s, apart from the others (rule 6).
+const CONFIGURED_JWKS_FETCHES: usize = 4;
+/// Fetches at a time per caller address for registered clients' `jwks_uri`s (rule 6).
+pub(crate) const JWKS_FETCHES_PER_CALLER: usize = 2;
+
+/// Who a key set fetch is for (rule 6): the caller's address, and whether the client is
+/// configured (its fetches have their own pool and no per-caller bound).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fetcher {
+    /// The address the token or revocation request came from.
+    pub(crate) caller: std::net::IpAddr,
+    /// Whether the client is configured (not registered at `/register`).
+    pub(crate) configured: bool,
+}
+
+/// A registered client's fetch counted against its caller (rule 6); uncounted on drop.
+struct CallerSlot<'c> {
+    counts: &'c Mutex<HashMap<std::net::IpAddr, usize>>,
+    key: std::net::IpAddr,
+}
+
+impl Drop for CallerSlot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.counts.lock()
+            && let Some(n) = counts.get_mut(&self.key)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
 
 /// An algorithm of rule 2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -541,6 +577,10 @@ pub(crate) struct JwksCache {
     /// One fetch at a time per URL: concurrent misses wait for it and share its result.
     fetching: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     fetches: Semaphore,
+    /// Configured clients' fetches (rule 6).
+    configured_fetches: Semaphore,
+    /// Registered clients' fetches under way, per caller address (rule 6).
+    per_caller: Mutex<HashMap<std::net::IpAddr, usize>>,
 }
 
 #[derive(Clone)]
@@ -568,6 +608,8 @@ impl JwksCache {
             entries: Mutex::new(HashMap::new()),
             fetching: Mutex::new(HashMap::new()),
             fetches: Semaphore::new(JWKS_FETCHES),
+            configured_fetches: Semaphore::new(CONFIGURED_JWKS_FETCHES),
+            per_caller: Mutex::new(HashMap::new()),
         }
     }
 
@@ -577,7 +619,12 @@ impl JwksCache {
 
     /// The key set at `uri`: cached, or fetched when there is none fresh; with
     /// `refetch` (an unknown `kid`), fetched again unless the cached one is under 2 s old.
-    async fn keys(&self, uri: &str, refetch: bool) -> Result<Arc<KeySet>, OAuthError> {
+    async fn keys(
+        &self,
+        uri: &str,
+        refetch: bool,
+        fetcher: Fetcher,
+    ) -> Result<Arc<KeySet>, OAuthError> {
         let usable = |entry: &Entry| match &entry.keys {
             Ok(_) if refetch => entry.at.elapsed() < JWKS_REFETCH_AFTER,
             Ok(_) => entry.at.elapsed() < JWKS_TTL,
@@ -601,7 +648,7 @@ impl JwksCache {
             match self.cached(uri) {
                 Some(entry) if entry.at.elapsed() < JWKS_REFETCH_AFTER => entry.keys,
                 _ => {
-                    let fetched = self.fetch(uri).await;
+                    let fetched = self.fetch(uri, fetcher).await;
                     let fetched = match fetched {
                         Ok(keys) => Ok(Arc::new(keys)),
                         Err(FetchError::Busy) => {
@@ -652,7 +699,22 @@ impl JwksCache {
         );
     }
 
-    async fn fetch(&self, uri: &str) -> Result<KeySet, FetchError> {
+    /// Counts a registered client's fetch against its caller, or refuses it (rule 6).
+    fn caller_slot(&self, caller: std::net::IpAddr) -> Result<CallerSlot<'_>, FetchError> {
+        let key = crate::ratelimit::caller_key(caller);
+        let mut counts = self.per_caller.lock().map_err(|_| FetchError::Busy)?;
+        let n = counts.entry(key).or_insert(0);
+        if *n >= JWKS_FETCHES_PER_CALLER {
+            return Err(FetchError::Busy);
+        }
+        *n += 1;
+        Ok(CallerSlot {
+            counts: &self.per_caller,
+            key,
+        })
+    }
+
+    async fn fetch(&self, uri: &str, fetcher: Fetcher) -> Result<KeySet, FetchError> {
         let failed =
             |why: String| FetchError::Failed(format!("the client's jwks_uri {uri}: {why}"));
         let url = check_jwks_uri(uri, self.allow_loopback).map_err(FetchError::Failed)?;
@@ -660,7 +722,11 @@ impl JwksCache {
             .guard
             .as_ref()
             .ok_or_else(|| failed("no HTTP client".to_owned()))?;
-        let _permit = tokio::time::timeout(JWKS_TIMEOUT, self.fetches.acquire())
+        let (_slot, pool) = match fetcher.configured {
+            true => (None, &self.configured_fetches),
+            false => (Some(self.caller_slot(fetcher.caller)?), &self.fetches),
+        };
+        let _permit = tokio::time::timeout(JWKS_TIMEOUT, pool.acquire())
             .await
             .map_err(|_| FetchError::Busy)?
             .map_err(|_| FetchError::Busy)?;
@@ -709,6 +775,7 @@ pub(crate) async fn verify(
     assertion: &Assertion,
     audiences: &[&str],
     now: u64,
+    fetcher: Fetcher,
 ) -> Result<Verified, OAuthError> {
     if client.token_endpoint_auth_method != "private_key_jwt" {
         return Err(OAuthError::invalid_client(
@@ -718,8 +785,8 @@ pub(crate) async fn verify(
     let verified = check_claims(assertion, &client.client_id, audiences, now)?;
     let outcome = match (&client.jwks, &client.jwks_uri) {
         (Some(jwks), None) => KeySet::parse_text(jwks).map_err(refused)?.verify(assertion),
-        (None, Some(uri)) => match cache.keys(uri, false).await?.verify(assertion) {
-            Err(Miss::NoKey) => cache.keys(uri, true).await?.verify(assertion),
+        (None, Some(uri)) => match cache.keys(uri, false, fetcher).await?.verify(assertion) {
+            Err(Miss::NoKey) => cache.keys(uri, true, fetcher).await?.verify(assertion),
             other => other,
         },
         _ => {
@@ -832,7 +899,19 @@ mod tests {
 
     async fn check(client: &Client, assertion: &str) -> Result<Verified, OAuthError> {
         let a = Assertion::parse(assertion)?;
-        verify(&JwksCache::new(false), client, &a, &[TOKEN, ISSUER], NOW).await
+        let fetcher = Fetcher {
+            caller: std::net::Ipv4Addr::LOCALHOST.into(),
+            configured: false,
+        };
+        verify(
+            &JwksCache::new(false),
+            client,
+            &a,
+            &[TOKEN, ISSUER],
+            NOW,
+            fetcher,
+        )
+        .await
     }
 
     fn refusal(result: Result<Verified, OAuthError>) -> String {

@@ -200,6 +200,7 @@ async fn presented_owner(
 
 async fn authenticate(
     state: &AppState,
+    caller: std::net::IpAddr,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
     owner: Option<&str>,
@@ -235,7 +236,7 @@ async fn authenticate(
                 "use one client authentication method, not two",
             ));
         }
-        return authenticate_assertion(state, params).await;
+        return authenticate_assertion(state, caller, params).await;
     }
     let (client_id, secret, method) =
         match (&basic, params.get("client_id"), params.get("client_secret")) {
@@ -296,6 +297,7 @@ async fn authenticate(
 /// verifies with its keys and its `jti` was not used before (on any instance).
 async fn authenticate_assertion(
     state: &AppState,
+    caller: std::net::IpAddr,
     params: &HashMap<String, String>,
 ) -> Result<Client, OAuthError> {
     if params.get("client_assertion_type").map(String::as_str) != Some(client_auth::ASSERTION_TYPE)
@@ -332,12 +334,17 @@ async fn authenticate_assertion(
         issuer,
         revocation_endpoint.as_str(),
     ];
+    let fetcher = client_auth::Fetcher {
+        caller,
+        configured: clients::is_preregistered(state, &client.client_id),
+    };
     let verified = client_auth::verify(
         &state.inner.client_keys,
         &client,
         &assertion,
         &audiences,
         now(),
+        fetcher,
     )
     .await?;
     if !state
@@ -346,7 +353,8 @@ async fn authenticate_assertion(
         .await?
     {
         tracing::warn!(client_id = %client.client_id, "client assertion replayed (its jti was used before)");
-        let error = OAuthError::invalid_client("client assertion refused: its jti was already used");
+        let error =
+            OAuthError::invalid_client("client assertion refused: its jti was already used");
         // A replay is audited under the client it names, whatever the request (the
         // client_credentials grant audits its own refusals).
         let kind = match params.get("grant_type").map(String::as_str) {
@@ -464,7 +472,7 @@ async fn grant(
     let params = body_params(headers, body)?;
     let owner = presented_owner(state, &params, "refresh_token").await;
     let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
-    let client = match authenticate(state, headers, &params, owner.as_deref()).await {
+    let client = match authenticate(state, caller, headers, &params, owner.as_deref()).await {
         Ok(client) => client,
         Err(error) => {
             // A machine client has no user to notice a refusal: the trail keeps it (a
@@ -832,7 +840,7 @@ pub(crate) async fn revoke(
     let result = async {
         let params = body_params(&headers, body)?;
         let owner = presented_owner(&state, &params, "token").await;
-        let client = authenticate(&state, &headers, &params, owner.as_deref()).await?;
+        let client = authenticate(&state, peer.ip(), &headers, &params, owner.as_deref()).await?;
         let token = params
             .get("token")
             .ok_or_else(|| OAuthError::invalid_request("token is required"))?;

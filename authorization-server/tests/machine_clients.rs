@@ -964,3 +964,113 @@ async fn a_replayed_assertion_is_audited_under_the_client_it_names_at_token_and_
     assert_eq!(trail[0].client_id.as_deref(), Some("svc-jwks"));
     s.as_.stop().await;
 }
+
+/// A server whose `/slow/{n}` answers only once `release` is notified, counting the
+/// requests it holds.
+async fn slow_jwks_server() -> (String, Arc<AtomicUsize>, Arc<tokio::sync::Notify>) {
+    let held = Arc::new(AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (h, r) = (Arc::clone(&held), Arc::clone(&release));
+    let app = axum::Router::new().route(
+        "/slow/{n}",
+        axum::routing::get(move || {
+            let (h, r) = (Arc::clone(&h), Arc::clone(&r));
+            async move {
+                let released = r.notified();
+                h.fetch_add(1, Ordering::SeqCst);
+                released.await;
+                axum::Json(json!({"keys": []}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/slow", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, held, release)
+}
+
+#[tokio::test]
+async fn jwks_uri_fetches_are_bounded_per_caller_and_never_starve_a_configured_client() {
+    let s = setup().await;
+    let as_ = &s.as_;
+    let endpoint = as_.token_endpoint();
+    let (slow, held, release) = slow_jwks_server().await;
+    // Registered clients whose key sets never arrive, each at its own URL.
+    let mut ids = Vec::new();
+    for n in 0..17 {
+        let (status, body) = json_of(
+            http()
+                .post(format!("{}/register", as_.url))
+                .json(
+                    &json!({"redirect_uris": ["http://127.0.0.1:33418/callback"],
+                    "token_endpoint_auth_method": "private_key_jwt",
+                    "jwks_uri": format!("{slow}/{n}")}),
+                )
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+        ids.push(body["client_id"].as_str().unwrap().to_owned());
+    }
+    // Well-formed but unsigned assertions: the keys are fetched before the signature fails.
+    let unsigned = |client: &str| {
+        let header = URL_SAFE_NO_PAD.encode(json!({"alg": "RS256", "kid": "x"}).to_string());
+        let body = URL_SAFE_NO_PAD.encode(claims(client, &endpoint).to_string());
+        format!("{header}.{body}.c2ln")
+    };
+    let send = |from: &str, assertion: String| {
+        let http = http_from(Some(from.parse().unwrap()));
+        let url = endpoint.clone();
+        tokio::spawn(async move {
+            let form = [
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", ASSERTION_TYPE),
+                ("client_assertion", &assertion),
+                ("resource", RESOURCE),
+            ];
+            http.post(url)
+                .form(&form)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    // One caller: two fetches at a time; the third is refused at once, not queued.
+    let first: Vec<_> = (0..2)
+        .map(|i| send("127.0.0.1", unsigned(&ids[i])))
+        .collect();
+    while held.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let third = send("127.0.0.1", unsigned(&ids[2]));
+    let third = tokio::time::timeout(Duration::from_secs(30), third)
+        .await
+        .expect("the third fetch of one caller is refused, not queued")
+        .unwrap();
+    assert_eq!(third, 503);
+    // Callers at seven more addresses fill the registered clients' 16 fetches.
+    let mut rest = Vec::new();
+    for i in 3..17 {
+        let from = format!("127.0.0.{}", 10 + i / 2);
+        rest.push(send(&from, unsigned(&ids[i])));
+    }
+    while held.load(Ordering::SeqCst) < 16 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The configured client's fetch has its own pool: it gets its keys and a token.
+    let good = s.ec.sign(
+        &json!({"alg": "ES256", "kid": "svc-ec-1"}),
+        &claims("svc-uri", &endpoint),
+    );
+    let (status, body) = with_assertion(as_, &good, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    release.notify_waiters();
+    for task in first.into_iter().chain(rest) {
+        assert_eq!(task.await.unwrap(), 401);
+    }
+    s.as_.stop().await;
+}
