@@ -1054,9 +1054,9 @@ async fn jwks_uri_fetches_are_bounded_per_caller_and_never_starve_a_configured_c
     assert_eq!(third, 503);
     // Callers at seven more addresses fill the registered clients' 16 fetches.
     let mut rest = Vec::new();
-    for i in 3..17 {
+    for (i, id) in ids.iter().enumerate().skip(3) {
         let from = format!("127.0.0.{}", 10 + i / 2);
-        rest.push(send(&from, unsigned(&ids[i])));
+        rest.push(send(&from, unsigned(id)));
     }
     while held.load(Ordering::SeqCst) < 16 {
         tokio::time::sleep(Duration::from_millis(20)).await;
