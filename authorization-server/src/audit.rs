@@ -557,7 +557,7 @@ mod tests {
 
     #[test]
     fn nul_bytes_are_stripped_because_postgresql_text_cannot_hold_them() {
-        let ev = event("token").client("a\0b");
+        let ev = event("client_credentials").client("a\0b");
         assert_eq!(ev.client_id.as_deref(), Some("ab"));
     }
 
