@@ -275,6 +275,12 @@ impl Server {
         })
     }
 
+    /// Serves on a listener bound by the caller (socket activation, or a test that needs
+    /// the port before it builds the configuration, without a bind-drop-rebind race).
+    pub fn from_listener(listener: TcpListener, config: ServeConfig) -> Self {
+        Self { listener, config }
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()

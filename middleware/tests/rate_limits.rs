@@ -145,12 +145,12 @@ async fn per_tool_limit_applies_only_to_that_tool() {
 
 #[tokio::test]
 async fn no_limit_applies_without_authentication() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
     let config = ServeConfig::unauthenticated("/mcp")
         .rate_limits(RateLimits::new().per_subject(limit("1/hour")));
-    let server = bmm_middleware::Server::bind(addr, config).await.unwrap();
+    let server = bmm_middleware::Server::bind("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
     tokio::spawn(server.serve(echo_service(), std::future::pending()));
     for _ in 0..3 {
         assert_eq!(post(&format!("http://{addr}/mcp"), None).await.status, 200);
@@ -204,16 +204,14 @@ async fn an_answer_during_the_drain_carries_connection_close_and_serve_returns()
     use http_body_util::Full;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    drop(listener);
     let slow = tower::service_fn(|_req: http::Request<Full<Bytes>>| async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"{}"))))
     });
-    let server = bmm_middleware::Server::bind(addr, ServeConfig::unauthenticated("/mcp"))
-        .await
-        .unwrap();
+    let server =
+        bmm_middleware::Server::from_listener(listener, ServeConfig::unauthenticated("/mcp"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve(slow, async move {
         let _ = stopped.await;

@@ -337,16 +337,15 @@ impl TestServer {
         configure: impl FnOnce(AuthConfig) -> AuthConfig,
         serve: impl FnOnce(ServeConfig) -> ServeConfig,
     ) -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // The listener stays bound: dropping it and binding its port again raced with
+        // other tests taking the port (AddrInUse in CI).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        drop(listener);
         let resource = format!("http://{addr}/mcp");
         let config = AuthConfig::new(Resource::parse(&resource).unwrap())
             .issuer(Issuer::parse(issuer).unwrap());
         let auth = configure(config).build().unwrap();
-        let server = Server::bind(addr, serve(ServeConfig::new("/mcp", auth.clone())))
-            .await
-            .unwrap();
+        let server = Server::from_listener(listener, serve(ServeConfig::new("/mcp", auth.clone())));
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(server.serve(echo_service(), async move {
             let _ = rx.await;
