@@ -78,7 +78,7 @@ impl TestPostgres {
         for _ in 0..3 {
             server.port = free_port()?;
             let options = format!(
-                "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400",
+                "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400 -c wal_level=minimal -c max_wal_senders=0 -c max_wal_size=64MB -c min_wal_size=32MB",
                 server.port,
                 server.dir.display()
             );
@@ -121,6 +121,35 @@ impl TestPostgres {
             .args(["-c", sql])
             .stdout(Stdio::null());
         run(&format!("psql -c {sql}"), &mut psql)
+    }
+
+    /// Drops every database the tests made (`bmm_t_*`, tests/common), closing any
+    /// connection left to them.
+    pub(crate) fn drop_test_databases(&self) -> Result<(), String> {
+        // DROP DATABASE cannot run inside a function or transaction: psql's \gexec runs
+        // each generated statement on its own.
+        let script = "SELECT format('DROP DATABASE %I WITH (FORCE)', datname) \
+                      FROM pg_database WHERE datname LIKE 'bmm\\_t\\_%' \\gexec\n";
+        let mut psql = self.command("psql");
+        psql.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+            .arg(self.url())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null());
+        let mut child = psql
+            .spawn()
+            .map_err(|e| format!("cannot run psql: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write as _;
+            stdin
+                .write_all(script.as_bytes())
+                .map_err(|e| format!("psql stdin: {e}"))?;
+        }
+        let status = child.wait().map_err(|e| format!("psql: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("dropping the test databases failed ({status})"))
+        }
     }
 
     fn data(&self) -> PathBuf {
@@ -207,6 +236,21 @@ fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// Bytes under `dir` (what we can read of it; the data dir is the postgres user's).
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&entry.path()),
+            Ok(_) => entry.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -280,6 +324,14 @@ pub(crate) fn as_suite(root: &Path, workspace: bool) -> Result<(), String> {
                 )
                 .env("BMM_AS_TEST_DATABASE_URL", &url),
         )?;
+        // Each test made its own database (~8 MB): drop them before the next binary, so
+        // the suite's disk use stays that of one binary, not of all of them (a CI run
+        // once filled its disk here).
+        eprintln!(
+            "    PostgreSQL data after {name}: {} MB",
+            dir_size(&server.dir) / 1_000_000
+        );
+        server.drop_test_databases()?;
     }
     drop(server);
     Ok(())
