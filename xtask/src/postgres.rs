@@ -135,9 +135,7 @@ impl TestPostgres {
             .arg(self.url())
             .stdin(Stdio::piped())
             .stdout(Stdio::null());
-        let mut child = psql
-            .spawn()
-            .map_err(|e| format!("cannot run psql: {e}"))?;
+        let mut child = psql.spawn().map_err(|e| format!("cannot run psql: {e}"))?;
         if let Some(mut stdin) = child.stdin.take() {
             use std::io::Write as _;
             stdin
