@@ -13,6 +13,16 @@ use serde_json::{Map, Value};
 
 use crate::scope::ScopeSet;
 
+/// How a request's token was shaped, and so how it was verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TokenKind {
+    /// A JWS-shaped token (a JWT): verified with the issuer's keys, or introspected when
+    /// the issuer is configured with introspection and no keys.
+    Jwt,
+    /// An opaque token, verified by RFC 7662 introspection at its issuer.
+    Opaque,
+}
+
 /// The identity behind a request: issuer, subject, client, scopes and the raw claims.
 ///
 /// Cheap to clone (one `Arc`). Debug output names the principal but never the claims, which
@@ -31,11 +41,37 @@ struct Inner {
     effective_scopes: ScopeSet,
     expires_at: u64,
     token_id: Option<String>,
+    confirmation_jkt: Option<String>,
+    token_kind: TokenKind,
     claims: Map<String, Value>,
 }
 
 impl AuthContext {
+    /// The context of a verified JWT (tests build contexts with it).
+    #[cfg(test)]
     pub(crate) fn new(
+        issuer: String,
+        audience: Vec<String>,
+        scopes: ScopeSet,
+        effective_scopes: ScopeSet,
+        expires_at: u64,
+        claims: Map<String, Value>,
+    ) -> Self {
+        Self::of_kind(
+            TokenKind::Jwt,
+            issuer,
+            audience,
+            scopes,
+            effective_scopes,
+            expires_at,
+            claims,
+        )
+    }
+
+    /// The context of a verified token of `kind` (the claims of a JWT, or the body of an
+    /// active introspection response).
+    pub(crate) fn of_kind(
+        token_kind: TokenKind,
         issuer: String,
         audience: Vec<String>,
         scopes: ScopeSet,
@@ -47,6 +83,11 @@ impl AuthContext {
         let subject = text("sub");
         let client_id = text("client_id").or_else(|| text("azp"));
         let token_id = text("jti");
+        let confirmation_jkt = claims
+            .get("cnf")
+            .and_then(|cnf| cnf.get("jkt"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         Self {
             inner: Arc::new(Inner {
                 issuer,
@@ -57,6 +98,8 @@ impl AuthContext {
                 effective_scopes,
                 expires_at,
                 token_id,
+                confirmation_jkt,
+                token_kind,
                 claims,
             }),
         }
@@ -127,7 +170,20 @@ impl AuthContext {
         self.inner.token_id.as_deref()
     }
 
-    /// Every claim of the verified token.
+    /// The JWK SHA-256 thumbprint the token is bound to (`cnf.jkt`, RFC 9449): such a
+    /// token is only accepted with a DPoP proof signed by that key. `None` for an unbound
+    /// token.
+    pub fn confirmation_jkt(&self) -> Option<&str> {
+        self.inner.confirmation_jkt.as_deref()
+    }
+
+    /// Whether the token was a JWT or an opaque (introspected) token.
+    pub fn token_kind(&self) -> TokenKind {
+        self.inner.token_kind
+    }
+
+    /// Every claim of the verified token: a JWT's payload, or the body of the active
+    /// introspection response (RFC 7662 section 2.2) for an introspected token.
     pub fn claims(&self) -> &Map<String, Value> {
         &self.inner.claims
     }
@@ -145,6 +201,7 @@ impl fmt::Debug for AuthContext {
             .field("subject", &self.inner.subject)
             .field("client_id", &self.inner.client_id)
             .field("scopes", &self.inner.scopes)
+            .field("token_kind", &self.inner.token_kind)
             .finish_non_exhaustive()
     }
 }
@@ -202,9 +259,30 @@ mod tests {
         assert_eq!(ctx.token_id(), Some("j1"));
         assert!(ctx.has_scope("mcp:read"));
         assert!(!ctx.has_scope("mcp:write"));
+        assert_eq!(ctx.confirmation_jkt(), None);
+        assert_eq!(ctx.token_kind(), TokenKind::Jwt);
         let mut req = http::Request::new(());
         req.extensions_mut().insert(ctx);
         let got = AuthContext::from_request(&req).unwrap();
         assert!(!format!("{got:?}").contains("a@x"));
+    }
+
+    #[test]
+    fn auth_context_reads_the_confirmation_thumbprint_and_the_token_kind() {
+        let claims = serde_json::json!({"sub": "bob", "cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}});
+        let ctx = AuthContext::of_kind(
+            TokenKind::Opaque,
+            "https://as".into(),
+            vec![],
+            ScopeSet::new(),
+            ScopeSet::new(),
+            4_000_000_000,
+            claims.as_object().cloned().unwrap_or_default(),
+        );
+        assert_eq!(
+            ctx.confirmation_jkt(),
+            Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")
+        );
+        assert_eq!(ctx.token_kind(), TokenKind::Opaque);
     }
 }

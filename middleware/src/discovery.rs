@@ -11,6 +11,9 @@
 //! 3. A document is used only if its `issuer` equals the configured issuer exactly
 //!    (RFC 8414 section 3.3); otherwise the next candidate is tried.
 //! 4. `jwks_uri` must be an `https` URL (or `http` on a loopback host).
+//! 5. The same documents, with the same checks, give the `introspection_endpoint` of an
+//!    issuer whose tokens are introspected (see [`crate::introspect`]); it must be an
+//!    `https` URL (or `http` on a loopback host) too.
 
 use url::Url;
 
@@ -39,10 +42,22 @@ pub(crate) fn metadata_candidates(issuer: &Issuer) -> Vec<Url> {
 
 /// Discovers the issuer's `jwks_uri`. The error lists what each candidate answered.
 pub(crate) async fn discover_jwks_uri(fetcher: &Fetcher, issuer: &Issuer) -> Result<Url, String> {
+    discover_endpoint(fetcher, issuer, "jwks_uri").await
+}
+
+/// Discovers the issuer's `introspection_endpoint` (RFC 8414 section 2).
+pub(crate) async fn discover_introspection_endpoint(
+    fetcher: &Fetcher,
+    issuer: &Issuer,
+) -> Result<Url, String> {
+    discover_endpoint(fetcher, issuer, "introspection_endpoint").await
+}
+
+async fn discover_endpoint(fetcher: &Fetcher, issuer: &Issuer, field: &str) -> Result<Url, String> {
     let mut tried = Vec::new();
     for candidate in metadata_candidates(issuer) {
         match fetcher.get_json(&candidate).await {
-            Ok(doc) => match jwks_uri_from_metadata(&doc.json, issuer) {
+            Ok(doc) => match endpoint_from_metadata(&doc.json, issuer, field) {
                 Ok(uri) => return Ok(uri),
                 Err(reason) => tried.push(format!("{candidate}: {reason}")),
             },
@@ -55,9 +70,18 @@ pub(crate) async fn discover_jwks_uri(fetcher: &Fetcher, issuer: &Issuer) -> Res
     ))
 }
 
+#[cfg(test)]
 pub(crate) fn jwks_uri_from_metadata(
     doc: &serde_json::Value,
     issuer: &Issuer,
+) -> Result<Url, String> {
+    endpoint_from_metadata(doc, issuer, "jwks_uri")
+}
+
+fn endpoint_from_metadata(
+    doc: &serde_json::Value,
+    issuer: &Issuer,
+    field: &str,
 ) -> Result<Url, String> {
     let found = doc.get("issuer").and_then(|v| v.as_str());
     if found != Some(issuer.as_str()) {
@@ -68,20 +92,25 @@ pub(crate) fn jwks_uri_from_metadata(
         ));
     }
     let uri = doc
-        .get("jwks_uri")
+        .get(field)
         .and_then(|v| v.as_str())
-        .ok_or_else(|| "metadata has no jwks_uri".to_owned())?;
-    let url = Url::parse(uri).map_err(|e| format!("jwks_uri is not a URL: {e}"))?;
-    check_jwks_url(&url)?;
+        .ok_or_else(|| format!("metadata has no {field}"))?;
+    let url = Url::parse(uri).map_err(|e| format!("{field} is not a URL: {e}"))?;
+    check_endpoint_url(&url, field)?;
     Ok(url)
 }
 
 pub(crate) fn check_jwks_url(url: &Url) -> Result<(), String> {
+    check_endpoint_url(url, "jwks_uri")
+}
+
+/// An endpoint the middleware calls must be `https`, or `http` on a loopback host.
+pub(crate) fn check_endpoint_url(url: &Url, what: &str) -> Result<(), String> {
     match url.scheme() {
         "https" => Ok(()),
         "http" if is_loopback_url(url) => Ok(()),
         _ => Err(format!(
-            "jwks_uri `{url}` must use https (http only on loopback)"
+            "{what} `{url}` must use https (http only on loopback)"
         )),
     }
 }
@@ -131,5 +160,26 @@ mod tests {
         );
         let http = serde_json::json!({"issuer": "https://as.example", "jwks_uri": "http://as.example/jwks"});
         assert!(jwks_uri_from_metadata(&http, &i).is_err());
+    }
+
+    #[test]
+    fn discovery_gives_the_introspection_endpoint_with_the_same_checks() {
+        let i = Issuer::parse("https://as.example").unwrap();
+        let field = "introspection_endpoint";
+        let ok = serde_json::json!({"issuer": "https://as.example", "introspection_endpoint": "https://as.example/introspect"});
+        assert_eq!(
+            endpoint_from_metadata(&ok, &i, field).unwrap().as_str(),
+            "https://as.example/introspect"
+        );
+        let other = serde_json::json!({"issuer": "https://evil.example", "introspection_endpoint": "https://as.example/introspect"});
+        assert!(endpoint_from_metadata(&other, &i, field).is_err());
+        let http = serde_json::json!({"issuer": "https://as.example", "introspection_endpoint": "http://as.example/introspect"});
+        assert!(endpoint_from_metadata(&http, &i, field).is_err());
+        let none = serde_json::json!({"issuer": "https://as.example"});
+        assert!(
+            endpoint_from_metadata(&none, &i, field)
+                .unwrap_err()
+                .contains("introspection_endpoint")
+        );
     }
 }

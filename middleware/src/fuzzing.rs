@@ -33,11 +33,30 @@ pub fn authorization_header(bytes: &[u8]) {
     };
     let mut headers = HeaderMap::new();
     headers.insert(http::header::AUTHORIZATION, value);
-    let Attempt::Done(result) = authenticator().attempt(&headers) else {
+    let Attempt::Done(result) = authenticator().attempt(&http::Method::POST, "/mcp", &headers)
+    else {
         return;
     };
     if let Err(error) = result {
-        let _ = authenticator().challenge().www_authenticate(&error);
+        let _ = authenticator().challenge().www_authenticate_values(&error);
+    }
+}
+
+/// Runs raw bytes through DPoP proof verification (RFC 9449) as a `DPoP` header value.
+pub fn dpop_proof(bytes: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        let _ = crate::dpop::verify_proof(
+            text,
+            &crate::dpop::ProofRequirements {
+                method: "POST",
+                url: "http://127.0.0.1:4103/mcp",
+                access_token: Some("token"),
+                nonce: None,
+                now: 1_800_000_000,
+                max_age_secs: 60,
+                algorithms: crate::dpop::DEFAULT_PROOF_ALGORITHMS,
+            },
+        );
     }
 }
 

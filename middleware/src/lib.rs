@@ -5,9 +5,11 @@
 //! `StreamableHttpService`, axum, plain hyper):
 //!
 //! - [`AuthLayer`]: bearer tokens (RFC 6750), JWT verification against the issuer's JWKS,
-//!   `iss`, `aud` (RFC 8707 audience binding), `exp`/`nbf`, scopes; 401/400/403/503 with
-//!   the right `WWW-Authenticate`. The verified identity lands in the request extensions as
-//!   an [`AuthContext`]. The client's token is never forwarded.
+//!   opaque tokens by RFC 7662 introspection ([`introspect`]), several trusted issuers each
+//!   with its own keys, algorithms, audiences and scope claim ([`TrustedIssuer`]), `iss`,
+//!   `aud` (RFC 8707 audience binding), `exp`/`nbf`, scopes; 401/400/403/503 with the right
+//!   `WWW-Authenticate`. The verified identity lands in the request extensions as an
+//!   [`AuthContext`]. The client's token is never forwarded.
 //! - [`ToolScopeLayer`]: per-tool scopes read from the JSON-RPC body.
 //! - [`RateLimitLayer`]: per-subject and per-tool rate limits (429 with `Retry-After`).
 //! - [`MetadataLayer`]: RFC 9728 protected resource metadata.
@@ -69,10 +71,13 @@ pub mod config;
 pub mod conn;
 mod context;
 mod discovery;
+pub mod dpop;
 mod fetch;
 mod future;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod introspect;
+pub mod issuer;
 pub mod jwks;
 pub mod jwt;
 mod limit;
@@ -94,8 +99,11 @@ pub use audit::{AuditEntry, AuditLog, AuditTarget};
 pub use auth::{Auth, AuthConfig, AuthError, AuthLayer, Authenticator};
 pub use body::ResponseBody;
 pub use config::{ConfigError, KeySettings};
-pub use context::{AuthContext, MissingAuthContext};
+pub use context::{AuthContext, MissingAuthContext, TokenKind};
+pub use dpop::{DpopConfig, DpopMode};
 pub use future::LocalOrInner;
+pub use introspect::{Introspection, IntrospectionAuth};
+pub use issuer::TrustedIssuer;
 pub use jsonwebtoken::Algorithm;
 pub use limit::{ConcurrencyLimit, ConcurrencyLimitLayer};
 pub use metadata::{Metadata, MetadataLayer, ProtectedResourceMetadata};
@@ -106,6 +114,6 @@ pub use rate_limit::{RateLimit, RateLimitLayer, RateLimited, RateLimits};
 pub use refusal::Refusal;
 pub use reload::{Reload, reload_on_sighup};
 pub use resource::{Issuer, Resource};
-pub use scope::{ScopeHierarchy, ScopePolicy, ScopeSet};
+pub use scope::{ScopeClaim, ScopeHierarchy, ScopePolicy, ScopeSet};
 pub use serve::{ServeConfig, Server, is_loopback_listen, serve, shutdown_signal, stack};
 pub use tool_scope::{CalledTools, ToolScope, ToolScopeLayer};

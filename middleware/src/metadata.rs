@@ -12,6 +12,10 @@
 //!    clients discover it cross-origin); `OPTIONS` answers the preflight with 204; any
 //!    other method gets 405 with `Allow`.
 //! 5. The document is rendered once, at start-up.
+//! 6. With DPoP on ([`crate::DpopConfig`]), it lists `dpop_signing_alg_values_supported`
+//!    (the accepted proof algorithms) and, when DPoP is required,
+//!    `dpop_bound_access_tokens_required: true` (RFC 9728 section 2); [`crate::serve`]
+//!    fills them from the authenticator.
 
 use std::task::{Context, Poll};
 
@@ -47,6 +51,10 @@ pub struct ProtectedResourceMetadata {
     resource_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     resource_documentation: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    dpop_signing_alg_values_supported: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dpop_bound_access_tokens_required: bool,
     #[serde(skip)]
     path: String,
 }
@@ -61,6 +69,8 @@ impl ProtectedResourceMetadata {
             bearer_methods_supported: ["header"],
             resource_name: None,
             resource_documentation: None,
+            dpop_signing_alg_values_supported: Vec::new(),
+            dpop_bound_access_tokens_required: false,
             path: resource.path().trim_end_matches('/').to_owned(),
         }
     }
@@ -91,6 +101,23 @@ impl ProtectedResourceMetadata {
     pub fn resource_documentation(mut self, url: impl Into<String>) -> Self {
         self.resource_documentation = Some(url.into());
         self
+    }
+
+    /// Advertises DPoP: the accepted proof `algorithms` (empty: DPoP off) and whether
+    /// DPoP-bound tokens are `required`.
+    pub fn dpop(mut self, algorithms: &[jsonwebtoken::Algorithm], required: bool) -> Self {
+        self.dpop_signing_alg_values_supported =
+            algorithms.iter().map(|a| format!("{a:?}")).collect();
+        self.dpop_bound_access_tokens_required = required && !algorithms.is_empty();
+        self
+    }
+
+    /// Advertises the DPoP settings of `auth` ([`ProtectedResourceMetadata::dpop`]).
+    pub fn dpop_of(self, auth: &crate::Authenticator) -> Self {
+        self.dpop(
+            auth.dpop_algorithms(),
+            auth.dpop_mode() == crate::DpopMode::Required,
+        )
     }
 
     /// The paths the document is served at.
@@ -242,6 +269,29 @@ mod tests {
         assert!(m.is_metadata_path("/.well-known/oauth-protected-resource/mcp/"));
         assert!(!m.is_metadata_path("/.well-known/oauth-protected-resource/other"));
         assert!(!m.is_metadata_path("/.well-known/oauth-protected-resourcex"));
+    }
+
+    #[test]
+    fn metadata_advertises_dpop_algs_and_required_binding() {
+        let r = Resource::parse("https://rs.example/mcp").unwrap();
+        let plain = serde_json::to_value(ProtectedResourceMetadata::new(&r, [])).unwrap();
+        assert!(plain.get("dpop_signing_alg_values_supported").is_none());
+        assert!(plain.get("dpop_bound_access_tokens_required").is_none());
+        let algs = [
+            jsonwebtoken::Algorithm::ES256,
+            jsonwebtoken::Algorithm::EdDSA,
+        ];
+        let allowed =
+            serde_json::to_value(ProtectedResourceMetadata::new(&r, []).dpop(&algs, false))
+                .unwrap();
+        assert_eq!(
+            allowed["dpop_signing_alg_values_supported"],
+            serde_json::json!(["ES256", "EdDSA"])
+        );
+        assert!(allowed.get("dpop_bound_access_tokens_required").is_none());
+        let required =
+            serde_json::to_value(ProtectedResourceMetadata::new(&r, []).dpop(&algs, true)).unwrap();
+        assert_eq!(required["dpop_bound_access_tokens_required"], true);
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!    `Access-Control-Request-Method`) is answered here with 204, without authentication
 //!    (browsers never send credentials on a preflight), and other responses get
 //!    `Access-Control-Allow-Origin` with the origin, `Vary: Origin` and the MCP headers
-//!    exposed (`WWW-Authenticate`, `Mcp-Session-Id`, `Mcp-Protocol-Version`).
+//!    exposed (`WWW-Authenticate`, `Mcp-Session-Id`, `Mcp-Protocol-Version`, `DPoP-Nonce`).
 //!
 //! # Deployment caveat
 //! Behind a reverse proxy the `Host` is the one the proxy forwards: allow the public host
@@ -285,8 +285,8 @@ fn forbidden(description: &str) -> LocalResponse {
     )
 }
 
-const EXPOSED: &str = "WWW-Authenticate, Mcp-Session-Id, Mcp-Protocol-Version";
-const DEFAULT_ALLOWED_HEADERS: &str = "Authorization, Content-Type, Accept, Mcp-Session-Id, Mcp-Protocol-Version, Mcp-Method, Mcp-Name, Last-Event-ID";
+const EXPOSED: &str = "WWW-Authenticate, Mcp-Session-Id, Mcp-Protocol-Version, DPoP-Nonce";
+const DEFAULT_ALLOWED_HEADERS: &str = "Authorization, DPoP, Content-Type, Accept, Mcp-Session-Id, Mcp-Protocol-Version, Mcp-Method, Mcp-Name, Last-Event-ID";
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for OriginCheck<S>
 where

@@ -16,7 +16,9 @@
 /// | `audience` | 401 | the token was issued for another resource |
 /// | `issuer` | 401 | the token's issuer is missing or not trusted |
 /// | `scope` | 403 | the token lacks scopes the operation needs |
-/// | `unavailable` | 503 | the issuer's signing keys could not be obtained |
+/// | `unavailable` | 503 | the issuer's signing keys, or an introspection answer, could not be obtained |
+/// | `dpop` | 401, 503 | DPoP: a missing, invalid or replayed proof, a key mismatch, a bound token without its proof or an unbound one with the `DPoP` scheme, `Bearer` where DPoP is required; 503 when the replay cache is full |
+/// | `dpop_nonce` | 401 | DPoP: the proof lacks a fresh server nonce (`use_dpop_nonce`, a normal step of the nonce flow) |
 /// | `rate_limited` | 429 | a rate limit was exceeded |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refusal {
@@ -44,6 +46,12 @@ impl Refusal {
     /// The refusal because the issuer's signing keys could not be obtained.
     pub const UNAVAILABLE: Self = Self {
         reason: "unavailable",
+    };
+    /// The refusal of a DPoP proof or binding problem.
+    pub const DPOP: Self = Self { reason: "dpop" };
+    /// The refusal of a DPoP proof without a fresh server nonce (`use_dpop_nonce`).
+    pub const DPOP_NONCE: Self = Self {
+        reason: "dpop_nonce",
     };
     /// The refusal because a rate limit was exceeded.
     pub const RATE_LIMITED: Self = Self {

@@ -2,8 +2,12 @@
 //! narrower ones.
 //!
 //! Rules:
-//! 1. A token's scopes come from the `scope` claim (a space-separated string) and the `scp`
-//!    claim (an array of strings, or a space-separated string); both are read and united.
+//! 1. A token's scopes come from the claim its issuer's [`ScopeClaim`] names: `scope` (a
+//!    space-separated string, RFC 9068 / RFC 7662), `scp` (an array of strings or a
+//!    space-separated string, as Entra ID and Okta send it), or both, united (the
+//!    default). Either claim may be a string or an array (some servers write `scope` as an
+//!    array); non-string array items and empty tokens are ignored. A claim the issuer's
+//!    setting does not name is ignored, so it can never grant a scope.
 //! 2. A [`ScopeHierarchy`] lets a broader scope imply narrower ones (`mcp:admin` implies
 //!    `mcp:write` implies `mcp:read`); implication is transitive and cycles are harmless.
 //! 3. A [`ScopePolicy`] requires scopes server-wide, per route (path prefix) and per tool;
@@ -33,16 +37,86 @@ pub fn validate_scope_token(scope: &str) -> Result<(), ConfigError> {
     }
 }
 
-/// Reads the granted scopes out of a claims object: `scope` and `scp`, united.
-pub(crate) fn scopes_from_claims(claims: &serde_json::Map<String, serde_json::Value>) -> ScopeSet {
+/// Which claim of a token (or of an introspection response) carries its scopes. Chosen per
+/// issuer with [`crate::TrustedIssuer::scope_claim`].
+///
+/// | setting | read from | accepted shapes |
+/// |---|---|---|
+/// | `Scope` | `scope` | `"a b"` (or `["a", "b"]`) |
+/// | `Scp` | `scp` | `["a", "b"]` or `"a b"` |
+/// | `Both` (default) | `scope` and `scp`, united | as above |
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ScopeClaim {
+    /// Only `scope`: a space-separated string (RFC 9068, RFC 7662, RFC 8693).
+    Scope,
+    /// Only `scp`: an array of strings or a space-separated string (Entra ID, Okta).
+    Scp,
+    /// `scope` and `scp`, united.
+    #[default]
+    Both,
+}
+
+impl ScopeClaim {
+    fn names(self) -> &'static [&'static str] {
+        match self {
+            Self::Scope => &["scope"],
+            Self::Scp => &["scp"],
+            Self::Both => &["scope", "scp"],
+        }
+    }
+
+    /// The setting's name as the command line spells it: `scope`, `scp` or `both`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scope => "scope",
+            Self::Scp => "scp",
+            Self::Both => "both",
+        }
+    }
+}
+
+impl std::fmt::Display for ScopeClaim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ScopeClaim {
+    type Err = ConfigError;
+
+    /// Parses `scope`, `scp` or `both` (case-insensitive).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scope" => Ok(Self::Scope),
+            "scp" => Ok(Self::Scp),
+            "both" => Ok(Self::Both),
+            _ => Err(ConfigError::new(format!(
+                "`{}` is not a scope claim setting: use `scope`, `scp` or `both`",
+                s.escape_default()
+            ))),
+        }
+    }
+}
+
+/// Reads the granted scopes out of a claims object, from the claims `shape` names.
+pub(crate) fn scopes_from_claims(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    shape: ScopeClaim,
+) -> ScopeSet {
     let mut set = ScopeSet::new();
-    for key in ["scope", "scp"] {
-        match claims.get(key) {
+    for key in shape.names() {
+        match claims.get(*key) {
             Some(serde_json::Value::String(s)) => {
                 set.extend(s.split(' ').filter(|t| !t.is_empty()).map(str::to_owned));
             }
             Some(serde_json::Value::Array(items)) => {
-                set.extend(items.iter().filter_map(|v| v.as_str()).map(str::to_owned));
+                set.extend(
+                    items
+                        .iter()
+                        .filter_map(|v| v.as_str())
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned),
+                );
             }
             _ => {}
         }
@@ -244,14 +318,34 @@ mod tests {
 
     #[test]
     fn scope_claim_and_scp_claim_are_both_read_and_united() {
-        let claims = serde_json::json!({"scope": "a  b", "scp": ["c", 7, "a"]});
+        let claims = serde_json::json!({"scope": "a  b", "scp": ["c", 7, "a", ""]});
         let map = claims.as_object().cloned().unwrap_or_default();
-        assert_eq!(scopes_from_claims(&map), set(&["a", "b", "c"]));
+        assert_eq!(
+            scopes_from_claims(&map, ScopeClaim::Both),
+            set(&["a", "b", "c"])
+        );
         let scp_string = serde_json::json!({"scp": "x y"});
         assert_eq!(
-            scopes_from_claims(scp_string.as_object().unwrap()),
+            scopes_from_claims(scp_string.as_object().unwrap(), ScopeClaim::Both),
             set(&["x", "y"])
         );
+    }
+
+    #[test]
+    fn scope_claim_not_named_by_the_setting_never_grants_a_scope() {
+        let claims = serde_json::json!({"scope": "a b", "scp": ["c"]});
+        let map = claims.as_object().unwrap();
+        assert_eq!(scopes_from_claims(map, ScopeClaim::Scope), set(&["a", "b"]));
+        assert_eq!(scopes_from_claims(map, ScopeClaim::Scp), set(&["c"]));
+        let spring = serde_json::json!({"scope": ["r", "w"]});
+        assert_eq!(
+            scopes_from_claims(spring.as_object().unwrap(), ScopeClaim::Scope),
+            set(&["r", "w"])
+        );
+        assert_eq!("SCP".parse::<ScopeClaim>(), Ok(ScopeClaim::Scp));
+        assert_eq!("both".parse::<ScopeClaim>(), Ok(ScopeClaim::Both));
+        assert!("scopes".parse::<ScopeClaim>().is_err());
+        assert_eq!(ScopeClaim::default(), ScopeClaim::Both);
     }
 
     #[test]

@@ -494,7 +494,12 @@ where
         Some(_) => RateLimitLayer::new(&config.rate_limits),
         None => RateLimitLayer::new(&RateLimits::new()),
     };
-    let metadata = MetadataLayer::new_optional(config.metadata.clone());
+    // The DPoP fields come from the authenticator, whoever built the document.
+    let metadata =
+        MetadataLayer::new_optional(config.metadata.clone().map(|m| match &config.auth {
+            Some(auth) => m.dpop_of(auth),
+            None => m,
+        }));
     ServiceBuilder::new()
         .layer(HttpTraceLayer::new(config.traces.clone(), &config.mcp_path))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(SpanWithoutQuery))

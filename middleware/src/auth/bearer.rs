@@ -1,7 +1,9 @@
-//! Reading the bearer token out of a request (RFC 6750 section 2.1).
+//! Reading the access token out of a request (RFC 6750 section 2.1, RFC 9449 section 7.1).
 //!
 //! Only the `Authorization` header is read; a token in the query string or the body is
-//! never looked at, so it can neither authenticate a request nor end up in a log.
+//! never looked at, so it can neither authenticate a request nor end up in a log. The
+//! schemes `Bearer` and `DPoP` are recognised (case-insensitively); the DPoP proof comes
+//! from exactly one `DPoP` header.
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
@@ -13,6 +15,9 @@ pub(crate) enum Credentials<'a> {
     Absent,
     /// A syntactically valid bearer token.
     Bearer(&'a str),
+    /// A syntactically valid token with the `DPoP` scheme (its proof is in the `DPoP`
+    /// header).
+    Dpop(&'a str),
     /// The header is there but broken; the reason is safe to show to the client.
     Malformed(&'static str),
 }
@@ -42,19 +47,50 @@ pub(crate) fn parse_authorization(value: &str) -> Credentials<'_> {
         Some(at) => (&value[..at], &value[at..]),
         None => (value, ""),
     };
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let dpop = scheme.eq_ignore_ascii_case("dpop");
+    if !dpop && !scheme.eq_ignore_ascii_case("bearer") {
         return Credentials::Absent;
     }
     let token = rest.trim_start_matches([' ', '\t']);
     if token.is_empty() {
-        return Credentials::Malformed("the Bearer scheme carries no token");
+        return Credentials::Malformed(if dpop {
+            "the DPoP scheme carries no token"
+        } else {
+            "the Bearer scheme carries no token"
+        });
     }
     if !is_b64token(token) {
         return Credentials::Malformed(
-            "the bearer token is not a single b64token (RFC 6750 section 2.1)",
+            "the access token is not a single b64token (RFC 6750 section 2.1)",
         );
     }
-    Credentials::Bearer(token)
+    if dpop {
+        Credentials::Dpop(token)
+    } else {
+        Credentials::Bearer(token)
+    }
+}
+
+/// The `DPoP` header name.
+pub(crate) const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
+
+/// Reads the one DPoP proof of a request; the error is safe to show to the client.
+pub(crate) fn dpop_proof(headers: &HeaderMap) -> Result<&str, &'static str> {
+    let mut values = headers.get_all(DPOP).iter();
+    let Some(value) = values.next() else {
+        return Err("the DPoP scheme needs a DPoP proof header");
+    };
+    if values.next().is_some() {
+        return Err("more than one DPoP header");
+    }
+    let proof = value
+        .to_str()
+        .map_err(|_| "the DPoP header is not visible ASCII")?
+        .trim_matches(|c| c == ' ' || c == '\t');
+    if proof.is_empty() {
+        return Err("the DPoP header is empty");
+    }
+    Ok(proof)
 }
 
 /// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
@@ -103,6 +139,32 @@ mod tests {
             Credentials::Absent
         );
         assert_eq!(parse_authorization("Bearerx abc"), Credentials::Absent);
+    }
+
+    #[test]
+    fn dpop_scheme_is_case_insensitive_and_needs_one_proof_header() {
+        assert_eq!(
+            parse_authorization("DPoP abc.def"),
+            Credentials::Dpop("abc.def")
+        );
+        assert_eq!(parse_authorization("dpop abc"), Credentials::Dpop("abc"));
+        assert!(matches!(
+            parse_authorization("DPoP"),
+            Credentials::Malformed(_)
+        ));
+        assert!(matches!(
+            parse_authorization("DPoP a b"),
+            Credentials::Malformed(_)
+        ));
+        let mut h = HeaderMap::new();
+        assert!(dpop_proof(&h).is_err());
+        h.append(DPOP, HeaderValue::from_static("p.r.s"));
+        assert_eq!(dpop_proof(&h), Ok("p.r.s"));
+        h.append(DPOP, HeaderValue::from_static("p.r.s"));
+        assert!(dpop_proof(&h).is_err());
+        let mut empty = HeaderMap::new();
+        empty.append(DPOP, HeaderValue::from_static(""));
+        assert!(dpop_proof(&empty).is_err());
     }
 
     #[test]

@@ -2,11 +2,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::Authenticator;
+use super::binding::Admitted;
+use super::challenge::DPOP_NONCE;
 use crate::body::{LocalResponse, ResponseBody, from_local};
 use crate::jwt::VerifyFuture;
 
@@ -36,6 +38,8 @@ pin_project! {
         Inner {
             #[pin]
             future: S::Future,
+            // A fresh DPoP nonce for the response (the proof's one is ageing).
+            nonce: Option<HeaderValue>,
         },
         Rejected {
             response: Option<LocalResponse>,
@@ -57,8 +61,12 @@ where
     S: Service<Request<B>>,
 {
     pub(crate) fn inner(future: S::Future) -> Self {
+        Self::inner_with_nonce(future, None)
+    }
+
+    pub(crate) fn inner_with_nonce(future: S::Future, nonce: Option<HeaderValue>) -> Self {
         Self {
-            state: State::Inner { future },
+            state: State::Inner { future, nonce },
         }
     }
 
@@ -111,18 +119,28 @@ where
                     );
                     // A verified token refused for its scopes keeps its context for the
                     // audit line (crate::observe rule 2).
-                    let outcome = match result {
-                        Ok(ctx) => match auth.authorize(&ctx, request.uri().path()) {
-                            Ok(()) => Ok(ctx),
-                            Err(error) => Err((error, Some(ctx))),
-                        },
+                    let admitted = result.and_then(|ctx| {
+                        auth.bind(
+                            ctx,
+                            request.method(),
+                            request.uri().path(),
+                            request.headers(),
+                        )
+                    });
+                    let outcome = match admitted {
+                        Ok(Admitted { ctx, nonce }) => {
+                            match auth.authorize(&ctx, request.uri().path()) {
+                                Ok(()) => Ok((ctx, nonce)),
+                                Err(error) => Err((error, Some(ctx))),
+                            }
+                        }
                         Err(error) => Err((error, None)),
                     };
                     match outcome {
-                        Ok(ctx) => {
+                        Ok((ctx, nonce)) => {
                             super::service::admit(&mut request, ctx);
                             let future = service.call(request);
-                            this.state.set(State::Inner { future });
+                            this.state.set(State::Inner { future, nonce });
                         }
                         Err((error, caller)) => {
                             tracing::debug!(%error, "request refused");
@@ -136,8 +154,11 @@ where
                         }
                     }
                 }
-                StateProj::Inner { future } => {
-                    let response = ready!(future.poll(cx))?;
+                StateProj::Inner { future, nonce } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(nonce) = nonce.take() {
+                        response.headers_mut().insert(DPOP_NONCE, nonce);
+                    }
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }
                 StateProj::Rejected { response } => {

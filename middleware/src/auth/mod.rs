@@ -13,23 +13,33 @@
 //!    scopes are configured, and no `error` parameter.
 //! 3. A malformed header, an empty token or several `Authorization` headers: **400** with
 //!    `error="invalid_request"`.
-//! 4. A token that fails verification (see [`crate::jwt`]): **401** with
+//! 4. A token that fails verification (see [`crate::jwt`] for JWTs, [`crate::introspect`]
+//!    for opaque tokens, [`crate::issuer`] for several issuers): **401** with
 //!    `error="invalid_token"`, `error_description`, `resource_metadata` and `scope`.
 //! 5. A valid token lacking scopes the route needs: **403** with
 //!    `error="insufficient_scope"` and `scope` naming every scope the operation needs.
-//! 6. No signing key of the issuer could ever be obtained: **503** with `Retry-After`, so
-//!    clients do not throw away a good token because the issuer is briefly unreachable.
+//! 6. No signing key of the issuer could ever be obtained, or its introspection endpoint
+//!    gave no usable answer: **503** with `Retry-After`, so clients do not throw away a
+//!    good token because the issuer is briefly unreachable (and a token is never accepted
+//!    unchecked).
 //! 7. Every rejection carries `Cache-Control: no-store`, a JSON body
 //!    `{"error", "error_description"}` and, in the response extensions, the [`AuthError`].
 //! 8. Tokens are never logged: traces carry the decision and the reason, not the token.
-//! 9. An admitted request reaches the inner service without its `Authorization` header:
-//!    code behind the layer cannot forward a token it never sees.
+//! 9. An admitted request reaches the inner service without its `Authorization` header
+//!    (nor its `DPoP` proof): code behind the layer cannot forward a token it never sees.
+//! 10. DPoP (RFC 9449, [`crate::dpop`], on by default in [`DpopMode::Allowed`]): the
+//!     scheme `DPoP` is read like `Bearer`; a token bound with `cnf.jkt` needs it and a
+//!     valid proof of the same key, a bound token sent as `Bearer` is refused (401
+//!     `invalid_token`), proof problems answer 401 `invalid_dpop_proof` or
+//!     `use_dpop_nonce`, and 401s carry a `DPoP algs="…"` challenge. The rules are listed
+//!     on [`DpopConfig`].
 //!
 //! # Deployment caveat
 //! The `resource` is configuration, never derived from the `Host` header: behind a proxy it
 //! must be the public URL clients use, or every token's audience check fails.
 
 mod bearer;
+mod binding;
 mod challenge;
 mod future;
 mod layer;
@@ -39,7 +49,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use url::Url;
+
+use crate::dpop::{DpopConfig, DpopMode, DpopState};
 
 pub use challenge::AuthError;
 pub(crate) use challenge::Challenge;
@@ -47,13 +58,17 @@ pub use future::ResponseFuture;
 pub use layer::AuthLayer;
 pub use service::Auth;
 
-pub(crate) use bearer::{Credentials, credentials};
+pub(crate) use bearer::credentials;
 
 use crate::config::{ConfigError, KeySettings};
 use crate::context::AuthContext;
 use crate::fetch::Fetcher;
-use crate::jwks::{KeySet, KeySource, KeyStore};
-use crate::jwt::{DEFAULT_ALGORITHMS, TokenVerifier, Verdict, VerifierConfig, VerifyFuture};
+use crate::issuer::{Keys, TrustedIssuer, check_algorithms, check_audience, check_static_jwks};
+use crate::jwks::{KeySource, KeyStore};
+use crate::jwt::{
+    ClaimRules, DEFAULT_ALGORITHMS, IssuerEntry, TokenVerifier, Verdict, VerifierConfig,
+    VerifyFuture,
+};
 use crate::resource::{Issuer, Resource};
 use crate::scope::{ScopePolicy, ScopeSet, validate_scope_token};
 
@@ -62,7 +77,7 @@ use crate::scope::{ScopePolicy, ScopeSet, validate_scope_token};
 #[must_use]
 pub struct AuthConfig {
     resource: Resource,
-    issuers: Vec<(Issuer, KeySource)>,
+    issuers: Vec<TrustedIssuer>,
     algorithms: Vec<Algorithm>,
     leeway: Duration,
     extra_audiences: Vec<String>,
@@ -72,6 +87,7 @@ pub struct AuthConfig {
     max_token_bytes: usize,
     token_cache_capacity: usize,
     require_at_jwt_typ: bool,
+    dpop: DpopConfig,
 }
 
 impl AuthConfig {
@@ -89,58 +105,44 @@ impl AuthConfig {
             max_token_bytes: 8 * 1024,
             token_cache_capacity: 10_000,
             require_at_jwt_typ: false,
+            dpop: DpopConfig::new(),
         }
     }
 
-    /// Trusts tokens from `issuer`; its JWKS is found through discovery.
-    pub fn issuer(mut self, issuer: Issuer) -> Self {
-        self.issuers.push((issuer, KeySource::Discover));
+    /// Trusts tokens from `issuer`, with its own keys, algorithms, audiences, scope claim
+    /// and introspection (see [`crate::issuer`]). Call once per trusted issuer.
+    pub fn trust(mut self, issuer: TrustedIssuer) -> Self {
+        self.issuers.push(issuer);
         self
     }
 
+    /// Trusts tokens from `issuer`; its JWKS is found through discovery. Shorthand for
+    /// `trust(TrustedIssuer::new(issuer))`.
+    pub fn issuer(self, issuer: Issuer) -> Self {
+        self.trust(TrustedIssuer::new(issuer))
+    }
+
     /// Trusts tokens from `issuer`, whose keys are at `jwks_uri` (no discovery).
-    pub fn issuer_with_jwks_uri(
-        mut self,
-        issuer: Issuer,
-        jwks_uri: &str,
-    ) -> Result<Self, ConfigError> {
-        let url = Url::parse(jwks_uri)
-            .map_err(|e| ConfigError::new(format!("jwks uri `{jwks_uri}` is not a URL: {e}")))?;
-        crate::discovery::check_jwks_url(&url).map_err(ConfigError::new)?;
-        self.issuers.push((issuer, KeySource::Fixed(url)));
-        Ok(self)
+    pub fn issuer_with_jwks_uri(self, issuer: Issuer, jwks_uri: &str) -> Result<Self, ConfigError> {
+        Ok(self.trust(TrustedIssuer::new(issuer).jwks_uri(jwks_uri)?))
     }
 
     /// Trusts tokens from `issuer` signed by the keys of `jwks` (a JWKS document), which
     /// are never fetched or refreshed: for pinned keys, air-gapped set-ups and benchmarks.
     pub fn issuer_with_static_jwks(
-        mut self,
+        self,
         issuer: Issuer,
         jwks: &serde_json::Value,
     ) -> Result<Self, ConfigError> {
-        let (keys, skipped) = KeySet::from_jwks(jwks, &self.algorithms, self.keys.max_keys)
-            .map_err(ConfigError::new)?;
-        if keys.len() == 0 {
-            return Err(ConfigError::new(format!(
-                "the JWKS given for `{issuer}` holds no usable signing key ({})",
-                skipped.join("; ")
-            )));
-        }
-        self.issuers.push((issuer, KeySource::Static(keys)));
-        Ok(self)
+        check_static_jwks(&issuer, jwks, &self.algorithms, self.keys.max_keys)?;
+        Ok(self.trust(TrustedIssuer::new(issuer).static_jwks(jwks)?))
     }
 
-    /// The accepted signature algorithms. HMAC and `none` are refused. Default is every
+    /// The accepted signature algorithms of every issuer without a list of its own
+    /// ([`TrustedIssuer::algorithms`]). HMAC and `none` are refused. Default is every
     /// RSA, RSA-PSS, ECDSA (P-256, P-384) and Ed25519 algorithm.
     pub fn algorithms(mut self, algorithms: &[Algorithm]) -> Result<Self, ConfigError> {
-        if algorithms.is_empty() {
-            return Err(ConfigError::new("the algorithm allow-list is empty"));
-        }
-        if let Some(bad) = algorithms.iter().find(|a| !DEFAULT_ALGORITHMS.contains(a)) {
-            return Err(ConfigError::new(format!(
-                "{bad:?} is not an accepted access-token algorithm (only asymmetric ones are)"
-            )));
-        }
+        check_algorithms(algorithms)?;
         self.algorithms = algorithms.to_vec();
         Ok(self)
     }
@@ -154,10 +156,15 @@ impl AuthConfig {
         Ok(self)
     }
 
-    /// Accepts tokens whose `aud` holds this exact string, besides the resource (some
-    /// providers put the client id there). Off by default: opt in knowingly.
+    /// Accepts tokens of every issuer whose `aud` holds this exact string, besides the
+    /// resource (some providers put the client id there). Off by default: opt in
+    /// knowingly; [`TrustedIssuer::audience`] accepts one for a single issuer. Checked when
+    /// the configuration is built (1 to 1,024 bytes).
     pub fn extra_audience(mut self, audience: impl Into<String>) -> Self {
-        self.extra_audiences.push(audience.into());
+        let audience = audience.into();
+        if !self.extra_audiences.contains(&audience) {
+            self.extra_audiences.push(audience);
+        }
         self
     }
 
@@ -206,6 +213,13 @@ impl AuthConfig {
         self
     }
 
+    /// DPoP (RFC 9449) settings: mode, nonces, `iat` window, proof algorithms. Default is
+    /// [`DpopMode::Allowed`] without nonces.
+    pub fn dpop(mut self, config: DpopConfig) -> Self {
+        self.dpop = config;
+        self
+    }
+
     /// The protected resource.
     pub fn resource(&self) -> &Resource {
         &self.resource
@@ -218,40 +232,109 @@ impl AuthConfig {
                 "no issuer configured: pass the authorization server's issuer URL (--issuer / BMM_ISSUER)",
             ));
         }
-        for (i, (issuer, _)) in self.issuers.iter().enumerate() {
-            if self.issuers[..i].iter().any(|(other, _)| other == issuer) {
+        for (i, trusted) in self.issuers.iter().enumerate() {
+            if self.issuers[..i]
+                .iter()
+                .any(|other| other.issuer == trusted.issuer)
+            {
                 return Err(ConfigError::new(format!(
-                    "issuer `{issuer}` is configured twice"
+                    "issuer `{}` is configured twice",
+                    trusted.issuer
                 )));
             }
         }
-        let fetcher = Fetcher::new(&self.keys)?;
-        let stores = self
+        let introspecting: Vec<&Issuer> = self
             .issuers
-            .into_iter()
-            .map(|(issuer, jwks)| {
+            .iter()
+            .filter(|t| t.introspection.is_some())
+            .map(|t| &t.issuer)
+            .collect();
+        if introspecting.len() > 1 {
+            return Err(ConfigError::new(format!(
+                "introspection is configured for several issuers ({}): opaque tokens name no issuer, so only one issuer may introspect",
+                introspecting
+                    .iter()
+                    .map(|i| format!("`{i}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        for audience in &self.extra_audiences {
+            check_audience(None, audience)?;
+        }
+        let fetcher = Fetcher::new(&self.keys)?;
+        let mut entries = Vec::with_capacity(self.issuers.len());
+        for trusted in self.issuers {
+            for audience in &trusted.audiences {
+                check_audience(Some(&trusted.issuer), audience)?;
+            }
+            let algorithms = trusted
+                .algorithms
+                .unwrap_or_else(|| self.algorithms.clone());
+            let mut audiences = trusted.audiences;
+            for extra in &self.extra_audiences {
+                if !audiences.contains(extra) {
+                    audiences.push(extra.clone());
+                }
+            }
+            let source = match trusted.keys {
+                Keys::Default if trusted.introspection.is_some() => None,
+                Keys::Default | Keys::Discover => Some(KeySource::Discover),
+                Keys::Fixed(url) => Some(KeySource::Fixed(url)),
+                Keys::Static(jwks) => Some(KeySource::Static(check_static_jwks(
+                    &trusted.issuer,
+                    &jwks,
+                    &algorithms,
+                    self.keys.max_keys,
+                )?)),
+            };
+            let rules = Arc::new(ClaimRules {
+                issuer: trusted.issuer.clone(),
+                resource: self.resource.clone(),
+                audiences,
+                leeway_secs: self.leeway.as_secs(),
+                hierarchy: self.policy.hierarchy().clone(),
+                scope_claim: trusted.scope_claim,
+            });
+            let keys = source.map(|source| {
                 KeyStore::new(
-                    issuer,
-                    jwks,
+                    trusted.issuer.clone(),
+                    source,
                     fetcher.clone(),
                     self.keys.clone(),
-                    self.algorithms.clone(),
+                    algorithms.clone(),
                 )
-            })
-            .collect::<Vec<_>>();
+            });
+            let introspector = trusted
+                .introspection
+                .map(|i| i.build(Arc::clone(&rules), fetcher.clone()))
+                .transpose()?;
+            entries.push(IssuerEntry {
+                rules,
+                keys,
+                algorithms,
+                introspector,
+            });
+        }
         let challenge_scopes = self
             .challenge_scopes
             .unwrap_or_else(|| self.policy.required().to_vec());
         let challenge = Challenge::new(self.resource.metadata_url(), &challenge_scopes);
+        self.dpop.check()?;
+        let dpop =
+            (self.dpop.mode != DpopMode::Off).then(|| DpopState::new(&self.dpop, &self.resource));
+        let challenge = match &dpop {
+            Some(d) => challenge.with_dpop(
+                d.algorithms(),
+                d.mode().accepts_bearer(),
+                d.nonces().cloned(),
+            ),
+            None => challenge,
+        };
         let verifier = TokenVerifier::new(VerifierConfig {
-            stores,
-            resource: self.resource.clone(),
-            extra_audiences: self.extra_audiences,
-            leeway_secs: self.leeway.as_secs(),
+            issuers: entries,
             max_token_bytes: self.max_token_bytes,
-            hierarchy: self.policy.hierarchy().clone(),
             cache_capacity: self.token_cache_capacity,
-            allowed: self.algorithms,
             require_at_jwt_typ: self.require_at_jwt_typ,
         });
         Ok(Authenticator {
@@ -260,6 +343,7 @@ impl AuthConfig {
                 verifier,
                 challenge,
                 policy: self.policy,
+                dpop,
             }),
         })
     }
@@ -277,13 +361,14 @@ struct Inner {
     verifier: TokenVerifier,
     challenge: Challenge,
     policy: ScopePolicy,
+    dpop: Option<DpopState>,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
             .field("resource", &self.inner.resource)
-            .field("issuers", &self.inner.verifier.stores())
+            .field("issuers", &self.inner.verifier.issuers())
             .finish_non_exhaustive()
     }
 }
@@ -291,7 +376,7 @@ impl std::fmt::Debug for Authenticator {
 /// What authenticating a request without waiting gave.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Attempt {
-    Done(Result<AuthContext, AuthError>),
+    Done(Result<binding::Admitted, AuthError>),
     Later(VerifyFuture),
 }
 
@@ -308,16 +393,26 @@ impl Authenticator {
 
     /// The issuers this server trusts, as configured.
     pub fn issuers(&self) -> impl Iterator<Item = &Issuer> {
-        self.inner.verifier.stores().iter().map(KeyStore::issuer)
+        self.inner
+            .verifier
+            .issuers()
+            .iter()
+            .map(IssuerEntry::issuer)
     }
 
-    /// Fetches every issuer's keys now, so the first request does not wait. Failures are
-    /// returned (one line per issuer) but are not fatal: keys are fetched again on demand.
+    /// Fetches every issuer's keys (and finds the introspection endpoint) now, so the
+    /// first request does not wait. Failures are returned (one line per issuer) but are
+    /// not fatal: keys are fetched again on demand.
     pub async fn prefetch_keys(&self) -> Result<(), String> {
         let mut errors = Vec::new();
         for store in self.inner.verifier.stores() {
             if let Err(e) = store.refresh().await {
                 errors.push(format!("{}: {e}", store.issuer()));
+            }
+        }
+        for introspector in self.inner.verifier.introspectors() {
+            if let Err(e) = introspector.endpoint().await {
+                errors.push(format!("introspection: {e}"));
             }
         }
         if errors.is_empty() {
@@ -355,6 +450,9 @@ impl Authenticator {
     /// reload, on SIGHUP: a key added to the JWKS is accepted at once). Logs, per issuer,
     /// how many keys it now has or why the fetch failed (the last good keys stay).
     pub async fn reload_keys(&self) {
+        for introspector in self.inner.verifier.introspectors() {
+            introspector.forget_endpoint();
+        }
         for store in self.inner.verifier.stores() {
             store.forget_unknown_kids();
             match store.refresh().await {
@@ -371,7 +469,6 @@ impl Authenticator {
         self.inner
             .verifier
             .stores()
-            .iter()
             .filter(|s| !s.is_loaded())
             .map(KeyStore::issuer)
     }
@@ -381,12 +478,21 @@ impl Authenticator {
         self.inner
             .verifier
             .stores()
-            .iter()
             .map(KeyStore::fetch_count)
             .sum()
     }
 
-    /// Verifies a bearer token, fetching keys if needed. For callers outside the layer.
+    /// How many introspection calls were made, over all issuers.
+    pub fn introspection_count(&self) -> u64 {
+        self.inner
+            .verifier
+            .introspectors()
+            .map(crate::introspect::Introspector::call_count)
+            .sum()
+    }
+
+    /// Verifies a bearer token, fetching keys or introspecting if needed. For callers
+    /// outside the layer.
     pub async fn verify_token(&self, token: &str) -> Result<AuthContext, AuthError> {
         match self.inner.verifier.verify_now(token) {
             Verdict::Done(result) => result,
@@ -394,16 +500,20 @@ impl Authenticator {
         }
     }
 
-    pub(crate) fn attempt(&self, headers: &http::HeaderMap) -> Attempt {
-        let token = match credentials(headers) {
-            Credentials::Absent => return Attempt::Done(Err(AuthError::missing_token())),
-            Credentials::Malformed(reason) => {
-                return Attempt::Done(Err(AuthError::invalid_request(reason)));
-            }
-            Credentials::Bearer(token) => token,
+    pub(crate) fn attempt(
+        &self,
+        method: &http::Method,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Attempt {
+        let token = match self.token_of(credentials(headers)) {
+            Ok(token) => token,
+            Err(error) => return Attempt::Done(Err(error)),
         };
         match self.inner.verifier.verify_now(token) {
-            Verdict::Done(result) => Attempt::Done(result),
+            Verdict::Done(result) => {
+                Attempt::Done(result.and_then(|ctx| self.bind(ctx, method, path, headers)))
+            }
             Verdict::NeedsKeys => Attempt::Later(self.inner.verifier.verify(token.to_owned())),
         }
     }

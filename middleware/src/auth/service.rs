@@ -3,6 +3,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
+use super::binding::Admitted;
 use super::future::ResponseFuture;
 use super::{Attempt, AuthLayer, Authenticator};
 use crate::body::ResponseBody;
@@ -52,21 +53,23 @@ where
         let Some(auth) = &self.auth else {
             return ResponseFuture::inner(self.inner.call(request));
         };
-        match auth.attempt(request.headers()) {
-            Attempt::Done(Ok(ctx)) => match auth.authorize(&ctx, request.uri().path()) {
-                Ok(()) => {
-                    tracing::debug!(subject = ctx.subject(), "request authenticated");
-                    admit(&mut request, ctx);
-                    ResponseFuture::inner(self.inner.call(request))
+        match auth.attempt(request.method(), request.uri().path(), request.headers()) {
+            Attempt::Done(Ok(Admitted { ctx, nonce })) => {
+                match auth.authorize(&ctx, request.uri().path()) {
+                    Ok(()) => {
+                        tracing::debug!(subject = ctx.subject(), "request authenticated");
+                        admit(&mut request, ctx);
+                        ResponseFuture::inner_with_nonce(self.inner.call(request), nonce)
+                    }
+                    Err(error) => {
+                        let mut response = auth.challenge().response(error);
+                        // Verified but not authorized (scopes): the audit line names the
+                        // caller (crate::observe rule 2).
+                        response.extensions_mut().insert(ctx);
+                        ResponseFuture::rejected(response)
+                    }
                 }
-                Err(error) => {
-                    let mut response = auth.challenge().response(error);
-                    // Verified but not authorized (scopes): the audit line names the
-                    // caller (crate::observe rule 2).
-                    response.extensions_mut().insert(ctx);
-                    ResponseFuture::rejected(response)
-                }
-            },
+            }
             Attempt::Done(Err(error)) => {
                 tracing::debug!(%error, "request refused");
                 ResponseFuture::rejected(auth.challenge().response(error))
@@ -82,9 +85,10 @@ where
     }
 }
 
-/// Hands the verified identity to the inner service and takes the token away from it:
-/// code behind this layer cannot forward what it never sees.
+/// Hands the verified identity to the inner service and takes the token (and its DPoP
+/// proof) away from it: code behind this layer cannot forward what it never sees.
 pub(super) fn admit<B>(request: &mut Request<B>, ctx: crate::AuthContext) {
     request.headers_mut().remove(http::header::AUTHORIZATION);
+    request.headers_mut().remove(super::bearer::DPOP);
     request.extensions_mut().insert(ctx);
 }
