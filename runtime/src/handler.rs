@@ -61,6 +61,9 @@ pub(crate) struct Shared {
     pub(crate) traces: OnceLock<bmm_middleware::Traces>,
     /// Where tool calls are audited, once an audit log is on (crate::observe).
     pub(crate) audit: OnceLock<bmm_middleware::AuditLog>,
+    /// The scope policy `tools/list` is filtered by, once filtering is on
+    /// (crate::tools_list).
+    pub(crate) list_filter: OnceLock<bmm_middleware::ScopePolicy>,
 }
 
 /// The MCP server: cheap to clone, one per session or request as rmcp asks.
@@ -154,6 +157,7 @@ impl McpServer {
                 tasks: TaskStore::default(),
                 traces: OnceLock::new(),
                 audit: OnceLock::new(),
+                list_filter: OnceLock::new(),
             }),
             log_level: SessionLogLevel::new(),
         })
@@ -199,6 +203,18 @@ impl McpServer {
         let _ = self.shared.traces.set(traces);
     }
 
+    /// Lists only the tools each request's token may call, by `policy` (the scope policy
+    /// the middleware enforces; crate::tools_list). Once per server: a second call is
+    /// ignored.
+    pub fn filter_tools_list_by_scope(&self, policy: bmm_middleware::ScopePolicy) {
+        let _ = self.shared.list_filter.set(policy);
+    }
+
+    /// Whether `tools/list` is filtered by the caller's scopes.
+    pub fn filters_tools_list_by_scope(&self) -> bool {
+        self.shared.list_filter.get().is_some()
+    }
+
     /// The tracer, when traces are on.
     pub(crate) fn traces(&self) -> Option<&bmm_middleware::Traces> {
         self.shared.traces.get()
@@ -226,12 +242,22 @@ impl ServerHandler for McpServer {
             .map(|i| self.shared.tools[*i].clone())
     }
 
+    /// Every tool, or those the request's token may call (crate::tools_list).
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _cx: RequestContext<RoleServer>,
+        cx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(self.shared.tools.clone()))
+        let shared = &self.shared;
+        Ok(match shared.list_filter.get() {
+            Some(policy) => crate::tools_list::filtered(
+                policy,
+                cx.extensions.get::<http::request::Parts>(),
+                &shared.def.tools,
+                &shared.tools,
+            ),
+            None => ListToolsResult::with_all_items(shared.tools.clone()),
+        })
     }
 
     async fn call_tool(

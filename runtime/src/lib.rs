@@ -26,7 +26,9 @@ mod session_cap;
 pub mod tasks;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tools_list;
 pub mod traces;
+mod trust;
 pub mod validate;
 
 pub use app::{Context, Startup};

@@ -16,7 +16,21 @@
 //! ([`bmm_middleware::audit`]),
 //! `--rate-limit` / `BMM_RATE_LIMIT` (per subject, like `600/min`; off),
 //! `--rate-limit-burst` / `BMM_RATE_LIMIT_BURST`, `--shutdown-grace-secs` /
-//! `BMM_SHUTDOWN_GRACE_SECS` (30; SIGHUP reloads signing keys). Every declared secret is
+//! `BMM_SHUTDOWN_GRACE_SECS` (30; SIGHUP reloads signing keys).
+//!
+//! Tokens (`crate::trust`): `--audience` / `BMM_AUDIENCES` (repeatable, comma-separated:
+//! `aud` values accepted besides the resource URL), `--scope-claim scope|scp|both` /
+//! `BMM_SCOPE_CLAIM` (both), `--introspection-client-id` / `BMM_INTROSPECTION_CLIENT_ID`
+//! (opaque tokens introspected at the one `--issuer`, RFC 7662) with the secret in
+//! `BMM_INTROSPECTION_CLIENT_SECRET` or `--introspection-private-key` /
+//! `BMM_INTROSPECTION_PRIVATE_KEY` (PEM, `private_key_jwt`), `--introspection-endpoint` /
+//! `BMM_INTROSPECTION_ENDPOINT` (default: the issuer's metadata),
+//! `--introspection-cache-secs` / `BMM_INTROSPECTION_CACHE_SECS` (60, at most 3600, never
+//! past `exp`), `--issuers-file` / `BMM_ISSUERS_FILE` (several issuers, YAML or JSON;
+//! instead of `--issuer`, `--jwks-uri` and the flags above), `--dpop off|allowed|required`
+//! / `BMM_DPOP` (allowed), `--dpop-nonce` / `BMM_DPOP_NONCE`, and
+//! `--tools-list-by-scope on|off` / `BMM_TOOLS_LIST_BY_SCOPE` (on when any tool has scopes
+//! of its own; [`crate::tools_list`]). Every declared secret is
 //! an environment variable; all missing ones are listed at once and the exit code is 2.
 //! OpenTelemetry traces take no flag: the standard `OTEL_*` variables turn them on
 //! ([`crate::traces`]).
@@ -33,8 +47,8 @@ use http_body_util::combinators::BoxBody;
 use tower_service::Service;
 
 use bmm_middleware::{
-    AuthConfig, Authenticator, Issuer, OriginPolicy, ProtectedResourceMetadata, RateLimit,
-    RateLimits, Resource, ScopeHierarchy, ScopePolicy, ServeConfig, Server,
+    AuthConfig, Authenticator, DpopConfig, DpopMode, OriginPolicy, ProtectedResourceMetadata,
+    RateLimit, RateLimits, Resource, ScopeHierarchy, ScopePolicy, ServeConfig, Server,
 };
 use clap::Parser;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -70,6 +84,58 @@ pub struct Args {
     /// JWKS URL, instead of discovering it from the issuer's metadata (one issuer only).
     #[arg(long, env = "BMM_JWKS_URI")]
     pub jwks_uri: Option<String>,
+    /// A token audience accepted besides this server's URL (repeatable, comma-separated),
+    /// for authorization servers that cannot put the resource URL in `aud` (Entra ID's
+    /// `api://<app-id>`). The resource URL stays accepted; audience checks never go.
+    #[arg(long = "audience", env = "BMM_AUDIENCES", value_delimiter = ',')]
+    pub audiences: Vec<String>,
+    /// Where tokens carry their scopes: `scope` (a space-separated string), `scp` (an
+    /// array or string: Entra ID, Okta) or `both` (united; the default).
+    #[arg(long, env = "BMM_SCOPE_CLAIM", value_enum)]
+    pub scope_claim: Option<ScopeClaimArg>,
+    /// Introspect opaque (non-JWT) access tokens at the --issuer (RFC 7662) as this
+    /// client. The credential: the client secret in BMM_INTROSPECTION_CLIENT_SECRET
+    /// (client_secret_basic), or --introspection-private-key (private_key_jwt).
+    #[arg(long, env = "BMM_INTROSPECTION_CLIENT_ID")]
+    pub introspection_client_id: Option<String>,
+    /// PEM private key (RSA, P-256, P-384 or Ed25519) this server signs its
+    /// introspection client assertions with (private_key_jwt).
+    #[arg(
+        long,
+        env = "BMM_INTROSPECTION_PRIVATE_KEY",
+        requires = "introspection_client_id"
+    )]
+    pub introspection_private_key: Option<std::path::PathBuf>,
+    /// The introspection endpoint (default: the issuer metadata's
+    /// `introspection_endpoint`).
+    #[arg(
+        long,
+        env = "BMM_INTROSPECTION_ENDPOINT",
+        requires = "introspection_client_id"
+    )]
+    pub introspection_endpoint: Option<String>,
+    /// Longest an introspection answer is reused (never past the token's `exp`; 0: not
+    /// cached).
+    #[arg(long, env = "BMM_INTROSPECTION_CACHE_SECS", default_value_t = crate::trust::DEFAULT_INTROSPECTION_CACHE_SECS, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub introspection_cache_secs: u64,
+    /// Trust the issuers listed in this YAML or JSON file (several issuers, each with its
+    /// own keys, audiences, scope claim and introspection; see crate::trust), instead of
+    /// --issuer and the flags above.
+    #[arg(
+        long,
+        env = "BMM_ISSUERS_FILE",
+        conflicts_with_all = ["issuers", "jwks_uri", "audiences", "scope_claim", "introspection_client_id"]
+    )]
+    pub issuers_file: Option<std::path::PathBuf>,
+    /// DPoP (RFC 9449) sender-constrained tokens: `off` (Bearer only), `allowed` (bound
+    /// tokens need their proof, Bearer tokens stay accepted; the default) or `required`
+    /// (every token must be DPoP-bound).
+    #[arg(long, env = "BMM_DPOP", value_enum, default_value_t = DpopArg::Allowed)]
+    pub dpop: DpopArg,
+    /// Require a server-issued nonce in DPoP proofs (`use_dpop_nonce`): a stolen proof
+    /// cannot be used later, at the price of a round trip.
+    #[arg(long, env = "BMM_DPOP_NONCE")]
+    pub dpop_nonce: bool,
     /// Browser origins allowed besides loopback and the resource's own.
     #[arg(
         long = "allowed-origin",
@@ -140,8 +206,45 @@ pub struct Args {
     /// Serve the same tools over stdin/stdout for a local client that starts this process
     /// (no HTTP, so no HTTP authentication, as the MCP spec says; secrets still come from
     /// the environment). Logs go to stderr.
-    #[arg(long, conflicts_with_all = ["no_auth", "issuers", "jwks_uri", "resource"])]
+    #[arg(long, conflicts_with_all = ["no_auth", "issuers", "jwks_uri", "resource", "issuers_file"])]
     pub stdio: bool,
+    /// List only the tools the caller's token may call in `tools/list` (`on` or `off`;
+    /// default `on` when any tool has scopes of its own). Such lists carry
+    /// `cacheScope: "private"`. Calling a tool is checked either way.
+    #[arg(long, env = "BMM_TOOLS_LIST_BY_SCOPE", value_enum)]
+    pub tools_list_by_scope: Option<OnOff>,
+}
+
+/// `--scope-claim`: where tokens carry their scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeClaimArg {
+    /// `scope`: a space-separated string (RFC 9068, RFC 8693).
+    Scope,
+    /// `scp`: an array of strings or a space-separated string (Entra ID, Okta).
+    Scp,
+    /// Both, united.
+    Both,
+}
+
+/// `--dpop`: whether DPoP-bound tokens are refused, allowed or required.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DpopArg {
+    /// Bearer tokens only; a DPoP-bound token is refused.
+    Off,
+    /// DPoP-bound tokens with their proofs, and Bearer tokens.
+    Allowed,
+    /// DPoP-bound tokens only.
+    Required,
+}
+
+/// A switch flag's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 /// A refused start-up; `code` 2 is a configuration problem.
@@ -157,7 +260,7 @@ impl std::fmt::Display for StartError {
     }
 }
 
-fn fail(message: impl Into<String>) -> StartError {
+pub(crate) fn fail(message: impl Into<String>) -> StartError {
     StartError {
         message: message.into(),
     }
@@ -262,6 +365,7 @@ pub fn prepare(
         .mcp_path
         .clone()
         .unwrap_or_else(|| resource.path().to_owned());
+    let mut list_filter = None;
     let config = if args.no_auth {
         if !bmm_middleware::is_loopback_listen(&args.listen) {
             return Err(fail(format!(
@@ -270,9 +374,18 @@ pub fn prepare(
             )));
         }
         tracing::warn!("authentication is OFF (--no-auth): every local caller can use every tool");
+        if args.tools_list_by_scope == Some(OnOff::On) {
+            tracing::warn!("--tools-list-by-scope is ignored with --no-auth: there are no scopes");
+        }
         ServeConfig::unauthenticated(&path)
     } else {
-        let auth = authenticator(&def, &resource, args)?;
+        let auth = authenticator(&def, &resource, args, &env)?;
+        let by_scope = args
+            .tools_list_by_scope
+            .map_or(auth.policy().has_tool_scopes(), |v| v == OnOff::On);
+        if by_scope {
+            list_filter = Some(auth.policy().clone());
+        }
         let mut scopes: Vec<&str> = def.scopes_supported.to_vec();
         scopes.retain(|s| *s != "offline_access");
         let metadata = ProtectedResourceMetadata::new(auth.resource(), auth.issuers())
@@ -283,6 +396,9 @@ pub fn prepare(
     };
     let rate_limits = rate_limits(&def, args);
     let server = McpServer::new(def, secrets, &env).map_err(fail)?;
+    if let Some(policy) = list_filter {
+        server.filter_tools_list_by_scope(policy);
+    }
     let config = config.observer(crate::observe::observer(&server, args, &env).map_err(fail)?);
     let config = config
         .origin_policy(origin)
@@ -327,12 +443,9 @@ fn authenticator(
     def: &ServerDef,
     resource: &Resource,
     args: &Args,
+    env: &impl Fn(&str) -> Option<String>,
 ) -> Result<Authenticator, StartError> {
-    if args.issuers.is_empty() {
-        return Err(fail(
-            "no issuer: pass the authorization server with --issuer (BMM_ISSUER), or --no-auth for a local test",
-        ));
-    }
+    let plan = crate::trust::plan(args, env)?;
     // The 401 challenge names the scopes to ask for (MCP: SHOULD): the server-wide required
     // ones, or, when there are none, the scopes the spec declares (what a client would
     // otherwise take from the metadata's scopes_supported).
@@ -345,23 +458,28 @@ fn authenticator(
     } else {
         def.required_scopes.to_vec()
     };
-    let mut config = AuthConfig::new(resource.clone())
+    let config = AuthConfig::new(resource.clone())
         .scope_policy(scope_policy(def)?)
         .challenge_scopes(challenge)
         .map_err(|e| fail(e.to_string()))?
         .require_at_jwt_typ(args.require_at_jwt_typ);
-    for (i, issuer) in args.issuers.iter().enumerate() {
-        let issuer = Issuer::parse(issuer).map_err(|e| fail(format!("--issuer: {e}")))?;
-        config =
-            match (&args.jwks_uri, i) {
-                (Some(uri), 0) if args.issuers.len() == 1 => config
-                    .issuer_with_jwks_uri(issuer, uri)
-                    .map_err(|e| fail(format!("--jwks-uri: {e}")))?,
-                (Some(_), _) => return Err(fail("--jwks-uri works with exactly one --issuer")),
-                (None, _) => config.issuer(issuer),
-            };
-    }
+    let config = crate::trust::configure(config, plan)?.dpop(dpop_config(args)?);
     config.build().map_err(|e| fail(e.to_string()))
+}
+
+/// `--dpop` and `--dpop-nonce`.
+fn dpop_config(args: &Args) -> Result<DpopConfig, StartError> {
+    let mode = match args.dpop {
+        DpopArg::Off if args.dpop_nonce => {
+            return Err(fail(
+                "--dpop-nonce (BMM_DPOP_NONCE) asks for DPoP nonces while --dpop is off: drop it, or use --dpop allowed or required",
+            ));
+        }
+        DpopArg::Off => DpopMode::Off,
+        DpopArg::Allowed => DpopMode::Allowed,
+        DpopArg::Required => DpopMode::Required,
+    };
+    Ok(DpopConfig::new().mode(mode).nonce(args.dpop_nonce))
 }
 
 /// Serves a prepared server on `listener` until `shutdown` completes.
@@ -668,4 +786,31 @@ where
         eprintln!("warning: the audit log's last lines were not all written before exit");
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpop_flags_map_to_the_middleware_config() {
+        let parse = |flags: &[&str]| {
+            Args::try_parse_from(std::iter::once("demo").chain(flags.iter().copied())).unwrap()
+        };
+        for (flag, mode) in [
+            ("off", DpopMode::Off),
+            ("allowed", DpopMode::Allowed),
+            ("required", DpopMode::Required),
+        ] {
+            let config = dpop_config(&parse(&["--dpop", flag])).unwrap();
+            assert_eq!(config.get_mode(), mode);
+        }
+        assert_eq!(
+            dpop_config(&parse(&[])).unwrap().get_mode(),
+            DpopMode::Allowed
+        );
+        assert!(dpop_config(&parse(&["--dpop", "required", "--dpop-nonce"])).is_ok());
+        let err = dpop_config(&parse(&["--dpop", "off", "--dpop-nonce"])).unwrap_err();
+        assert!(err.message.contains("--dpop-nonce"), "{err}");
+    }
 }

@@ -385,7 +385,8 @@ fn legacy_post(
 #[tokio::test]
 async fn legacy_session_lists_and_calls_tools_with_a_valid_jwt() {
     let s = start().await;
-    let t = token(&s.issuer, &s.url, "demo:read");
+    // Every scope: the list is filtered by them (crate::tools_list).
+    let t = token(&s.issuer, &s.url, "demo:read demo:admin");
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}});
     let (status, session, body) =
         rpc(legacy_post(&s.url, &t, None, init).send().await.unwrap()).await;
@@ -1149,4 +1150,253 @@ async fn secrets_are_redacted_from_every_response_path() {
             "{name}: {text}"
         );
     }
+}
+
+// --- tools/list filtered by the caller's scopes (bmm_runtime::tools_list) ---
+
+/// `def()` with `demo:admin` implying `demo:read`, and a tool needing two scopes.
+fn scoped_def() -> ServerDef {
+    let mut d = def();
+    d.scope_hierarchy = &[("demo:admin", &["demo:read"])];
+    d.scopes_supported = &["demo:read", "demo:admin", "demo:keys"];
+    d.tools.push(ToolDef {
+        name: "rotate_keys",
+        title: None,
+        description: "Rotates the keys.",
+        input_schema: r#"{"type":"object"}"#,
+        output_schema: None,
+        annotations: AnnotationsDef::default(),
+        scopes: &["demo:admin", "demo:keys"],
+        task: bmm_runtime::def::TaskSupport::Forbidden,
+        rate_limit: None,
+        handler: Handler::Rust(Arc::new(|_, _| {
+            Box::pin(async { Ok(ToolOutput::Text("rotated".into())) })
+        })),
+    });
+    d
+}
+
+fn token_expiring(issuer: &str, resource: &str, scope: &str, secs: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("k1".into());
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(
+        &std::fs::read(format!("{FIXTURES}/rsa-a.pem")).unwrap(),
+    )
+    .unwrap();
+    jsonwebtoken::encode(
+        &header,
+        &json!({"iss": issuer, "sub": "alice", "client_id": "client-a", "aud": resource, "exp": now + secs, "scope": scope}),
+        &key,
+    )
+    .unwrap()
+}
+
+/// A stateless 2026-07-28 `tools/list`: the JSON-RPC `result`.
+async fn stateless_list(s: &Running, token: &str) -> Value {
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}, "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"}});
+    let response = reqwest::Client::new()
+        .post(&s.url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/list")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (status, _, body) = rpc(response).await;
+    assert_eq!(status, 200, "{body}");
+    body["result"].clone()
+}
+
+/// A legacy session's `tools/list` sent with `token`: the JSON-RPC `result`.
+async fn legacy_list(s: &Running, token: &str, session: &str) -> Value {
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let (status, _, body) = rpc(legacy_post(&s.url, token, Some(session), list)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["result"].clone()
+}
+
+async fn legacy_session(s: &Running, token: &str) -> String {
+    let response = initialize(s, token).await;
+    let (status, session, body) = rpc(response).await;
+    assert_eq!(status, 200, "{body}");
+    let session = session.unwrap();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let _ = legacy_post(&s.url, token, Some(&session), initialized)
+        .send()
+        .await
+        .unwrap();
+    session
+}
+
+fn names(result: &Value) -> Vec<String> {
+    result["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tools in {result}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+const UNSCOPED: [&str; 3] = ["whoami", "echo_item", "delete_user"];
+const READ: [&str; 4] = ["whoami", "get_item", "echo_item", "delete_user"];
+const ADMIN: [&str; 5] = ["whoami", "get_item", "purge", "echo_item", "delete_user"];
+const ALL: [&str; 6] = [
+    "whoami",
+    "get_item",
+    "purge",
+    "echo_item",
+    "delete_user",
+    "rotate_keys",
+];
+
+/// tools_list rule 1, in both eras; the scope hierarchy applies (`demo:admin` implies
+/// `demo:read`).
+#[tokio::test]
+async fn tools_list_hides_tools_the_token_lacks_scopes_for() {
+    let s = start_def(scoped_def(), &[]).await;
+    for (scope, expected) in [
+        ("", &UNSCOPED[..]),
+        ("demo:read", &READ[..]),
+        ("demo:admin", &ADMIN[..]),
+        ("demo:admin demo:keys", &ALL[..]),
+        ("demo:read demo:keys", &READ[..]),
+    ] {
+        let t = token(&s.issuer, &s.url, scope);
+        assert_eq!(
+            names(&stateless_list(&s, &t).await),
+            expected,
+            "2026-07-28, scope `{scope}`"
+        );
+        let session = legacy_session(&s, &t).await;
+        assert_eq!(
+            names(&legacy_list(&s, &t, &session).await),
+            expected,
+            "legacy, scope `{scope}`"
+        );
+    }
+}
+
+/// tools_list rule 2: a legacy session lists by the token of each request (a step-up
+/// shows the new tools at once, a narrower token hides them again).
+#[tokio::test]
+async fn tools_list_follows_the_token_of_each_request() {
+    let s = start_def(scoped_def(), &[]).await;
+    let read = token(&s.issuer, &s.url, "demo:read");
+    let admin = token(&s.issuer, &s.url, "demo:admin demo:keys");
+    let session = legacy_session(&s, &read).await;
+    assert_eq!(names(&legacy_list(&s, &read, &session).await), READ);
+    assert_eq!(names(&legacy_list(&s, &admin, &session).await), ALL);
+    assert_eq!(names(&legacy_list(&s, &read, &session).await), READ);
+}
+
+/// tools_list rule 3: private, fresh for 5 minutes at most and never past the token's
+/// expiry; `off` lists every tool with rmcp's own hints.
+#[tokio::test]
+async fn filtered_list_is_private_and_fresh_until_the_token_expires() {
+    let s = start_def(scoped_def(), &[]).await;
+    let long = token_expiring(&s.issuer, &s.url, "demo:read", 3600);
+    let result = stateless_list(&s, &long).await;
+    assert_eq!(result["cacheScope"], "private", "{result}");
+    assert_eq!(result["ttlMs"], 300_000, "{result}");
+    let short = token_expiring(&s.issuer, &s.url, "demo:read", 90);
+    let ttl = stateless_list(&s, &short).await["ttlMs"].as_u64().unwrap();
+    assert!(ttl > 0 && ttl <= 90_000, "{ttl}");
+    let session = legacy_session(&s, &long).await;
+    let legacy = legacy_list(&s, &long, &session).await;
+    assert_eq!(legacy["cacheScope"], "private", "{legacy}");
+    assert_eq!(legacy["ttlMs"], 300_000, "{legacy}");
+
+    let off = start_def(scoped_def(), &["--tools-list-by-scope", "off"]).await;
+    let t = token(&off.issuer, &off.url, "demo:read");
+    let result = stateless_list(&off, &t).await;
+    assert_eq!(names(&result), ALL);
+    assert_eq!(
+        result["cacheScope"], "private",
+        "rmcp's conservative default"
+    );
+    assert_eq!(result["ttlMs"], 0);
+}
+
+/// tools_list rule 5: hidden is not allowed; the call is refused with 403 naming every
+/// scope it needs in one challenge, in both eras.
+#[tokio::test]
+async fn calling_a_hidden_tool_is_refused_with_every_missing_scope() {
+    let s = start_def(scoped_def(), &[]).await;
+    let t = token(&s.issuer, &s.url, "demo:read");
+    assert!(!names(&stateless_list(&s, &t).await).contains(&"rotate_keys".to_owned()));
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}, "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"}});
+    let stateless = reqwest::Client::new()
+        .post(&s.url)
+        .header("authorization", format!("Bearer {t}"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "rotate_keys")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "rotate_keys", "arguments": {}, "_meta": meta}}))
+        .send()
+        .await
+        .unwrap();
+    let session = legacy_session(&s, &t).await;
+    let call = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "rotate_keys", "arguments": {}}});
+    let legacy = legacy_post(&s.url, &t, Some(&session), call)
+        .send()
+        .await
+        .unwrap();
+    for response in [stateless, legacy] {
+        assert_eq!(response.status(), 403);
+        let challenges: Vec<&str> = response
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        // One challenge per accepted scheme (Bearer, and DPoP: --dpop allowed), each
+        // naming every scope the call needs, so one step-up is enough.
+        let bearer = challenges
+            .iter()
+            .filter(|c| c.starts_with("Bearer "))
+            .count();
+        assert_eq!(bearer, 1, "{challenges:?}");
+        for challenge in &challenges {
+            assert!(
+                challenge.contains("error=\"insufficient_scope\"")
+                    && challenge.contains("scope=\"demo:admin demo:keys\""),
+                "{challenges:?}"
+            );
+        }
+    }
+}
+
+/// --no-auth: no filtering (there are no scopes to filter by), even when asked for.
+#[tokio::test]
+async fn no_auth_does_not_filter_tools_list() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let args = Args::try_parse_from([
+        "demo",
+        "--listen",
+        &addr.to_string(),
+        "--no-auth",
+        "--tools-list-by-scope",
+        "on",
+    ])
+    .unwrap();
+    let prepared = prepare(scoped_def(), &args, |n| {
+        (n == "ITEMS_API_KEY").then(|| "k".repeat(8))
+    })
+    .unwrap();
+    assert!(!prepared.server.filters_tools_list_by_scope());
 }
