@@ -32,6 +32,7 @@ pub const KINDS: &[&str] = &[
     "client_credentials",
     "admin_sign_in",
     "admin_revoke",
+    "introspection",
 ];
 
 /// Longest value kept in any field of an event, in bytes.

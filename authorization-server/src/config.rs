@@ -1,5 +1,32 @@
 //! Runtime configuration: flags (and their environment variables) plus an optional TOML
-//! file with users, scopes, resources and pre-registered clients.
+//! file with users, scopes, resources, pre-registered clients and resource servers.
+//!
+//! Resource servers (`[[resource_servers]]`, RFC 7662 introspection callers) are
+//! configured in the file only, one table each:
+//!
+//! ```toml
+//! [[resource_servers]]
+//! resource = "https://mcp.example.com/mcp"   # one of the configured resources
+//! client_id = "notes-rs"                     # how it authenticates at /introspect
+//! client_secret_sha256 = "<64 hex digits>"   # SHA-256 of its secret (client_secret_basic), or
+//! # jwks = { keys = [ ... ] }                # its public keys (private_key_jwt), or
+//! # jwks_uri = "https://rs.example/jwks.json"
+//! token_format = "opaque"                    # "jwt" (default) or "opaque"
+//! ```
+//!
+//! Resource-server rules:
+//! 1. `resource` must be one of the configured resources (`--resource` or `resources`);
+//!    one resource server introspects tokens of that resource only.
+//! 2. Exactly one of `client_secret_sha256` (the lowercase or uppercase hex SHA-256 of a
+//!    high-entropy secret: the plain secret is never in the file), `jwks` and `jwks_uri`.
+//! 3. `client_id` is unique among resource servers and is not a `[[clients]]` id (a resource
+//!    server never uses `/token`).
+//! 4. `token_format` is what `/token` issues for the resource: `jwt` (RS256 JWTs) or
+//!    `opaque` (`bmo_` tokens stored hashed, usable only through introspection). Two
+//!    resource servers of one resource must agree on it.
+//!
+//! Errors name the file, the entry (`resource_servers[N]`, with its `client_id`) and the
+//! field.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,6 +130,10 @@ pub struct Args {
     /// Days audit events are kept.
     #[arg(long, env = "BMM_AS_AUDIT_RETENTION_DAYS", default_value_t = 90)]
     pub audit_retention_days: u64,
+    /// Require a server nonce in DPoP proofs at the token endpoint (RFC 9449 section 8):
+    /// a proof without the current nonce is answered `use_dpop_nonce` with a `DPoP-Nonce`.
+    #[arg(long, env = "BMM_AS_DPOP_NONCE")]
+    pub dpop_nonce: bool,
     /// Another command instead of the server.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -143,6 +174,207 @@ pub struct FileConfig {
     /// CA certificates (PEM) for the database's TLS (`--database-ca-file` wins).
     #[serde(default)]
     pub database_ca_file: Option<PathBuf>,
+    /// Resource servers that may introspect tokens (RFC 7662), see the module docs.
+    #[serde(default)]
+    pub resource_servers: Vec<ResourceServerConfig>,
+}
+
+/// What access tokens for a resource look like.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenFormat {
+    /// RS256 JWTs (RFC 9068), verifiable with the published keys.
+    #[default]
+    Jwt,
+    /// `bmo_` + 43 base64url characters, stored hashed; verified by introspection only.
+    Opaque,
+}
+
+impl TokenFormat {
+    /// Its name in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Jwt => "jwt",
+            Self::Opaque => "opaque",
+        }
+    }
+}
+
+/// A `[[resource_servers]]` entry of the config file (see the module docs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceServerConfig {
+    /// The resource (MCP server URL) it serves: a configured resource.
+    pub resource: String,
+    /// The client id it authenticates with at `/introspect`.
+    pub client_id: String,
+    /// Hex SHA-256 of its secret (`client_secret_basic`).
+    #[serde(default)]
+    pub client_secret_sha256: Option<String>,
+    /// Its JWK Set for `private_key_jwt`: a table, or JSON text.
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// Where it publishes its JWK Set for `private_key_jwt`.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// What `/token` issues for its resource (default `jwt`).
+    #[serde(default)]
+    pub token_format: TokenFormat,
+}
+
+/// A checked resource server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceServer {
+    /// The canonical resource it may introspect tokens of.
+    pub resource: String,
+    /// Its client id.
+    pub client_id: String,
+    /// Lowercase hex SHA-256 of its secret.
+    pub secret_sha256: Option<String>,
+    /// Its JWK Set (JSON text), for `private_key_jwt`.
+    pub jwks: Option<String>,
+    /// Its `jwks_uri`, for `private_key_jwt`.
+    pub jwks_uri: Option<String>,
+    /// What `/token` issues for its resource.
+    pub token_format: TokenFormat,
+}
+
+impl ResourceServer {
+    /// The resource server as a client, for `client_auth::verify`.
+    pub(crate) fn as_client(&self) -> crate::store::Client {
+        crate::store::Client {
+            client_id: self.client_id.clone(),
+            secret_sha256: self.secret_sha256.clone(),
+            redirect_uris: Vec::new(),
+            client_name: None,
+            token_endpoint_auth_method: if self.secret_sha256.is_some() {
+                "client_secret_basic"
+            } else {
+                "private_key_jwt"
+            }
+            .to_owned(),
+            created_at: 0,
+            grant_types: Vec::new(),
+            jwks: self.jwks.clone(),
+            jwks_uri: self.jwks_uri.clone(),
+            scope: None,
+        }
+    }
+}
+
+/// Checks the `[[resource_servers]]` of `file` (resource-server rules 1 to 4) against the
+/// canonical `resources` and the configured `clients`.
+fn check_resource_servers(
+    file: &str,
+    entries: &[ResourceServerConfig],
+    resources: &[String],
+    clients: &[ClientConfig],
+    allow_loopback: bool,
+) -> Result<Vec<ResourceServer>, ConfigError> {
+    let mut out: Vec<ResourceServer> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let fail = |field: &str, why: String| {
+            ConfigError(format!(
+                "config {file}: resource_servers[{i}] (client_id `{}`): {field}: {why}",
+                entry.client_id
+            ))
+        };
+        if entry.client_id.is_empty()
+            || entry.client_id.len() > 256
+            || entry.client_id.chars().any(|c| c.is_control() || c == ':')
+        {
+            return Err(fail(
+                "client_id",
+                "give a non-empty id of at most 256 characters, without `:` or control characters"
+                    .to_owned(),
+            ));
+        }
+        if out.iter().any(|rs| rs.client_id == entry.client_id) {
+            return Err(fail(
+                "client_id",
+                "another resource server has this client_id; give each its own".to_owned(),
+            ));
+        }
+        if clients.iter().any(|c| c.client_id == entry.client_id) {
+            return Err(fail(
+                "client_id",
+                "a [[clients]] entry has this client_id; a resource server needs an id of its own"
+                    .to_owned(),
+            ));
+        }
+        let resource = bmm_core::canonical_resource(&entry.resource)
+            .ok()
+            .filter(|r| resources.contains(r))
+            .ok_or_else(|| {
+                fail(
+                    "resource",
+                    format!(
+                        "`{}` is not one of the configured resources ({}); add it to --resource or `resources`",
+                        entry.resource,
+                        resources.join(", ")
+                    ),
+                )
+            })?;
+        let given = [
+            entry.client_secret_sha256.is_some(),
+            entry.jwks.is_some(),
+            entry.jwks_uri.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err(fail(
+                "client_secret_sha256 / jwks / jwks_uri",
+                "give exactly one (client_secret_basic with the secret's SHA-256, or private_key_jwt keys)".to_owned(),
+            ));
+        }
+        let secret_sha256 = match &entry.client_secret_sha256 {
+            Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(hex.to_ascii_lowercase())
+            }
+            Some(_) => {
+                return Err(fail(
+                    "client_secret_sha256",
+                    "not 64 hex digits; put the SHA-256 of the secret (`printf %s SECRET | sha256sum`), never the secret".to_owned(),
+                ));
+            }
+            None => None,
+        };
+        let jwks = entry.jwks.as_ref().map(|v| match v {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        });
+        if let Some(text) = &jwks {
+            let doc = crate::client_auth::KeySet::parse_text(text)
+                .and_then(|_| serde_json::from_str(text).map_err(|e| e.to_string()))
+                .map_err(|e| fail("jwks", e))?;
+            crate::client_auth::public_jwks_text(&doc).map_err(|e| fail("jwks", e))?;
+        }
+        if let Some(uri) = &entry.jwks_uri {
+            crate::client_auth::check_jwks_uri(uri, allow_loopback)
+                .map_err(|e| fail("jwks_uri", e))?;
+        }
+        if let Some(other) = out
+            .iter()
+            .find(|rs| rs.resource == resource && rs.token_format != entry.token_format)
+        {
+            return Err(fail(
+                "token_format",
+                format!(
+                    "resource server `{}` of the same resource says `{}`; both must say the same",
+                    other.client_id,
+                    other.token_format.name()
+                ),
+            ));
+        }
+        out.push(ResourceServer {
+            resource,
+            client_id: entry.client_id.clone(),
+            secret_sha256,
+            jwks,
+            jwks_uri: entry.jwks_uri.clone(),
+            token_format: entry.token_format,
+        });
+    }
+    Ok(out)
 }
 
 /// A user account.
@@ -321,6 +553,20 @@ pub struct Settings {
     pub audit_retention_days: u64,
     /// Encrypts the stored signing keys (`BMM_AS_KEY_ENCRYPTION_KEY`; see `keys`).
     pub key_encryption_key: Option<crate::keys::KeyEncryptionKey>,
+    /// Resource servers allowed at `/introspect` (see the module docs).
+    pub resource_servers: Vec<ResourceServer>,
+    /// Whether DPoP proofs at the token endpoint must carry the server's nonce.
+    pub dpop_nonce: bool,
+}
+
+impl Settings {
+    /// What `/token` issues for `resource` (a canonical resource).
+    pub fn token_format(&self, resource: &str) -> TokenFormat {
+        self.resource_servers
+            .iter()
+            .find(|rs| rs.resource == resource)
+            .map_or(TokenFormat::Jwt, |rs| rs.token_format)
+    }
 }
 
 /// A refused configuration, with what to do.
@@ -435,6 +681,17 @@ impl Settings {
                 scope: None,
             });
         }
+        let file_name = args
+            .config
+            .as_ref()
+            .map_or_else(String::new, |p| p.display().to_string());
+        let resource_servers = check_resource_servers(
+            &file_name,
+            &file.resource_servers,
+            &resources,
+            &clients,
+            args.allow_loopback_cimd,
+        )?;
         let mut user_names: Vec<&str> = file.users.iter().map(|u| u.name.as_str()).collect();
         user_names.extend(args.dev_user.as_deref());
         for client in &clients {
@@ -500,6 +757,8 @@ impl Settings {
             refresh_grace_secs: args.refresh_grace_secs.min(300),
             audit_retention_days: args.audit_retention_days.clamp(1, 36_500),
             key_encryption_key,
+            resource_servers,
+            dpop_nonce: args.dpop_nonce,
             trusted_proxies,
             listen: args.listen,
             issuer,

@@ -35,7 +35,9 @@ use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKe
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeyPair, KeySize};
-use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_SHA256};
+use aws_lc_rs::signature::{
+    KeyPair as _, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256, RsaPublicKeyComponents,
+};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use serde_json::{Value, json};
@@ -43,6 +45,11 @@ use sha2::{Digest, Sha256};
 
 use crate::error::StoreError;
 use crate::store::{Store, StoredKey};
+
+/// The length of a compact JWS's signature part plus its `.` separator.
+fn signature_len(token: &str) -> usize {
+    token.rfind('.').map_or(0, |dot| token.len() - dot)
+}
 
 /// How often every instance reloads the keys (rule 2).
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
@@ -154,6 +161,9 @@ struct LoadedKey {
     kid: String,
     pair: KeyPair,
     created_at: u64,
+    /// A secret derived from the private key: every instance with the key derives the
+    /// same (DPoP nonces, see `dpop`).
+    nonce_key: [u8; 32],
 }
 
 struct Ring {
@@ -304,10 +314,14 @@ impl KeyRing {
             let pair = KeyPair::from_pkcs8(&der)
                 .map_err(|_| StoreError(format!("stored key {} is unreadable", key.kid)))?;
             published.push(public_jwk(&key.kid, &pair));
+            let mut derive = Sha256::new();
+            derive.update(b"bmm-as dpop nonce key\0");
+            derive.update(&der);
             keys.push(LoadedKey {
                 kid: key.kid.clone(),
                 pair,
                 created_at: key.created_at,
+                nonce_key: derive.finalize().into(),
             });
         }
         if !stored.iter().any(|k| k.retired_at.is_none()) || keys.is_empty() {
@@ -378,9 +392,56 @@ impl KeyRing {
             .unwrap_or_default()
     }
 
+    /// The DPoP nonce keys of the published keys, newest first (see `dpop`).
+    pub(crate) fn nonce_keys(&self) -> Vec<[u8; 32]> {
+        self.ring().keys.iter().map(|k| k.nonce_key).collect()
+    }
+
     /// The published JWKS document.
     pub fn jwks(&self) -> Value {
         self.ring().jwks.clone()
+    }
+
+    /// The claims of `token` if it is a JWT this server signed as an access token: header
+    /// `alg` RS256, `typ` `at+jwt`, a `kid` of a published key, and a signature that
+    /// verifies with that key. Nothing else (times, audience) is checked here.
+    pub(crate) fn verify_access_token(
+        &self,
+        token: &str,
+    ) -> Option<serde_json::Map<String, Value>> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let decode = |part: &str| URL_SAFE_NO_PAD.decode(part).ok();
+        let header: serde_json::Map<String, Value> =
+            serde_json::from_slice(&decode(header)?).ok()?;
+        if header.get("alg").and_then(Value::as_str) != Some("RS256")
+            || header.get("typ").and_then(Value::as_str) != Some("at+jwt")
+            || header.contains_key("crit")
+        {
+            return None;
+        }
+        let kid = header.get("kid").and_then(Value::as_str)?;
+        let signature = decode(signature)?;
+        let ring = self.ring();
+        let key = ring.keys.iter().find(|k| k.kid == kid)?;
+        let public = key.pair.public_key();
+        let components = RsaPublicKeyComponents {
+            n: public.modulus().big_endian_without_leading_zero(),
+            e: public.exponent().big_endian_without_leading_zero(),
+        };
+        let signed = token.len() - signature_len(token);
+        components
+            .verify(
+                &RSA_PKCS1_2048_8192_SHA256,
+                token.as_bytes().get(..signed)?,
+                &signature,
+            )
+            .ok()?;
+        serde_json::from_slice(&decode(payload)?).ok()
     }
 
     /// Signs `claims` as an RFC 9068 access token (`typ: at+jwt`, RS256, `kid`).

@@ -4,8 +4,10 @@
 //! special cases: RFC 8414 metadata (also at `/.well-known/openid-configuration`), RFC 7591
 //! dynamic registration, Client ID Metadata Documents, the authorization code flow with
 //! PKCE S256 only, RFC 8707 resource indicators (the token's `aud`), RFC 9207 `iss` on the
-//! redirect, RS256 JWT access tokens (RFC 9068) with `kid`, a JWKS that keeps the previous
-//! key through a rotation, refresh-token rotation with reuse detection, RFC 7009
+//! redirect, RS256 JWT access tokens (RFC 9068) with `kid` or opaque ones per resource,
+//! RFC 7662 introspection for configured resource servers (see `introspect`), DPoP-bound
+//! tokens (RFC 9449, see `dpop`), a JWKS that keeps the previous key through a rotation,
+//! refresh-token rotation with reuse detection, RFC 7009
 //! revocation, a consent page, and durable state in SQLite or in a PostgreSQL database
 //! several instances share (see `store`).
 //!
@@ -20,8 +22,8 @@
 //!    limit counts it, and a peer that is not trusted cannot choose it.
 //! 5. Every endpoint is served under the issuer's path: issuer `http://host/oauth` serves
 //!    `/oauth/register`, `/oauth/authorize`, `/oauth/token`, `/oauth/revoke`,
-//!    `/oauth/jwks`, and its metadata where RFC 8414 section 3.1 and OpenID Connect
-//!    Discovery look for it (see `metadata`). An issuer without a path serves them at the
+//!    `/oauth/introspect`, `/oauth/jwks`, and its metadata where RFC 8414 section 3.1 and
+//!    OpenID Connect Discovery look for it (see `metadata`). An issuer without a path serves them at the
 //!    root. `/healthz` is always at the root.
 //! 6. Dev mode (`--dev-user`) approves every authorization request, so its registration,
 //!    token and revocation endpoints answer CORS only for loopback origins: a web page
@@ -35,8 +37,10 @@ mod client_auth;
 mod clients;
 pub mod config;
 mod connections;
+mod dpop;
 pub mod error;
 mod forwarded;
+mod introspect;
 pub mod keys;
 mod maintenance;
 mod metadata;
@@ -187,7 +191,9 @@ pub fn router(state: AppState) -> Router {
                 http::header::CONTENT_TYPE,
                 http::header::AUTHORIZATION,
                 http::HeaderName::from_static("mcp-protocol-version"),
+                http::HeaderName::from_static("dpop"),
             ])
+            .expose_headers([http::HeaderName::from_static("dpop-nonce")])
             .max_age(std::time::Duration::from_secs(600))
     };
     let any_origin = cors(tower_http::cors::AllowOrigin::any());
@@ -217,7 +223,12 @@ pub fn router(state: AppState) -> Router {
             "/authorize",
             get(authorize::authorize_get).post(authorize::authorize_post),
         )
-        .route("/admin", get(admin::page).post(admin::action));
+        .route("/admin", get(admin::page).post(admin::action))
+        // Resource servers call it server to server: no CORS, a smaller body bound.
+        .route(
+            "/introspect",
+            post(introspect::introspect).layer(DefaultBodyLimit::max(introspect::MAX_BODY_BYTES)),
+        );
     let mut discovery = Router::new();
     for path in metadata::well_known_paths(&prefix) {
         discovery = discovery.route(&path, get(metadata::metadata).options(preflight));

@@ -8,8 +8,9 @@
 //!    ([`PURGE_BATCH`] rows of each kind per statement, at most [`PURGE_ROUNDS`] rounds per
 //!    run, the rest left for the next run): codes expired more than 10 minutes ago,
 //!    pending sign-ins, refresh tokens expired or revoked more than a day ago, client
-//!    assertion `jti`s, metadata documents not fetched for [`CIMD_KEEP`], audit events
-//!    older than `--audit-retention-days`; then registered clients never used within
+//!    assertion `jti`s (DPoP proof `jti`s too), opaque access tokens past their expiry,
+//!    metadata documents not fetched for [`CIMD_KEEP`], audit events older than
+//!    `--audit-retention-days`; then registered clients never used within
 //!    `--unused-client-ttl`, and signing keys retired longer ago than the access-token
 //!    lifetime plus 5 minutes. Several instances may clean at once: every deletion is
 //!    idempotent.
@@ -89,7 +90,9 @@ pub(crate) async fn cleanup(state: &AppState) {
                 total.assertions += p.assertions;
                 total.cimd_documents += p.cimd_documents;
                 total.audit_events += p.audit_events;
+                total.opaque_tokens += p.opaque_tokens;
                 let more = [
+                    p.opaque_tokens,
                     p.codes,
                     p.pending,
                     p.refresh_tokens,
@@ -132,6 +135,7 @@ pub(crate) async fn cleanup(state: &AppState) {
             assertions = total.assertions,
             cimd_documents = total.cimd_documents,
             audit_events = total.audit_events,
+            opaque_tokens = total.opaque_tokens,
             unused_clients = clients,
             "cleanup: expired state deleted"
         );

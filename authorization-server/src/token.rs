@@ -32,21 +32,35 @@
 //!    strict rotation. A refresh token presented by a client it was not issued to is
 //!    answered `invalid_grant` and left alone (not used up, its family not revoked), like a
 //!    code. `scope` may narrow the grant; `resource` must be the grant's.
-//! 4. Access tokens are RS256 JWTs with `iss`, `sub`, `aud` (the resource), `exp`, `iat`,
-//!    `jti`, `scope`, `client_id`. Responses carry `Cache-Control: no-store`.
+//! 4. Access tokens take the format configured for their resource (`token_format` of its
+//!    `[[resource_servers]]`, default `jwt`): RS256 JWTs with `iss`, `sub`, `aud` (the
+//!    resource), `exp`, `iat`, `nbf`, `jti`, `scope`, `client_id`, plus `sid` (the grant,
+//!    so introspection can tell a revoked grant; absent for `client_credentials`) and
+//!    `cnf.jkt` when DPoP-bound; or opaque tokens, `bmo_` followed by 43 base64url
+//!    characters (256 random bits), stored only as a SHA-256 hash with the same claims and
+//!    their grant. Responses carry `Cache-Control: no-store`.
 //! 5. Parameters come as `application/x-www-form-urlencoded` (the default, also when no
 //!    `Content-Type` is given) or as an `application/json` object of strings with the same
 //!    names. Any other media type is refused with 415 and an `invalid_request` body; a
 //!    parameter given twice, a non-string JSON value or a malformed body with 400
 //!    `invalid_request`.
 //! 6. Revocation (RFC 7009) acts only on a token issued to the authenticated client; a
-//!    token of another client is treated like an unknown one: 200, and nothing happens.
+//!    token of another client is treated like an unknown one: 200, and nothing happens. A
+//!    refresh token revokes its grant (every refresh token and opaque access token of it);
+//!    an opaque access token revokes itself and its grant.
 //! 7. `client_credentials` (the MCP client-credentials extension, SEP-1046) is for
 //!    confidential clients (a secret or `private_key_jwt`) configured with that grant;
 //!    others get `unauthorized_client`. `resource` is required and must be one this server
 //!    issues tokens for (the token's `aud`); `scope` may only narrow the client's
 //!    configured scope (default: the default scopes). The token's `sub` is the client id;
 //!    no refresh token is issued (the client authenticates again instead).
+//! 8. DPoP (RFC 9449, see `dpop`): a request with a valid `DPoP` proof gets an access token
+//!    bound to the proof's key (`cnf.jkt`) and `token_type: DPoP`; without one, `Bearer`.
+//!    A public client's refresh tokens (the whole family) are bound to the key of the
+//!    proof at the code exchange; refreshing them needs a proof of that key (none:
+//!    `invalid_dpop_proof`; another key: `invalid_grant`), checked before the token is
+//!    used up. A confidential client's refresh tokens are not bound (RFC 9449 section 5):
+//!    each refresh binds its access token to that request's proof, if any.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -64,12 +78,12 @@ use sha2::{Digest, Sha256};
 
 use crate::error::OAuthError;
 use crate::ratelimit::Bucket;
-use crate::store::{Client, RefreshRecord, RefreshUse, StoredCode};
+use crate::store::{Client, OpaqueToken, RefreshRecord, RefreshUse, StoredCode};
 use crate::{AppState, authorize, client_auth, clients, now, random_token, secure_eq, sha256_hex};
 use bmm_core::canonical_resource;
 
 /// Rule 5: the request's parameters, from a form or a JSON body.
-fn body_params(
+pub(crate) fn body_params(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<HashMap<String, String>, OAuthError> {
@@ -198,14 +212,12 @@ async fn presented_owner(
         .map(|r| r.client_id)
 }
 
-async fn authenticate(
-    state: &AppState,
-    caller: std::net::IpAddr,
+/// The client id and secret of an `Authorization: Basic` header (RFC 6749 section 2.3.1:
+/// both form-urlencoded), if there is one.
+pub(crate) fn basic_credentials(
     headers: &HeaderMap,
-    params: &HashMap<String, String>,
-    owner: Option<&str>,
-) -> Result<Client, OAuthError> {
-    let basic = headers
+) -> Result<Option<(String, String)>, OAuthError> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -229,7 +241,17 @@ async fn authenticate(
             };
             Ok::<_, OAuthError>((decode(id), decode(secret)))
         })
-        .transpose()?;
+        .transpose()
+}
+
+async fn authenticate(
+    state: &AppState,
+    caller: std::net::IpAddr,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    owner: Option<&str>,
+) -> Result<Client, OAuthError> {
+    let basic = basic_credentials(headers)?;
     if params.contains_key("client_assertion") || params.contains_key("client_assertion_type") {
         if basic.is_some() || params.contains_key("client_secret") {
             return Err(OAuthError::invalid_request(
@@ -384,6 +406,7 @@ async fn new_refresh(
     scope: &str,
     resource: &str,
     family: &str,
+    jkt: Option<&str>,
 ) -> Result<String, OAuthError> {
     let t = now();
     let refresh_token = random_token(32);
@@ -398,41 +421,85 @@ async fn new_refresh(
             resource: resource.to_owned(),
             issued_at: t,
             expires_at: t + state.inner.settings.refresh_token_ttl,
+            jkt: jkt.map(str::to_owned),
         })
         .await?;
     Ok(refresh_token)
 }
 
-/// The token response: a new access token, and `refresh_token` (already stored) if any.
-fn token_response(
-    state: &AppState,
-    client_id: &str,
-    subject: &str,
-    scope: &str,
-    resource: &str,
-    refresh_token: Option<&str>,
-) -> Result<Response, OAuthError> {
+/// What a token response issues.
+struct Issue<'a> {
+    client_id: &'a str,
+    subject: &'a str,
+    scope: &'a str,
+    resource: &'a str,
+    /// The refresh token (already stored), if any.
+    refresh_token: Option<&'a str>,
+    /// The grant (refresh family) the access token belongs to; `None` for
+    /// `client_credentials`.
+    family: Option<&'a str>,
+    /// The DPoP key thumbprint the access token is bound to (rule 8).
+    jkt: Option<&'a str>,
+}
+
+/// Prefix of opaque access tokens (rule 4): never JWS-shaped.
+pub(crate) const OPAQUE_PREFIX: &str = "bmo_";
+
+/// The token response: a new access token in the resource's format (rule 4), and
+/// `refresh_token` if any.
+async fn token_response(state: &AppState, issue: Issue<'_>) -> Result<Response, OAuthError> {
     let t = now();
-    let ttl = state.inner.settings.access_token_ttl;
-    let claims = json!({
-        "iss": state.inner.settings.issuer,
-        "sub": subject,
-        "aud": resource,
-        "exp": t + ttl,
-        "iat": t,
-        "nbf": t,
-        "jti": random_token(16),
-        "scope": scope,
-        "client_id": client_id,
-    });
-    let access_token = state.inner.keys.sign(&claims)?;
+    let settings = &state.inner.settings;
+    let ttl = settings.access_token_ttl;
+    let jti = random_token(16);
+    let access_token = match settings.token_format(issue.resource) {
+        crate::config::TokenFormat::Jwt => {
+            let mut claims = json!({
+                "iss": settings.issuer,
+                "sub": issue.subject,
+                "aud": issue.resource,
+                "exp": t + ttl,
+                "iat": t,
+                "nbf": t,
+                "jti": jti,
+                "scope": issue.scope,
+                "client_id": issue.client_id,
+            });
+            if let Some(family) = issue.family {
+                claims["sid"] = json!(family);
+            }
+            if let Some(jkt) = issue.jkt {
+                claims["cnf"] = json!({ "jkt": jkt });
+            }
+            state.inner.keys.sign(&claims)?
+        }
+        crate::config::TokenFormat::Opaque => {
+            let token = format!("{OPAQUE_PREFIX}{}", random_token(32));
+            state
+                .store()
+                .put_opaque(&OpaqueToken {
+                    token_sha256: sha256_hex(&token),
+                    family: issue.family.map(str::to_owned),
+                    client_id: issue.client_id.to_owned(),
+                    subject: issue.subject.to_owned(),
+                    scope: issue.scope.to_owned(),
+                    resource: issue.resource.to_owned(),
+                    jti,
+                    jkt: issue.jkt.map(str::to_owned),
+                    issued_at: t,
+                    expires_at: t + ttl,
+                })
+                .await?;
+            token
+        }
+    };
     let mut body = json!({
         "access_token": access_token,
-        "token_type": "Bearer",
+        "token_type": if issue.jkt.is_some() { "DPoP" } else { "Bearer" },
         "expires_in": ttl,
-        "scope": scope,
+        "scope": issue.scope,
     });
-    if let Some(refresh_token) = refresh_token {
+    if let Some(refresh_token) = issue.refresh_token {
         body["refresh_token"] = json!(refresh_token);
     }
     let mut response = (StatusCode::OK, Json(body)).into_response();
@@ -454,13 +521,20 @@ pub(crate) async fn token(
     if !state.inner.limiter.allow(peer.ip(), Bucket::Token) {
         return OAuthError::rate_limited().into_response();
     }
-    match grant(&state, peer.ip(), &headers, body).await {
+    let mut response = match grant(&state, peer.ip(), &headers, body).await {
         Ok(response) => response,
         Err(error) => {
             tracing::info!(error = error.code(), "token request refused");
             error.into_response()
         }
+    };
+    // Rule 8: with `--dpop-nonce`, every answer carries the nonce to use next.
+    if state.inner.settings.dpop_nonce
+        && let Some(value) = crate::dpop::nonce(&state).and_then(|n| HeaderValue::from_str(&n).ok())
+    {
+        response.headers_mut().insert("dpop-nonce", value);
     }
+    response
 }
 
 async fn grant(
@@ -470,6 +544,8 @@ async fn grant(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OAuthError> {
     let params = body_params(headers, body)?;
+    // Rule 8: the proof is checked (and its jti used up) before anything of the grant is.
+    let jkt = crate::dpop::check_token_request(state, headers).await?;
     let owner = presented_owner(state, &params, "refresh_token").await;
     let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let client = match authenticate(state, caller, headers, &params, owner.as_deref()).await {
@@ -571,6 +647,7 @@ async fn grant(
             // replay (on any instance) that revokes the family always finds it; a lost race
             // revokes it like any replay.
             let family = random_token(16);
+            // Rule 8: a public client's refresh tokens are bound to its DPoP key.
             let refresh = new_refresh(
                 state,
                 &client.client_id,
@@ -578,6 +655,7 @@ async fn grant(
                 &record.scope,
                 &record.resource,
                 &family,
+                jkt.as_deref().filter(|_| is_public(&client)),
             )
             .await?;
             if let Err(refusal) = authorize::redeem_code(state, &record, &family).await {
@@ -588,12 +666,17 @@ async fn grant(
             }
             let response = token_response(
                 state,
-                &client.client_id,
-                &record.subject,
-                &record.scope,
-                &record.resource,
-                Some(&refresh),
-            )?;
+                Issue {
+                    client_id: &client.client_id,
+                    subject: &record.subject,
+                    scope: &record.scope,
+                    resource: &record.resource,
+                    refresh_token: Some(&refresh),
+                    family: Some(&family),
+                    jkt: jkt.as_deref(),
+                },
+            )
+            .await?;
             for kind in ["code_redeemed", "token_issued"] {
                 let event = crate::audit::event(kind)
                     .client(&client.client_id)
@@ -626,6 +709,7 @@ async fn grant(
                         &record.resource,
                         "resource must be the one of the original grant",
                     )?;
+                    bound_refresh(record.jkt.as_deref(), jkt.as_deref())?;
                     narrowed_scope(&record.scope, get("scope"))?
                 }
                 None => String::new(),
@@ -645,6 +729,7 @@ async fn grant(
                 resource: String::new(),
                 issued_at,
                 expires_at: issued_at + state.inner.settings.refresh_token_ttl,
+                jkt: None,
             };
             let (record, how) = match state
                 .store()
@@ -689,6 +774,8 @@ async fn grant(
                     "the refresh token was issued to another client",
                 ));
             }
+            // Checked before the use too; again for a token that became usable between.
+            bound_refresh(record.jkt.as_deref(), jkt.as_deref())?;
             if let Err(error) = state
                 .store()
                 .mark_client_used(&client.client_id, now())
@@ -698,12 +785,17 @@ async fn grant(
             }
             let response = token_response(
                 state,
-                &client.client_id,
-                &record.subject,
-                &scope,
-                &record.resource,
-                Some(&refresh),
-            )?;
+                Issue {
+                    client_id: &client.client_id,
+                    subject: &record.subject,
+                    scope: &scope,
+                    resource: &record.resource,
+                    refresh_token: Some(&refresh),
+                    family: Some(&record.family),
+                    jkt: jkt.as_deref(),
+                },
+            )
+            .await?;
             let refreshed = crate::audit::event("refresh")
                 .client(&client.client_id)
                 .subject(&record.subject)
@@ -727,12 +819,17 @@ async fn grant(
             // Rule 7: the client acts for itself; no refresh token.
             let response = token_response(
                 state,
-                &client.client_id,
-                &client.client_id,
-                &scope,
-                &resource,
-                None,
-            )?;
+                Issue {
+                    client_id: &client.client_id,
+                    subject: &client.client_id,
+                    scope: &scope,
+                    resource: &resource,
+                    refresh_token: None,
+                    family: None,
+                    jkt: jkt.as_deref(),
+                },
+            )
+            .await?;
             let issued = crate::audit::event("client_credentials")
                 .client(&client.client_id)
                 .subject(&client.client_id)
@@ -750,6 +847,26 @@ async fn grant(
             "grant_type `{other}` is not supported"
         ))),
         None => Err(OAuthError::invalid_request("grant_type is required")),
+    }
+}
+
+/// Whether `client` is public (no secret, no `private_key_jwt`): its refresh tokens are
+/// bound to its DPoP key (rule 8, RFC 9449 section 5).
+fn is_public(client: &Client) -> bool {
+    client.secret_sha256.is_none() && client.token_endpoint_auth_method != "private_key_jwt"
+}
+
+/// Rule 8: a refresh token bound to `bound` needs a proof of that key (`proof`).
+fn bound_refresh(bound: Option<&str>, proof: Option<&str>) -> Result<(), OAuthError> {
+    match (bound, proof) {
+        (None, _) => Ok(()),
+        (Some(_), None) => Err(crate::dpop::invalid_proof(
+            "this refresh token is bound to a DPoP key: send a DPoP proof signed with it",
+        )),
+        (Some(bound), Some(proof)) if secure_eq(bound, proof) => Ok(()),
+        (Some(_), Some(_)) => Err(OAuthError::invalid_grant(
+            "the refresh token is bound to another DPoP key than the proof's",
+        )),
     }
 }
 
@@ -844,13 +961,26 @@ pub(crate) async fn revoke(
         let token = params
             .get("token")
             .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
-        // Access tokens are self-contained JWTs and expire on their own; refresh tokens
-        // are revoked with their family. Unknown tokens, and tokens of another client
+        // JWT access tokens are self-contained and expire on their own (introspection
+        // reports those of a revoked grant inactive); refresh tokens and opaque access
+        // tokens are revoked with their family. Unknown tokens, and tokens of another client
         // (rule 6, RFC 7009 2.1), are not an error (RFC 7009 2.2): nothing happens.
-        let revoked = state
+        let hash = sha256_hex(token);
+        let mut revoked = state
             .store()
-            .revoke_refresh(&sha256_hex(token), &client.client_id)
+            .revoke_refresh(&hash, &client.client_id)
             .await?;
+        // An opaque access token is revoked, with its grant (rule 6).
+        if revoked.is_none() && token.starts_with(OPAQUE_PREFIX) {
+            match state.store().revoke_opaque(&hash, &client.client_id).await? {
+                Some(Some(family)) => {
+                    state.store().revoke_family(&family).await?;
+                    revoked = Some(family);
+                }
+                Some(None) => revoked = Some(String::new()),
+                None => {}
+            }
+        }
         let mut event = crate::audit::event("revocation")
             .client(&client.client_id)
             .address(peer.ip());
@@ -858,7 +988,7 @@ pub(crate) async fn revoke(
             tracing::info!(client_id = %client.client_id, "revocation of an unknown token or one of another client ignored");
             event = event
                 .outcome("ignored")
-                .detail("an unknown token, an access token or another client's: nothing revoked");
+                .detail("an unknown token, a JWT access token or another client's: nothing revoked");
         }
         crate::audit::record(&state, event).await;
         Ok::<_, OAuthError>(())

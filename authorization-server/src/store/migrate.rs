@@ -266,6 +266,49 @@ CREATE INDEX audit_events_kind ON audit_events(kind, id);
         sqlite: "ALTER TABLE refresh_tokens ADD COLUMN grace_uses INTEGER NOT NULL DEFAULT 0;",
         postgres: "ALTER TABLE refresh_tokens ADD COLUMN grace_uses BIGINT NOT NULL DEFAULT 0;",
     },
+    Migration {
+        version: 4,
+        name: "opaque access tokens (RFC 7662 introspection) and DPoP-bound refresh families",
+        // `family` is the grant an opaque token was issued under (NULL for
+        // client_credentials), revoked with it; `jkt` the DPoP key thumbprint it, or a
+        // refresh family, is bound to.
+        sqlite: "
+CREATE TABLE opaque_tokens (
+    token_sha256 TEXT PRIMARY KEY,
+    family TEXT,
+    client_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    jti TEXT NOT NULL,
+    jkt TEXT,
+    issued_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE INDEX opaque_tokens_family ON opaque_tokens(family);
+CREATE INDEX opaque_tokens_expires_at ON opaque_tokens(expires_at);
+ALTER TABLE refresh_tokens ADD COLUMN jkt TEXT;
+",
+        postgres: "
+CREATE TABLE opaque_tokens (
+    token_sha256 TEXT PRIMARY KEY,
+    family TEXT,
+    client_id TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    jti TEXT NOT NULL,
+    jkt TEXT,
+    issued_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+CREATE INDEX opaque_tokens_family ON opaque_tokens(family);
+CREATE INDEX opaque_tokens_expires_at ON opaque_tokens(expires_at);
+ALTER TABLE refresh_tokens ADD COLUMN jkt TEXT;
+",
+    },
 ];
 
 /// The highest version this build knows.

@@ -141,6 +141,34 @@ pub struct RefreshRecord {
     pub issued_at: u64,
     /// Seconds since the epoch.
     pub expires_at: u64,
+    /// The DPoP key thumbprint (RFC 7638) the family is bound to: a refresh needs a proof
+    /// signed with that key. Every token of a family has the family's.
+    pub jkt: Option<String>,
+}
+
+/// An opaque access token (stored by hash) with the claims introspection answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpaqueToken {
+    /// SHA-256 (hex) of the token.
+    pub token_sha256: String,
+    /// The grant (refresh family) it was issued under; `None` for `client_credentials`.
+    pub family: Option<String>,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// The user (or the client, for `client_credentials`).
+    pub subject: String,
+    /// Scopes, space-separated.
+    pub scope: String,
+    /// The resource (audience).
+    pub resource: String,
+    /// Its unique id.
+    pub jti: String,
+    /// The DPoP key thumbprint it is bound to.
+    pub jkt: Option<String>,
+    /// Seconds since the epoch.
+    pub issued_at: u64,
+    /// Seconds since the epoch.
+    pub expires_at: u64,
 }
 
 /// How many times one used refresh token may be re-issued within the grace period (after
@@ -287,6 +315,8 @@ pub struct Purged {
     pub cimd_documents: u64,
     /// Audit events older than the retention.
     pub audit_events: u64,
+    /// Opaque access tokens past their expiry.
+    pub opaque_tokens: u64,
 }
 
 /// Durable AS state. Implementations are shared between requests and between instances.
@@ -367,7 +397,7 @@ pub trait Store: Send + Sync + 'static {
     /// revoked, nothing issued) after; used earlier → family revoked, `Reused`. Only a
     /// token issued to `client_id` is acted on: another client's is `Invalid` and left as
     /// it was. On `Fresh` and `Grace`, and only then, `successor` is inserted in the same
-    /// transaction, with the family, client, subject and resource of the used token (its
+    /// transaction, with the family, client, subject, resource and `jkt` of the used token (its
     /// own values of those are ignored): a revocation of the family (by [`Store::revoke_family`],
     /// [`Store::revoke_refresh`] or reuse detection) either comes after the insertion and
     /// revokes the successor too, or before and the rotation answers `Invalid`; a revoked
@@ -380,7 +410,8 @@ pub trait Store: Send + Sync + 'static {
         grace: u64,
         successor: &RefreshRecord,
     ) -> Result<RefreshUse, StoreError>;
-    /// Revokes every token of a family; returns whether any was live.
+    /// Revokes every token of a family (refresh tokens and opaque access tokens); returns
+    /// whether a refresh token was live.
     async fn revoke_family(&self, family: &str) -> Result<bool, StoreError>;
     /// Revokes the family of the given token if it is known and was issued to `client_id`
     /// (RFC 7009 section 2.1: only the owner may revoke). Returns the family if it was.
@@ -389,6 +420,25 @@ pub trait Store: Send + Sync + 'static {
         token_sha256: &str,
         client_id: &str,
     ) -> Result<Option<String>, StoreError>;
+    /// Whether a token of `family` is revoked (the grant was revoked: by `/revoke`, the
+    /// admin page, reuse detection or a code replay). An unknown family is not revoked.
+    async fn family_revoked(&self, family: &str) -> Result<bool, StoreError>;
+
+    // ---- opaque access tokens ----
+    /// Saves a new opaque access token. A token of a family revoked meanwhile is saved
+    /// revoked (never live after its grant's revocation).
+    async fn put_opaque(&self, token: &OpaqueToken) -> Result<(), StoreError>;
+    /// A live opaque access token (known, unrevoked, `expires_at > now`).
+    async fn opaque(&self, token_sha256: &str, now: u64)
+    -> Result<Option<OpaqueToken>, StoreError>;
+    /// Revokes an opaque access token issued to `client_id` (RFC 7009: only its owner
+    /// may); returns `Some(its family)` when it did (`Some(None)`: no grant).
+    async fn revoke_opaque(
+        &self,
+        token_sha256: &str,
+        client_id: &str,
+    ) -> Result<Option<Option<String>>, StoreError>;
+
     /// Live grants (families with an unexpired, unrevoked token), newest use first,
     /// optionally of one subject and/or client (admin page).
     async fn grants(
@@ -446,7 +496,7 @@ pub trait Store: Send + Sync + 'static {
     /// loops while a kind returns `batch`): codes expired more than 600 s ago, pending
     /// sign-ins, refresh tokens expired or revoked more than a day ago, assertion `jti`s,
     /// metadata documents fetched before `cimd_cutoff`, audit events before
-    /// `audit_cutoff`.
+    /// `audit_cutoff`, opaque access tokens expired at `now`.
     async fn purge(
         &self,
         now: u64,

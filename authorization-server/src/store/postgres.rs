@@ -59,8 +59,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::migrate;
 use super::{
-    AuditEvent, AuditFilter, Client, ClientSummary, Grant, Purged, RefreshRecord, RefreshUse,
-    Store, StoredCode, StoredKey,
+    AuditEvent, AuditFilter, Client, ClientSummary, Grant, OpaqueToken, Purged, RefreshRecord,
+    RefreshUse, Store, StoredCode, StoredKey,
 };
 use crate::error::StoreError;
 
@@ -169,11 +169,46 @@ fn refresh_record(row: &Row) -> Result<RefreshRecord, StoreError> {
         resource: row.try_get(5)?,
         issued_at: from_db(row.try_get(6)?),
         expires_at: from_db(row.try_get(7)?),
+        jkt: row.try_get(8)?,
     })
 }
 
 const REFRESH_COLUMNS: &str =
-    "token_sha256, family, client_id, subject, scope, resource, issued_at, expires_at";
+    "token_sha256, family, client_id, subject, scope, resource, issued_at, expires_at, jkt";
+
+const OPAQUE_COLUMNS: &str =
+    "token_sha256, family, client_id, subject, scope, resource, jti, jkt, issued_at, expires_at";
+
+fn opaque_token(row: &Row) -> Result<OpaqueToken, StoreError> {
+    Ok(OpaqueToken {
+        token_sha256: row.try_get(0)?,
+        family: row.try_get(1)?,
+        client_id: row.try_get(2)?,
+        subject: row.try_get(3)?,
+        scope: row.try_get(4)?,
+        resource: row.try_get(5)?,
+        jti: row.try_get(6)?,
+        jkt: row.try_get(7)?,
+        issued_at: from_db(row.try_get(8)?),
+        expires_at: from_db(row.try_get(9)?),
+    })
+}
+
+/// Revokes the opaque access tokens of `family` at `now` (inside the transaction holding
+/// the family's lock).
+async fn revoke_opaque_family(
+    tx: &Transaction<'_>,
+    family: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let revoke = tx
+        .prepare_cached(
+            "UPDATE opaque_tokens SET revoked_at = $2 WHERE family = $1 AND revoked_at IS NULL",
+        )
+        .await?;
+    tx.execute(&revoke, &[&family, &now]).await?;
+    Ok(())
+}
 
 fn stored_code(row: &Row) -> Result<StoredCode, StoreError> {
     Ok(StoredCode {
@@ -774,8 +809,8 @@ impl Store for PgStore {
     async fn put_refresh(&self, r: &RefreshRecord) -> Result<(), StoreError> {
         self.execute(
             "INSERT INTO refresh_tokens (token_sha256, family, client_id, subject, scope,
-                 resource, issued_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 resource, issued_at, expires_at, jkt)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &r.token_sha256,
                 &r.family,
@@ -785,6 +820,7 @@ impl Store for PgStore {
                 &r.resource,
                 &to_db(r.issued_at),
                 &to_db(r.expires_at),
+                &r.jkt,
             ],
         )
         .await?;
@@ -843,9 +879,9 @@ impl Store for PgStore {
             return Ok(RefreshUse::Invalid);
         };
         let record = refresh_record(&row)?;
-        let used_at: Option<i64> = row.try_get(8)?;
-        let revoked_at: Option<i64> = row.try_get(9)?;
-        let grace_uses: i64 = row.try_get(10)?;
+        let used_at: Option<i64> = row.try_get(9)?;
+        let revoked_at: Option<i64> = row.try_get(10)?;
+        let grace_uses: i64 = row.try_get(11)?;
         if record.client_id != client_id || revoked_at.is_some() || record.expires_at <= now {
             return Ok(RefreshUse::Invalid);
         }
@@ -881,6 +917,7 @@ impl Store for PgStore {
                     )
                     .await?;
                 tx.execute(&revoke, &[&record.family, &to_db(now)]).await?;
+                revoke_opaque_family(&tx, &record.family, to_db(now)).await?;
                 RefreshUse::Reused(record)
             }
         };
@@ -900,8 +937,8 @@ impl Store for PgStore {
             let insert = tx
                 .prepare_cached(
                     "INSERT INTO refresh_tokens (token_sha256, family, client_id, subject,
-                         scope, resource, issued_at, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                         scope, resource, issued_at, expires_at, jkt)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .await?;
             tx.execute(
@@ -915,6 +952,7 @@ impl Store for PgStore {
                     &record.resource,
                     &to_db(successor.issued_at),
                     &to_db(successor.expires_at),
+                    &record.jkt,
                 ],
             )
             .await?;
@@ -938,6 +976,7 @@ impl Store for PgStore {
             .await?;
         let row = tx.query_one(&revoke, &[&family, &now]).await?;
         let live = row.try_get::<_, i64>(0)? > 0;
+        revoke_opaque_family(&tx, family, now).await?;
         tx.commit().await?;
         Ok(live)
     }
@@ -960,6 +999,97 @@ impl Store for PgStore {
         // Takes the family's lock, like a rotation.
         self.revoke_family(&family).await?;
         Ok(Some(family))
+    }
+
+    async fn family_revoked(&self, family: &str) -> Result<bool, StoreError> {
+        let row = self
+            .query_opt(
+                "SELECT EXISTS (SELECT 1 FROM refresh_tokens
+                                WHERE family = $1 AND revoked_at IS NOT NULL)",
+                &[&family],
+            )
+            .await?;
+        Ok(match row {
+            Some(row) => row.try_get::<_, bool>(0)?,
+            None => false,
+        })
+    }
+
+    // ---- opaque access tokens ----
+
+    async fn put_opaque(&self, t: &OpaqueToken) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await?;
+        // Under the family's lock, like a rotation: a family revoked before stays so.
+        let revoked: Option<i64> = match &t.family {
+            Some(family) => {
+                lock_family(&tx, family).await?;
+                let select = tx
+                    .prepare_cached("SELECT MAX(revoked_at) FROM refresh_tokens WHERE family = $1")
+                    .await?;
+                tx.query_one(&select, &[family]).await?.try_get(0)?
+            }
+            None => None,
+        };
+        let insert = tx
+            .prepare_cached(&format!(
+                "INSERT INTO opaque_tokens ({OPAQUE_COLUMNS}, revoked_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ))
+            .await?;
+        tx.execute(
+            &insert,
+            &[
+                &t.token_sha256,
+                &t.family,
+                &t.client_id,
+                &t.subject,
+                &t.scope,
+                &t.resource,
+                &t.jti,
+                &t.jkt,
+                &to_db(t.issued_at),
+                &to_db(t.expires_at),
+                &revoked,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn opaque(
+        &self,
+        token_sha256: &str,
+        now: u64,
+    ) -> Result<Option<OpaqueToken>, StoreError> {
+        self.query_opt(
+            &format!(
+                "SELECT {OPAQUE_COLUMNS} FROM opaque_tokens
+                 WHERE token_sha256 = $1 AND revoked_at IS NULL AND expires_at > $2"
+            ),
+            &[&token_sha256, &to_db(now)],
+        )
+        .await?
+        .as_ref()
+        .map(opaque_token)
+        .transpose()
+    }
+
+    async fn revoke_opaque(
+        &self,
+        token_sha256: &str,
+        client_id: &str,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        let row = self
+            .query_opt(
+                "UPDATE opaque_tokens SET revoked_at = COALESCE(revoked_at, $3)
+                 WHERE token_sha256 = $1 AND client_id = $2 RETURNING family",
+                &[&token_sha256, &client_id, &to_db(crate::now())],
+            )
+            .await?;
+        row.map(|row| Ok(row.try_get::<_, Option<String>>(0)?))
+            .transpose()
     }
 
     async fn grants(
@@ -1254,6 +1384,14 @@ impl Store for PgStore {
                 &[&to_db(audit_cutoff), &batch],
             )
             .await?;
+        let opaque_tokens = self
+            .execute(
+                "DELETE FROM opaque_tokens WHERE token_sha256 IN (
+                     SELECT token_sha256 FROM opaque_tokens WHERE expires_at <= $1
+                     LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                &[&to_db(now), &batch],
+            )
+            .await?;
         Ok(Purged {
             codes,
             pending,
@@ -1261,6 +1399,7 @@ impl Store for PgStore {
             assertions,
             cimd_documents,
             audit_events,
+            opaque_tokens,
         })
     }
 }
@@ -1321,6 +1460,7 @@ mod tests {
             resource: "http://r".to_owned(),
             issued_at: now,
             expires_at: now + 3600,
+            jkt: None,
         }
     }
 

@@ -6,8 +6,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 
 use super::migrate;
 use super::{
-    AuditEvent, AuditFilter, Client, ClientSummary, Grant, Purged, RefreshRecord, RefreshUse,
-    Store, StoredCode, StoredKey,
+    AuditEvent, AuditFilter, Client, ClientSummary, Grant, OpaqueToken, Purged, RefreshRecord,
+    RefreshUse, Store, StoredCode, StoredKey,
 };
 use crate::error::StoreError;
 
@@ -155,7 +155,7 @@ mod private {
 }
 
 const REFRESH_COLUMNS: &str =
-    "token_sha256, family, client_id, subject, scope, resource, issued_at, expires_at";
+    "token_sha256, family, client_id, subject, scope, resource, issued_at, expires_at, jkt";
 
 /// A refresh record from a row whose first columns are [`REFRESH_COLUMNS`].
 fn refresh_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RefreshRecord> {
@@ -168,6 +168,25 @@ fn refresh_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RefreshRecord> {
         resource: row.get(5)?,
         issued_at: uint(row.get(6)?),
         expires_at: uint(row.get(7)?),
+        jkt: row.get(8)?,
+    })
+}
+
+const OPAQUE_COLUMNS: &str =
+    "token_sha256, family, client_id, subject, scope, resource, jti, jkt, issued_at, expires_at";
+
+fn opaque_token(row: &rusqlite::Row<'_>) -> rusqlite::Result<OpaqueToken> {
+    Ok(OpaqueToken {
+        token_sha256: row.get(0)?,
+        family: row.get(1)?,
+        client_id: row.get(2)?,
+        subject: row.get(3)?,
+        scope: row.get(4)?,
+        resource: row.get(5)?,
+        jti: row.get(6)?,
+        jkt: row.get(7)?,
+        issued_at: uint(row.get(8)?),
+        expires_at: uint(row.get(9)?),
     })
 }
 
@@ -216,6 +235,10 @@ fn revoke_family_in(conn: &Connection, family: &str, now: u64) -> Result<bool, S
     )?;
     conn.execute(
         "UPDATE refresh_tokens SET revoked_at = ?2 WHERE family = ?1 AND revoked_at IS NULL",
+        params![family, int(now)],
+    )?;
+    conn.execute(
+        "UPDATE opaque_tokens SET revoked_at = ?2 WHERE family = ?1 AND revoked_at IS NULL",
         params![family, int(now)],
     )?;
     Ok(live > 0)
@@ -630,7 +653,7 @@ impl Store for SqliteStore {
         let r = record.clone();
         self.run(move |conn| {
             conn.execute(
-                &format!("INSERT INTO refresh_tokens ({REFRESH_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                &format!("INSERT INTO refresh_tokens ({REFRESH_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
                 params![
                     r.token_sha256,
                     r.family,
@@ -639,7 +662,8 @@ impl Store for SqliteStore {
                     r.scope,
                     r.resource,
                     int(r.issued_at),
-                    int(r.expires_at)
+                    int(r.expires_at),
+                    r.jkt
                 ],
             )?;
             Ok(())
@@ -695,9 +719,9 @@ impl Store for SqliteStore {
                     |row| {
                         Ok((
                             refresh_record(row)?,
-                            row.get::<_, Option<i64>>(8)?,
                             row.get::<_, Option<i64>>(9)?,
-                            row.get::<_, i64>(10)?,
+                            row.get::<_, Option<i64>>(10)?,
+                            row.get::<_, i64>(11)?,
                         ))
                     },
                 )
@@ -747,7 +771,7 @@ impl Store for SqliteStore {
                 tx.execute(
                     &format!(
                         "INSERT INTO refresh_tokens ({REFRESH_COLUMNS})
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
                     ),
                     params![
                         successor.token_sha256,
@@ -757,7 +781,8 @@ impl Store for SqliteStore {
                         successor.scope,
                         record.resource,
                         int(successor.issued_at),
-                        int(successor.expires_at)
+                        int(successor.expires_at),
+                        record.jkt
                     ],
                 )?;
             }
@@ -800,6 +825,103 @@ impl Store for SqliteStore {
                 revoke_family_in(&tx, family, now)?;
             }
             tx.commit()?;
+            Ok(family)
+        })
+        .await
+    }
+
+    async fn family_revoked(&self, family: &str) -> Result<bool, StoreError> {
+        let family = family.to_owned();
+        self.run(move |conn| {
+            Ok(conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM refresh_tokens
+                                WHERE family = ?1 AND revoked_at IS NOT NULL)",
+                params![family],
+                |row| row.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn put_opaque(&self, token: &OpaqueToken) -> Result<(), StoreError> {
+        let t = token.clone();
+        self.run(move |conn| {
+            // Under the write lock, like a rotation: a family revoked before stays so.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let revoked: Option<i64> = match &t.family {
+                Some(family) => tx
+                    .query_row(
+                        "SELECT MAX(revoked_at) FROM refresh_tokens WHERE family = ?1",
+                        params![family],
+                        |row| row.get(0),
+                    )
+                    .optional()?
+                    .flatten(),
+                None => None,
+            };
+            tx.execute(
+                &format!(
+                    "INSERT INTO opaque_tokens ({OPAQUE_COLUMNS}, revoked_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                ),
+                params![
+                    t.token_sha256,
+                    t.family,
+                    t.client_id,
+                    t.subject,
+                    t.scope,
+                    t.resource,
+                    t.jti,
+                    t.jkt,
+                    int(t.issued_at),
+                    int(t.expires_at),
+                    revoked
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn opaque(
+        &self,
+        token_sha256: &str,
+        now: u64,
+    ) -> Result<Option<OpaqueToken>, StoreError> {
+        let hash = token_sha256.to_owned();
+        self.run(move |conn| {
+            Ok(conn
+                .query_row(
+                    &format!(
+                        "SELECT {OPAQUE_COLUMNS} FROM opaque_tokens
+                         WHERE token_sha256 = ?1 AND revoked_at IS NULL AND expires_at > ?2"
+                    ),
+                    params![hash, int(now)],
+                    opaque_token,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn revoke_opaque(
+        &self,
+        token_sha256: &str,
+        client_id: &str,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        let hash = token_sha256.to_owned();
+        let client_id = client_id.to_owned();
+        let now = crate::now();
+        self.run(move |conn| {
+            let family: Option<Option<String>> = conn
+                .query_row(
+                    "UPDATE opaque_tokens SET revoked_at = COALESCE(revoked_at, ?3)
+                     WHERE token_sha256 = ?1 AND client_id = ?2 RETURNING family",
+                    params![hash, client_id, int(now)],
+                    |row| row.get(0),
+                )
+                .optional()?;
             Ok(family)
         })
         .await
@@ -1098,6 +1220,7 @@ impl Store for SqliteStore {
                     batch,
                 )?,
                 audit_events: delete_batch(conn, "audit_events", "at < ?1", audit_cutoff, batch)?,
+                opaque_tokens: delete_batch(conn, "opaque_tokens", "expires_at <= ?1", now, batch)?,
             })
         })
         .await
@@ -1197,6 +1320,7 @@ CREATE TABLE IF NOT EXISTS signing_keys (
             resource: String::new(),
             issued_at: t,
             expires_at: t + 60,
+            jkt: None,
         };
         assert!(matches!(
             store
@@ -1312,6 +1436,77 @@ CREATE TABLE IF NOT EXISTS signing_keys (
                 .redeemed_family
                 .is_some()
         );
+    }
+
+    fn opaque(hash: &str, family: Option<&str>, expires_at: u64) -> OpaqueToken {
+        OpaqueToken {
+            token_sha256: hash.to_owned(),
+            family: family.map(str::to_owned),
+            client_id: "c".to_owned(),
+            subject: "alice".to_owned(),
+            scope: "read".to_owned(),
+            resource: "https://mcp.example".to_owned(),
+            jti: format!("j-{hash}"),
+            jkt: Some("thumb".to_owned()),
+            issued_at: 1,
+            expires_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn opaque_tokens_are_revoked_with_their_grant_and_purged_after_expiry() {
+        let store = SqliteStore::in_memory().unwrap();
+        let t = crate::now();
+        let refresh = RefreshRecord {
+            token_sha256: "r".into(),
+            family: "fam".into(),
+            client_id: "c".into(),
+            subject: "alice".into(),
+            scope: "read".into(),
+            resource: "https://mcp.example".into(),
+            issued_at: t,
+            expires_at: t + 60,
+            jkt: Some("thumb".into()),
+        };
+        store.put_refresh(&refresh).await.unwrap();
+        assert_eq!(
+            store
+                .peek_refresh("r", t, 5)
+                .await
+                .unwrap()
+                .unwrap()
+                .jkt
+                .as_deref(),
+            Some("thumb")
+        );
+        store
+            .put_opaque(&opaque("a", Some("fam"), t + 60))
+            .await
+            .unwrap();
+        store.put_opaque(&opaque("b", None, t + 60)).await.unwrap();
+        store.put_opaque(&opaque("old", None, t - 1)).await.unwrap();
+        assert_eq!(
+            store.opaque("a", t).await.unwrap().unwrap().jkt.as_deref(),
+            Some("thumb")
+        );
+        assert!(store.opaque("old", t).await.unwrap().is_none());
+        assert!(!store.family_revoked("fam").await.unwrap());
+        assert!(store.revoke_family("fam").await.unwrap());
+        assert!(store.family_revoked("fam").await.unwrap());
+        assert!(store.opaque("a", t).await.unwrap().is_none());
+        assert!(store.opaque("b", t).await.unwrap().is_some());
+        // A token stored for a family already revoked is never live.
+        store
+            .put_opaque(&opaque("late", Some("fam"), t + 60))
+            .await
+            .unwrap();
+        assert!(store.opaque("late", t).await.unwrap().is_none());
+        // Only its owner revokes one.
+        assert_eq!(store.revoke_opaque("b", "other").await.unwrap(), None);
+        assert_eq!(store.revoke_opaque("b", "c").await.unwrap(), Some(None));
+        assert!(store.opaque("b", t).await.unwrap().is_none());
+        let purged = store.purge(t, 0, 0, 100).await.unwrap();
+        assert_eq!(purged.opaque_tokens, 1, "only the expired one");
     }
 
     #[tokio::test]
