@@ -3,7 +3,8 @@
 //! - `demo`: the OAuth walkthrough end to end (bmm-as, two generated servers, a client).
 //! - `ci`: formatting check, clippy and rustdoc with warnings denied, every test of the
 //!   workspace, generated/ drift, the conformance runs, the TypeScript SDK client, the
-//!   consent and admin pages and the demo.
+//!   third-party opaque-token AS (`oidc-provider`), the consent and admin pages and the
+//!   demo.
 //! - `generate [--check]`: every `specs/*.yaml` into `generated/<name>/`, and the spec
 //!   format's JSON Schema into `specs/schema/bmm-spec.schema.json` (check: fail on drift).
 //! - `conformance`: the official MCP conformance suite (Node 22 and the suite installed by
@@ -19,6 +20,12 @@
 //! - `test-postgres`: the bmm-as test suite on a private PostgreSQL server (Debian's
 //!   package, installed with apt-get when missing; started on a free port, torn down
 //!   after). `ci` runs it after the workspace tests, with the binaries they built.
+//! - `oidc-provider`: panva's `oidc-provider` (npm, pinned under `tests/`) as a
+//!   third-party authorization server issuing opaque tokens, introspected (RFC 7662) by the
+//!   generated `notes` server: both eras, scopes, refusals, and 503 on an outage.
+//! - `conformance-pr [--repo DIR]`: the suite's unreleased server scenarios for token
+//!   audience (pull request 386) and DPoP (395), built from a local clone of the suite
+//!   (skipped when there is none; not in `ci`, which cannot reach GitHub).
 //! - `sdk-client`: the official TypeScript SDK's OAuth client (pinned under `tests/`) runs
 //!   its own flow against bmm-as and the generated `notes` server, then calls tools.
 //! - `consent`: bmm-as's sign-in and consent page driven in headless Chromium (Debian's
@@ -36,7 +43,9 @@
 
 mod bench;
 mod conformance;
+mod conformance_pr;
 mod demo;
+mod oidc;
 mod openapi_corpus;
 mod postgres;
 
@@ -52,6 +61,8 @@ fn main() -> ExitCode {
             conformance::server(&root()).and_then(|()| conformance::authorization(&root()))
         }
         Some("sdk-client") => conformance::sdk_client(&root()),
+        Some("oidc-provider") => oidc::oidc_provider(&root()),
+        Some("conformance-pr") => conformance_pr::conformance_pr(&root(), &args[1..]),
         Some("test-postgres") => postgres::as_suite(&root(), false),
         Some("bench") => bench::bench(&root(), args.iter().any(|a| a == "--profile")),
         Some("bench-token") => bench::bench_token(&root()),
@@ -62,7 +73,7 @@ fn main() -> ExitCode {
         Some("openapi-corpus") => openapi_corpus::sweep(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | generate [--check] | conformance | sdk-client | test-postgres | consent | admin-page | bench [--profile] | bench-token | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS] [--jobs N]>"
+                "usage: cargo xtask <demo | ci | generate [--check] | conformance | conformance-pr [--repo DIR] | oidc-provider | sdk-client | test-postgres | consent | admin-page | bench [--profile] | bench-token | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS] [--jobs N]>"
             );
             return ExitCode::from(2);
         }
@@ -229,6 +240,7 @@ fn ci() -> Result<(), String> {
     conformance::server(&root())?;
     conformance::authorization(&root())?;
     conformance::sdk_client(&root())?;
+    oidc::oidc_provider(&root())?;
     demo::demo(&root(), false)?;
     conformance::consent(&root())?;
     conformance::admin_page(&root())
