@@ -10,27 +10,37 @@
 //!    `[[clients]]`, a wrong secret) is 401 `invalid_client`, like the token endpoint.
 //! 2. The body is a form (or JSON object, as at `/token`) of at most
 //!    [`MAX_BODY_BYTES`]; `token` is required (400 `invalid_request` without it);
-//!    `token_type_hint` is ignored. Requests count against the caller's token-endpoint
-//!    rate limit (429 `slow_down`).
-//! 3. The answer is `{"active": false}` and nothing else for a token that is unknown,
+//!    `token_type_hint` is ignored.
+//! 3. Rate limits (429 `slow_down`): the caller is authenticated first. An authenticated
+//!    resource server is not limited by the token endpoint's address bucket: its
+//!    introspections count against its own `client_id`,
+//!    [`crate::ratelimit::INTROSPECTIONS_PER_RESOURCE_SERVER`] a minute (it asks once per
+//!    uncached token its callers present, so a flood of made-up tokens at it, or a busy
+//!    server, must not look like an address flood here). Only failed authentications (and
+//!    unreadable bodies) count against the caller's address, in the token endpoint's bucket;
+//!    past it they answer 429 and are no longer audited. Authenticating before counting
+//!    costs a SHA-256, or an assertion's checks (a signature only for a configured
+//!    `private_key_jwt` resource server's id; key fetches bounded as rule 6 of
+//!    `client_auth` says), no store access before a valid signature.
+//! 4. The answer is `{"active": false}` and nothing else for a token that is unknown,
 //!    malformed, longer than [`MAX_TOKEN_BYTES`], expired, not yet valid, revoked, a
 //!    refresh token, issued by another issuer, or whose audience is not the calling
 //!    resource server's resource (RFC 7662 section 4: nothing is disclosed to another
 //!    resource server).
-//! 4. JWT access tokens are verified with this server's published keys (RS256, `typ`
+//! 5. JWT access tokens are verified with this server's published keys (RS256, `typ`
 //!    `at+jwt`, a known `kid`), then `iss`, `exp`, `nbf` and `aud`; one carrying `sid` (the
 //!    grant, rule 4 of `token`) is inactive once that grant is revoked (the store keeps a
 //!    revoked grant a day, longer than any access token lives). `client_credentials` JWTs
 //!    have no grant: they stay active until `exp`.
-//! 5. Opaque tokens (`bmo_…`) are looked up by their SHA-256; they are revoked with their
+//! 6. Opaque tokens (`bmo_…`) are looked up by their SHA-256; they are revoked with their
 //!    grant (`/revoke`, the admin page, reuse detection, a code replay) and on their own
 //!    (`/revoke` of the token).
-//! 6. An active answer holds `active`, `iss`, `sub`, `aud`, `exp`, `iat`, `client_id`,
+//! 7. An active answer holds `active`, `iss`, `sub`, `aud`, `exp`, `iat`, `client_id`,
 //!    `scope`, `token_type` (`Bearer`, or `DPoP` for a bound token), `jti`, and
 //!    `cnf: {"jkt"}` for a DPoP-bound token. Every answer carries `Cache-Control: no-store`.
-//! 7. Audit: refusals are recorded (`introspection` events): a failed authentication, and
-//!    a resource server asking about a token of another resource (a confused or
-//!    compromised resource server). Successful introspections, and inactive answers for
+//! 8. Audit: refusals are recorded (`introspection` events): a failed authentication
+//!    (within the address's limit, rule 3), and a resource server asking about a token of
+//!    another resource (a confused or compromised resource server). Successful introspections, and inactive answers for
 //!    unknown or expired tokens, are not: they are the hot path of every opaque-token
 //!    request, and carry nothing an operator acts on.
 
@@ -53,7 +63,7 @@ use crate::{AppState, client_auth, now, secure_eq, sha256_hex};
 
 /// Largest request body accepted, in bytes (rule 2).
 pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
-/// Longest token looked at, in bytes (rule 3).
+/// Longest token looked at, in bytes (rule 4).
 pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// Rule 1: the resource server the request authenticates as.
@@ -186,7 +196,7 @@ async fn authenticate_assertion(
 enum Found {
     /// Active for this resource server.
     Active(Value),
-    /// Active, but for another resource (rule 3; audited).
+    /// Active, but for another resource (rule 4; audited).
     OtherResource,
     /// Anything else.
     Inactive,
@@ -201,7 +211,7 @@ fn audience_has(aud: Option<&Value>, resource: &str) -> bool {
     }
 }
 
-/// Rules 3 to 6.
+/// Rules 4 to 7.
 async fn look_up(state: &AppState, rs: &ResourceServer, token: &str) -> Result<Found, OAuthError> {
     if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
         return Ok(Found::Inactive);
@@ -288,15 +298,19 @@ pub(crate) async fn introspect(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if !state.inner.limiter.allow(peer.ip(), Bucket::Token) {
-        return OAuthError::rate_limited().into_response();
-    }
+    // Rule 3: only failures count against the address (the token endpoint's bucket).
+    let failed = || !state.inner.limiter.allow(peer.ip(), Bucket::Token);
     let params = match body_params(&headers, body) {
         Ok(params) => params,
+        Err(_) if failed() => return OAuthError::rate_limited().into_response(),
         Err(error) => return error.into_response(),
     };
     let rs = match authenticate(&state, peer.ip(), &headers, &params).await {
         Ok(rs) => rs,
+        Err(_) if failed() => {
+            tracing::info!("introspection refused: too many failed authentications");
+            return OAuthError::rate_limited().into_response();
+        }
         Err((error, named)) => {
             tracing::info!(error = error.code(), "introspection refused");
             let mut event = crate::audit::event("introspection")
@@ -310,6 +324,10 @@ pub(crate) async fn introspect(
             return error.into_response();
         }
     };
+    if !state.inner.limiter.allow_resource_server(&rs.client_id) {
+        tracing::warn!(client_id = %rs.client_id, "a resource server is over its introspection rate limit");
+        return OAuthError::rate_limited().into_response();
+    }
     let Some(token) = params.get("token") else {
         return OAuthError::invalid_request("token is required").into_response();
     };

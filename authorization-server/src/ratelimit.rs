@@ -1,6 +1,9 @@
 //! Fixed-window rate limits per client address for registration, token, sign-in and
-//! consent-page requests.
+//! consent-page requests, and per resource server for introspection.
 //! IPv6 callers are counted by /64 ([`caller_key`]), since one host usually holds a whole /64.
+//! An authenticated resource server's introspections count against its `client_id`
+//! ([`INTROSPECTIONS_PER_RESOURCE_SERVER`] a minute), not against its address: they follow
+//! its own callers' traffic, one per uncached token (rule 3 of `introspect`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -49,12 +52,20 @@ pub(crate) fn holder_group(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Introspections per authenticated resource server (`client_id`) per minute: a thousand a
+/// second, far above one server's distinct uncached tokens, so only a runaway or stolen
+/// credential is refused.
+pub(crate) const INTROSPECTIONS_PER_RESOURCE_SERVER: u32 = 60_000;
+
 const WINDOW: Duration = Duration::from_secs(60);
 const MAX_ENTRIES: usize = 10_000;
 
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
     windows: Mutex<HashMap<(IpAddr, Bucket), (Instant, u32)>>,
+    /// Introspection windows by resource server `client_id`. Only authenticated (so
+    /// configured) resource servers are counted, and it is bounded like `windows` anyway.
+    resource_servers: Mutex<HashMap<String, (Instant, u32)>>,
     /// Clients each address registered that may still be unused (registration rule 7).
     registered: Mutex<HashMap<IpAddr, Vec<(String, u64)>>>,
 }
@@ -66,6 +77,7 @@ impl RateLimiter {
     pub(crate) fn new() -> Self {
         Self {
             windows: Mutex::new(HashMap::new()),
+            resource_servers: Mutex::new(HashMap::new()),
             registered: Mutex::new(HashMap::new()),
         }
     }
@@ -192,12 +204,34 @@ impl RateLimiter {
             windows.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
         }
         let entry = windows.entry((ip, bucket)).or_insert((now, 0));
-        if now.duration_since(entry.0) >= WINDOW {
-            *entry = (now, 0);
-        }
-        entry.1 += 1;
-        entry.1 <= bucket.limit()
+        count(entry, now, bucket.limit())
     }
+
+    /// Counts an introspection by the authenticated resource server `client_id`; false when
+    /// it is over [`INTROSPECTIONS_PER_RESOURCE_SERVER`].
+    pub(crate) fn allow_resource_server(&self, client_id: &str) -> bool {
+        let Ok(mut windows) = self.resource_servers.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        if let Some(entry) = windows.get_mut(client_id) {
+            return count(entry, now, INTROSPECTIONS_PER_RESOURCE_SERVER);
+        }
+        if windows.len() >= MAX_ENTRIES {
+            windows.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+        }
+        let entry = windows.entry(client_id.to_owned()).or_insert((now, 0));
+        count(entry, now, INTROSPECTIONS_PER_RESOURCE_SERVER)
+    }
+}
+
+/// Counts one request in a window (restarted once [`WINDOW`] has passed); false past `limit`.
+fn count(entry: &mut (Instant, u32), now: Instant, limit: u32) -> bool {
+    if now.duration_since(entry.0) >= WINDOW {
+        *entry = (now, 0);
+    }
+    entry.1 = entry.1.saturating_add(1);
+    entry.1 <= limit
 }
 
 #[cfg(test)]
@@ -215,6 +249,21 @@ mod tests {
         assert!(!limiter.allow(a, Bucket::Register));
         assert!(limiter.allow(b, Bucket::Register));
         assert!(limiter.allow(a, Bucket::Token));
+    }
+
+    #[test]
+    fn resource_servers_are_counted_by_client_id_apart_from_addresses() {
+        let limiter = RateLimiter::new();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        for _ in 0..600 {
+            assert!(limiter.allow(a, Bucket::Token));
+        }
+        assert!(!limiter.allow(a, Bucket::Token));
+        for _ in 0..INTROSPECTIONS_PER_RESOURCE_SERVER {
+            assert!(limiter.allow_resource_server("rs-a"));
+        }
+        assert!(!limiter.allow_resource_server("rs-a"));
+        assert!(limiter.allow_resource_server("rs-b"));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! RFC 7662 introspection over real sockets: JWT and opaque access tokens active for the
 //! resource server of their resource and inactive for another, unknown, expired, revoked
 //! and malformed tokens inactive, unauthenticated callers refused, `private_key_jwt`
-//! resource servers, opaque tokens revoked with their grant, the config file's checks.
+//! resource servers, opaque tokens revoked with their grant, rate limits (per resource
+//! server once authenticated, per address for failed authentications), the config file's
+//! checks.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod as_harness;
@@ -223,6 +225,65 @@ async fn callers_that_are_not_authenticated_resource_servers_get_invalid_client(
     assert_eq!(events.len(), 5, "{events:?}");
     assert!(events.iter().all(|e| e.outcome == "invalid_client"));
     assert!(events.iter().any(|e| e.client_id.as_deref() == Some("svc")));
+    as_.stop().await;
+}
+
+/// Rule 3 of `introspect`: an authenticated resource server's introspections do not count
+/// against its address (the token endpoint's bucket, 600 a minute); failed authentications
+/// still do.
+#[tokio::test]
+async fn an_authenticated_resource_server_is_not_limited_by_the_token_endpoints_address_bucket() {
+    let as_ = TestAs::start(&[]).await;
+    let opaque = as_.machine_token(OPAQUE_RESOURCE, None).await;
+    let opaque = opaque["access_token"].as_str().unwrap().to_owned();
+    let url = format!("{}/introspect", as_.url);
+    // An address of its own, so the count below starts at zero.
+    let client = http_from(Some("127.0.0.7".parse().unwrap()));
+    let introspect = |token: String| {
+        let request = client
+            .post(&url)
+            .basic_auth("rs-opaque", Some(RS_OPAQUE_SECRET))
+            .form(&[("token", token)]);
+        async move { json_of(request.send().await.unwrap()).await }
+    };
+    // A flood of made-up tokens relayed by the resource server, its real one among them.
+    for i in 0..650 {
+        let real = i % 100 == 0;
+        let token = if real {
+            opaque.clone()
+        } else {
+            format!("bmo_{i:043}")
+        };
+        let (status, body) = introspect(token).await;
+        assert_eq!(status, 200, "introspection {i}: {body}");
+        assert_eq!(body["active"], real, "introspection {i}");
+    }
+    // Failed authentications from that address are counted from zero, and limited.
+    for i in 0..600 {
+        let response = client
+            .post(&url)
+            .basic_auth("rs-opaque", Some("wrong"))
+            .form(&[("token", opaque.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "failure {i}");
+    }
+    let (status, body) = json_of(
+        client
+            .post(&url)
+            .form(&[("token", opaque.as_str())])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"], "slow_down");
+    // The resource server itself, from the exhausted address, is still answered.
+    let (status, body) = introspect(opaque.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["active"], true);
     as_.stop().await;
 }
 
