@@ -23,8 +23,11 @@
 //! 9. **proof_htu_equals_url**: `htu` equals the request URL, query and fragment ignored,
 //!    after RFC 3986 normalisation (scheme and host case, default port, percent-encoding
 //!    case and unreserved characters, dot segments); only `http` and `https` URLs.
-//! 10. **proof_iat_within_window**: `iat` is a number within `max_age_secs` of `now`, in
-//!     both directions.
+//! 10. **proof_iat_within_window**: `iat` is a number at most `max_age_secs` in the past
+//!     and, rule **future_iat_is_accepted_only_within_a_small_skew**, at most
+//!     [`MAX_FUTURE_IAT_SKEW_SECS`] (60 s, or `max_age_secs` if smaller) in the future: a
+//!     proof dated ahead would otherwise stay valid, and occupy a replay-cache entry, for
+//!     up to twice the window.
 //! 11. **proof_ath_matches_access_token**: when an access token is given, `ath` is required
 //!     and equals base64url(SHA-256(token)); it is compared in constant time.
 //! 12. **proof_nonce_equals_required_nonce**: when a nonce is required, the proof's `nonce`
@@ -33,9 +36,17 @@
 //!
 //! The key's identity is its RFC 7638 SHA-256 thumbprint ([`jwk_thumbprint`]), which a
 //! bound access token names in `cnf.jkt`.
+//!
+//! # Per-process state of the resource server
+//! The resource server's nonce key (random at start-up) and its `jti` replay cache live in
+//! the memory of one process: replicas behind a load balancer do not share them (a nonce
+//! of one replica is refused by another, and a proof replayed to another replica is not
+//! detected). bmm-as, by contrast, keeps both in its shared store (nonces derived from its
+//! stored keys, proof `jti`s recorded there). The replay cache is bounded overall and per
+//! key, and expires entries by time bucket; see the rules on [`DpopConfig`].
 
 use std::borrow::Cow;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -55,6 +66,10 @@ pub const MAX_PROOF_BYTES: usize = 8 * 1024;
 /// The longest `jti` accepted, in bytes.
 pub const MAX_JTI_BYTES: usize = 256;
 
+/// How far in the future a proof's `iat` may be, in seconds, whatever `max_age_secs` says
+/// (rule 10): clock skew between a client and the server, not a second window.
+pub const MAX_FUTURE_IAT_SKEW_SECS: u64 = 60;
+
 /// The proof algorithms accepted by default: every asymmetric algorithm this crate verifies.
 pub const DEFAULT_PROOF_ALGORITHMS: &[Algorithm] = crate::jwt::DEFAULT_ALGORITHMS;
 
@@ -71,7 +86,8 @@ pub struct ProofRequirements<'a> {
     pub nonce: Option<&'a str>,
     /// The current time, in seconds since the Unix epoch.
     pub now: u64,
-    /// How far `iat` may be from `now`, in seconds, in both directions.
+    /// How far in the past `iat` may be, in seconds; in the future it may be at most this
+    /// or [`MAX_FUTURE_IAT_SKEW_SECS`], whichever is smaller.
     pub max_age_secs: u64,
     /// The accepted signature algorithms (symmetric ones and `none` are refused anyway).
     pub algorithms: &'a [Algorithm],
@@ -130,6 +146,8 @@ pub enum ProofErrorKind {
     Replay,
     /// The proof's key is not the one the access token is bound to.
     KeyMismatch,
+    /// The proof's key already has as many live proofs in the replay cache as one key may.
+    TooManyProofs,
 }
 
 impl ProofError {
@@ -150,6 +168,14 @@ impl ProofError {
         Self::new(
             ProofErrorKind::KeyMismatch,
             "the DPoP proof key does not match the key the token is bound to",
+        )
+    }
+
+    /// A proof whose key already holds its share of the replay cache.
+    pub const fn too_many_proofs() -> Self {
+        Self::new(
+            ProofErrorKind::TooManyProofs,
+            "too many proofs for this key: this server remembers a limited number of recent proofs per key; retry later",
         )
     }
 
@@ -297,7 +323,8 @@ pub fn verify_proof(proof: &str, req: &ProofRequirements<'_>) -> Result<Verified
             "the DPoP proof is too old (iat outside the accepted window)",
         ));
     }
-    if iat > req.now.saturating_add(req.max_age_secs) {
+    let skew = req.max_age_secs.min(MAX_FUTURE_IAT_SKEW_SECS);
+    if iat > req.now.saturating_add(skew) {
         return Err(ProofError::new(
             K::IssuedAt,
             "the DPoP proof is issued in the future (iat outside the accepted window)",
@@ -599,20 +626,37 @@ impl DpopMode {
 /// 4. **proof_replay_is_refused**: a `jti` seen before for the same key (within the `iat`
 ///    window) is refused with `invalid_dpop_proof`. The replay cache is in memory and
 ///    bounded ([`DpopConfig::replay_cache_capacity`]); entries expire once their proof
-///    could no longer pass the `iat` check. When it is full of unexpired entries, new
-///    proofs are refused (503, fail closed) rather than forgetting a `jti` early. It is per
-///    process: replicas behind a load balancer do not share it.
-/// 5. **nonce_required_answers_use_dpop_nonce**: with [`DpopConfig::nonce`], a proof
+///    could no longer pass the `iat` check (at most `max_age` + 60 s + 1 s after they
+///    enter, see the module's rule 10). When it is full of unexpired entries, new proofs
+///    are refused (503, fail closed) rather than forgetting a `jti` early. A proof enters
+///    the cache once it verified and matched the token's key, before the scope checks and
+///    any rate limit: a refused-for-scope request still used its proof.
+/// 5. **one_key_cannot_fill_the_replay_cache_for_others**: one key (`jkt`) may hold at
+///    most [`DpopConfig::replay_cache_per_key`] live entries (default: a sixteenth of the
+///    capacity, at least 1,024, at most the capacity; with the defaults 6,250, about
+///    20 requests per second sustained for one key). Beyond that, only that key's new
+///    proofs are refused, 401 `invalid_dpop_proof` ("too many proofs for this key"), until
+///    its entries expire; other keys are unaffected (fail closed for that key only). It
+///    takes many distinct bound keys to fill the whole cache.
+/// 6. **replay_cache_expiry_is_bucketed**: entries are kept in buckets by expiry second
+///    and dropped bucket by bucket, so a request never scans the cache, even when it is
+///    full (a full cache is answered at once).
+/// 7. **nonce_key_and_replay_cache_are_per_process**: the nonce key is random per
+///    process and the replay cache lives in memory: replicas behind a load balancer do
+///    not share them (a nonce from one replica fails on another, and a proof replayed to
+///    another replica is not detected there). bmm-as's are shared through its store (see
+///    the [module docs](self)).
+/// 8. **nonce_required_answers_use_dpop_nonce**: with [`DpopConfig::nonce`], a proof
 ///    without a valid server nonce gets 401 `error="use_dpop_nonce"` and a `DPoP-Nonce`
 ///    header. Nonces are stateless (HMAC-SHA-256 over their issue time with a random
 ///    per-process key), valid for [`DpopConfig::nonce_lifetime`]; every 401 carries a
 ///    fresh one and an admitted request whose nonce is past half its lifetime gets a new
 ///    one in its response.
-/// 6. **required_mode_refuses_bearer**: [`DpopMode::Required`] answers `Bearer` with 401
+/// 9. **required_mode_refuses_bearer**: [`DpopMode::Required`] answers `Bearer` with 401
 ///    `invalid_token`; [`DpopMode::Off`] treats the `DPoP` scheme as unknown.
-/// 7. **challenges_carry_dpop_algs**: with DPoP on, every 401 carries
-///    `WWW-Authenticate: DPoP algs="…"` (with `error` for DPoP errors) besides the Bearer
-///    challenge when Bearer is accepted.
+/// 10. **challenges_carry_dpop_algs**: with DPoP on, every 401 carries
+///     `WWW-Authenticate: DPoP algs="…"` (with `error` for DPoP errors) besides the Bearer
+///     challenge when Bearer is accepted.
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct DpopConfig {
@@ -621,6 +665,7 @@ pub struct DpopConfig {
     pub(crate) max_age: Duration,
     pub(crate) algorithms: Vec<Algorithm>,
     pub(crate) replay_capacity: usize,
+    pub(crate) replay_per_key: Option<usize>,
     pub(crate) nonce_lifetime: Duration,
 }
 
@@ -639,6 +684,7 @@ impl DpopConfig {
             max_age: Duration::from_secs(300),
             algorithms: DEFAULT_PROOF_ALGORITHMS.to_vec(),
             replay_capacity: 100_000,
+            replay_per_key: None,
             nonce_lifetime: Duration::from_secs(300),
         }
     }
@@ -655,8 +701,9 @@ impl DpopConfig {
         self
     }
 
-    /// How far a proof's `iat` may be from the server's clock, both ways. Default 300 s;
-    /// 1 s to 10 minutes (checked when the authenticator is built).
+    /// How far in the past a proof's `iat` may be. Default 300 s; 1 s to 10 minutes
+    /// (checked when the authenticator is built). In the future it may be at most
+    /// [`MAX_FUTURE_IAT_SKEW_SECS`] (or this, if smaller).
     pub fn max_age(mut self, max_age: Duration) -> Self {
         self.max_age = max_age;
         self
@@ -673,6 +720,21 @@ impl DpopConfig {
     pub fn replay_cache_capacity(mut self, entries: usize) -> Self {
         self.replay_capacity = entries;
         self
+    }
+
+    /// Live replay-cache entries one key (`jkt`) may hold (rule 5). Default: a sixteenth
+    /// of [`Self::replay_cache_capacity`], at least 1,024; never more than the capacity;
+    /// at least 1.
+    pub fn replay_cache_per_key(mut self, entries: usize) -> Self {
+        self.replay_per_key = Some(entries);
+        self
+    }
+
+    /// The effective per-key share of the replay cache (rule 5).
+    pub(crate) fn per_key_entries(&self) -> usize {
+        self.replay_per_key
+            .unwrap_or((self.replay_capacity / 16).max(1024))
+            .min(self.replay_capacity)
     }
 
     /// How long a server nonce stays valid. Default 5 minutes; 10 s to 1 hour.
@@ -713,6 +775,11 @@ impl DpopConfig {
         if self.replay_capacity == 0 {
             return Err(ConfigError::new(
                 "the DPoP replay cache capacity is zero: replayed proofs could not be detected",
+            ));
+        }
+        if self.replay_per_key == Some(0) {
+            return Err(ConfigError::new(
+                "the DPoP replay cache share per key is zero: no DPoP proof could be accepted",
             ));
         }
         if self.nonce
@@ -757,7 +824,7 @@ impl DpopState {
             algorithms: config.algorithms.clone(),
             max_age_secs: config.max_age.as_secs(),
             origin: resource.url().origin().ascii_serialization(),
-            replay: ReplayCache::new(config.replay_capacity),
+            replay: ReplayCache::new(config.replay_capacity, config.per_key_entries()),
             nonces,
         }
     }
@@ -824,6 +891,7 @@ impl DpopState {
         {
             Remember::New => Ok(fresh),
             Remember::Replayed => Err(DpopRefusal::Proof(ProofError::replayed())),
+            Remember::KeyOverQuota => Err(DpopRefusal::Proof(ProofError::too_many_proofs())),
             Remember::Full => Err(DpopRefusal::Busy),
         }
     }
@@ -834,69 +902,88 @@ impl DpopState {
 pub(crate) enum Remember {
     New,
     Replayed,
+    /// This key already holds its share of live entries (rule 5).
+    KeyOverQuota,
+    /// The cache is full of live entries.
     Full,
 }
 
-/// Seen `(jkt, jti)` pairs, keyed by SHA-256, each until its expiry; bounded, fail closed.
+type Digest32 = [u8; 32];
+
+/// Seen `(jkt, jti)` pairs, keyed by SHA-256, each until its expiry; bounded overall and
+/// per key, fail closed.
 pub(crate) struct ReplayCache {
     capacity: usize,
+    per_key: usize,
     inner: Mutex<ReplayInner>,
 }
 
 #[derive(Default)]
 struct ReplayInner {
-    seen: HashSet<[u8; 32]>,
-    /// Insertion order with expiry; expiries are nearly monotonic, so the front expires
-    /// first.
-    order: VecDeque<(u64, [u8; 32])>,
+    seen: HashSet<Digest32>,
+    /// Entries by expiry second (with their key's digest): expired buckets are dropped
+    /// from the front, without scanning live entries (rule 6).
+    by_expiry: BTreeMap<u64, Vec<(Digest32, Digest32)>>,
+    /// Live entries per key digest (rule 5); keys with none are removed.
+    per_key: HashMap<Digest32, usize>,
 }
 
 impl ReplayCache {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, per_key: usize) -> Self {
         Self {
             capacity,
+            per_key: per_key.clamp(1, capacity.max(1)),
             inner: Mutex::new(ReplayInner::default()),
         }
     }
 
     pub(crate) fn remember(&self, jkt: &str, jti: &str, now: u64, until: u64) -> Remember {
-        let key: [u8; 32] = Sha256::new()
+        let key_digest: Digest32 = Sha256::digest(jkt.as_bytes()).into();
+        let entry: Digest32 = Sha256::new()
             .chain_update(jkt.as_bytes())
             .chain_update([0u8])
             .chain_update(jti.as_bytes())
             .finalize()
             .into();
-        let mut inner = self
+        let mut guard = self
             .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        while let Some((expiry, old)) = inner.order.front().copied() {
-            if expiry > now {
+        let ReplayInner {
+            seen,
+            by_expiry,
+            per_key,
+        } = &mut *guard;
+        // Each entry is dropped once: amortised O(1) per call.
+        while let Some(bucket) = by_expiry.first_entry() {
+            if *bucket.key() > now {
                 break;
             }
-            inner.order.pop_front();
-            inner.seen.remove(&old);
-        }
-        if inner.seen.contains(&key) {
-            return Remember::Replayed;
-        }
-        if inner.seen.len() >= self.capacity {
-            // A clock step back may leave expired entries behind a live one: sweep once.
-            let before = inner.order.len();
-            let ReplayInner { seen, order } = &mut *inner;
-            order.retain(|(expiry, k)| {
-                let live = *expiry > now;
-                if !live {
-                    seen.remove(k);
+            for (old, owner) in bucket.remove() {
+                seen.remove(&old);
+                if let Some(count) = per_key.get_mut(&owner) {
+                    *count -= 1;
+                    if *count == 0 {
+                        per_key.remove(&owner);
+                    }
                 }
-                live
-            });
-            if inner.order.len() == before {
-                return Remember::Full;
             }
         }
-        inner.seen.insert(key);
-        inner.order.push_back((until, key));
+        if seen.contains(&entry) {
+            return Remember::Replayed;
+        }
+        if per_key.get(&key_digest).copied().unwrap_or(0) >= self.per_key {
+            return Remember::KeyOverQuota;
+        }
+        if seen.len() >= self.capacity {
+            return Remember::Full;
+        }
+        seen.insert(entry);
+        by_expiry
+            .entry(until.max(now.saturating_add(1)))
+            .or_default()
+            .push((entry, key_digest));
+        *per_key.entry(key_digest).or_insert(0) += 1;
         Remember::New
     }
 }
@@ -1250,6 +1337,43 @@ mod tests {
     }
 
     #[test]
+    fn future_iat_is_accepted_only_within_a_small_skew() {
+        let k = ec();
+        // The resource server's default window: 300 s back, 60 s ahead.
+        let wide = ProofRequirements {
+            max_age_secs: 300,
+            ..req()
+        };
+        let at = |iat: u64| proof(&k, |c| c["iat"] = json!(iat));
+        for iat in [
+            NOW - 300,
+            NOW,
+            NOW + 1,
+            NOW + 30,
+            NOW + MAX_FUTURE_IAT_SKEW_SECS,
+        ] {
+            assert!(verify_proof(&at(iat), &wide).is_ok(), "{iat}");
+        }
+        // The conformance probes (+/-303 s) and anything past the skew are refused.
+        for iat in [
+            NOW - 303,
+            NOW - 301,
+            NOW + MAX_FUTURE_IAT_SKEW_SECS + 1,
+            NOW + 300,
+            NOW + 303,
+        ] {
+            assert_eq!(refused(&at(iat), &wide), K::IssuedAt, "{iat}");
+        }
+        // A window narrower than the skew bounds the future too.
+        let narrow = ProofRequirements {
+            max_age_secs: 10,
+            ..req()
+        };
+        assert!(verify_proof(&at(NOW + 10), &narrow).is_ok());
+        assert_eq!(refused(&at(NOW + 11), &narrow), K::IssuedAt);
+    }
+
+    #[test]
     fn proof_ath_matches_access_token() {
         let k = ec();
         let missing = proof(&k, |c| {
@@ -1314,13 +1438,85 @@ mod tests {
 
     #[test]
     fn replay_cache_refuses_repeats_expires_entries_and_fails_closed_when_full() {
-        let cache = ReplayCache::new(2);
+        let cache = ReplayCache::new(2, 2);
         assert_eq!(cache.remember("k", "a", 100, 110), Remember::New);
         assert_eq!(cache.remember("k", "a", 101, 111), Remember::Replayed);
         assert_eq!(cache.remember("other", "a", 101, 111), Remember::New);
         assert_eq!(cache.remember("k", "b", 102, 112), Remember::Full);
         assert_eq!(cache.remember("k", "b", 110, 120), Remember::New);
         assert_eq!(cache.remember("k", "a", 111, 121), Remember::New);
+    }
+
+    #[test]
+    fn one_key_cannot_fill_the_replay_cache_for_others() {
+        let cache = ReplayCache::new(10, 3);
+        for j in ["a", "b", "c"] {
+            assert_eq!(cache.remember("greedy", j, 100, 400), Remember::New);
+        }
+        // Over its share: only that key is refused, and a replay is still a replay.
+        assert_eq!(
+            cache.remember("greedy", "d", 101, 401),
+            Remember::KeyOverQuota
+        );
+        assert_eq!(cache.remember("greedy", "a", 101, 401), Remember::Replayed);
+        for j in ["a", "b", "c"] {
+            assert_eq!(cache.remember("other", j, 101, 401), Remember::New);
+        }
+        // Once its entries expire the key gets its share back.
+        assert_eq!(cache.remember("greedy", "d", 400, 700), Remember::New);
+
+        // Through the layer's state: defaults give a key a sixteenth of the cache, at
+        // least 1,024, never more than the capacity.
+        assert_eq!(DpopConfig::new().per_key_entries(), 6_250);
+        let small = DpopConfig::new().replay_cache_capacity(5_000);
+        assert_eq!(small.per_key_entries(), 1_024);
+        assert_eq!(
+            small.clone().replay_cache_capacity(10).per_key_entries(),
+            10
+        );
+        assert_eq!(small.replay_cache_per_key(7).per_key_entries(), 7);
+
+        let resource = crate::Resource::parse("https://rs.example/mcp").unwrap();
+        let config = DpopConfig::new()
+            .replay_cache_capacity(4)
+            .replay_cache_per_key(2);
+        let state = DpopState::new(&config, &resource);
+        let (a, b) = (ec(), key("rsa-a", Algorithm::PS256));
+        let (jkt_a, jkt_b) = (
+            jwk_thumbprint(&a.jwk).unwrap(),
+            jwk_thumbprint(&b.jwk).unwrap(),
+        );
+        let with_jti = |k: &Key, jti: &str| proof(k, |c| c["jti"] = json!(jti));
+        let check = |p: &str, jkt: &str| state.check(p, "POST", "/mcp", "tok", jkt, NOW);
+        assert!(check(&with_jti(&a, "1"), &jkt_a).is_ok());
+        assert!(check(&with_jti(&a, "2"), &jkt_a).is_ok());
+        match check(&with_jti(&a, "3"), &jkt_a) {
+            Err(DpopRefusal::Proof(e)) => {
+                assert_eq!(e.kind(), K::TooManyProofs);
+                assert!(e.reason().contains("too many proofs for this key"));
+            }
+            _ => panic!("key a over its share must be refused as a proof problem"),
+        }
+        assert!(check(&with_jti(&b, "1"), &jkt_b).is_ok());
+        assert!(check(&with_jti(&b, "2"), &jkt_b).is_ok());
+    }
+
+    #[test]
+    fn replay_cache_expiry_is_bucketed() {
+        let cache = ReplayCache::new(3, 3);
+        // A long-lived entry in front no longer holds back shorter ones behind it.
+        assert_eq!(cache.remember("k", "late", 100, 500), Remember::New);
+        assert_eq!(cache.remember("k", "a", 100, 200), Remember::New);
+        assert_eq!(cache.remember("k", "b", 100, 200), Remember::New);
+        // Full of live entries: answered at once, for any key.
+        assert_eq!(cache.remember("k2", "c", 150, 250), Remember::Full);
+        assert_eq!(cache.remember("k2", "c", 200, 300), Remember::New);
+        assert_eq!(cache.remember("k", "late", 200, 300), Remember::Replayed);
+        let inner = cache.inner.lock().unwrap();
+        assert_eq!(inner.seen.len(), 2);
+        assert_eq!(inner.by_expiry.len(), 2);
+        assert_eq!(inner.per_key.values().sum::<usize>(), 2);
+        assert_eq!(inner.per_key.len(), 2);
     }
 
     #[test]
@@ -1390,6 +1586,7 @@ mod tests {
                 .is_err()
         );
         assert!(DpopConfig::new().replay_cache_capacity(0).check().is_err());
+        assert!(DpopConfig::new().replay_cache_per_key(0).check().is_err());
         assert!(
             DpopConfig::new()
                 .mode(DpopMode::Off)

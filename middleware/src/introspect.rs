@@ -4,12 +4,15 @@
 //! Configured per issuer with [`crate::TrustedIssuer::introspection`] and [`Introspection`].
 //!
 //! Rules:
-//! 1. The token's shape decides: a token that is not JWS-shaped (three base64url parts
-//!    whose header decodes to a JSON object) is opaque and goes to the ONE issuer
-//!    configured with introspection (two such issuers are a configuration error); with
-//!    none it is refused with 401 `invalid_token`. A JWT goes only to the issuer its `iss`
-//!    names, and is introspected only when that issuer has introspection and no keys.
-//!    A token is never sent to any other issuer.
+//! 1. The token's shape decides: a token that is not JWT-shaped (neither a JWS, three
+//!    base64url parts whose header decodes to a JSON object, nor a JWE, five such parts,
+//!    which is refused with 401 `invalid_token` without introspection) is opaque and goes
+//!    to the ONE issuer configured with introspection (two such issuers are a
+//!    configuration error); with none it is refused with 401 `invalid_token`. An opaque
+//!    token names no issuer: with several trusted issuers, opaque tokens of all of them
+//!    reach the introspecting one. A JWT goes only to the issuer its `iss` names, and is
+//!    introspected only when that issuer has introspection and no keys; it is never sent
+//!    to any other issuer.
 //! 2. The endpoint is the configured one, else the `introspection_endpoint` of the
 //!    issuer's RFC 8414 (or OpenID Connect) metadata, found and checked like `jwks_uri`
 //!    (the document's `issuer` must match; `https`, or `http` on loopback).

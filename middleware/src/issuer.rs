@@ -5,9 +5,15 @@
 //! server to another); all of them are listed in the protected resource metadata.
 //!
 //! Rules:
-//! 1. A token is verified only against the issuer its `iss` names: no key of issuer A ever
-//!    validates a token claiming issuer B, and no token is sent to another issuer's
-//!    introspection endpoint (see [`crate::jwt`] rule 3).
+//! 1. A JWT is verified only against the issuer its `iss` names: no key of issuer A ever
+//!    validates a token claiming issuer B, and no JWT is sent to another issuer's
+//!    introspection endpoint (see [`crate::jwt`] rule 3). Encrypted (JWE) tokens are
+//!    refused without introspection. The tokens that go to the one introspecting issuer
+//!    without naming it are the non-JWT-shaped (opaque) ones ([`crate::jwt`] rule 2): an
+//!    opaque token names no issuer, so with several issuers every opaque token presented,
+//!    whoever issued it, reaches the introspecting issuer. Operators trusting several
+//!    issuers should give introspection to one they would trust with the others' opaque
+//!    tokens, or have the others issue JWTs.
 //! 2. Keys come from discovery (the default), a configured `jwks_uri`, or a static JWKS.
 //!    An issuer configured with introspection and no keys has its JWTs introspected too;
 //!    [`TrustedIssuer::discover_keys`] keeps local verification of its JWTs.

@@ -4,14 +4,23 @@
 //! Rules, in the order they are applied:
 //! 1. Tokens longer than the configured maximum (8 KiB by default) are refused unread.
 //! 2. The token's shape decides how it is verified: a JWS compact serialisation (three
-//!    base64url parts whose header decodes to a JSON object) is a JWT; anything else,
-//!    encrypted (JWE) tokens included, is opaque and goes to the one issuer configured
-//!    with introspection ([`crate::introspect`]), or is refused with `invalid_token` when
-//!    no issuer introspects.
-//! 3. The unverified `iss` only selects which trusted issuer verifies the token; a token
-//!    naming an issuer that is not configured is refused without any fetch. A token is
+//!    base64url parts whose header decodes to a JSON object) is a JWT. A JWE compact
+//!    serialisation (five base64url parts whose header decodes to a JSON object: an
+//!    encrypted token) is refused with `invalid_token` at once, never introspected
+//!    (rule **encrypted_tokens_are_refused_without_introspection**): it names its issuer
+//!    only inside the encryption, so it could belong to any issuer. Anything else is
+//!    opaque (not JWT-shaped) and goes to the one issuer configured with introspection
+//!    ([`crate::introspect`]), or is refused with `invalid_token` when no issuer
+//!    introspects. An opaque token names no issuer: with several trusted issuers, every
+//!    opaque token presented to this server, whoever issued it, is sent to the
+//!    introspecting issuer, so configure introspection only for an issuer you would
+//!    trust with the other issuers' opaque tokens (or have the others issue JWTs).
+//! 3. The unverified `iss` of a JWT only selects which trusted issuer verifies it; a token
+//!    naming an issuer that is not configured is refused without any fetch. A JWT is
 //!    never tried with another issuer's keys, nor sent to another issuer's introspection
-//!    endpoint: no key of issuer A ever validates a token claiming issuer B.
+//!    endpoint: no key of issuer A ever validates a token claiming issuer B. Only
+//!    non-JWT-shaped (opaque) tokens go to the introspecting issuer without naming it
+//!    (rule 2).
 //! 4. For an issuer with keys, the header's `alg` must be in that issuer's allow-list of
 //!    asymmetric algorithms; `none` and every HMAC algorithm are refused before any key is
 //!    looked at. A `crit` header is refused (no extension is understood). `jku`, `x5u`,
@@ -255,6 +264,12 @@ impl TokenVerifier {
                 "the token is longer than this server accepts",
             ));
         }
+        if is_jwe_shaped(token) {
+            // Rule 2: an encrypted token names no issuer we can read; never disclose it.
+            return Err(AuthError::invalid_token(
+                "encrypted tokens (JWE) are not accepted",
+            ));
+        }
         let Some(jws) = jws_shape(token) else {
             return match self.inner.opaque_issuer {
                 Some(i) => match &config.issuers[i].introspector {
@@ -488,6 +503,21 @@ fn jws_shape(token: &str) -> Option<Jws<'_>> {
     })
 }
 
+/// Whether `token` is a JWE compact serialisation (rule 2): five parts of base64url
+/// characters (the encrypted key and the IV may be empty), the first of which decodes to a
+/// JSON object. Such a token is refused without introspection.
+pub(crate) fn is_jwe_shaped(token: &str) -> bool {
+    let b64url = |p: &str| {
+        p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let header = token.split('.').next().unwrap_or_default();
+    token.split('.').count() == 5
+        && !header.is_empty()
+        && token.split('.').all(b64url)
+        && decode_json::<Map<String, Value>>(header).is_some()
+}
+
 /// Whether `token` is JWS-shaped (a JWT) rather than opaque (see rule 2).
 pub(crate) fn is_jws_shaped(token: &str) -> bool {
     jws_shape(token).is_some()
@@ -609,6 +639,18 @@ mod tests {
             "",
         ] {
             assert!(!is_jws_shaped(opaque), "{opaque}");
+        }
+        // Encrypted (JWE) tokens are recognised, and refused before introspection.
+        assert!(is_jwe_shaped(&format!("{header}.a2V5.aXY.Y2lwaGVy.dGFn")));
+        assert!(is_jwe_shaped(&format!("{header}..aXY.Y2lwaGVy.")));
+        for not_jwe in [
+            "a.b.c.d.e",
+            &format!("{header}.e30.sig"),
+            &format!("{header}.a.b.c.d.e"),
+            &format!("{header}.a+b.c.d.e"),
+            ".a.b.c.d",
+        ] {
+            assert!(!is_jwe_shaped(not_jwe), "{not_jwe}");
         }
     }
 

@@ -291,10 +291,137 @@ async fn proof_replay_is_refused_and_a_full_replay_cache_fails_closed() {
     let url = &s.server.url;
     let r = dpop(url, &token, &s.client.proof(url, &token, |_| {})).await;
     assert_eq!(r.status, 200, "{}", r.text);
-    // The one entry is live for the whole iat window: a new proof cannot be recorded.
-    let r = dpop(url, &token, &s.client.proof(url, &token, |_| {})).await;
+    // The one entry is live for the whole iat window: another key's proof cannot be
+    // recorded (503), and this key is over its share (at most the capacity).
+    let other = ClientKey::rsa();
+    let other_token = token_for(&s, &other);
+    let r = dpop(url, &other_token, &other.proof(url, &other_token, |_| {})).await;
     assert_eq!(r.status, 503, "{}", r.text);
     assert!(r.headers.contains_key("retry-after"));
+    let r = dpop(url, &token, &s.client.proof(url, &token, |_| {})).await;
+    assert_refused(&r, "invalid_dpop_proof");
+}
+
+fn token_for(s: &Setup, client: &ClientKey) -> String {
+    token(&s.key, &s.issuer, &s.server, Some(&client.jkt()))
+}
+
+#[tokio::test]
+async fn one_key_cannot_fill_the_replay_cache_for_others() {
+    let s = setup(
+        DpopConfig::new()
+            .replay_cache_capacity(4)
+            .replay_cache_per_key(2),
+    )
+    .await;
+    let token = s.bound_token();
+    let url = &s.server.url;
+    for _ in 0..2 {
+        let r = dpop(url, &token, &s.client.proof(url, &token, |_| {})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    // This key is over its share: its new proofs are refused, 401, not a 503 for all.
+    let r = dpop(url, &token, &s.client.proof(url, &token, |_| {})).await;
+    assert_refused(&r, "invalid_dpop_proof");
+    assert!(
+        r.body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("too many proofs for this key"),
+        "{}",
+        r.text
+    );
+    // Another key is unaffected.
+    let other = ClientKey::rsa();
+    let other_token = token_for(&s, &other);
+    for _ in 0..2 {
+        let r = dpop(url, &other_token, &other.proof(url, &other_token, |_| {})).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+}
+
+#[tokio::test]
+async fn future_iat_is_accepted_only_within_a_small_skew() {
+    let s = setup(DpopConfig::new()).await;
+    let token = s.bound_token();
+    let url = &s.server.url;
+    // Past the 60 s skew (though within the 300 s window back): refused.
+    for ahead in [90, 200, 299] {
+        let r = dpop(
+            url,
+            &token,
+            &s.client
+                .proof(url, &token, |c| c["iat"] = json!(now() + ahead)),
+        )
+        .await;
+        assert_refused(&r, "invalid_dpop_proof");
+    }
+    // A client clock a little ahead is fine.
+    let r = dpop(
+        url,
+        &token,
+        &s.client
+            .proof(url, &token, |c| c["iat"] = json!(now() + 30)),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+#[tokio::test]
+async fn verify_token_refuses_bound_tokens() {
+    let s = setup(DpopConfig::new()).await;
+    let bound = s.bound_token();
+    let auth = &s.server.auth;
+    let e = auth.verify_token(&bound).await.unwrap_err();
+    assert!(e.is_invalid_token(), "{e}");
+    assert_eq!(e.status(), 401);
+    // Any cnf, not only a DPoP jkt.
+    let mut claims = s.issuer.claims(&s.server.resource, "mcp:read");
+    claims["cnf"] = json!({"x5t#S256": "abc"});
+    let e = auth.verify_token(&s.key.sign(&claims)).await.unwrap_err();
+    assert!(e.is_invalid_token(), "{e}");
+    // An unbound token still verifies.
+    let unbound = token(&s.key, &s.issuer, &s.server, None);
+    assert_eq!(
+        auth.verify_token(&unbound).await.unwrap().subject(),
+        Some("alice")
+    );
+
+    // verify_request applies the layer's binding check.
+    let headers = |scheme: &str, proof: Option<&str>| {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "authorization",
+            format!("{scheme} {bound}").parse().unwrap(),
+        );
+        if let Some(proof) = proof {
+            h.insert("dpop", proof.parse().unwrap());
+        }
+        h
+    };
+    let post = http::Method::POST;
+    let proof = s.client.proof(&s.server.url, &bound, |_| {});
+    let ctx = auth
+        .verify_request(&post, "/mcp", &headers("DPoP", Some(&proof)))
+        .await
+        .unwrap();
+    assert_eq!(ctx.confirmation_jkt(), Some(s.client.jkt().as_str()));
+    // The same proof again is a replay; as Bearer or without a proof it is refused.
+    let e = auth
+        .verify_request(&post, "/mcp", &headers("DPoP", Some(&proof)))
+        .await
+        .unwrap_err();
+    assert!(e.is_invalid_dpop_proof(), "{e}");
+    let e = auth
+        .verify_request(&post, "/mcp", &headers("Bearer", None))
+        .await
+        .unwrap_err();
+    assert!(e.is_invalid_token(), "{e}");
+    let e = auth
+        .verify_request(&post, "/mcp", &headers("DPoP", None))
+        .await
+        .unwrap_err();
+    assert!(e.is_invalid_dpop_proof(), "{e}");
 }
 
 #[tokio::test]

@@ -444,6 +444,33 @@ async fn introspection_token_shape_decides_jwt_or_opaque() {
 }
 
 #[tokio::test]
+async fn encrypted_tokens_are_refused_without_introspection() {
+    let as_ = TestAs::basic().await;
+    let rs = introspecting_rs(&as_, basic()).await;
+    // A JWE compact serialisation, maybe another issuer's: never sent to this one, even
+    // if it would answer for it.
+    let header = b64(&json!({"alg": "RSA-OAEP-256", "enc": "A256GCM"}));
+    for jwe in [
+        format!("{header}.a2V5.aXY.Y2lwaGVy.dGFn"),
+        format!("{header}..aXY.Y2lwaGVy.dGFn"), // direct encryption: no encrypted key
+    ] {
+        as_.issue(&jwe, &rs.resource, json!({}));
+        let r = post(&rs.url, Some(&jwe)).await;
+        assert_invalid_token(&r, "JWE");
+        assert!(r.text.contains("encrypted"), "{}", r.text);
+        let e = rs.auth.verify_token(&jwe).await.unwrap_err();
+        assert!(e.is_invalid_token(), "{e}");
+    }
+    assert_eq!(as_.calls(), 0, "an encrypted token is never introspected");
+    // Five dot-separated parts that are not a JWE stay opaque.
+    let dotted = "a.b.c.d.e";
+    as_.issue(dotted, &rs.resource, json!({}));
+    let r = post(&rs.url, Some(dotted)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(as_.calls(), 1);
+}
+
+#[tokio::test]
 async fn introspection_endpoint_comes_from_metadata_or_configuration() {
     let as_ = TestAs::basic().await;
     let discovered = introspecting_rs(&as_, basic()).await;
@@ -766,22 +793,39 @@ async fn verified_introspection_response_becomes_the_auth_context() {
     let as_ = TestAs::basic().await;
     let rs = introspecting_rs(&as_, basic()).await;
     let token = opaque("ctx");
+    let client = TestKey::ec();
+    let jkt = bmm_middleware::dpop::jwk_thumbprint(&client.jwk).unwrap();
     as_.issue(
         &token,
         &rs.resource,
-        json!({"cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}, "token_type": "DPoP", "ext": {"tenant": "t1"}}),
+        json!({"cnf": {"jkt": jkt}, "token_type": "DPoP", "ext": {"tenant": "t1"}}),
     );
-    let ctx = rs.auth.verify_token(&token).await.unwrap();
+    // Bound: a token alone is refused; the whole request with its proof is accepted.
+    let e = rs.auth.verify_token(&token).await.unwrap_err();
+    assert!(e.is_invalid_token(), "{e}");
+    let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": client.jwk});
+    let claims = json!({
+        "jti": "p-1", "htm": "POST", "htu": rs.resource, "iat": now(),
+        "ath": bmm_middleware::dpop::access_token_hash(&token),
+    });
+    let input = format!("{}.{}", b64(&header), b64(&claims));
+    let private = jsonwebtoken::EncodingKey::from_ec_pem(&client.private_pem).unwrap();
+    let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &private, Algorithm::ES256).unwrap();
+    let mut headers = http::HeaderMap::new();
+    headers.insert("authorization", format!("DPoP {token}").parse().unwrap());
+    headers.insert("dpop", format!("{input}.{sig}").parse().unwrap());
+    let ctx = rs
+        .auth
+        .verify_request(&http::Method::POST, "/mcp", &headers)
+        .await
+        .unwrap();
     assert_eq!(ctx.token_kind(), TokenKind::Opaque);
     assert_eq!(ctx.issuer(), as_.issuer);
     assert_eq!(ctx.subject(), Some("alice"));
     assert_eq!(ctx.client_id(), Some("bmm_test_client"));
     assert_eq!(ctx.token_id(), Some("j-1"));
     assert!(ctx.has_scope("notes:read"));
-    assert_eq!(
-        ctx.confirmation_jkt(),
-        Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")
-    );
+    assert_eq!(ctx.confirmation_jkt(), Some(jkt.as_str()));
     assert_eq!(ctx.claim("ext"), Some(&json!({"tenant": "t1"})));
     assert_eq!(ctx.claim("active"), Some(&json!(true)));
 }

@@ -33,6 +33,10 @@
 //!     `invalid_token`), proof problems answer 401 `invalid_dpop_proof` or
 //!     `use_dpop_nonce`, and 401s carry a `DPoP algs="…"` challenge. The rules are listed
 //!     on [`DpopConfig`].
+//! 11. Outside the layer, [`Authenticator::verify_token`] takes a token alone, so it
+//!     refuses every bound token (`cnf`) with 401 `invalid_token`, like rule 10's bound
+//!     token sent as `Bearer`; [`Authenticator::verify_request`] takes the method, path and
+//!     headers and applies rule 10 exactly as the layer does (without the scope checks).
 //!
 //! # Deployment caveat
 //! The `resource` is configuration, never derived from the `Host` header: behind a proxy it
@@ -493,7 +497,48 @@ impl Authenticator {
 
     /// Verifies a bearer token, fetching keys or introspecting if needed. For callers
     /// outside the layer.
+    ///
+    /// Rule **verify_token_refuses_bound_tokens**: a token bound to a key (any `cnf`
+    /// claim or introspection member, such as a DPoP-bound token's `cnf.jkt`) is refused
+    /// with 401 `invalid_token`, exactly as the layer refuses a bound token presented with
+    /// the `Bearer` scheme: a token alone cannot show possession of its key. To accept
+    /// DPoP-bound tokens outside the layer, use [`Self::verify_request`] with the whole
+    /// request. Scopes are not checked here.
     pub async fn verify_token(&self, token: &str) -> Result<AuthContext, AuthError> {
+        let ctx = self.verify_unbound(token).await?;
+        if ctx.claim("cnf").is_some() {
+            return Err(AuthError::rejected_token(
+                "the token is bound (cnf) to a key: it is accepted only with a proof of possession of that key (DPoP)",
+                crate::refusal::Refusal::DPOP,
+            ));
+        }
+        Ok(ctx)
+    }
+
+    /// Authenticates a request as the layer does, scopes aside, for callers outside the
+    /// layer: reads the `Authorization` header (`Bearer` or `DPoP`, as the
+    /// [`DpopMode`] allows), verifies the token and checks its binding with the same rules
+    /// as the layer ([`DpopConfig`]): a bound token needs the `DPoP` scheme and a valid,
+    /// unreplayed proof of its key in the `DPoP` header, whose `htu` is the configured
+    /// resource origin plus `path` (the request path, without query). The proof's `jti`
+    /// enters the same replay cache as the layer's. Server nonces
+    /// ([`DpopConfig::nonce`]) are checked but not handed out: this gives no `DPoP-Nonce`
+    /// to send, so with nonces on, prefer the layer.
+    pub async fn verify_request(
+        &self,
+        method: &http::Method,
+        path: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<AuthContext, AuthError> {
+        let token = self.token_of(credentials(headers))?;
+        let ctx = self.verify_unbound(token).await?;
+        self.bind(ctx, method, path, headers)
+            .map(|admitted| admitted.ctx)
+    }
+
+    /// Verifies a token's signature and claims (or introspects it), without looking at
+    /// its binding.
+    async fn verify_unbound(&self, token: &str) -> Result<AuthContext, AuthError> {
         match self.inner.verifier.verify_now(token) {
             Verdict::Done(result) => result,
             Verdict::NeedsKeys => self.inner.verifier.verify(token.to_owned()).await,
