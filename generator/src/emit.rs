@@ -595,12 +595,14 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
                     Some(BodyFormat::Form) => quote!(BodyFormat::Form),
                     Some(BodyFormat::Json) | None => quote!(BodyFormat::Json),
                 };
+                // TODO(issue 16): from the tool spec.
+                let upstream_scopes: Vec<&str> = Vec::new();
                 let map = h.response.iter().flat_map(|r| r.map.iter()).map(|(k, v)| {
                     let v = v.value.as_str();
                     quote!((#k, #v))
                 });
                 quote! {
-                    Handler::Http(HttpDef { upstream: #upstream, method: #method, path: #path, query: &[#(#query),*], headers: &[#(#headers),*], body: #body, body_format: #body_format, response_map: &[#(#map),*] })
+                    Handler::Http(HttpDef { upstream: #upstream, method: #method, path: #path, query: &[#(#query),*], headers: &[#(#headers),*], body: #body, body_format: #body_format, response_map: &[#(#map),*], upstream_scopes: &[#(#upstream_scopes),*] })
                 }
             }
             Run::Rust(r) => {

@@ -105,6 +105,78 @@ pub enum UpstreamAuthDef {
         /// The secret.
         secret: &'static str,
     },
+    /// `Authorization: Bearer <token>` with a token from an OAuth authorization server
+    /// (crate::upstream_auth): exchanged for the caller's token, the server's own, or the
+    /// caller's stored connection.
+    OAuth(&'static OAuthDef),
+}
+
+/// Which OAuth grant gives an upstream's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthGrant {
+    /// RFC 8693 token exchange of the caller's verified access token, as the server's own
+    /// client: the upstream sees the caller's subject, never the caller's token.
+    TokenExchange,
+    /// The server's own token (RFC 6749 section 4.4): every caller acts as the server.
+    ClientCredentials,
+    /// Each caller's own connection (authorization code + PKCE, run once in the caller's
+    /// browser through URL elicitation), kept encrypted in the token vault.
+    UserAuthorization,
+}
+
+/// How the server authenticates as an OAuth client at the upstream's authorization server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthDef {
+    /// A public client (PKCE only; `user_oauth` only).
+    None,
+    /// HTTP Basic with the client secret held in the named declared secret.
+    SecretBasic {
+        /// The declared secret holding the client secret.
+        secret: &'static str,
+    },
+    /// The client secret in the form body.
+    SecretPost {
+        /// The declared secret holding the client secret.
+        secret: &'static str,
+    },
+    /// An RFC 7523 client assertion signed with the PEM private key in the named secret.
+    PrivateKeyJwt {
+        /// The declared secret holding the PEM private key.
+        key: &'static str,
+    },
+}
+
+/// An upstream's OAuth client: where its tokens come from and what it asks for. URLs are
+/// either given, or discovered from `issuer` (RFC 8414, then OpenID Connect discovery);
+/// each `*_env` names an environment variable that overrides its value at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OAuthDef {
+    /// The grant.
+    pub grant: OAuthGrant,
+    /// The authorization server's issuer identifier (discovery).
+    pub issuer: Option<&'static str>,
+    /// Environment override of `issuer`.
+    pub issuer_env: Option<&'static str>,
+    /// The token endpoint.
+    pub token_url: Option<&'static str>,
+    /// Environment override of `token_url`.
+    pub token_url_env: Option<&'static str>,
+    /// The authorization endpoint (`user_oauth`).
+    pub authorization_url: Option<&'static str>,
+    /// Environment override of `authorization_url`.
+    pub authorization_url_env: Option<&'static str>,
+    /// The server's client id at that authorization server.
+    pub client_id: &'static str,
+    /// Environment override of `client_id`.
+    pub client_id_env: Option<&'static str>,
+    /// How the server authenticates as that client.
+    pub client_auth: ClientAuthDef,
+    /// RFC 8693 `audience` (token exchange, client credentials).
+    pub audience: Option<&'static str>,
+    /// RFC 8707 `resource`.
+    pub resource: Option<&'static str>,
+    /// Scopes asked for, unless a tool names its own (`upstream_scopes`).
+    pub scopes: &'static [&'static str],
 }
 
 /// An upstream HTTP API.
@@ -204,6 +276,8 @@ pub enum Handler {
     Http(HttpDef),
     /// Rust code.
     Rust(RustHandler),
+    /// Deletes the caller's stored connection to this `user_oauth` upstream (by id).
+    Disconnect(&'static str),
 }
 
 impl std::fmt::Debug for Handler {
@@ -211,6 +285,7 @@ impl std::fmt::Debug for Handler {
         match self {
             Self::Http(h) => f.debug_tuple("Http").field(h).finish(),
             Self::Rust(_) => f.write_str("Rust(..)"),
+            Self::Disconnect(u) => f.debug_tuple("Disconnect").field(u).finish(),
         }
     }
 }
@@ -271,6 +346,9 @@ pub struct HttpDef {
     pub body_format: BodyFormat,
     /// Output field, JSON pointer into the response.
     pub response_map: &'static [(&'static str, &'static str)],
+    /// Scopes of the upstream token this tool asks for (token exchange and client
+    /// credentials); empty: the upstream's own `scopes`.
+    pub upstream_scopes: &'static [&'static str],
 }
 
 /// A static resource.

@@ -821,6 +821,9 @@ fn run_tool(
                     "the tool's upstream is not configured",
                 )),
             },
+            Handler::Disconnect(_) => Err(crate::ToolError::new(
+                "the tool's upstream connection store is not configured",
+            )),
             Handler::Rust(f) => {
                 let mut ctx = ToolContext::new(
                     cx,

@@ -653,6 +653,7 @@ fn example_url(
         body: BodyDef::None,
         body_format: BodyFormat::Json,
         response_map: &[],
+        upstream_scopes: &[],
     };
     request_url(&def, &upstream, &Secrets::default(), args).map(|(url, _)| url)
 }
@@ -893,6 +894,7 @@ mod tests {
             body: BodyDef::Rest,
             body_format: BodyFormat::Form,
             response_map: &[],
+            upstream_scopes: &[],
         };
         let output = execute(
             &def,
@@ -1039,6 +1041,7 @@ mod tests {
             body: BodyDef::None,
             body_format: BodyFormat::Json,
             response_map: &[],
+            upstream_scopes: &[],
         };
         let client = reqwest::Client::new();
         let mut straddled = false;

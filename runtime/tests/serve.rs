@@ -126,6 +126,7 @@ fn def() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[("name", "/item/name")],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -164,6 +165,7 @@ fn def() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -185,6 +187,7 @@ fn def() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
         ],

@@ -86,6 +86,7 @@ fn def() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             ),
             tool(

@@ -181,6 +181,7 @@ pub(crate) fn server() -> ServerDef {
                     ]),
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -331,6 +332,7 @@ pub(crate) fn server() -> ServerDef {
                     ]),
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -442,6 +444,7 @@ pub(crate) fn server() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -550,6 +553,7 @@ pub(crate) fn server() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -648,6 +652,7 @@ pub(crate) fn server() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -754,6 +759,7 @@ pub(crate) fn server() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -793,6 +799,7 @@ pub(crate) fn server() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -852,6 +859,7 @@ pub(crate) fn server() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -890,6 +898,7 @@ pub(crate) fn server() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -985,6 +994,7 @@ pub(crate) fn server() -> ServerDef {
                     ]),
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -1058,6 +1068,7 @@ pub(crate) fn server() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -1097,6 +1108,7 @@ pub(crate) fn server() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -1197,6 +1209,7 @@ pub(crate) fn server() -> ServerDef {
                     ]),
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -1296,6 +1309,7 @@ pub(crate) fn server() -> ServerDef {
                     body: BodyDef::Field("body"),
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -1347,6 +1361,7 @@ pub(crate) fn server() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -1377,6 +1392,7 @@ pub(crate) fn server() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -1448,6 +1464,7 @@ pub(crate) fn server() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -1522,6 +1539,7 @@ pub(crate) fn server() -> ServerDef {
                     ]),
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -1560,6 +1578,7 @@ pub(crate) fn server() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
         ]),

@@ -131,6 +131,7 @@ pub(crate) fn server() -> ServerDef {
                         ("temperature", "/main/temp"),
                         ("conditions", "/weather/0/description"),
                     ],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
@@ -174,6 +175,7 @@ pub(crate) fn server() -> ServerDef {
                     body: BodyDef::None,
                     body_format: BodyFormat::Json,
                     response_map: &[],
+                    upstream_scopes: &[],
                 }),
             },
             ToolDef {
