@@ -95,9 +95,15 @@ fn root() -> PathBuf {
 
 pub(crate) fn run(description: &str, command: &mut Command) -> Result<(), String> {
     eprintln!("==> {description}");
+    let started = std::time::Instant::now();
     let status = command
         .status()
         .map_err(|e| format!("{description}: could not start: {e}"))?;
+    // Each step's wall time, so a slow CI run shows where its minutes went.
+    eprintln!(
+        "<== {description}: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     if status.success() {
         Ok(())
     } else {
