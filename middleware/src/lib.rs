@@ -9,7 +9,9 @@
 //!   with its own keys, algorithms, audiences and scope claim ([`TrustedIssuer`]), `iss`,
 //!   `aud` (RFC 8707 audience binding), `exp`/`nbf`, scopes; 401/400/403/503 with the right
 //!   `WWW-Authenticate`. The verified identity lands in the request extensions as an
-//!   [`AuthContext`]. The client's token is never forwarded.
+//!   [`AuthContext`]. The client's token is never forwarded; only with
+//!   [`AuthConfig::keep_subject_token`] is it kept, as a [`SubjectToken`], for an RFC 8693
+//!   token exchange (never sent to an upstream API, never printed).
 //! - [`ToolScopeLayer`]: per-tool scopes read from the JSON-RPC body.
 //! - [`RateLimitLayer`]: per-subject and per-tool rate limits (429 with `Retry-After`).
 //! - [`MetadataLayer`]: RFC 9728 protected resource metadata.
@@ -96,7 +98,7 @@ mod token_cache;
 pub mod tool_scope;
 
 pub use audit::{AuditEntry, AuditLog, AuditTarget};
-pub use auth::{Auth, AuthConfig, AuthError, AuthLayer, Authenticator};
+pub use auth::{Auth, AuthConfig, AuthError, AuthLayer, Authenticator, SubjectToken};
 pub use body::ResponseBody;
 pub use config::{ConfigError, KeySettings};
 pub use context::{AuthContext, MissingAuthContext, TokenKind};

@@ -138,7 +138,7 @@ where
                     };
                     match outcome {
                         Ok((ctx, nonce)) => {
-                            super::service::admit(&mut request, ctx);
+                            super::service::admit(&mut request, ctx, auth.keeps_subject_token());
                             let future = service.call(request);
                             this.state.set(State::Inner { future, nonce });
                         }

@@ -27,6 +27,7 @@
 //! 8. Tokens are never logged: traces carry the decision and the reason, not the token.
 //! 9. An admitted request reaches the inner service without its `Authorization` header
 //!    (nor its `DPoP` proof): code behind the layer cannot forward a token it never sees.
+//!    Tokens are never passed through.
 //! 10. DPoP (RFC 9449, [`crate::dpop`], on by default in [`DpopMode::Allowed`]): the
 //!     scheme `DPoP` is read like `Bearer`; a token bound with `cnf.jkt` needs it and a
 //!     valid proof of the same key, a bound token sent as `Bearer` is refused (401
@@ -37,6 +38,13 @@
 //!     refuses every bound token (`cnf`) with 401 `invalid_token`, like rule 10's bound
 //!     token sent as `Bearer`; [`Authenticator::verify_request`] takes the method, path and
 //!     headers and applies rule 10 exactly as the layer does (without the scope checks).
+//! 12. Only with [`AuthConfig::keep_subject_token`] on (off by default) does an admitted
+//!     request also carry its token, as a [`SubjectToken`] in the request extensions, for
+//!     one use: the `subject_token` of an RFC 8693 token exchange, so the server gets a
+//!     token of its own, naming the caller, for an upstream API. The `Authorization`
+//!     header is still removed (rule 9), and `SubjectToken` never prints its value
+//!     (`Debug` shows `SubjectToken(..)`, no `Display`)
+//!     (`the_subject_token_is_kept_only_when_asked_for_and_never_printed`).
 //!
 //! # Deployment caveat
 //! The `resource` is configuration, never derived from the `Host` header: behind a proxy it
@@ -48,6 +56,7 @@ mod challenge;
 mod future;
 mod layer;
 mod service;
+mod subject;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +70,7 @@ pub(crate) use challenge::Challenge;
 pub use future::ResponseFuture;
 pub use layer::AuthLayer;
 pub use service::Auth;
+pub use subject::SubjectToken;
 
 pub(crate) use bearer::credentials;
 
@@ -92,6 +102,7 @@ pub struct AuthConfig {
     token_cache_capacity: usize,
     require_at_jwt_typ: bool,
     dpop: DpopConfig,
+    keep_subject_token: bool,
 }
 
 impl AuthConfig {
@@ -110,6 +121,7 @@ impl AuthConfig {
             token_cache_capacity: 10_000,
             require_at_jwt_typ: false,
             dpop: DpopConfig::new(),
+            keep_subject_token: false,
         }
     }
 
@@ -196,6 +208,14 @@ impl AuthConfig {
     /// as ID tokens, are refused. Default is off (many issuers send `typ: JWT`).
     pub fn require_at_jwt_typ(mut self, required: bool) -> Self {
         self.require_at_jwt_typ = required;
+        self
+    }
+
+    /// Keeps each admitted request's token as a [`SubjectToken`] in its extensions (rule
+    /// 12), for RFC 8693 token exchange only. Default is off: the token is removed and
+    /// nothing behind the layer can reach it.
+    pub fn keep_subject_token(mut self, keep: bool) -> Self {
+        self.keep_subject_token = keep;
         self
     }
 
@@ -348,6 +368,7 @@ impl AuthConfig {
                 challenge,
                 policy: self.policy,
                 dpop,
+                keep_subject_token: self.keep_subject_token,
             }),
         })
     }
@@ -366,6 +387,7 @@ struct Inner {
     challenge: Challenge,
     policy: ScopePolicy,
     dpop: Option<DpopState>,
+    keep_subject_token: bool,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -393,6 +415,11 @@ impl Authenticator {
     /// The scope policy.
     pub fn policy(&self) -> &ScopePolicy {
         &self.inner.policy
+    }
+
+    /// Whether admitted requests keep their token as a [`SubjectToken`] (rule 12).
+    pub fn keeps_subject_token(&self) -> bool {
+        self.inner.keep_subject_token
     }
 
     /// The issuers this server trusts, as configured.

@@ -5,7 +5,7 @@ use tower_service::Service;
 
 use super::binding::Admitted;
 use super::future::ResponseFuture;
-use super::{Attempt, AuthLayer, Authenticator};
+use super::{Attempt, AuthLayer, Authenticator, SubjectToken};
 use crate::body::ResponseBody;
 
 /// Middleware that authenticates every request with a bearer token before the inner
@@ -58,7 +58,7 @@ where
                 match auth.authorize(&ctx, request.uri().path()) {
                     Ok(()) => {
                         tracing::debug!(subject = ctx.subject(), "request authenticated");
-                        admit(&mut request, ctx);
+                        admit(&mut request, ctx, auth.keeps_subject_token());
                         ResponseFuture::inner_with_nonce(self.inner.call(request), nonce)
                     }
                     Err(error) => {
@@ -86,8 +86,25 @@ where
 }
 
 /// Hands the verified identity to the inner service and takes the token (and its DPoP
-/// proof) away from it: code behind this layer cannot forward what it never sees.
-pub(super) fn admit<B>(request: &mut Request<B>, ctx: crate::AuthContext) {
+/// proof) away from it: code behind this layer cannot forward what it never sees. With
+/// `keep_subject_token` (rule 12) the token stays reachable only as a [`SubjectToken`],
+/// for RFC 8693 token exchange.
+pub(super) fn admit<B>(
+    request: &mut Request<B>,
+    ctx: crate::AuthContext,
+    keep_subject_token: bool,
+) {
+    if keep_subject_token {
+        let kept = match super::credentials(request.headers()) {
+            super::bearer::Credentials::Bearer(token) | super::bearer::Credentials::Dpop(token) => {
+                Some(SubjectToken::new(token))
+            }
+            _ => None,
+        };
+        if let Some(kept) = kept {
+            request.extensions_mut().insert(kept);
+        }
+    }
     request.headers_mut().remove(http::header::AUTHORIZATION);
     request.headers_mut().remove(super::bearer::DPOP);
     request.extensions_mut().insert(ctx);
