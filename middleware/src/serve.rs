@@ -13,6 +13,23 @@
 //! and browser clients fetch it cross-origin; DNS-rebinding protection matters for the
 //! MCP endpoint, which stays behind the check.
 //!
+//! Public routes ([`ServeConfig::public_routes`]): pages a browser opens without an MCP
+//! token (bmm-runtime's per-user connection pages under `/connections/`). The rule:
+//! 1. They are routed with `/healthz` and `/readyz`, after the MCP path, the metadata and
+//!    the health checks (which always win, whatever the prefix) and before the 404; a
+//!    path is theirs when it starts with the prefix (a prefix always ends with `/`).
+//! 2. They are outside the Origin/Host check, authentication, per-tool scopes, rate
+//!    limits and the refusal audit: the handler itself must authenticate whatever it
+//!    does (a sealed, expiring parameter, a cookie), answer only safe pages, and set its
+//!    own security headers.
+//! 3. They stay inside everything before the routing: server spans and tracing (method
+//!    and path, never the query string, where such pages carry their sealed
+//!    parameters), the request timeout, the concurrency limit and the body size limit.
+//!    Their bodies are read before the handler runs, at most 64 KiB; a longer body is
+//!    answered 413 without calling it.
+//!
+//! (`public_routes_are_served_outside_auth_and_the_origin_check_and_never_shadow_mcp`)
+//!
 //! `/healthz` answers 200 while the process serves (liveness); `/readyz` answers 200 only
 //! once every trusted issuer's signing keys are loaded, 503 before (readiness: a load
 //! balancer sends no traffic to a server that would answer 503 to valid tokens).
@@ -49,7 +66,7 @@ use tower_service::Service;
 use tracing::Span;
 
 use crate::auth::{AuthLayer, Authenticator};
-use crate::body::{ResponseBody, json_response};
+use crate::body::{LocalResponse, ResponseBody, from_local, json_response};
 use crate::conn::{Activity, Live, PerAddress, Tracked};
 use crate::future::LocalOrInner;
 use crate::limit::ConcurrencyLimitLayer;
@@ -62,6 +79,30 @@ use crate::reload::Reload;
 use crate::tool_scope::ToolScopeLayer;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The largest request body a public route's handler is given (64 KiB, module rule 3).
+const PUBLIC_MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What a public route's handler returns.
+type PublicResponse = std::pin::Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
+
+type PublicHandler = Arc<dyn Fn(Request<Bytes>) -> PublicResponse + Send + Sync>;
+
+/// A public route: a path prefix and the handler of every request under it (module
+/// rule 1).
+#[derive(Clone)]
+struct PublicRoute {
+    prefix: String,
+    handler: PublicHandler,
+}
+
+impl std::fmt::Debug for PublicRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublicRoute")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
 
 /// How the server is assembled. Every value has a safe default.
 #[derive(Clone, Debug)]
@@ -84,6 +125,7 @@ pub struct ServeConfig {
     reload: Reload,
     traces: Option<Traces>,
     observer: Observer,
+    public: Vec<PublicRoute>,
 }
 
 impl ServeConfig {
@@ -122,7 +164,29 @@ impl ServeConfig {
             reload: Reload::new(),
             traces: None,
             observer: Observer::default(),
+            public: Vec::new(),
         }
+    }
+
+    /// Serves every request whose path starts with `prefix` (a `/` is added when it does
+    /// not end with one) with `handler`, outside authentication and the Origin check (the
+    /// module's public-route rules say what that asks of the handler). The MCP path,
+    /// `/healthz`, `/readyz` and the metadata always win over a prefix. Several prefixes
+    /// may be given; the first that matches serves.
+    pub fn public_routes<F, Fut>(mut self, prefix: &str, handler: F) -> Self
+    where
+        F: Fn(Request<Bytes>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let mut prefix = normalize_path(prefix);
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        self.public.push(PublicRoute {
+            prefix,
+            handler: Arc::new(move |request| Box::pin(handler(request))),
+        });
+        self
     }
 
     /// The protected resource metadata to serve.
@@ -515,6 +579,7 @@ where
         .layer(RoutesLayer {
             mcp_path: config.mcp_path.clone(),
             auth: config.auth.clone(),
+            public: config.public.clone().into(),
         })
         .layer(ObserveRefusalsLayer::new(config.observer.clone()))
         .layer(OriginLayer::new(config.origin.clone()))
@@ -583,6 +648,7 @@ impl<B> tower_http::trace::MakeSpan<B> for SpanWithoutQuery {
 struct RoutesLayer {
     mcp_path: String,
     auth: Option<Authenticator>,
+    public: Arc<[PublicRoute]>,
 }
 
 impl<S> Layer<S> for RoutesLayer {
@@ -593,40 +659,127 @@ impl<S> Layer<S> for RoutesLayer {
             inner,
             mcp_path: self.mcp_path.clone(),
             auth: self.auth.clone(),
+            public: Arc::clone(&self.public),
         }
     }
 }
 
-/// `/healthz`, `/readyz`, the MCP path, and 404 for everything else.
+/// `/healthz`, `/readyz`, the MCP path, the public routes, and 404 for everything else.
 #[derive(Clone, Debug)]
 struct Routes<S> {
     inner: S,
     mcp_path: String,
     auth: Option<Authenticator>,
+    public: Arc<[PublicRoute]>,
+}
+
+pin_project_lite::pin_project! {
+    /// A routed request's response: local, the inner service's, or a public route's.
+    #[project = RoutesFutureProj]
+    #[derive(Debug)]
+    enum RoutesFuture<F> {
+        Routed {
+            #[pin]
+            future: LocalOrInner<F>,
+        },
+        Public {
+            future: PublicBox,
+        },
+    }
+}
+
+/// A public route's answer in the making (its body read first, module rule 3).
+struct PublicBox(std::pin::Pin<Box<dyn Future<Output = LocalResponse> + Send>>);
+
+impl std::fmt::Debug for PublicBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PublicBox(..)")
+    }
+}
+
+impl<F, B, E> Future for RoutesFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RoutesFutureProj::Routed { future } => future.poll(cx),
+            RoutesFutureProj::Public { future } => {
+                future.0.as_mut().poll(cx).map(|r| Ok(from_local(r)))
+            }
+        }
+    }
+}
+
+/// Reads the body (at most [`PUBLIC_MAX_BODY_BYTES`]) and calls the handler.
+fn public_call<B>(handler: PublicHandler, request: Request<B>) -> PublicBox
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    use http_body_util::BodyExt;
+    let (parts, body) = request.into_parts();
+    PublicBox(Box::pin(async move {
+        match http_body_util::Limited::new(body, PUBLIC_MAX_BODY_BYTES)
+            .collect()
+            .await
+        {
+            Ok(collected) => handler(Request::from_parts(parts, collected.to_bytes())).await,
+            Err(_) => json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &serde_json::json!({"error": "payload_too_large"}),
+            ),
+        }
+    }))
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Routes<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<BoxError>,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = LocalOrInner<S::Future>;
+    type Future = RoutesFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        match self.route(request) {
+            Ok(future) => RoutesFuture::Routed { future },
+            Err(future) => RoutesFuture::Public { future },
+        }
+    }
+}
+
+impl<S> Routes<S> {
+    /// The MCP path, health, readiness and 404 (`Ok`), or a public route (`Err`).
+    fn route<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+    ) -> Result<LocalOrInner<S::Future>, PublicBox>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ReqBody: Body + Send + 'static,
+        ReqBody::Data: Send,
+        ReqBody::Error: Into<BoxError>,
+    {
         let path = request.uri().path();
         if path == self.mcp_path || path.strip_suffix('/') == Some(self.mcp_path.as_str()) {
-            return LocalOrInner::inner(self.inner.call(request));
+            return Ok(LocalOrInner::inner(self.inner.call(request)));
         }
         if path == "/healthz" && matches!(*request.method(), Method::GET | Method::HEAD) {
-            return LocalOrInner::local(json_response(
+            return Ok(LocalOrInner::local(json_response(
                 StatusCode::OK,
                 &serde_json::json!({"status": "ok"}),
-            ));
+            )));
         }
         if path == "/readyz" && matches!(*request.method(), Method::GET | Method::HEAD) {
             let waiting: Vec<String> = self
@@ -634,7 +787,7 @@ where
                 .as_ref()
                 .map(|auth| auth.issuers_without_keys().map(|i| i.to_string()).collect())
                 .unwrap_or_default();
-            return LocalOrInner::local(if waiting.is_empty() {
+            return Ok(LocalOrInner::local(if waiting.is_empty() {
                 json_response(StatusCode::OK, &serde_json::json!({"status": "ready"}))
             } else {
                 json_response(
@@ -645,12 +798,15 @@ where
                         "issuers": waiting,
                     }),
                 )
-            });
+            }));
         }
-        LocalOrInner::local(json_response(
+        if let Some(route) = self.public.iter().find(|r| path.starts_with(&r.prefix)) {
+            return Err(public_call(Arc::clone(&route.handler), request));
+        }
+        Ok(LocalOrInner::local(json_response(
             StatusCode::NOT_FOUND,
             &serde_json::json!({"error": "not_found", "error_description": format!("the MCP endpoint is {}", self.mcp_path)}),
-        ))
+        )))
     }
 }
 
@@ -718,5 +874,96 @@ mod tests {
             !logs.contains("QUERYSECRET") && !logs.contains("HEADERSECRET"),
             "{logs}"
         );
+    }
+
+    /// The module's public-route rules: a public route answers without a token and
+    /// whatever the Origin and Host (the MCP path refuses both), gets its body, is
+    /// refused a body over the bound, and never shadows the MCP path, `/healthz` or the
+    /// metadata, even with a prefix that covers them.
+    #[tokio::test(flavor = "current_thread")]
+    async fn public_routes_are_served_outside_auth_and_the_origin_check_and_never_shadow_mcp() {
+        let auth = crate::AuthConfig::new(
+            crate::Resource::parse_insecure("http://127.0.0.1:4103/mcp")
+                .unwrap_or_else(|_| unreachable!()),
+        )
+        .issuer(crate::Issuer::parse("http://127.0.0.1:9").unwrap_or_else(|_| unreachable!()))
+        .build()
+        .unwrap_or_else(|_| unreachable!());
+        let mcp = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"mcp"))))
+        });
+        let handler = |request: Request<Bytes>| async move {
+            let text = format!(
+                "public {} {} {}",
+                request.method(),
+                request.uri().path(),
+                request.body().len()
+            );
+            Response::new(Full::new(Bytes::from(text)))
+        };
+        for prefix in ["/connections", "/"] {
+            let config = ServeConfig::new("/mcp", auth.clone()).public_routes(prefix, handler);
+            let send = |method: Method, path: &str, body: Vec<u8>| {
+                let request = Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header("host", "evil.example")
+                    .header("origin", "https://evil.example")
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap_or_default();
+                let service = stack(&config, mcp);
+                async move {
+                    let Ok(response) = service.oneshot(request).await;
+                    let status = response.status();
+                    let body = response
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|c| c.to_bytes())
+                        .unwrap_or_default();
+                    (status, String::from_utf8_lossy(&body).into_owned())
+                }
+            };
+            let (status, body) = send(
+                Method::POST,
+                "/connections/github/start?t=x",
+                b"t=abc".to_vec(),
+            )
+            .await;
+            assert_eq!(
+                (status, body.as_str()),
+                (StatusCode::OK, "public POST /connections/github/start 5")
+            );
+            // The MCP endpoint is still behind the Origin check and authentication.
+            let (status, body) = send(Method::POST, "/mcp", b"{}".to_vec()).await;
+            assert_ne!(status, StatusCode::OK, "{body}");
+            assert!(!body.contains("public") && body != "mcp", "{body}");
+            // Health and metadata win over any prefix.
+            let (status, body) = send(Method::GET, "/healthz", Vec::new()).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(body.contains("ok"), "{body}");
+            let (status, body) = send(
+                Method::GET,
+                "/.well-known/oauth-protected-resource/mcp",
+                Vec::new(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(body.contains("authorization_servers"), "{body}");
+            let (status, _) = send(
+                Method::POST,
+                "/connections/x",
+                vec![b'a'; PUBLIC_MAX_BODY_BYTES + 1],
+            )
+            .await;
+            assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        // Without a public route, the same path is the 404.
+        let config = ServeConfig::new("/mcp", auth);
+        let request = Request::get("/connections/github/start")
+            .body(Full::new(Bytes::new()))
+            .unwrap_or_default();
+        let Ok(response) = stack(&config, mcp).oneshot(request).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
     }
 }
