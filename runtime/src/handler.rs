@@ -29,6 +29,7 @@ use crate::app::AnyState;
 use crate::context::{Retry, SessionLogLevel, ToolContext};
 use crate::def::{
     BoxFuture, Handler, PromptContent, ResourceContent, ResourceTemplateDef, ServerDef, TaskSupport,
+    UpstreamAuthDef,
 };
 use crate::http_tool::{self, Upstream};
 use crate::listen_cap::ListenCap;
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     /// The scope policy `tools/list` is filtered by, once filtering is on
     /// (crate::tools_list).
     pub(crate) list_filter: OnceLock<bmm_middleware::ScopePolicy>,
+    /// OAuth upstreams' clients and tokens (crate::upstream_auth).
+    pub(crate) upstream_tokens: crate::upstream_auth::UpstreamTokens,
 }
 
 /// The MCP server: cheap to clone, one per session or request as rmcp asks.
@@ -139,6 +142,8 @@ impl McpServer {
             .user_agent(concat!("bmm-runtime/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let upstream_tokens =
+            crate::upstream_auth::UpstreamTokens::new(def.upstreams, &secrets, &env, &http)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 info: server_info(&def),
@@ -158,6 +163,7 @@ impl McpServer {
                 traces: OnceLock::new(),
                 audit: OnceLock::new(),
                 list_filter: OnceLock::new(),
+                upstream_tokens,
             }),
             log_level: SessionLogLevel::new(),
         })
@@ -805,17 +811,46 @@ fn run_tool(
         let tool = &shared.def.tools[i];
         match &tool.handler {
             Handler::Http(http) => match (shared.upstreams.get(http.upstream), args.as_object()) {
-                (Some(upstream), Some(args)) => {
+                (Some(upstream), Some(fields)) => {
                     let trace = upstream_trace(&shared, &cx);
-                    http_tool::execute(
-                        http,
-                        upstream,
-                        &shared.secrets,
-                        &shared.http,
-                        args,
-                        trace.as_ref(),
-                    )
-                    .await
+                    if let Some(UpstreamAuthDef::OAuth(oauth)) = upstream.def.auth {
+                        // A token got for this call (crate::upstream_auth): the call's
+                        // context carries the caller (exchange, per-user connections).
+                        let mut ctx = ToolContext::new(
+                            cx,
+                            log_level,
+                            retry,
+                            shared.state.clone(),
+                            shared.secrets.clone(),
+                            &format!("tool:{}", tool.name),
+                            &args,
+                        )
+                        .with_app_state(shared.app_state.get().cloned());
+                        if let Some(task) = task {
+                            ctx = ctx.with_task(task);
+                        }
+                        crate::upstream_auth::execute(
+                            &shared,
+                            http,
+                            upstream,
+                            oauth,
+                            fields,
+                            trace.as_ref(),
+                            &ctx,
+                        )
+                        .await
+                    } else {
+                        http_tool::execute(
+                            http,
+                            upstream,
+                            &shared.secrets,
+                            &shared.http,
+                            fields,
+                            trace.as_ref(),
+                            None,
+                        )
+                        .await
+                    }
                 }
                 (None, _) | (_, None) => Err(crate::ToolError::new(
                     "the tool's upstream is not configured",

@@ -10,8 +10,12 @@
 //!    default `form` style); anywhere else its elements are joined with commas (`simple`
 //!    style; the joining comma is percent-encoded in a query, like any comma). An empty
 //!    array counts as absent. Elements must be scalars; an object argument is a tool error.
-//! 2. The credential comes from a declared secret (bearer, header or query). The MCP
-//!    client's `Authorization` header is never forwarded: it is not even visible here.
+//! 2. The credential comes from a declared secret (bearer, header or query), or is an
+//!    OAuth token the caller of [`execute`] got for this call (crate::upstream_auth: token
+//!    exchange, client credentials, a user's connection), sent as `Authorization: Bearer`
+//!    marked sensitive. The MCP client's `Authorization` header is never forwarded: it is
+//!    not even visible here. An upstream answering 401 is told apart ([`Failure`]) so the
+//!    caller can renew an OAuth token and retry once.
 //! 3. The final URL's host must be in the upstream's allow-list.
 //! 4. Each attempt has the upstream's timeout; 429, 502 and 503 are retried up to the
 //!    configured count, honouring `Retry-After` (capped at 10 s).
@@ -38,7 +42,9 @@
 //!    socket `path_placeholder_never_reaches_another_upstream_path`).
 //! 9. Secret values are redacted from every result: every string of structured content
 //!    (object keys included), text, and error messages
-//!    (`echoed_secrets_are_redacted_from_structured_content`).
+//!    (`echoed_secrets_are_redacted_from_structured_content`). An OAuth token is one of
+//!    them for its call: the caller passes secrets that include it
+//!    (`Secrets::with_values`).
 
 use std::time::Duration;
 
@@ -51,6 +57,7 @@ use crate::output::{ToolError, ToolOutput};
 use crate::secrets::Secrets;
 use crate::template::Segment;
 use crate::traces::upstream::UpstreamTrace;
+use crate::upstream_auth::Secret;
 
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// A non-2xx body is quoted in the tool error up to this many characters.
@@ -412,7 +419,33 @@ fn form_body(body: &Value) -> Result<String, ToolError> {
     Ok(form.out.finish())
 }
 
-/// Runs one HTTP tool call.
+/// Why an HTTP tool call gave no result.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The upstream answered 401: the credential was refused (an OAuth token may be
+    /// renewed and the call made once more).
+    Unauthorized(ToolError),
+    /// Anything else.
+    Other(ToolError),
+}
+
+impl Failure {
+    /// The tool error, whatever the cause.
+    pub(crate) fn into_error(self) -> ToolError {
+        match self {
+            Self::Unauthorized(e) | Self::Other(e) => e,
+        }
+    }
+}
+
+impl From<ToolError> for Failure {
+    fn from(e: ToolError) -> Self {
+        Self::Other(e)
+    }
+}
+
+/// Runs one HTTP tool call; `bearer` is the OAuth token for an OAuth upstream
+/// (crate::upstream_auth), `None` for the others.
 pub(crate) async fn execute(
     def: &HttpDef,
     upstream: &Upstream,
@@ -420,7 +453,23 @@ pub(crate) async fn execute(
     client: &reqwest::Client,
     args: &Map<String, Value>,
     trace: Option<&UpstreamTrace>,
+    bearer: Option<&Secret>,
 ) -> Result<ToolOutput, ToolError> {
+    send(def, upstream, secrets, client, args, trace, bearer)
+        .await
+        .map_err(Failure::into_error)
+}
+
+/// [`execute`], telling a 401 from the upstream apart (rule 2).
+pub(crate) async fn send(
+    def: &HttpDef,
+    upstream: &Upstream,
+    secrets: &Secrets,
+    client: &reqwest::Client,
+    args: &Map<String, Value>,
+    trace: Option<&UpstreamTrace>,
+    bearer: Option<&Secret>,
+) -> Result<ToolOutput, Failure> {
     let (url, mut used) = request_url(def, upstream, secrets, args)?;
     let method = match def.method {
         Method::Get => reqwest::Method::GET,
@@ -467,7 +516,26 @@ pub(crate) async fn execute(
             header.set_sensitive(true);
             headers.insert(name, header);
         }
-        _ => {}
+        Some(UpstreamAuthDef::OAuth(_)) => {
+            let token = bearer.ok_or_else(|| {
+                ToolError::new(format!(
+                    "upstream `{}`: no OAuth token was obtained for this call",
+                    upstream.def.id
+                ))
+            })?;
+            let mut header =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| {
+                        ToolError::new(format!(
+                            "upstream `{}`: the OAuth token is not a valid header value",
+                            upstream.def.id
+                        ))
+                    })?;
+            header.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, header);
+        }
+        // In the URL (request_url).
+        Some(UpstreamAuthDef::Query { .. }) | None => {}
     }
     let body = match def.body {
         BodyDef::None => None,
@@ -565,12 +633,17 @@ pub(crate) async fn execute(
         // Redacted whole, then cut: a secret straddling the cut never leaves as a prefix.
         let redacted = secrets.redact(&String::from_utf8_lossy(&bytes));
         let excerpt: String = redacted.trim().chars().take(MAX_ERROR_EXCERPT).collect();
-        return Err(ToolError::new(format!(
+        let error = ToolError::new(format!(
             "upstream `{}` answered {}: {}",
             upstream.def.id,
             status.as_u16(),
             excerpt.trim()
-        )));
+        ));
+        return Err(if status == reqwest::StatusCode::UNAUTHORIZED {
+            Failure::Unauthorized(error)
+        } else {
+            Failure::Other(error)
+        });
     }
     if !is_json {
         return Ok(ToolOutput::Text(
@@ -903,6 +976,7 @@ mod tests {
             &reqwest::Client::new(),
             &args(serde_json::json!({"amount": 5, "metadata": {"k": "v w"}})),
             None,
+            None,
         )
         .await
         .unwrap();
@@ -1053,6 +1127,7 @@ mod tests {
                 &secrets,
                 &client,
                 &args(serde_json::json!({ "id": id })),
+                None,
                 None,
             )
             .await

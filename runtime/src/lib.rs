@@ -29,6 +29,7 @@ pub mod testing;
 pub mod tools_list;
 pub mod traces;
 mod trust;
+mod upstream_auth;
 pub mod validate;
 
 pub use app::{Context, Startup};

@@ -462,7 +462,10 @@ fn authenticator(
         .scope_policy(scope_policy(def)?)
         .challenge_scopes(challenge)
         .map_err(|e| fail(e.to_string()))?
-        .require_at_jwt_typ(args.require_at_jwt_typ);
+        .require_at_jwt_typ(args.require_at_jwt_typ)
+        // The caller's token is kept (as a SubjectToken) only for RFC 8693 exchange at an
+        // upstream's authorization server (crate::upstream_auth, rule 2).
+        .keep_subject_token(crate::upstream_auth::uses_token_exchange(def));
     let config = crate::trust::configure(config, plan)?.dpop(dpop_config(args)?);
     config.build().map_err(|e| fail(e.to_string()))
 }

@@ -124,6 +124,25 @@ impl Secrets {
         }
     }
 
+    /// These secrets plus `values` (a call's own, such as the upstream token it sends):
+    /// each redacted like a declared secret's value, in every form rule 1 lists. The
+    /// declared values stay as they are.
+    pub(crate) fn with_values(&self, values: &[&str]) -> Self {
+        let mut patterns: Vec<String> = self.patterns.as_ref().clone();
+        patterns.extend(
+            values
+                .iter()
+                .filter(|v| v.len() >= 4)
+                .flat_map(|v| patterns_of(v)),
+        );
+        patterns.sort_by_key(|x| std::cmp::Reverse(x.len()));
+        patterns.dedup();
+        Self {
+            values: Arc::clone(&self.values),
+            patterns: Arc::new(patterns),
+        }
+    }
+
     /// The value of a declared secret.
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(String::as_str)
@@ -364,6 +383,24 @@ mod tests {
             );
         }
         assert_eq!(lowercase_hex("a%2Fb%C3%BCC"), "a%2fb%c3%bcC");
+    }
+
+    #[test]
+    fn a_calls_own_values_are_redacted_with_the_declared_ones() {
+        let s = Secrets::load(DEFS, |n| Some(format!("value-of-{n}"))).unwrap();
+        let call = s.with_values(&["upstream+token/1", "abc"]);
+        assert_eq!(
+            call.redact("value-of-A_KEY upstream+token/1 upstream%2Btoken%2F1 abc"),
+            "[redacted] [redacted] [redacted] abc",
+            "short values are not redacted, like declared ones"
+        );
+        assert_eq!(call.get("A_KEY"), Some("value-of-A_KEY"));
+        assert_eq!(
+            s.redact("upstream+token/1"),
+            "upstream+token/1",
+            "the server's own stay as they were"
+        );
+        assert!(!format!("{call:?}").contains("upstream"));
     }
 
     #[test]
