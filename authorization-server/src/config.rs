@@ -12,6 +12,8 @@
 //! # jwks = { keys = [ ... ] }                # its public keys (private_key_jwt), or
 //! # jwks_uri = "https://rs.example/jwks.json"
 //! token_format = "opaque"                    # "jwt" (default) or "opaque"
+//! # May exchange its callers' tokens (RFC 8693) for tokens of these resources:
+//! token_exchange = { audiences = ["https://api.example.com"], scopes = ["calendar.read"] }
 //! ```
 //!
 //! Resource-server rules:
@@ -19,11 +21,19 @@
 //!    one resource server introspects tokens of that resource only.
 //! 2. Exactly one of `client_secret_sha256` (the lowercase or uppercase hex SHA-256 of a
 //!    high-entropy secret: the plain secret is never in the file), `jwks` and `jwks_uri`.
-//! 3. `client_id` is unique among resource servers and is not a `[[clients]]` id (a resource
-//!    server never uses `/token`).
+//! 3. `client_id` is unique among resource servers and is not a `[[clients]]` id (at
+//!    `/token` a resource server only exchanges tokens, rule 5, authenticated as at
+//!    `/introspect`).
 //! 4. `token_format` is what `/token` issues for the resource: `jwt` (RS256 JWTs) or
 //!    `opaque` (`bmo_` tokens stored hashed, usable only through introspection). Two
 //!    resource servers of one resource must agree on it.
+//! 5. `token_exchange` (optional; only `audiences` and `scopes`, anything else is refused)
+//!    lets the resource server exchange access tokens of its resource at `/token` (RFC
+//!    8693, see `exchange`) for tokens of the `audiences`: each one a configured resource
+//!    (`--resource` / `resources`, which every `[[resource_servers]]` resource is too), at
+//!    least one. `scopes`, when given (non-empty, each one a scope the server offers when
+//!    `scopes` is set), is the most an exchanged token may carry. Without
+//!    `token_exchange` the resource server may not exchange.
 //!
 //! Errors name the file, the entry (`resource_servers[N]`, with its `client_id`) and the
 //! field.
@@ -220,6 +230,29 @@ pub struct ResourceServerConfig {
     /// What `/token` issues for its resource (default `jwt`).
     #[serde(default)]
     pub token_format: TokenFormat,
+    /// Whether (and for what) it may exchange its callers' tokens (rule 5).
+    #[serde(default)]
+    pub token_exchange: Option<TokenExchangeConfig>,
+}
+
+/// A `token_exchange` table of a `[[resource_servers]]` entry (resource-server rule 5).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenExchangeConfig {
+    /// The resources exchanged tokens may be for.
+    pub audiences: Vec<String>,
+    /// The most scopes an exchanged token may carry (default: the subject token's).
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+}
+
+/// A checked token-exchange policy (resource-server rule 5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenExchangePolicy {
+    /// Canonical resources exchanged tokens may be for.
+    pub audiences: Vec<String>,
+    /// The most scopes an exchanged token may carry; `None`: the subject token's.
+    pub scopes: Option<Vec<String>>,
 }
 
 /// A checked resource server.
@@ -237,6 +270,8 @@ pub struct ResourceServer {
     pub jwks_uri: Option<String>,
     /// What `/token` issues for its resource.
     pub token_format: TokenFormat,
+    /// What it may exchange its callers' tokens for (`None`: it may not).
+    pub token_exchange: Option<TokenExchangePolicy>,
 }
 
 impl ResourceServer {
@@ -262,13 +297,14 @@ impl ResourceServer {
     }
 }
 
-/// Checks the `[[resource_servers]]` of `file` (resource-server rules 1 to 4) against the
-/// canonical `resources` and the configured `clients`.
+/// Checks the `[[resource_servers]]` of `file` (resource-server rules 1 to 5) against the
+/// canonical `resources`, the configured `clients` and the offered `scopes`.
 fn check_resource_servers(
     file: &str,
     entries: &[ResourceServerConfig],
     resources: &[String],
     clients: &[ClientConfig],
+    scopes: &[String],
     allow_loopback: bool,
 ) -> Result<Vec<ResourceServer>, ConfigError> {
     let mut out: Vec<ResourceServer> = Vec::new();
@@ -365,6 +401,12 @@ fn check_resource_servers(
                 ),
             ));
         }
+        let token_exchange = entry
+            .token_exchange
+            .as_ref()
+            .map(|policy| check_exchange_policy(policy, resources, scopes))
+            .transpose()
+            .map_err(|(field, why)| fail(&field, why))?;
         out.push(ResourceServer {
             resource,
             client_id: entry.client_id.clone(),
@@ -372,9 +414,71 @@ fn check_resource_servers(
             jwks,
             jwks_uri: entry.jwks_uri.clone(),
             token_format: entry.token_format,
+            token_exchange,
         });
     }
     Ok(out)
+}
+
+/// Resource-server rule 5: a `token_exchange` table, or the field at fault and what to do.
+fn check_exchange_policy(
+    policy: &TokenExchangeConfig,
+    resources: &[String],
+    scopes: &[String],
+) -> Result<TokenExchangePolicy, (String, String)> {
+    if policy.audiences.is_empty() {
+        return Err((
+            "token_exchange.audiences".to_owned(),
+            "give at least one resource exchanged tokens may be for (or leave token_exchange out)"
+                .to_owned(),
+        ));
+    }
+    let mut audiences: Vec<String> = Vec::new();
+    for (j, audience) in policy.audiences.iter().enumerate() {
+        let canonical = bmm_core::canonical_resource(audience)
+            .ok()
+            .filter(|r| resources.contains(r))
+            .ok_or_else(|| {
+                (
+                    format!("token_exchange.audiences[{j}]"),
+                    format!(
+                        "`{audience}` is not one of the configured resources ({}); add it to --resource or `resources`",
+                        resources.join(", ")
+                    ),
+                )
+            })?;
+        if !audiences.contains(&canonical) {
+            audiences.push(canonical);
+        }
+    }
+    let scopes = match &policy.scopes {
+        None => None,
+        Some(list) if list.is_empty() => {
+            return Err((
+                "token_exchange.scopes".to_owned(),
+                "give at least one scope, or leave scopes out to keep the subject token's"
+                    .to_owned(),
+            ));
+        }
+        Some(list) => {
+            let mut out: Vec<String> = Vec::new();
+            for (j, scope) in list.iter().enumerate() {
+                if !bmm_core::is_scope_token(scope)
+                    || (!scopes.is_empty() && !scopes.contains(scope))
+                {
+                    return Err((
+                        format!("token_exchange.scopes[{j}]"),
+                        format!("scope `{scope}` is not offered by this server (`scopes`)"),
+                    ));
+                }
+                if !out.contains(scope) {
+                    out.push(scope.clone());
+                }
+            }
+            Some(out)
+        }
+    };
+    Ok(TokenExchangePolicy { audiences, scopes })
 }
 
 /// A user account.
@@ -553,7 +657,8 @@ pub struct Settings {
     pub audit_retention_days: u64,
     /// Encrypts the stored signing keys (`BMM_AS_KEY_ENCRYPTION_KEY`; see `keys`).
     pub key_encryption_key: Option<crate::keys::KeyEncryptionKey>,
-    /// Resource servers allowed at `/introspect` (see the module docs).
+    /// Resource servers allowed at `/introspect`, and with a policy to exchange tokens at
+    /// `/token` (see the module docs).
     pub resource_servers: Vec<ResourceServer>,
     /// Whether DPoP proofs at the token endpoint must carry the server's nonce.
     pub dpop_nonce: bool,
@@ -690,6 +795,7 @@ impl Settings {
             &file.resource_servers,
             &resources,
             &clients,
+            &file.scopes,
             args.allow_loopback_cimd,
         )?;
         let mut user_names: Vec<&str> = file.users.iter().map(|u| u.name.as_str()).collect();
