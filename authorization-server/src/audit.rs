@@ -33,6 +33,7 @@ pub const KINDS: &[&str] = &[
     "admin_sign_in",
     "admin_revoke",
     "introspection",
+    "token_exchange",
 ];
 
 /// Longest value kept in any field of an event, in bytes.

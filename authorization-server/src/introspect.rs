@@ -36,8 +36,8 @@
 //!    grant (`/revoke`, the admin page, reuse detection, a code replay) and on their own
 //!    (`/revoke` of the token).
 //! 7. An active answer holds `active`, `iss`, `sub`, `aud`, `exp`, `iat`, `client_id`,
-//!    `scope`, `token_type` (`Bearer`, or `DPoP` for a bound token), `jti`, and
-//!    `cnf: {"jkt"}` for a DPoP-bound token. Every answer carries `Cache-Control: no-store`.
+//!    `scope`, `token_type` (`Bearer`, or `DPoP` for a bound token), `jti`,
+//!    `cnf: {"jkt"}` for a DPoP-bound token, and `act` for an exchanged one (RFC 8693). Every answer carries `Cache-Control: no-store`.
 //! 8. Audit: refusals are recorded (`introspection` events): a failed authentication
 //!    (within the address's limit, rule 3), and a resource server asking about a token of
 //!    another resource (a confused or compromised resource server). Successful introspections, and inactive answers for
@@ -66,8 +66,9 @@ pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Longest token looked at, in bytes (rule 4).
 pub(crate) const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
-/// Rule 1: the resource server the request authenticates as.
-async fn authenticate(
+/// Rule 1: the resource server the request authenticates as (also at `/token` for token
+/// exchange, see `exchange`); on failure, the error and the client id the request named.
+pub(crate) async fn authenticate(
     state: &AppState,
     caller: std::net::IpAddr,
     headers: &HeaderMap,
@@ -203,7 +204,7 @@ enum Found {
 }
 
 /// Whether `aud` (a string or an array of strings) holds `resource`.
-fn audience_has(aud: Option<&Value>, resource: &str) -> bool {
+pub(crate) fn audience_has(aud: Option<&Value>, resource: &str) -> bool {
     match aud {
         Some(Value::String(a)) => a == resource,
         Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(resource)),
@@ -280,6 +281,9 @@ async fn look_up(state: &AppState, rs: &ResourceServer, token: &str) -> Result<F
     });
     if let Some(jkt) = jkt {
         answer["cnf"] = json!({ "jkt": jkt });
+    }
+    if let Some(act) = claims.get("act").filter(|a| a.is_object()) {
+        answer["act"] = act.clone();
     }
     Ok(Found::Active(answer))
 }

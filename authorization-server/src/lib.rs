@@ -5,7 +5,8 @@
 //! dynamic registration, Client ID Metadata Documents, the authorization code flow with
 //! PKCE S256 only, RFC 8707 resource indicators (the token's `aud`), RFC 9207 `iss` on the
 //! redirect, RS256 JWT access tokens (RFC 9068) with `kid` or opaque ones per resource,
-//! RFC 7662 introspection for configured resource servers (see `introspect`), DPoP-bound
+//! RFC 7662 introspection for configured resource servers (see `introspect`), RFC 8693
+//! token exchange for those with a policy (see `exchange`), DPoP-bound
 //! tokens (RFC 9449, see `dpop`), a JWKS that keeps the previous key through a rotation,
 //! refresh-token rotation with reuse detection, RFC 7009
 //! revocation, a consent page, and durable state in SQLite or in a PostgreSQL database
@@ -39,6 +40,7 @@ pub mod config;
 mod connections;
 mod dpop;
 pub mod error;
+mod exchange;
 mod forwarded;
 mod introspect;
 pub mod keys;

@@ -1,5 +1,5 @@
-//! `/token` (authorization code, refresh token and client credentials grants) and
-//! `/revoke` (RFC 7009).
+//! `/token` (authorization code, refresh token, client credentials and token exchange
+//! grants) and `/revoke` (RFC 7009).
 //!
 //! Rules:
 //! 1. Clients authenticate as registered: `none` (client_id only), `client_secret_basic`
@@ -61,6 +61,10 @@
 //!    `invalid_dpop_proof`; another key: `invalid_grant`), checked before the token is
 //!    used up. A confidential client's refresh tokens are not bound (RFC 9449 section 5):
 //!    each refresh binds its access token to that request's proof, if any.
+//! 9. Token exchange (RFC 8693, `urn:ietf:params:oauth:grant-type:token-exchange`) is for
+//!    the configured resource servers with a `token_exchange` policy; `exchange` checks
+//!    it. Its tokens are JWTs (whatever their resource's `token_format`) with an `act`
+//!    claim, at most as long-lived as their subject token; no refresh token.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -428,18 +432,30 @@ async fn new_refresh(
 }
 
 /// What a token response issues.
-struct Issue<'a> {
-    client_id: &'a str,
-    subject: &'a str,
-    scope: &'a str,
-    resource: &'a str,
+pub(crate) struct Issue<'a> {
+    pub(crate) client_id: &'a str,
+    pub(crate) subject: &'a str,
+    pub(crate) scope: &'a str,
+    pub(crate) resource: &'a str,
     /// The refresh token (already stored), if any.
-    refresh_token: Option<&'a str>,
+    pub(crate) refresh_token: Option<&'a str>,
     /// The grant (refresh family) the access token belongs to; `None` for
     /// `client_credentials`.
-    family: Option<&'a str>,
+    pub(crate) family: Option<&'a str>,
     /// The DPoP key thumbprint the access token is bound to (rule 8).
-    jkt: Option<&'a str>,
+    pub(crate) jkt: Option<&'a str>,
+    /// Rule 9: what an exchanged token (RFC 8693) adds; `None` for the other grants.
+    pub(crate) exchanged: Option<Exchanged<'a>>,
+}
+
+/// Rule 9: an exchanged token is a JWT whatever its resource's format (its `act` must
+/// travel with it), lives at most until `not_after` (its subject token's `exp`), and its
+/// response names the issued token type.
+pub(crate) struct Exchanged<'a> {
+    /// The `act` claim.
+    pub(crate) act: &'a serde_json::Value,
+    /// The latest `exp` allowed.
+    pub(crate) not_after: u64,
 }
 
 /// Prefix of opaque access tokens (rule 4): never JWS-shaped.
@@ -447,18 +463,30 @@ pub(crate) const OPAQUE_PREFIX: &str = "bmo_";
 
 /// The token response: a new access token in the resource's format (rule 4), and
 /// `refresh_token` if any.
-async fn token_response(state: &AppState, issue: Issue<'_>) -> Result<Response, OAuthError> {
+pub(crate) async fn token_response(
+    state: &AppState,
+    issue: Issue<'_>,
+) -> Result<Response, OAuthError> {
     let t = now();
     let settings = &state.inner.settings;
-    let ttl = settings.access_token_ttl;
+    let mut exp = t + settings.access_token_ttl;
+    let mut format = settings.token_format(issue.resource);
+    if let Some(exchanged) = &issue.exchanged {
+        exp = exp.min(exchanged.not_after);
+        format = crate::config::TokenFormat::Jwt;
+    }
+    if exp <= t {
+        return Err(OAuthError::invalid_grant("the subject token has expired"));
+    }
+    let ttl = exp - t;
     let jti = random_token(16);
-    let access_token = match settings.token_format(issue.resource) {
+    let access_token = match format {
         crate::config::TokenFormat::Jwt => {
             let mut claims = json!({
                 "iss": settings.issuer,
                 "sub": issue.subject,
                 "aud": issue.resource,
-                "exp": t + ttl,
+                "exp": exp,
                 "iat": t,
                 "nbf": t,
                 "jti": jti,
@@ -470,6 +498,9 @@ async fn token_response(state: &AppState, issue: Issue<'_>) -> Result<Response, 
             }
             if let Some(jkt) = issue.jkt {
                 claims["cnf"] = json!({ "jkt": jkt });
+            }
+            if let Some(exchanged) = &issue.exchanged {
+                claims["act"] = exchanged.act.clone();
             }
             state.inner.keys.sign(&claims)?
         }
@@ -487,7 +518,7 @@ async fn token_response(state: &AppState, issue: Issue<'_>) -> Result<Response, 
                     jti,
                     jkt: issue.jkt.map(str::to_owned),
                     issued_at: t,
-                    expires_at: t + ttl,
+                    expires_at: exp,
                 })
                 .await?;
             token
@@ -501,6 +532,9 @@ async fn token_response(state: &AppState, issue: Issue<'_>) -> Result<Response, 
     });
     if let Some(refresh_token) = issue.refresh_token {
         body["refresh_token"] = json!(refresh_token);
+    }
+    if issue.exchanged.is_some() {
+        body["issued_token_type"] = json!(crate::exchange::ACCESS_TOKEN_TYPE);
     }
     let mut response = (StatusCode::OK, Json(body)).into_response();
     response
@@ -546,6 +580,10 @@ async fn grant(
     let params = body_params(headers, body)?;
     // Rule 8: the proof is checked (and its jti used up) before anything of the grant is.
     let jkt = crate::dpop::check_token_request(state, headers).await?;
+    // Rule 9: the caller is a resource server, authenticated as at `/introspect`.
+    if params.get("grant_type").map(String::as_str) == Some(crate::exchange::GRANT_TYPE) {
+        return crate::exchange::exchange(state, caller, headers, &params, jkt.as_deref()).await;
+    }
     let owner = presented_owner(state, &params, "refresh_token").await;
     let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let client = match authenticate(state, caller, headers, &params, owner.as_deref()).await {
@@ -674,6 +712,7 @@ async fn grant(
                     refresh_token: Some(&refresh),
                     family: Some(&family),
                     jkt: jkt.as_deref(),
+                    exchanged: None,
                 },
             )
             .await?;
@@ -793,6 +832,7 @@ async fn grant(
                     refresh_token: Some(&refresh),
                     family: Some(&record.family),
                     jkt: jkt.as_deref(),
+                    exchanged: None,
                 },
             )
             .await?;
@@ -827,6 +867,7 @@ async fn grant(
                     refresh_token: None,
                     family: None,
                     jkt: jkt.as_deref(),
+                    exchanged: None,
                 },
             )
             .await?;
