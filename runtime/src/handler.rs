@@ -28,8 +28,8 @@ use serde_json::Value;
 use crate::app::AnyState;
 use crate::context::{Retry, SessionLogLevel, ToolContext};
 use crate::def::{
-    BoxFuture, Handler, PromptContent, ResourceContent, ResourceTemplateDef, ServerDef, TaskSupport,
-    UpstreamAuthDef,
+    BoxFuture, Handler, PromptContent, ResourceContent, ResourceTemplateDef, ServerDef,
+    TaskSupport, UpstreamAuthDef,
 };
 use crate::http_tool::{self, Upstream};
 use crate::listen_cap::ListenCap;
@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     pub(crate) list_filter: OnceLock<bmm_middleware::ScopePolicy>,
     /// OAuth upstreams' clients and tokens (crate::upstream_auth).
     pub(crate) upstream_tokens: crate::upstream_auth::UpstreamTokens,
+    /// Per-user connections (crate::upstream_auth::user), once the vault is open.
+    pub(crate) connections: OnceLock<Arc<crate::upstream_auth::user::Connections>>,
 }
 
 /// The MCP server: cheap to clone, one per session or request as rmcp asks.
@@ -164,6 +166,7 @@ impl McpServer {
                 audit: OnceLock::new(),
                 list_filter: OnceLock::new(),
                 upstream_tokens,
+                connections: OnceLock::new(),
             }),
             log_level: SessionLogLevel::new(),
         })
@@ -180,6 +183,11 @@ impl McpServer {
 
     pub(crate) fn def(&self) -> &ServerDef {
         &self.shared.def
+    }
+
+    /// What every request shares (per-user connections are installed into it).
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.shared
     }
 
     /// Installs the server's state (what the start-up hook built), which every Rust tool
@@ -856,9 +864,18 @@ fn run_tool(
                     "the tool's upstream is not configured",
                 )),
             },
-            Handler::Disconnect(_) => Err(crate::ToolError::new(
-                "the tool's upstream connection store is not configured",
-            )),
+            Handler::Disconnect(upstream) => {
+                let ctx = ToolContext::new(
+                    cx,
+                    log_level,
+                    retry,
+                    shared.state.clone(),
+                    shared.secrets.clone(),
+                    &format!("tool:{}", tool.name),
+                    &args,
+                );
+                crate::upstream_auth::user::disconnect(&shared, &ctx, upstream).await
+            }
             Handler::Rust(f) => {
                 let mut ctx = ToolContext::new(
                     cx,

@@ -14,6 +14,10 @@
 //! [`crate::metrics`]), `--audit-log` / `BMM_AUDIT_LOG` (a file or `-`),
 //! `--audit-log-max-bytes` / `BMM_AUDIT_LOG_MAX_BYTES` (100 MiB) and `BMM_AUDIT_SALT`
 //! ([`bmm_middleware::audit`]),
+//! `--vault` / `BMM_VAULT` (the token vault of per-user upstream connections, opened only
+//! when an upstream is `user_oauth`: a SQLite file, `bmm-vault.sqlite` by default, or a
+//! `postgres://` URL; `--vault-ca-file` / `BMM_VAULT_CA_FILE`; keys `BMM_VAULT_KEY`,
+//! required then, and `BMM_VAULT_PREVIOUS_KEYS`; crate::upstream_auth::vault),
 //! `--rate-limit` / `BMM_RATE_LIMIT` (per subject, like `600/min`; off),
 //! `--rate-limit-burst` / `BMM_RATE_LIMIT_BURST`, `--shutdown-grace-secs` /
 //! `BMM_SHUTDOWN_GRACE_SECS` (30; SIGHUP reloads signing keys).
@@ -213,6 +217,16 @@ pub struct Args {
     /// `cacheScope: "private"`. Calling a tool is checked either way.
     #[arg(long, env = "BMM_TOOLS_LIST_BY_SCOPE", value_enum)]
     pub tools_list_by_scope: Option<OnOff>,
+    /// The token vault of per-user upstream connections (`user_oauth` upstreams only): a
+    /// SQLite file, or a `postgres://` URL. Its key is BMM_VAULT_KEY (base64 of 32 random
+    /// bytes, required then); BMM_VAULT_PREVIOUS_KEYS lists older keys, still read during
+    /// a rotation.
+    #[arg(long, env = "BMM_VAULT", default_value = "bmm-vault.sqlite")]
+    pub vault: String,
+    /// PEM CA certificates (besides the system's) that a PostgreSQL vault's server
+    /// certificate may chain to (with `sslmode=require` in --vault).
+    #[arg(long, env = "BMM_VAULT_CA_FILE")]
+    pub vault_ca_file: Option<std::path::PathBuf>,
 }
 
 /// `--scope-claim`: where tokens carry their scopes.
@@ -399,6 +413,21 @@ pub fn prepare(
     if let Some(policy) = list_filter {
         server.filter_tools_list_by_scope(policy);
     }
+    // Per-user connections (user_oauth upstreams only): the token vault, and the connect
+    // pages outside authentication (crate::upstream_auth::user, ::connect).
+    let connect_origin = resource.url().origin().ascii_serialization();
+    let config = match crate::upstream_auth::user::set_up(
+        &server,
+        &args.vault,
+        args.vault_ca_file.as_deref(),
+        &connect_origin,
+        &env,
+    )
+    .map_err(fail)?
+    {
+        Some(pages) => config.public_routes("/connections/", move |request| pages(request)),
+        None => config,
+    };
     let config = config.observer(crate::observe::observer(&server, args, &env).map_err(fail)?);
     let config = config
         .origin_policy(origin)
@@ -745,6 +774,10 @@ where
         Err(code) => return code,
     };
     let code = runtime.block_on(async move {
+        if let Err(e) = crate::upstream_auth::user::ready(&prepared.server).await {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
         if let Err(e) = start_up(&prepared.server, false, hook).await {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
