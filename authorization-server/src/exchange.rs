@@ -7,8 +7,12 @@
 //!    `/introspect` (`client_secret_basic` or `private_key_jwt`, see `introspect`): no
 //!    credentials, a wrong secret, `client_secret_post` or a `[[clients]]` client is 401
 //!    `invalid_client`. The entry needs a `token_exchange` policy (`config` rule 5):
-//!    without one, 400 `unauthorized_client`. Like every `/token` request, an exchange
-//!    counts against the token endpoint's per-address rate limit (429 `slow_down`).
+//!    without one, 400 `unauthorized_client`. Rate limits (429 `slow_down`) as at
+//!    `/introspect`: failed authentications count against the caller's address in the
+//!    token endpoint's bucket; an authenticated resource server shares its own bucket
+//!    ([`crate::ratelimit::INTROSPECTIONS_PER_RESOURCE_SERVER`] a minute) with its
+//!    introspections, so a busy server exchanging for many users is not held to one
+//!    address's 600 a minute.
 //! 2. `subject_token_type` must be [`ACCESS_TOKEN_TYPE`], `requested_token_type` absent or
 //!    the same, `subject_token` given; `actor_token` is not supported (the `act` claim
 //!    names the authenticated resource server). Otherwise 400 `invalid_request`.
@@ -48,6 +52,7 @@ use serde_json::{Value, json};
 use crate::config::{ResourceServer, TokenExchangePolicy};
 use crate::error::OAuthError;
 use crate::introspect::{MAX_TOKEN_BYTES, audience_has};
+use crate::ratelimit::Bucket;
 use crate::token::{Exchanged, Issue, OPAQUE_PREFIX, token_response};
 use crate::{AppState, now, sha256_hex};
 use bmm_core::canonical_resource;
@@ -82,10 +87,13 @@ pub(crate) async fn exchange(
     caller: IpAddr,
     headers: &HeaderMap,
     params: &HashMap<String, String>,
-    jkt: Option<&str>,
 ) -> Result<Response, OAuthError> {
     let rs = match crate::introspect::authenticate(state, caller, headers, params).await {
         Ok(rs) => rs,
+        Err(_) if !state.inner.limiter.allow(caller, Bucket::Token) => {
+            tracing::info!("token exchange refused: too many failed authentications");
+            return Err(OAuthError::rate_limited());
+        }
         Err((error, named)) => {
             tracing::info!(
                 error = error.code(),
@@ -102,7 +110,13 @@ pub(crate) async fn exchange(
             return Err(error);
         }
     };
-    match issue(state, &rs, params, jkt).await {
+    if !state.inner.limiter.allow_resource_server(&rs.client_id) {
+        tracing::warn!(client_id = %rs.client_id, "a resource server is over its rate limit");
+        return Err(OAuthError::rate_limited());
+    }
+    // The proof (when any) is checked once the caller is known (`token` rule 8).
+    let jkt = crate::dpop::check_token_request(state, headers).await?;
+    match issue(state, &rs, params, jkt.as_deref()).await {
         Ok((response, done)) => {
             tracing::info!(client_id = %rs.client_id, resource = %done.target, "token exchanged");
             let event = crate::audit::event("token_exchange")

@@ -552,10 +552,16 @@ pub(crate) async fn token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if !state.inner.limiter.allow(peer.ip(), Bucket::Token) {
+    let params = body_params(&headers, body);
+    // Rule 9: a token exchange is counted like an introspection (after authentication, per
+    // resource server; only failures per address), every other request per address first.
+    let exchange = params.as_ref().is_ok_and(|p| {
+        p.get("grant_type").map(String::as_str) == Some(crate::exchange::GRANT_TYPE)
+    });
+    if !exchange && !state.inner.limiter.allow(peer.ip(), Bucket::Token) {
         return OAuthError::rate_limited().into_response();
     }
-    let mut response = match grant(&state, peer.ip(), &headers, body).await {
+    let mut response = match grant(&state, peer.ip(), &headers, params).await {
         Ok(response) => response,
         Err(error) => {
             tracing::info!(error = error.code(), "token request refused");
@@ -575,15 +581,16 @@ async fn grant(
     state: &AppState,
     caller: std::net::IpAddr,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    params: Result<HashMap<String, String>, OAuthError>,
 ) -> Result<Response, OAuthError> {
-    let params = body_params(headers, body)?;
+    let params = params?;
+    // Rule 9: the caller is a resource server, authenticated as at `/introspect` before
+    // anything else (its DPoP proof included) is looked at.
+    if params.get("grant_type").map(String::as_str) == Some(crate::exchange::GRANT_TYPE) {
+        return crate::exchange::exchange(state, caller, headers, &params).await;
+    }
     // Rule 8: the proof is checked (and its jti used up) before anything of the grant is.
     let jkt = crate::dpop::check_token_request(state, headers).await?;
-    // Rule 9: the caller is a resource server, authenticated as at `/introspect`.
-    if params.get("grant_type").map(String::as_str) == Some(crate::exchange::GRANT_TYPE) {
-        return crate::exchange::exchange(state, caller, headers, &params, jkt.as_deref()).await;
-    }
     let owner = presented_owner(state, &params, "refresh_token").await;
     let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let client = match authenticate(state, caller, headers, &params, owner.as_deref()).await {
