@@ -12,7 +12,10 @@ use serde_json::Value;
 use crate::layout;
 use crate::names::pascal;
 use crate::rust_types::TypeSpace;
-use crate::spec::model::{Body, BodyFormat, HttpMethod, Run, Spec, TaskSupport, UpstreamAuthKind};
+use crate::spec::model::{
+    Body, BodyFormat, ClientAuth, HttpMethod, Run, Spanned, Spec, TaskSupport, UpstreamAuth,
+    UpstreamAuthKind,
+};
 
 /// One file of the generated crate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,7 +207,7 @@ pub fn render(
                     .as_ref()
                     .map_or(t.name.value.as_str(), |f| f.value.as_str()),
             ),
-            Run::Http(_) => None,
+            Run::Http(_) | Run::Disconnect(_) => None,
         })
         .collect();
     let rust_prompts: Vec<&str> = spec
@@ -365,10 +368,34 @@ fn smoke_test(spec: &Spec, spec_file: &str) -> TokenStream {
         spec_file,
     );
     let env_name = format!("CARGO_BIN_EXE_{}", spec.server.name.value);
-    let secrets = spec
+    let mut secrets: Vec<TokenStream> = spec
         .secrets
         .keys()
-        .map(|k| quote!((#k, "smoke-test-secret")));
+        .map(|k| quote!((#k, "smoke-test-secret")))
+        .collect();
+    // A `user_oauth` upstream makes the server open its token vault at start-up: a key (32
+    // bytes, base64; known, since it guards nothing) and a file under cargo's scratch dir.
+    let vault = spec.upstreams.values().any(|u| {
+        u.value
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.kind.value == UpstreamAuthKind::UserOauth)
+    });
+    let secrets_doc = if vault {
+        " The secrets it needs, with stand-in values, and a throwaway token vault."
+    } else {
+        " The secrets it needs, with stand-in values."
+    };
+    if vault {
+        secrets.push(quote!((
+            "BMM_VAULT_KEY",
+            "Ym1tIHNtb2tlIHRlc3Q6IG5vdCBhIHJlYWwga2V5ISE="
+        )));
+        secrets.push(quote!((
+            "BMM_VAULT",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/smoke-vault.sqlite")
+        )));
+    }
     let tools = spec.tools.iter().map(|t| t.name.value.as_str());
     let scoped = match spec.tools.iter().find_map(|t| {
         t.scopes
@@ -383,7 +410,7 @@ fn smoke_test(spec: &Spec, spec_file: &str) -> TokenStream {
 
         /// The server binary.
         const BINARY: &str = env!(#env_name);
-        /// The secrets it needs, with stand-in values.
+        #[doc = #secrets_doc]
         const SECRETS: &[(&str, &str)] = &[#(#secrets),*];
         /// The tools the spec declares, in order.
         const TOOLS: &[&str] = &[#(#tools),*];
@@ -495,13 +522,8 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
         let auth = match &u.auth {
             None => quote!(None),
             Some(a) => {
-                let secret = a.secret.value.as_str();
-                let name = a.name.as_ref().map_or("", |n| n.value.as_str());
-                match a.kind {
-                    UpstreamAuthKind::Bearer => quote!(Some(UpstreamAuthDef::Bearer { secret: #secret })),
-                    UpstreamAuthKind::Header => quote!(Some(UpstreamAuthDef::Header { name: #name, secret: #secret })),
-                    UpstreamAuthKind::Query => quote!(Some(UpstreamAuthDef::Query { name: #name, secret: #secret })),
-                }
+                let auth = upstream_auth(a);
+                quote!(Some(#auth))
             }
         };
         let hosts: Vec<&str> = u.allow_hosts.iter().map(|h| h.value.as_str()).collect();
@@ -595,8 +617,8 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
                     Some(BodyFormat::Form) => quote!(BodyFormat::Form),
                     Some(BodyFormat::Json) | None => quote!(BodyFormat::Json),
                 };
-                // TODO(issue 16): from the tool spec.
-                let upstream_scopes: Vec<&str> = Vec::new();
+                let upstream_scopes: Vec<&str> =
+                    h.upstream_scopes.iter().map(|s| s.value.as_str()).collect();
                 let map = h.response.iter().flat_map(|r| r.map.iter()).map(|(k, v)| {
                     let v = v.value.as_str();
                     quote!((#k, #v))
@@ -604,6 +626,10 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
                 quote! {
                     Handler::Http(HttpDef { upstream: #upstream, method: #method, path: #path, query: &[#(#query),*], headers: &[#(#headers),*], body: #body, body_format: #body_format, response_map: &[#(#map),*], upstream_scopes: &[#(#upstream_scopes),*] })
                 }
+            }
+            Run::Disconnect(upstream) => {
+                let upstream = upstream.value.as_str();
+                quote!(Handler::Disconnect(#upstream))
             }
             Run::Rust(r) => {
                 let f = r.function.as_ref().map_or(tname, |f| f.value.as_str());
@@ -787,6 +813,89 @@ fn generated_mod(spec: &Spec, spec_file: &str) -> Result<TokenStream, String> {
             }
         }
     })
+}
+
+/// An upstream's `UpstreamAuthDef` (the spec passed `bmm check`). The OAuth types become
+/// `UpstreamAuthDef::OAuth(&OAuthDef { .. })`: every field is a constant, so the
+/// reference is promoted to a `'static` one.
+fn upstream_auth(a: &UpstreamAuth) -> TokenStream {
+    fn text(v: &Option<Spanned<String>>) -> Option<&str> {
+        v.as_ref().map(|v| v.value.as_str())
+    }
+    let secret = text(&a.secret).unwrap_or_default();
+    let name = text(&a.name).unwrap_or_default();
+    let grant = match a.kind.value {
+        UpstreamAuthKind::Bearer => return quote!(UpstreamAuthDef::Bearer { secret: #secret }),
+        UpstreamAuthKind::Header => {
+            return quote!(UpstreamAuthDef::Header { name: #name, secret: #secret });
+        }
+        UpstreamAuthKind::Query => {
+            return quote!(UpstreamAuthDef::Query { name: #name, secret: #secret });
+        }
+        UpstreamAuthKind::TokenExchange => quote!(OAuthGrant::TokenExchange),
+        UpstreamAuthKind::ClientCredentials => quote!(OAuthGrant::ClientCredentials),
+        UpstreamAuthKind::UserOauth => quote!(OAuthGrant::UserAuthorization),
+    };
+    let client_secret = text(&a.client_secret);
+    let private_key = text(&a.private_key);
+    // The default method follows from what is given (`bmm check` rule 12).
+    let method =
+        a.client_auth
+            .as_ref()
+            .map(|m| m.value)
+            .unwrap_or(match (client_secret, private_key) {
+                (Some(_), _) => ClientAuth::ClientSecretBasic,
+                (None, Some(_)) => ClientAuth::PrivateKeyJwt,
+                (None, None) => ClientAuth::Public,
+            });
+    let client_auth = match method {
+        ClientAuth::ClientSecretBasic => {
+            let secret = client_secret.unwrap_or_default();
+            quote!(ClientAuthDef::SecretBasic { secret: #secret })
+        }
+        ClientAuth::ClientSecretPost => {
+            let secret = client_secret.unwrap_or_default();
+            quote!(ClientAuthDef::SecretPost { secret: #secret })
+        }
+        ClientAuth::PrivateKeyJwt => {
+            let key = private_key.unwrap_or_default();
+            quote!(ClientAuthDef::PrivateKeyJwt { key: #key })
+        }
+        ClientAuth::Public => quote!(ClientAuthDef::None),
+    };
+    let issuer = opt_str(text(&a.issuer));
+    let issuer_env = opt_str(text(&a.issuer_env));
+    let token_url = opt_str(text(&a.token_url));
+    let token_url_env = opt_str(text(&a.token_url_env));
+    let authorization_url = opt_str(text(&a.authorization_url));
+    let authorization_url_env = opt_str(text(&a.authorization_url_env));
+    let client_id = text(&a.client_id).unwrap_or_default();
+    let client_id_env = opt_str(text(&a.client_id_env));
+    let audience = opt_str(text(&a.audience));
+    let resource = opt_str(text(&a.resource));
+    let scopes: Vec<&str> = a
+        .scopes
+        .iter()
+        .flatten()
+        .map(|s| s.value.as_str())
+        .collect();
+    quote! {
+        UpstreamAuthDef::OAuth(&OAuthDef {
+            grant: #grant,
+            issuer: #issuer,
+            issuer_env: #issuer_env,
+            token_url: #token_url,
+            token_url_env: #token_url_env,
+            authorization_url: #authorization_url,
+            authorization_url_env: #authorization_url_env,
+            client_id: #client_id,
+            client_id_env: #client_id_env,
+            client_auth: #client_auth,
+            audience: #audience,
+            resource: #resource,
+            scopes: &[#(#scopes),*],
+        })
+    }
 }
 
 /// Text for a `#[doc]` attribute, which prettyplease prints as `///` lines: every line

@@ -204,6 +204,95 @@ fn hidden_direction_characters_and_long_hash_runs_render_safely() {
     assert!(module.contents.contains(&hashes), "the description is kept");
 }
 
+/// Issue 16: the OAuth upstream types become `UpstreamAuthDef::OAuth(&OAuthDef { .. })`
+/// with the contract's client authentication mapping (none -> `None`, basic ->
+/// `SecretBasic`, post -> `SecretPost`, private_key_jwt -> `PrivateKeyJwt`, defaulted from
+/// the keys given), tools carry their `upstream_scopes`, `disconnect` becomes
+/// `Handler::Disconnect`, spec text stays a literal, and a `user_oauth` upstream gives the
+/// smoke test a throwaway vault.
+#[test]
+fn oauth_upstreams_emit_the_contract_shapes() {
+    let hostile = r#"x"); std::process::exit(1); //"#;
+    let spec_text = format!(
+        r#"server: {{ name: demo, version: 0.1.0 }}
+secrets:
+  S: {{ description: client secret }}
+  K: {{ description: PEM key }}
+upstreams:
+  te:
+    base_url: https://te.example.com
+    auth: {{ type: token_exchange, issuer: https://as.example.com/t, issuer_env: TE_ISSUER, client_id: {hostile:?}, private_key: K, audience: {hostile:?}, resource: https://te.example.com/, scopes: [a, b] }}
+  cc:
+    base_url: https://cc.example.com
+    auth: {{ type: client_credentials, token_url: https://as.example.com/token, client_id: cc, client_id_env: CC_ID, client_secret: S, client_auth: client_secret_post }}
+  pub:
+    base_url: https://pub.example.com
+    auth: {{ type: user_oauth, token_url: http://127.0.0.1:9/token, authorization_url: http://localhost:9/authorize, authorization_url_env: PUB_AUTHZ, client_id: pub }}
+  conf:
+    base_url: https://conf.example.com
+    auth: {{ type: user_oauth, issuer: https://as.example.com, client_id: conf, client_secret: S, scopes: [repo] }}
+tools:
+  - name: t
+    description: d
+    input: {{ type: object }}
+    run: {{ http: {{ upstream: te, method: GET, path: /x, upstream_scopes: [a] }} }}
+  - name: u
+    description: d
+    input: {{ type: object }}
+    run: {{ http: {{ upstream: cc, method: GET, path: /x }} }}
+  - name: forget_pub
+    description: Forget my connection
+    input: {{ type: object }}
+    run: {{ disconnect: pub }}
+"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("oauth.yaml");
+    std::fs::write(&spec, &spec_text).unwrap();
+    let (files, findings) = bmm_generator::generate::render(&spec, &RuntimeDependency::Workspace)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(findings.is_empty(), "{findings:?}");
+    let file = |path: &str| files.iter().find(|f| f.path == path).unwrap();
+    let module = file("src/generated/mod.rs");
+    let parsed: syn::File = syn::parse_file(&module.contents).unwrap();
+    let mut idents = Vec::new();
+    collect_idents(quote::ToTokens::to_token_stream(&parsed), &mut idents);
+    assert!(!idents.iter().any(|i| i == "exit"), "spec text became code");
+    let flat: String = module.contents.split_whitespace().collect();
+    for expected in [
+        r#"UpstreamAuthDef::OAuth(&OAuthDef{grant:OAuthGrant::TokenExchange,issuer:Some("https://as.example.com/t"),issuer_env:Some("TE_ISSUER"),token_url:None,token_url_env:None,authorization_url:None,authorization_url_env:None,client_id:"x\");std::process::exit(1);//",client_id_env:None,client_auth:ClientAuthDef::PrivateKeyJwt{key:"K"},audience:Some("x\");std::process::exit(1);//"),resource:Some("https://te.example.com/"),scopes:&["a","b"],})"#,
+        r#"grant:OAuthGrant::ClientCredentials,issuer:None,issuer_env:None,token_url:Some("https://as.example.com/token"),"#,
+        r#"client_id:"cc",client_id_env:Some("CC_ID"),client_auth:ClientAuthDef::SecretPost{secret:"S"},audience:None,resource:None,scopes:&[],"#,
+        r#"grant:OAuthGrant::UserAuthorization,issuer:None,issuer_env:None,token_url:Some("http://127.0.0.1:9/token"),token_url_env:None,authorization_url:Some("http://localhost:9/authorize"),authorization_url_env:Some("PUB_AUTHZ"),client_id:"pub",client_id_env:None,client_auth:ClientAuthDef::None,"#,
+        r#"client_id:"conf",client_id_env:None,client_auth:ClientAuthDef::SecretBasic{secret:"S"},audience:None,resource:None,scopes:&["repo"],"#,
+        r#"response_map:&[],upstream_scopes:&["a"],"#,
+        r#"handler:Handler::Disconnect("pub"),"#,
+    ] {
+        assert!(flat.contains(expected), "{expected}\n{}", module.contents);
+    }
+    assert!(
+        flat.contains(r#"response_map:&[],upstream_scopes:&[],"#),
+        "a tool without upstream_scopes asks for the upstream's"
+    );
+    let smoke = file("tests/smoke.rs");
+    assert!(
+        smoke.contents.contains("BMM_VAULT_KEY"),
+        "{}",
+        smoke.contents
+    );
+    assert!(
+        smoke.contents.contains("CARGO_TARGET_TMPDIR"),
+        "{}",
+        smoke.contents
+    );
+    // Without a `user_oauth` upstream, no vault.
+    let weather = root().join("specs/weather.yaml");
+    let (files, _) =
+        bmm_generator::generate::render(&weather, &RuntimeDependency::Workspace).unwrap();
+    let smoke = files.iter().find(|f| f.path == "tests/smoke.rs").unwrap();
+    assert!(!smoke.contents.contains("BMM_VAULT"), "{}", smoke.contents);
+}
+
 fn collect_idents(tokens: proc_macro2::TokenStream, out: &mut Vec<String>) {
     for t in tokens {
         match t {

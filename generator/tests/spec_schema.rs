@@ -18,6 +18,9 @@ const SEMANTIC_ONLY: &[&str] = &[
     "authorization-header-from-input.yaml",
     "body-field-unknown.yaml",
     "body-whole-field-unknown.yaml",
+    "disconnect-not-user-oauth.yaml",
+    "disconnect-undeclared-upstream.yaml",
+    "disconnect-with-output.yaml",
     "duplicate-tool.yaml",
     "form-whole-body-not-object.yaml",
     "form-without-body.yaml",
@@ -25,6 +28,20 @@ const SEMANTIC_ONLY: &[&str] = &[
     "http-upstream.yaml",
     "input-not-object.yaml",
     "input-schema-does-not-compile.yaml",
+    "oauth-client-id-empty.yaml",
+    "oauth-client-secret-post-without-secret.yaml",
+    "oauth-client-secret-undeclared.yaml",
+    "oauth-confidential-without-credential.yaml",
+    "oauth-env-override-without-value.yaml",
+    "oauth-http-token-url.yaml",
+    "oauth-issuer-and-token-url.yaml",
+    "oauth-issuer-with-query.yaml",
+    "oauth-no-endpoint.yaml",
+    "oauth-private-key-jwt-without-key.yaml",
+    "oauth-public-client-with-secret.yaml",
+    "oauth-relative-token-url.yaml",
+    "oauth-resource-with-fragment.yaml",
+    "oauth-secret-and-private-key.yaml",
     "placeholder-unknown-field.yaml",
     "prompt-fn-clashes-with-tool-fn.yaml",
     "prompt-messages-and-fn.yaml",
@@ -37,8 +54,13 @@ const SEMANTIC_ONLY: &[&str] = &[
     "template-json-without-escaped-braces.yaml",
     "template-placeholder-not-a-variable.yaml",
     "timeout-out-of-range.yaml",
+    "token-exchange-without-audience.yaml",
     "undeclared-secret.yaml",
     "undeclared-upstream.yaml",
+    "upstream-scopes-on-bearer.yaml",
+    "upstream-scopes-on-user-oauth.yaml",
+    "user-oauth-issuer-and-authorization-url.yaml",
+    "user-oauth-token-url-without-authorization-url.yaml",
 ];
 
 /// Bad specs that are not a YAML document a schema could be applied to.
@@ -124,6 +146,39 @@ fn the_schema_describes_the_format() {
         json!(["GET", "POST", "PUT", "PATCH", "DELETE"])
     );
     assert_eq!(definitions["Role"]["enum"], json!(["user", "assistant"]));
+    // Upstream auth: one shape per `type`, each refusing the other types' keys.
+    let shapes = definitions["UpstreamAuthShape"]["oneOf"]
+        .as_array()
+        .unwrap();
+    let mut types = Vec::new();
+    for shape in shapes {
+        let shape = match shape.get("$ref").and_then(Value::as_str) {
+            Some(r) => &definitions[r.trim_start_matches("#/definitions/")],
+            None => shape,
+        };
+        let kind = &shape["properties"]["type"];
+        types.push(
+            kind.get("const")
+                .or(kind["enum"].get(0))
+                .cloned()
+                .unwrap_or_default(),
+        );
+        assert_eq!(shape["additionalProperties"], false, "{shape}");
+    }
+    assert_eq!(
+        types,
+        json!([
+            "bearer",
+            "header",
+            "query",
+            "token_exchange",
+            "client_credentials",
+            "user_oauth"
+        ])
+        .as_array()
+        .unwrap()
+        .clone()
+    );
     assert!(
         definitions["Tool"]["properties"]["description"]["description"]
             .as_str()

@@ -104,8 +104,10 @@ pub struct Upstream {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub base_url_env: Option<Spanned<String>>,
-    /// How a secret is attached to each request.
+    /// How each request is authenticated: a declared secret (`bearer`, `header`, `query`)
+    /// or an OAuth token (`token_exchange`, `client_credentials`, `user_oauth`).
     #[serde(default)]
+    #[schemars(with = "Option<UpstreamAuthShape>")]
     pub auth: Option<UpstreamAuth>,
     /// Hosts requests may go to (default: the base URL's host).
     #[serde(default)]
@@ -124,20 +126,64 @@ pub struct Upstream {
     pub max_retries: Option<Spanned<u32>>,
 }
 
-/// How a secret is applied to upstream requests.
-#[derive(Debug, Deserialize, JsonSchema)]
+/// How upstream requests are authenticated. One flat mapping for every `type`, so a key
+/// that does not belong to the type is `bmm check`'s error with its line (rather than a
+/// parser error far from it); the JSON Schema lists each type's keys for editors.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamAuth {
-    /// `bearer`, `header` or `query`.
+    /// The kind of credential.
     #[serde(rename = "type")]
-    pub kind: UpstreamAuthKind,
-    /// Header or query parameter name (for `header` and `query`).
+    pub kind: Spanned<UpstreamAuthKind>,
+    /// Header or query parameter name (`header` and `query`).
     #[serde(default)]
-    #[schemars(with = "Option<String>")]
     pub name: Option<Spanned<String>>,
-    /// The declared secret holding the credential.
-    #[schemars(with = "String")]
-    pub secret: Spanned<String>,
+    /// The declared secret holding the credential (`bearer`, `header`, `query`).
+    #[serde(default)]
+    pub secret: Option<Spanned<String>>,
+    /// The authorization server's issuer identifier: endpoints are discovered (RFC 8414,
+    /// then OpenID Connect discovery).
+    #[serde(default)]
+    pub issuer: Option<Spanned<String>>,
+    /// Environment variable overriding `issuer` at start-up.
+    #[serde(default)]
+    pub issuer_env: Option<Spanned<String>>,
+    /// The token endpoint (instead of `issuer`).
+    #[serde(default)]
+    pub token_url: Option<Spanned<String>>,
+    /// Environment variable overriding `token_url` at start-up.
+    #[serde(default)]
+    pub token_url_env: Option<Spanned<String>>,
+    /// The authorization endpoint (`user_oauth` with `token_url`).
+    #[serde(default)]
+    pub authorization_url: Option<Spanned<String>>,
+    /// Environment variable overriding `authorization_url` at start-up.
+    #[serde(default)]
+    pub authorization_url_env: Option<Spanned<String>>,
+    /// The server's client id at the authorization server.
+    #[serde(default)]
+    pub client_id: Option<Spanned<String>>,
+    /// Environment variable overriding `client_id` at start-up.
+    #[serde(default)]
+    pub client_id_env: Option<Spanned<String>>,
+    /// The declared secret holding the client secret.
+    #[serde(default)]
+    pub client_secret: Option<Spanned<String>>,
+    /// The declared secret holding the PEM private key of `private_key_jwt`.
+    #[serde(default)]
+    pub private_key: Option<Spanned<String>>,
+    /// How the server authenticates as the client.
+    #[serde(default)]
+    pub client_auth: Option<Spanned<ClientAuth>>,
+    /// RFC 8693 `audience` (`token_exchange`, `client_credentials`).
+    #[serde(default)]
+    pub audience: Option<Spanned<String>>,
+    /// RFC 8707 `resource`.
+    #[serde(default)]
+    pub resource: Option<Spanned<String>>,
+    /// Scopes asked for.
+    #[serde(default)]
+    pub scopes: Option<Vec<Spanned<String>>>,
 }
 
 /// The ways a credential reaches an upstream.
@@ -150,7 +196,202 @@ pub enum UpstreamAuthKind {
     Header,
     /// `?<name>=<secret>`.
     Query,
+    /// RFC 8693: the caller's token exchanged for one whose audience is the upstream.
+    TokenExchange,
+    /// The server's own token (OAuth client credentials).
+    ClientCredentials,
+    /// Each caller's own connection (authorization code + PKCE, kept in the token vault).
+    UserOauth,
 }
+
+impl UpstreamAuthKind {
+    /// The spelling in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bearer => "bearer",
+            Self::Header => "header",
+            Self::Query => "query",
+            Self::TokenExchange => "token_exchange",
+            Self::ClientCredentials => "client_credentials",
+            Self::UserOauth => "user_oauth",
+        }
+    }
+
+    /// Whether the upstream's token comes from an OAuth authorization server.
+    pub fn is_oauth(self) -> bool {
+        matches!(
+            self,
+            Self::TokenExchange | Self::ClientCredentials | Self::UserOauth
+        )
+    }
+}
+
+/// How the server authenticates at the authorization server's token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// HTTP Basic with `client_secret` (the default with `client_secret`).
+    ClientSecretBasic,
+    /// `client_secret` in the form body.
+    ClientSecretPost,
+    /// An RFC 7523 assertion signed with `private_key` (the default with `private_key`).
+    PrivateKeyJwt,
+    /// `none`: a public client (`user_oauth` only; PKCE protects the code).
+    #[serde(rename = "none")]
+    Public,
+}
+
+/// How an upstream's requests are authenticated; each `type` takes its own keys.
+// The JSON Schema of `auth:` (the loader reads the flat `UpstreamAuth`, and `bmm check`
+// enforces the same split with positions).
+#[derive(JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[allow(dead_code)]
+enum UpstreamAuthShape {
+    /// `Authorization: Bearer <secret>`.
+    Bearer {
+        /// The declared secret holding the token.
+        secret: String,
+        /// Ignored (a warning).
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// `<name>: <secret>`.
+    Header {
+        /// The header name.
+        #[serde(default)]
+        name: Option<String>,
+        /// The declared secret holding the credential.
+        secret: String,
+    },
+    /// `?<name>=<secret>`.
+    Query {
+        /// The query parameter name.
+        #[serde(default)]
+        name: Option<String>,
+        /// The declared secret holding the credential.
+        secret: String,
+    },
+    /// RFC 8693 token exchange: for each call, the caller's verified access token is
+    /// exchanged (as this server's confidential client) for a token whose audience is the
+    /// upstream; the caller's token goes only to the token endpoint.
+    TokenExchange(ServerClientShape),
+    /// OAuth client credentials: the server's own token, shared by every caller.
+    ClientCredentials(ServerClientShape),
+    /// Each caller's own connection: authorization code + PKCE in the caller's browser
+    /// (URL elicitation), tokens kept encrypted in the vault, keyed by the caller.
+    UserOauth(UserClientShape),
+}
+
+/// The keys of `token_exchange` and `client_credentials` auth.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ServerClientShape {
+    /// The authorization server's issuer identifier (endpoints discovered); or `token_url`.
+    #[serde(default)]
+    issuer: Option<String>,
+    /// Environment variable overriding `issuer`.
+    #[serde(default)]
+    issuer_env: Option<EnvName>,
+    /// The token endpoint; or `issuer`.
+    #[serde(default)]
+    token_url: Option<String>,
+    /// Environment variable overriding `token_url`.
+    #[serde(default)]
+    token_url_env: Option<EnvName>,
+    /// This server's client id at the authorization server.
+    client_id: String,
+    /// Environment variable overriding `client_id`.
+    #[serde(default)]
+    client_id_env: Option<EnvName>,
+    /// The declared secret holding the client secret; or `private_key`.
+    #[serde(default)]
+    client_secret: Option<String>,
+    /// The declared secret holding a PEM private key (`private_key_jwt`).
+    #[serde(default)]
+    private_key: Option<String>,
+    /// Default: `client_secret_basic` with `client_secret`, `private_key_jwt` with
+    /// `private_key`.
+    #[serde(default)]
+    client_auth: Option<ConfidentialClientAuth>,
+    /// RFC 8693 `audience`: the upstream as the authorization server names it
+    /// (`token_exchange` needs `audience` or `resource`).
+    #[serde(default)]
+    audience: Option<String>,
+    /// RFC 8707 `resource`: the upstream's resource identifier (an absolute URI).
+    #[serde(default)]
+    resource: Option<String>,
+    /// Scopes asked for, unless a tool names its own (`upstream_scopes`).
+    #[serde(default)]
+    scopes: Vec<ScopeToken>,
+}
+
+/// The keys of `user_oauth` auth.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct UserClientShape {
+    /// The authorization server's issuer identifier (endpoints discovered); or
+    /// `token_url` and `authorization_url`.
+    #[serde(default)]
+    issuer: Option<String>,
+    /// Environment variable overriding `issuer`.
+    #[serde(default)]
+    issuer_env: Option<EnvName>,
+    /// The token endpoint (with `authorization_url`); or `issuer`.
+    #[serde(default)]
+    token_url: Option<String>,
+    /// Environment variable overriding `token_url`.
+    #[serde(default)]
+    token_url_env: Option<EnvName>,
+    /// The authorization endpoint (with `token_url`).
+    #[serde(default)]
+    authorization_url: Option<String>,
+    /// Environment variable overriding `authorization_url`.
+    #[serde(default)]
+    authorization_url_env: Option<EnvName>,
+    /// This server's client id at the authorization server.
+    client_id: String,
+    /// Environment variable overriding `client_id`.
+    #[serde(default)]
+    client_id_env: Option<EnvName>,
+    /// The declared secret holding the client secret (none: a public client).
+    #[serde(default)]
+    client_secret: Option<String>,
+    /// The declared secret holding a PEM private key (`private_key_jwt`).
+    #[serde(default)]
+    private_key: Option<String>,
+    /// Default: `client_secret_basic` with `client_secret`, `private_key_jwt` with
+    /// `private_key`, else `none` (a public client).
+    #[serde(default)]
+    client_auth: Option<ClientAuth>,
+    /// RFC 8707 `resource`: the upstream's resource identifier (an absolute URI).
+    #[serde(default)]
+    resource: Option<String>,
+    /// Scopes the user is asked to grant once, when connecting.
+    #[serde(default)]
+    scopes: Vec<ScopeToken>,
+}
+
+/// Client authentication of a confidential client.
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum ConfidentialClientAuth {
+    /// HTTP Basic with `client_secret`.
+    ClientSecretBasic,
+    /// `client_secret` in the form body.
+    ClientSecretPost,
+    /// An RFC 7523 assertion signed with `private_key`.
+    PrivateKeyJwt,
+}
+
+/// An environment variable name.
+#[derive(JsonSchema)]
+#[schemars(transparent)]
+#[allow(dead_code)]
+struct EnvName(#[schemars(regex(pattern = r"^[A-Z][A-Z0-9_]*$"))] String);
 
 /// A tool.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -229,7 +470,7 @@ pub struct Annotations {
     pub open_world: Option<bool>,
 }
 
-/// `run:` — `http: {...}` or `rust: {...}`.
+/// `run:` — `http: {...}`, `rust: {...}` or `disconnect: <upstream>`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Run {
@@ -237,6 +478,8 @@ pub enum Run {
     Http(Box<HttpRun>),
     /// A Rust function the user writes in `src/tools/<fn>.rs`.
     Rust(RustRun),
+    /// Forgets the caller's connection to this `user_oauth` upstream (its stored tokens).
+    Disconnect(#[schemars(with = "String")] Spanned<String>),
 }
 
 /// An HTTP tool body.
@@ -275,6 +518,11 @@ pub struct HttpRun {
     /// How the response becomes the result.
     #[serde(default)]
     pub response: Option<ResponseMap>,
+    /// Scopes of the upstream token this tool asks for (upstreams with `token_exchange` or
+    /// `client_credentials` auth); default: the upstream's `scopes`.
+    #[serde(default)]
+    #[schemars(with = "Vec<ScopeToken>")]
+    pub upstream_scopes: Vec<Spanned<String>>,
 }
 
 /// HTTP methods.

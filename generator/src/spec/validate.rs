@@ -21,6 +21,12 @@
 //!    are variables of the URI template, and completions only for its variables.
 //! 10. Prompt placeholders name declared arguments; embedded resources name declared URIs.
 //! 11. A tool's `rate_limit` is a rate `bmm_core::Rate` parses (`10/min`, `2/s`, `100/hour`).
+//! 12. An upstream's `auth:` takes the keys of its type and describes a usable OAuth
+//!     client for the OAuth types (the rules are in `upstream_auth`).
+//! 13. A tool's `upstream_scopes` are scope tokens, only on an upstream whose auth is
+//!     `token_exchange` or `client_credentials` (a user consents once, to the upstream's
+//!     `scopes`); `run: { disconnect: <upstream> }` names a `user_oauth` upstream and
+//!     declares no `output` (its result is text).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,6 +37,8 @@ use serde_saphyr::Spanned;
 
 use super::diagnostic::{Diagnostic, at};
 use super::model::{Body, BodyFormat, Run, Spec, UpstreamAuthKind};
+
+mod upstream_auth;
 
 const RUST_KEYWORDS: &[&str] = &[
     "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern",
@@ -243,23 +251,7 @@ impl Checker<'_> {
                     "use uppercase letters, digits and `_`",
                 );
             }
-            if let Some(auth) = &u.auth {
-                if !spec.secrets.contains_key(&auth.secret.value) {
-                    self.error(
-                        &auth.secret,
-                        format!(
-                            "upstream `{id}` uses secret `{}`, which is not declared",
-                            auth.secret.value
-                        ),
-                        "declare it under `secrets:` with a description",
-                    );
-                }
-                match (auth.kind, &auth.name) {
-                    (UpstreamAuthKind::Header | UpstreamAuthKind::Query, None) => self.error(upstream, format!("upstream `{id}`: auth of this type needs `name:` (the header or query parameter)"), "add `name: X-Api-Key` (for example)"),
-                    (UpstreamAuthKind::Bearer, Some(name)) => self.warning(name, "`name` is ignored for bearer auth", "remove it"),
-                    _ => {}
-                }
-            }
+            self.upstream_auth(spec, id, upstream);
             if let Some(t) = &u.timeout_ms
                 && (t.value == 0 || t.value > 300_000)
             {
@@ -380,6 +372,37 @@ impl Checker<'_> {
                             "declare it under `upstreams:`",
                         );
                     }
+                    let upstream_kind = upstream
+                        .and_then(|u| u.value.auth.as_ref())
+                        .map(|a| a.kind.value);
+                    if let Some(first) = http.upstream_scopes.first()
+                        && !matches!(
+                            upstream_kind,
+                            Some(
+                                UpstreamAuthKind::TokenExchange
+                                    | UpstreamAuthKind::ClientCredentials
+                            )
+                        )
+                        && upstream.is_some()
+                    {
+                        let help = if upstream_kind == Some(UpstreamAuthKind::UserOauth) {
+                            "a user grants a `user_oauth` upstream's `scopes` once, when connecting: list them there and remove `upstream_scopes`"
+                        } else {
+                            "only tokens the server asks for per call (`token_exchange`, `client_credentials`) have scopes; remove `upstream_scopes` or change the upstream's auth"
+                        };
+                        self.error(
+                            first,
+                            format!(
+                                "tool `{n}` sets `upstream_scopes`, but upstream `{}` has {} auth",
+                                http.upstream.value,
+                                upstream_kind.map_or("no OAuth", UpstreamAuthKind::as_str)
+                            ),
+                            help,
+                        );
+                    }
+                    for scope in &http.upstream_scopes {
+                        self.scope_token(scope);
+                    }
                     if !http.path.value.starts_with('/') {
                         self.error(
                             &http.path,
@@ -473,6 +496,39 @@ impl Checker<'_> {
                                 );
                             }
                         }
+                    }
+                }
+                Run::Disconnect(target) => {
+                    match spec.upstreams.get(&target.value) {
+                        None => self.error(
+                            target,
+                            format!(
+                                "tool `{n}` disconnects upstream `{}`, which is not declared",
+                                target.value.escape_default()
+                            ),
+                            "name a `user_oauth` upstream declared under `upstreams:`",
+                        ),
+                        Some(u) => {
+                            let kind = u.value.auth.as_ref().map(|a| a.kind.value);
+                            if kind != Some(UpstreamAuthKind::UserOauth) {
+                                self.error(
+                                    target,
+                                    format!(
+                                        "tool `{n}` disconnects upstream `{}`, whose auth is {}",
+                                        target.value,
+                                        kind.map_or("not OAuth", UpstreamAuthKind::as_str)
+                                    ),
+                                    "only `user_oauth` upstreams keep a connection per user: name one of those, or remove the tool",
+                                );
+                            }
+                        }
+                    }
+                    if let Some(output) = &tool.output {
+                        self.error(
+                            output,
+                            format!("disconnect tool `{n}` declares an `output` schema"),
+                            "its result is a sentence saying whether a connection was forgotten: remove `output`",
+                        );
                     }
                 }
                 Run::Rust(rust) => {
@@ -706,7 +762,7 @@ impl Checker<'_> {
             .iter()
             .filter_map(|t| match &t.run.value {
                 Run::Rust(r) => r.function.as_ref().map(|f| f.value.as_str()),
-                Run::Http(_) => None,
+                Run::Http(_) | Run::Disconnect(_) => None,
             })
             .collect();
         let mut names = BTreeSet::new();
