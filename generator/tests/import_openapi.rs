@@ -928,3 +928,315 @@ fn documents_with_nothing_to_import_are_refused_with_why() {
         "{e}"
     );
 }
+
+/// A document with `securitySchemes` and `security`, its operations `(path, method,
+/// security)` answering 200 (a `null` security is left out: the document's applies).
+fn secured(schemes: Value, security: Value, operations: &[(&str, &str, Value)]) -> String {
+    let mut paths = serde_json::Map::new();
+    for (path, method, op_security) in operations {
+        let mut op = json!({"operationId": format!("{method}_{}", path.trim_start_matches('/')), "responses": {"200": {"description": "ok"}}});
+        if !op_security.is_null() {
+            op["security"] = op_security.clone();
+        }
+        paths
+            .entry(path.to_string())
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .unwrap()
+            .insert(method.to_string(), op);
+    }
+    let mut document = json!({
+        "openapi": "3.0.3",
+        "info": {"title": "Test API", "version": "1.2.3"},
+        "servers": [{"url": "https://api.example.com/v1"}],
+        "paths": paths,
+        "components": {"securitySchemes": schemes},
+    });
+    if !security.is_null() {
+        document["security"] = security;
+    }
+    document.to_string()
+}
+
+#[test]
+fn oauth2_authorization_code_becomes_user_oauth_asking_for_the_operations_scopes() {
+    let schemes = json!({"oauth": {"type": "oauth2", "flows": {"authorizationCode": {
+        "authorizationUrl": "https://auth.example.com/authorize",
+        // Relative: resolved against the server URL.
+        "tokenUrl": "/oauth/token",
+        "scopes": {"read": "read", "write": "write", "admin": "everything"},
+    }}}});
+    let text = secured(
+        schemes.clone(),
+        Value::Null,
+        &[
+            ("/items", "get", json!([{"oauth": ["read"]}])),
+            ("/items", "post", json!([{"oauth": ["write", "read"]}])),
+        ],
+    );
+    let imported = import(&text, &Options::default()).unwrap();
+    assert_checks(&imported);
+    let spec = spec_of(&imported);
+    let auth = &spec["upstreams"]["api"]["auth"];
+    assert_eq!(
+        auth,
+        &json!({
+            "type": "user_oauth",
+            "authorization_url": "https://auth.example.com/authorize",
+            "authorization_url_env": "TEST_API_OAUTH_AUTHORIZATION_URL",
+            "token_url": "https://api.example.com/oauth/token",
+            "token_url_env": "TEST_API_OAUTH_TOKEN_URL",
+            "client_id": "test-api",
+            "client_id_env": "TEST_API_OAUTH_CLIENT_ID",
+            "client_secret": "TEST_API_OAUTH_CLIENT_SECRET",
+            "scopes": ["read", "write"],
+        }),
+        "{}",
+        imported.spec
+    );
+    let secret = spec["secrets"]["TEST_API_OAUTH_CLIENT_SECRET"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(
+        secret.starts_with("Client secret of this server's OAuth client")
+            && secret.contains("TEST_API_OAUTH_CLIENT_ID")
+            && secret.contains("/connections/api/callback"),
+        "{secret}"
+    );
+    // A user consents once, to the upstream's scopes: tools name none of their own.
+    for tool in tools(&imported) {
+        assert!(
+            tool["run"]["http"].get("upstream_scopes").is_none(),
+            "{tool}"
+        );
+    }
+    let report = warnings(&imported);
+    assert!(
+        report.contains("each user connects their own account"),
+        "{report}"
+    );
+    assert!(report.contains("asked for `read write`"), "{report}");
+
+    // No requirement names a scope: every scope the flow declares.
+    let text = secured(
+        schemes,
+        json!([{"oauth": []}]),
+        &[("/items", "get", Value::Null)],
+    );
+    let imported = import(&text, &Options::default()).unwrap();
+    assert_checks(&imported);
+    assert_eq!(
+        spec_of(&imported)["upstreams"]["api"]["auth"]["scopes"],
+        json!(["read", "write", "admin"])
+    );
+}
+
+#[test]
+fn oauth2_client_credentials_becomes_client_credentials_with_narrower_tools_asking_for_less() {
+    let schemes = json!({"machine": {"type": "oauth2", "flows": {"clientCredentials": {
+        "tokenUrl": "https://auth.example.com/token",
+        "scopes": {"reports:read": "", "reports:write": "", "not a scope": ""},
+    }}}});
+    let text = secured(
+        schemes,
+        json!([{"machine": ["reports:read", "reports:write"]}]),
+        &[
+            ("/reports", "post", Value::Null),
+            ("/reports", "get", json!([{"machine": ["reports:read"]}])),
+        ],
+    );
+    let imported = import(&text, &Options::default()).unwrap();
+    assert_checks(&imported);
+    let spec = spec_of(&imported);
+    let auth = &spec["upstreams"]["api"]["auth"];
+    assert_eq!(auth["type"], "client_credentials");
+    assert_eq!(auth["token_url"], "https://auth.example.com/token");
+    assert!(auth.get("authorization_url").is_none(), "{auth}");
+    assert_eq!(auth["client_secret"], "TEST_API_MACHINE_CLIENT_SECRET");
+    assert_eq!(auth["scopes"], json!(["reports:read", "reports:write"]));
+    assert!(
+        tool(&imported, "post_reports")["run"]["http"]
+            .get("upstream_scopes")
+            .is_none()
+    );
+    assert_eq!(
+        tool(&imported, "get_reports")["run"]["http"]["upstream_scopes"],
+        json!(["reports:read"])
+    );
+    let report = warnings(&imported);
+    assert!(
+        report.contains("scope `not a scope` is not an OAuth scope token"),
+        "{report}"
+    );
+    assert!(
+        report.contains("its own token (`client_credentials`"),
+        "{report}"
+    );
+}
+
+#[test]
+fn implicit_and_password_flows_are_refused_with_why() {
+    let schemes = json!({
+        "old": {"type": "oauth2", "flows": {
+            "implicit": {"authorizationUrl": "https://auth.example.com/authorize", "scopes": {}},
+            "password": {"tokenUrl": "https://auth.example.com/token", "scopes": {}},
+        }},
+    });
+    let text = secured(
+        schemes,
+        json!([{"old": []}]),
+        &[("/items", "get", Value::Null)],
+    );
+    let imported = import(&text, &Options::default()).unwrap();
+    assert_checks(&imported);
+    let spec = spec_of(&imported);
+    assert!(
+        spec["upstreams"]["api"].get("auth").is_none(),
+        "{}",
+        imported.spec
+    );
+    assert!(spec.get("secrets").is_none(), "{}", imported.spec);
+    let report = warnings(&imported);
+    assert!(
+        report.contains("security scheme `old` (oauth2) is not used: it has no authorization code or client credentials flow"),
+        "{report}"
+    );
+    assert!(
+        report.contains("its `implicit` flow is never used: OAuth 2.1 removes the implicit grant"),
+        "{report}"
+    );
+    assert!(
+        report.contains(
+            "its `password` flow is never used: OAuth 2.1 removes the resource owner password grant"
+        ),
+        "{report}"
+    );
+
+    // Beside a usable flow, the removed one is still named.
+    let schemes = json!({"both": {"type": "oauth2", "flows": {
+        "implicit": {"authorizationUrl": "https://auth.example.com/authorize", "scopes": {}},
+        "authorizationCode": {"authorizationUrl": "https://auth.example.com/authorize", "tokenUrl": "https://auth.example.com/token", "scopes": {}},
+    }}});
+    let text = secured(
+        schemes,
+        json!([{"both": []}]),
+        &[("/items", "get", Value::Null)],
+    );
+    let imported = import(&text, &Options::default()).unwrap();
+    assert_checks(&imported);
+    assert_eq!(
+        spec_of(&imported)["upstreams"]["api"]["auth"]["type"],
+        "user_oauth"
+    );
+    assert!(
+        warnings(&imported).contains("security scheme `both`: its `implicit` flow is never used"),
+        "{}",
+        warnings(&imported)
+    );
+}
+
+#[test]
+fn oauth_endpoints_must_be_https_else_the_next_flow_or_nothing() {
+    let schemes = json!({"o": {"type": "oauth2", "flows": {
+        "authorizationCode": {"authorizationUrl": "http://auth.example.com/authorize", "tokenUrl": "https://auth.example.com/token", "scopes": {}},
+        "clientCredentials": {"tokenUrl": "https://auth.example.com/token", "scopes": {}},
+    }}});
+    let text = secured(
+        schemes,
+        json!([{"o": []}]),
+        &[("/items", "get", Value::Null)],
+    );
+    let imported = import(&text, &Options::default()).unwrap();
+    assert_checks(&imported);
+    assert_eq!(
+        spec_of(&imported)["upstreams"]["api"]["auth"]["type"],
+        "client_credentials"
+    );
+    let schemes = json!({"o": {"type": "oauth2", "flows": {
+        "clientCredentials": {"tokenUrl": "http://auth.example.com/token", "scopes": {}},
+    }}});
+    let text = secured(
+        schemes,
+        json!([{"o": []}]),
+        &[("/items", "get", Value::Null)],
+    );
+    let imported = import(&text, &Options::default()).unwrap();
+    assert_checks(&imported);
+    assert!(spec_of(&imported)["upstreams"]["api"].get("auth").is_none());
+    assert!(
+        warnings(&imported).contains(
+            "client credentials flow: its tokenUrl `http://auth.example.com/token` is not https"
+        ),
+        "{}",
+        warnings(&imported)
+    );
+    // Loopback http is fine (a local authorization server).
+    let schemes = json!({"o": {"type": "oauth2", "flows": {
+        "clientCredentials": {"tokenUrl": "http://127.0.0.1:8080/token", "scopes": {}},
+    }}});
+    let text = secured(
+        schemes,
+        json!([{"o": []}]),
+        &[("/items", "get", Value::Null)],
+    );
+    let imported = import(&text, &Options::default()).unwrap();
+    assert_checks(&imported);
+    assert_eq!(
+        spec_of(&imported)["upstreams"]["api"]["auth"]["token_url"],
+        "http://127.0.0.1:8080/token"
+    );
+}
+
+#[test]
+fn open_id_connect_becomes_user_oauth_at_its_issuer_only_when_nothing_else_is_usable() {
+    let oidc = json!({"type": "openIdConnect",
+        "openIdConnectUrl": "https://login.example.com/realms/acme/.well-known/openid-configuration"});
+    let key = json!({"type": "apiKey", "in": "header", "name": "X-Key"});
+    // Listed first, but an API key is usable: the key wins.
+    let text = secured(
+        json!({"oidc": oidc, "key": key}),
+        json!([{"oidc": []}, {"key": []}]),
+        &[("/items", "get", Value::Null)],
+    );
+    let imported = import(&text, &Options::default()).unwrap();
+    assert_checks(&imported);
+    assert_eq!(
+        spec_of(&imported)["upstreams"]["api"]["auth"]["type"],
+        "header"
+    );
+    // Alone, it is the upstream's auth.
+    let text = secured(
+        json!({"oidc": oidc}),
+        json!([{"oidc": ["openid", "profile"]}]),
+        &[("/items", "get", Value::Null)],
+    );
+    let imported = import(&text, &Options::default()).unwrap();
+    assert_checks(&imported);
+    let spec = spec_of(&imported);
+    assert_eq!(
+        spec["upstreams"]["api"]["auth"],
+        json!({
+            "type": "user_oauth",
+            "issuer": "https://login.example.com/realms/acme",
+            "issuer_env": "TEST_API_OIDC_ISSUER",
+            "client_id": "test-api",
+            "client_id_env": "TEST_API_OIDC_CLIENT_ID",
+            "client_secret": "TEST_API_OIDC_CLIENT_SECRET",
+            "scopes": ["openid", "profile"],
+        })
+    );
+    // A discovery URL that names no issuer is not guessed at.
+    let text = secured(
+        json!({"oidc": {"type": "openIdConnect", "openIdConnectUrl": "https://login.example.com/oidc"}}),
+        json!([{"oidc": []}]),
+        &[("/items", "get", Value::Null)],
+    );
+    let imported = import(&text, &Options::default()).unwrap();
+    assert_checks(&imported);
+    assert!(spec_of(&imported)["upstreams"]["api"].get("auth").is_none());
+    assert!(
+        warnings(&imported).contains("does not end in /.well-known/openid-configuration"),
+        "{}",
+        warnings(&imported)
+    );
+}

@@ -7,7 +7,7 @@
 const BINARY: &str = env!("CARGO_BIN_EXE_petstore");
 
 /// The secrets it needs, with stand-in values.
-const SECRETS: &[(&str, &str)] = &[("PETSTORE_PETSTORE_AUTH", "smoke-test-secret")];
+const SECRETS: &[(&str, &str)] = &[("PETSTORE_API_KEY", "smoke-test-secret")];
 
 /// The tools the spec declares, in order.
 const TOOLS: &[&str] = &[

@@ -37,6 +37,10 @@
 //!    is neither (`oneOf`, ...) gets no output schema, nor does one over 16 KiB of JSON.
 //! 8. The first server URL (variables at their defaults) is the upstream base URL, with an
 //!    `<NAME>_BASE_URL` environment override. Plain `http` is kept only for loopback hosts.
+//!    The upstream's auth is one security scheme (see `security`): an API key or bearer
+//!    token as a declared secret, or an OAuth client (`user_oauth` for an authorization
+//!    code flow or OpenID Connect, `client_credentials` for a client credentials flow;
+//!    implicit and password flows are refused, as OAuth 2.1 removes them).
 //! 9. Descriptions are cut at 1,000 characters (parameters at 300); all text reaches the
 //!    spec through a YAML serializer, never by string pasting.
 //! 10. Every tool schema is repaired into one `bmm check` and the server accept, each
@@ -205,14 +209,19 @@ impl Importer<'_> {
             .to_owned();
         let server_name = naming::server_name(self.options.server_name.as_deref(), &title)?;
         let env_prefix = server_name.replace('-', "_").to_ascii_uppercase();
+        let server_name_for_client = server_name.clone();
         let (base_url, local) = self.base_url()?;
-        let credentials = self.credentials(&env_prefix);
+        let credentials = self.credentials(&env_prefix, &base_url);
         let chosen = self.chosen_credential(&credentials);
 
-        let tools = self.tools(&credentials)?;
+        let mut tools = self.tools(&credentials, chosen.as_ref())?;
         if tools.is_empty() {
             return Err(self.nothing_imported());
         }
+        let oauth_scopes = chosen
+            .as_ref()
+            .map(|c| self.oauth_scopes(c, &mut tools))
+            .unwrap_or_default();
         let spec = output::SpecOut::new(
             server_name,
             &info,
@@ -222,6 +231,8 @@ impl Importer<'_> {
                 env_prefix: &env_prefix,
                 local,
                 credential: chosen.as_ref(),
+                server_name: &server_name_for_client,
+                oauth_scopes,
             },
             tools,
         );

@@ -83,7 +83,11 @@ impl Importer<'_> {
     /// One tool per selected operation, in document order; the others are reported.
     /// Refused as soon as the tools clearly cannot fit in a spec (a huge document fails in
     /// seconds, not after every operation is resolved).
-    pub(super) fn tools(&mut self, credentials: &[Credential]) -> Result<Vec<ToolOut>, String> {
+    pub(super) fn tools(
+        &mut self,
+        credentials: &[Credential],
+        chosen: Option<&Credential>,
+    ) -> Result<Vec<ToolOut>, String> {
         let mut tools = Vec::new();
         let mut names = BTreeSet::new();
         let mut bytes = 0usize;
@@ -109,7 +113,7 @@ impl Importer<'_> {
                     path,
                     method,
                 };
-                match self.operation(&at, &item, op, credentials, &mut names) {
+                match self.operation(&at, &item, op, (credentials, chosen), &mut names) {
                     Ok(Some(tool)) => {
                         bytes += serde_json::to_string(&tool).map_or(0, |t| t.len());
                         tools.push(tool);
@@ -145,7 +149,7 @@ impl Importer<'_> {
         at: &Operation<'_>,
         item: &Value,
         op: &Value,
-        credentials: &[Credential],
+        (credentials, chosen): (&[Credential], Option<&Credential>),
         names: &mut BTreeSet<String>,
     ) -> Result<Option<ToolOut>, String> {
         let Operation { key, path, method } = *at;
@@ -197,6 +201,11 @@ impl Importer<'_> {
             self.repaired(key, "output", &mut output);
             output
         });
+        // What the upstream's OAuth token needs for this operation (crate::openapi::security).
+        let oauth_scopes = chosen
+            .filter(|c| c.oauth.is_some())
+            .and_then(|c| self.requirement_scopes(key, &op, &c.scheme))
+            .unwrap_or_default();
         Ok(Some(ToolOut {
             name,
             description,
@@ -204,6 +213,7 @@ impl Importer<'_> {
             scopes,
             input,
             output,
+            oauth_scopes,
             run: RunOut {
                 http: HttpOut {
                     upstream: "api".into(),
@@ -213,6 +223,7 @@ impl Importer<'_> {
                     headers: inputs.headers,
                     body_format: (inputs.form && inputs.body.is_some()).then_some("form"),
                     body: inputs.body,
+                    upstream_scopes: Vec::new(),
                 },
             },
         }))

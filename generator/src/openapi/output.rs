@@ -19,6 +19,10 @@ pub(super) struct Upstream<'a> {
     pub(super) env_prefix: &'a str,
     pub(super) local: bool,
     pub(super) credential: Option<&'a Credential>,
+    /// The server name, the OAuth client id until the user edits it.
+    pub(super) server_name: &'a str,
+    /// The scopes an OAuth upstream asks for.
+    pub(super) oauth_scopes: Vec<String>,
 }
 
 impl SpecOut {
@@ -34,6 +38,7 @@ impl SpecOut {
             scopes.extend(t.scopes.iter().cloned());
         }
         let chosen = upstream.credential;
+        let auth = chosen.map(|c| UpstreamAuthOut::new(c, &upstream));
         SpecOut {
             spec_version: 1,
             server: ServerOut {
@@ -68,11 +73,7 @@ impl SpecOut {
                     base_url: upstream.base_url,
                     base_url_env: format!("{}_BASE_URL", upstream.env_prefix),
                     local: upstream.local.then_some(true),
-                    auth: chosen.map(|c| UpstreamAuthOut {
-                        kind: c.kind,
-                        secret: c.secret.clone(),
-                        name: c.name.clone(),
-                    }),
+                    auth,
                 },
             )]),
             tools,
@@ -181,9 +182,70 @@ pub(super) struct UpstreamOut {
 pub(super) struct UpstreamAuthOut {
     #[serde(rename = "type")]
     pub(super) kind: &'static str,
-    pub(super) secret: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) secret: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) issuer_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) authorization_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) authorization_url_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) token_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) token_url_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) client_id_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) client_secret: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(super) scopes: Vec<String>,
+}
+
+impl UpstreamAuthOut {
+    fn new(c: &Credential, upstream: &Upstream<'_>) -> Self {
+        let Some(o) = &c.oauth else {
+            return Self {
+                kind: c.kind,
+                secret: Some(c.secret.clone()),
+                name: c.name.clone(),
+                issuer: None,
+                issuer_env: None,
+                authorization_url: None,
+                authorization_url_env: None,
+                token_url: None,
+                token_url_env: None,
+                client_id: None,
+                client_id_env: None,
+                client_secret: None,
+                scopes: Vec::new(),
+            };
+        };
+        let env = |value: &Option<String>, suffix: &str| {
+            value.as_ref().map(|_| format!("{}_{suffix}", o.env))
+        };
+        Self {
+            kind: c.kind,
+            secret: None,
+            name: None,
+            issuer: o.issuer.clone(),
+            issuer_env: env(&o.issuer, "ISSUER"),
+            authorization_url: o.authorization_url.clone(),
+            authorization_url_env: env(&o.authorization_url, "AUTHORIZATION_URL"),
+            token_url: o.token_url.clone(),
+            token_url_env: env(&o.token_url, "TOKEN_URL"),
+            client_id: Some(upstream.server_name.to_owned()),
+            client_id_env: Some(format!("{}_CLIENT_ID", o.env)),
+            client_secret: Some(c.secret.clone()),
+            scopes: upstream.oauth_scopes.clone(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -197,6 +259,9 @@ pub(super) struct ToolOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) output: Option<Value>,
     pub(super) run: RunOut,
+    /// The scopes the operation's security requirements name for the chosen OAuth scheme.
+    #[serde(skip)]
+    pub(super) oauth_scopes: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -229,6 +294,8 @@ pub(super) struct HttpOut {
     pub(super) body: Option<BodyOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) body_format: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(super) upstream_scopes: Vec<String>,
 }
 
 /// `body: [fields]` or `body: { field: name }`.

@@ -18,15 +18,16 @@ pub(crate) fn server() -> ServerDef {
         required_scopes: &[],
         scope_hierarchy: &[],
         secrets: &[SecretDef {
-            name: "PETSTORE_PETSTORE_AUTH",
-            description: "Credential for the upstream API (security scheme `petstore_auth`).",
+            name: "PETSTORE_API_KEY",
+            description: "Credential for the upstream API (security scheme `api_key`).",
         }],
         upstreams: &[UpstreamDef {
             id: "api",
             base_url: "https://petstore3.swagger.io/api/v3",
             base_url_env: Some("PETSTORE_BASE_URL"),
-            auth: Some(UpstreamAuthDef::Bearer {
-                secret: "PETSTORE_PETSTORE_AUTH",
+            auth: Some(UpstreamAuthDef::Header {
+                name: "api_key",
+                secret: "PETSTORE_API_KEY",
             }),
             allow_hosts: &[],
             timeout_ms: 15000u64,
