@@ -29,8 +29,11 @@
 
 mod cache;
 mod client;
+mod connect;
 #[cfg(test)]
 mod tests;
+pub(crate) mod user;
+mod vault;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -457,10 +460,8 @@ async fn token(
         }
         // Per-user connections (user.rs): from the vault, refreshed, or asked for.
         Source::User => match rejected {
-            None => user_connection::bearer_for(shared, ctx, upstream).await,
-            Some(rejected) => {
-                user_connection::refresh_after_401(shared, ctx, upstream, rejected).await
-            }
+            None => user::bearer_for(shared, ctx, upstream).await,
+            Some(rejected) => user::refresh_after_401(shared, ctx, upstream, rejected).await,
         },
     }
 }
@@ -492,38 +493,4 @@ async fn call(
         }
         other => other,
     })
-}
-
-// The interface with `user.rs` (per-user connections, helper C), which lands in its own
-// commit and replaces this stand-in:
-//
-//     pub(crate) async fn bearer_for(shared: &Shared, ctx: &ToolContext,
-//         upstream: &'static str) -> Result<Secret, ToolError>;
-//     pub(crate) async fn refresh_after_401(shared: &Shared, ctx: &ToolContext,
-//         upstream: &'static str, rejected: &Secret) -> Result<Secret, ToolError>;
-//
-// reaching the upstream's OAuthClient through `shared.upstream_tokens.client(upstream)`.
-mod user_connection {
-    use super::{Secret, Shared, ToolContext, ToolError};
-
-    /// STUB until user.rs lands.
-    pub(super) async fn bearer_for(
-        _shared: &Shared,
-        _ctx: &ToolContext,
-        upstream: &'static str,
-    ) -> Result<Secret, ToolError> {
-        Err(ToolError::new(format!(
-            "upstream `{upstream}`: per-user connections are not available in this build"
-        )))
-    }
-
-    /// STUB until user.rs lands.
-    pub(super) async fn refresh_after_401(
-        shared: &Shared,
-        ctx: &ToolContext,
-        upstream: &'static str,
-        _rejected: &Secret,
-    ) -> Result<Secret, ToolError> {
-        bearer_for(shared, ctx, upstream).await
-    }
 }

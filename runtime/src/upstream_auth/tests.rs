@@ -496,7 +496,9 @@ fn start_up_errors_name_the_upstream_and_the_field() {
     let token = [("AS_TOKEN_URL", "https://as.example/token")];
     assert!(build(cc, &token, false).is_ok());
 
-    let cases: Vec<(&'static OAuthDef, Vec<(&str, &str)>, bool, &str)> = vec![
+    /// A definition, its environment, whether plain http is allowed, the error expected.
+    type Case = (&'static OAuthDef, Vec<(&'static str, &'static str)>, bool, &'static str);
+    let cases: Vec<Case> = vec![
         (
             def(
                 OAuthGrant::ClientCredentials,
