@@ -146,7 +146,7 @@ fn start_as(
     Ok((issuer, guard))
 }
 
-fn fresh_dir(root: &Path, name: &str) -> Result<PathBuf, String> {
+pub(crate) fn fresh_dir(root: &Path, name: &str) -> Result<PathBuf, String> {
     let out = root.join("target/conformance").join(name);
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
@@ -154,7 +154,7 @@ fn fresh_dir(root: &Path, name: &str) -> Result<PathBuf, String> {
 }
 
 /// Debian's Chromium, installed with apt-get when missing (CI runs as root).
-fn chromium() -> Result<PathBuf, String> {
+pub(crate) fn chromium() -> Result<PathBuf, String> {
     let path =
         PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned()));
     if !path.exists() {

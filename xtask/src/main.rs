@@ -3,8 +3,8 @@
 //! - `demo`: the OAuth walkthrough end to end (bmm-as, two generated servers, a client).
 //! - `ci`: formatting check, clippy and rustdoc with warnings denied, every test of the
 //!   workspace, generated/ drift, the conformance runs, the TypeScript SDK client, the
-//!   third-party opaque-token AS (`oidc-provider`), the consent and admin pages and the
-//!   demo.
+//!   third-party opaque-token AS (`oidc-provider`), the demo, the consent page, a per-user
+//!   upstream connection in Chromium (`connections`) and the admin page.
 //! - `generate [--check]`: every `specs/*.yaml` into `generated/<name>/`, and the spec
 //!   format's JSON Schema into `specs/schema/bmm-spec.schema.json` (check: fail on drift).
 //! - `conformance`: the official MCP conformance suite (Node 22 and the suite installed by
@@ -30,6 +30,10 @@
 //!   its own flow against bmm-as and the generated `notes` server, then calls tools.
 //! - `consent`: bmm-as's sign-in and consent page driven in headless Chromium (Debian's
 //!   package, installed with apt-get when missing), screenshot in `target/conformance/`.
+//! - `connections`: a per-user upstream connection (`user_oauth`) made in headless Chromium:
+//!   the generated `connections` server's URL elicitation, its connect page, bmm-as's
+//!   sign-in and consent as the upstream's authorization server, the retried call
+//!   (`connections.rs`); screenshots in `target/conformance/connections/`.
 //! - `admin-page`: bmm-as's admin page in headless Chromium (a non-admin refused; sign in,
 //!   see a client and its grant, revoke it, filter the audit trail), screenshot in
 //!   `target/conformance/admin/`.
@@ -44,6 +48,7 @@
 mod bench;
 mod conformance;
 mod conformance_pr;
+mod connections;
 mod demo;
 mod oidc;
 mod openapi_corpus;
@@ -67,13 +72,14 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(&root(), args.iter().any(|a| a == "--profile")),
         Some("bench-token") => bench::bench_token(&root()),
         Some("consent") => conformance::consent(&root()),
+        Some("connections") => connections::connections(&root()),
         Some("admin-page") => conformance::admin_page(&root()),
         Some("generate") => generate(args.get(1).map(String::as_str) == Some("--check")),
         Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
         Some("openapi-corpus") => openapi_corpus::sweep(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | generate [--check] | conformance | conformance-pr [--repo DIR] | oidc-provider | sdk-client | test-postgres | consent | admin-page | bench [--profile] | bench-token | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS] [--jobs N]>"
+                "usage: cargo xtask <demo | ci | generate [--check] | conformance | conformance-pr [--repo DIR] | oidc-provider | sdk-client | test-postgres | consent | connections | admin-page | bench [--profile] | bench-token | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS] [--jobs N]>"
             );
             return ExitCode::from(2);
         }
@@ -249,6 +255,7 @@ fn ci() -> Result<(), String> {
     oidc::oidc_provider(&root())?;
     demo::demo(&root(), false)?;
     conformance::consent(&root())?;
+    connections::connections(&root())?;
     conformance::admin_page(&root())
 }
 
