@@ -96,6 +96,10 @@ struct Readme<'a> {
     title: String,
     description: String,
     secrets: Vec<(String, String)>,
+    /// OAuth upstreams: id, how the token is obtained, environment overrides.
+    oauth_upstreams: Vec<(String, &'static str, String)>,
+    /// Some upstream is `user_oauth`: the token vault.
+    vault: bool,
     tools: Vec<(String, String, String)>,
 }
 
@@ -147,6 +151,50 @@ fn cell(text: &str) -> String {
         .replace('<', "&lt;")
 }
 
+/// The README's rows for OAuth upstreams: id, how the token is obtained, and the
+/// environment variables that override the spec's URLs and client id.
+fn oauth_upstreams(spec: &Spec) -> Vec<(String, &'static str, String)> {
+    spec.upstreams
+        .iter()
+        .filter_map(|(id, u)| {
+            let u = &u.value;
+            let a = u.auth.as_ref().filter(|a| a.kind.value.is_oauth())?;
+            let how = match a.kind.value {
+                UpstreamAuthKind::TokenExchange => {
+                    "token exchange (RFC 8693): the caller's token, exchanged for one naming the caller"
+                }
+                UpstreamAuthKind::ClientCredentials => {
+                    "client credentials: the server's own token, the same for every caller"
+                }
+                _ => "the caller's own connection (authorization code + PKCE in their browser)",
+            };
+            let env = [
+                &u.base_url_env,
+                &a.issuer_env,
+                &a.token_url_env,
+                &a.authorization_url_env,
+                &a.client_id_env,
+            ]
+            .into_iter()
+            .flatten()
+            .map(|e| format!("`{}`", cell(&e.value)))
+            .collect::<Vec<_>>()
+            .join(" ");
+            Some((cell(id), how, env))
+        })
+        .collect()
+}
+
+/// Whether some upstream is `user_oauth` (the server opens its token vault).
+fn uses_vault(spec: &Spec) -> bool {
+    spec.upstreams.values().any(|u| {
+        u.value
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.kind.value == UpstreamAuthKind::UserOauth)
+    })
+}
+
 /// Renders every file of the crate for `spec` (already validated).
 pub fn render(
     spec: &Spec,
@@ -179,6 +227,8 @@ pub fn render(
             .iter()
             .map(|(k, v)| (k.clone(), cell(&v.value.description)))
             .collect(),
+        oauth_upstreams: oauth_upstreams(spec),
+        vault: uses_vault(spec),
         tools: spec
             .tools
             .iter()
@@ -375,12 +425,7 @@ fn smoke_test(spec: &Spec, spec_file: &str) -> TokenStream {
         .collect();
     // A `user_oauth` upstream makes the server open its token vault at start-up: a key (32
     // bytes, base64; known, since it guards nothing) and a file under cargo's scratch dir.
-    let vault = spec.upstreams.values().any(|u| {
-        u.value
-            .auth
-            .as_ref()
-            .is_some_and(|a| a.kind.value == UpstreamAuthKind::UserOauth)
-    });
+    let vault = uses_vault(spec);
     let secrets_doc = if vault {
         " The secrets it needs, with stand-in values, and a throwaway token vault."
     } else {
