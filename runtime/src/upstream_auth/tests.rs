@@ -497,7 +497,12 @@ fn start_up_errors_name_the_upstream_and_the_field() {
     assert!(build(cc, &token, false).is_ok());
 
     /// A definition, its environment, whether plain http is allowed, the error expected.
-    type Case = (&'static OAuthDef, Vec<(&'static str, &'static str)>, bool, &'static str);
+    type Case = (
+        &'static OAuthDef,
+        Vec<(&'static str, &'static str)>,
+        bool,
+        &'static str,
+    );
     let cases: Vec<Case> = vec![
         (
             def(
