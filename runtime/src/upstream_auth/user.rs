@@ -643,4 +643,169 @@ mod tests {
             }
         }
     }
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::def::{ClientAuthDef, OAuthDef};
+
+    static DEF: OAuthDef = OAuthDef {
+        grant: OAuthGrant::UserAuthorization,
+        issuer: None,
+        issuer_env: None,
+        token_url: Some("http://127.0.0.1:9/token"),
+        token_url_env: Some("TEST_TOKEN_URL"),
+        authorization_url: Some("http://127.0.0.1:9/authorize"),
+        authorization_url_env: None,
+        client_id: "bmm-test-client",
+        client_id_env: None,
+        client_auth: ClientAuthDef::None,
+        audience: None,
+        resource: None,
+        scopes: &[],
+    };
+
+    /// A token endpoint that answers every request with `answer` after 100 ms (so
+    /// concurrent refreshes overlap), counting them.
+    async fn token_endpoint(answer: (u16, serde_json::Value), count: Arc<AtomicUsize>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (answer, count) = (answer.clone(), Arc::clone(&count));
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| {
+                        let (answer, count) = (answer.clone(), Arc::clone(&count));
+                        async move {
+                            let n = count.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let mut body = answer.1;
+                            if let Some(t) = body.get_mut("access_token") {
+                                *t = serde_json::json!(format!("refreshed-{n}"));
+                            }
+                            let mut r = http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(body.to_string()),
+                            ));
+                            *r.status_mut() = http::StatusCode::from_u16(answer.0).unwrap();
+                            r.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("application/json"),
+                            );
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        format!("http://{addr}/token")
+    }
+
+    async fn connections(
+        dir: &std::path::Path,
+        answer: (u16, serde_json::Value),
+    ) -> (Arc<Connections>, Arc<AtomicUsize>) {
+        let count = Arc::new(AtomicUsize::new(0));
+        let url = token_endpoint(answer, Arc::clone(&count)).await;
+        let client = OAuthClient::new(
+            "api",
+            &DEF,
+            &crate::secrets::Secrets::default(),
+            &|name| (name == "TEST_TOKEN_URL").then(|| url.clone()),
+            reqwest::Client::new(),
+            false,
+        )
+        .unwrap();
+        let vault = Vault::open(
+            dir.join("v.sqlite").to_str().unwrap(),
+            None,
+            super::super::vault::Keys::from_raw([3; 32], &[]),
+        )
+        .unwrap();
+        let clients = HashMap::from([("api", Arc::new(client))]);
+        (
+            Arc::new(Connections::for_tests(vault, clients, "http://127.0.0.1:1")),
+            count,
+        )
+    }
+
+    const ALICE: Owner<'static> = Owner {
+        issuer: "https://as.example",
+        subject: "alice",
+        upstream: "api",
+    };
+
+    fn expired() -> Tokens {
+        Tokens {
+            access_token: "old-access".to_owned(),
+            refresh_token: Some("old-refresh".to_owned()),
+            expires_at: Some(now() + 10),
+            scope: Some("read".to_owned()),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expiring_token_is_refreshed_once_for_concurrent_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let answer =
+            serde_json::json!({"access_token": "", "token_type": "Bearer", "expires_in": 3600});
+        let (c, count) = connections(dir.path(), (200, answer)).await;
+        c.vault.put(ALICE, &expired()).await.unwrap();
+        let seen = c.vault.get(ALICE).await.unwrap().unwrap();
+        assert!(!fresh(&seen.tokens), "within the 30 s skew");
+        let calls: Vec<_> = (0..10)
+            .map(|_| {
+                let (c, seen) = (Arc::clone(&c), seen.clone());
+                tokio::spawn(async move { c.refresh(ALICE, &seen).await.unwrap().unwrap() })
+            })
+            .collect();
+        for call in calls {
+            let found = call.await.unwrap();
+            assert_eq!(found.tokens.access_token, "refreshed-0");
+            assert!(fresh(&found.tokens));
+            // No new refresh token given: the old one is kept; so is the scope.
+            assert_eq!(found.tokens.refresh_token.as_deref(), Some("old-refresh"));
+            assert_eq!(found.tokens.scope.as_deref(), Some("read"));
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1, "one refresh for ten calls");
+        assert_eq!(
+            c.vault
+                .get(ALICE)
+                .await
+                .unwrap()
+                .unwrap()
+                .tokens
+                .access_token,
+            "refreshed-0"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_refresh_token_removes_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let answer = serde_json::json!({"error": "invalid_grant", "error_description": "revoked old-refresh"});
+        let (c, count) = connections(dir.path(), (400, answer)).await;
+        c.vault.put(ALICE, &expired()).await.unwrap();
+        let seen = c.vault.get(ALICE).await.unwrap().unwrap();
+        assert!(c.refresh(ALICE, &seen).await.unwrap().is_none());
+        assert!(
+            c.vault.get(ALICE).await.unwrap().is_none(),
+            "the row is deleted"
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        // Another failure is a tool error naming the upstream and the code, not a deletion.
+        let dir = tempfile::tempdir().unwrap();
+        let answer = serde_json::json!({"error": "temporarily_unavailable"});
+        let (c, _) = connections(dir.path(), (503, answer)).await;
+        c.vault.put(ALICE, &expired()).await.unwrap();
+        let seen = c.vault.get(ALICE).await.unwrap().unwrap();
+        let err = c.refresh(ALICE, &seen).await.unwrap_err();
+        assert!(
+            err.message().contains("`api`") && err.message().contains("temporarily_unavailable"),
+            "{err}"
+        );
+        assert!(!err.message().contains("old-refresh"), "{err}");
+        assert!(c.vault.get(ALICE).await.unwrap().is_some());
+    }
 }
