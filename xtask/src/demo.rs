@@ -17,6 +17,14 @@
 //! finally it replays the token against the second server, which must refuse it (audience
 //! binding). The exit code is 0 only if every step behaved as specified. Everything it
 //! started is stopped on exit.
+//!
+//! With `--exchange` (and in `cargo xtask ci`), a last step shows token exchange (RFC 8693,
+//! issue 16): the first server, configured in bmm-as as a resource server that may exchange
+//! its callers' tokens for the second server (`[[resource_servers]]` with a
+//! `token_exchange` policy), trades the user's token for one whose audience is the second
+//! server. The step prints the exchanged token's claims (`aud`, `sub`, `act`, `scope`,
+//! `exp`), never a token, and the second server, which refused the user's own token,
+//! accepts the exchanged one. The default walkthrough stays the page's.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -204,7 +212,7 @@ pub(crate) fn random() -> Result<String, String> {
 /// The walkthrough. `build`: build the two binaries first (false in CI, which runs the
 /// ones the workspace test build made rather than building them again with another
 /// feature set).
-pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
+pub(crate) fn demo(root: &Path, build: bool, exchange: bool) -> Result<(), String> {
     if build {
         run(
             "build bmm-as and the generated weather server",
@@ -229,8 +237,29 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
     let one = format!("{one_resource}/mcp");
     let two = format!("http://127.0.0.1:{two_port}/mcp");
     let log = |name: &str| std::fs::File::create(dir.join(name)).map_err(|e| e.to_string());
+    // The first server as a resource server that may exchange its callers' tokens for the
+    // second server's: only the SHA-256 of its secret goes into bmm-as's config.
+    let exchanger = if exchange {
+        let secret = random()?;
+        let config = dir.join("bmm-as.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[resource_servers]]\nresource = {one_resource:?}\nclient_id = {EXCHANGER:?}\nclient_secret_sha256 = \"{:x}\"\ntoken_exchange = {{ audiences = [{two:?}] }}\n",
+                Sha256::digest(secret.as_bytes())
+            ),
+        )
+        .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+        Some((secret, config))
+    } else {
+        None
+    };
+    let mut bmm_as = Command::new(root.join("target/debug/bmm-as"));
+    if let Some((_, config)) = &exchanger {
+        bmm_as.arg("--config").arg(config);
+    }
     let _as = Guard(
-        Command::new(root.join("target/debug/bmm-as"))
+        bmm_as
             .args([
                 "--listen",
                 &format!("127.0.0.1:{as_port}"),
@@ -543,8 +572,132 @@ pub(crate) fn demo(root: &Path, build: bool) -> Result<(), String> {
         "401 invalid_token: the token was issued for the first server only",
     )?;
 
+    if let Some((secret, _)) = &exchanger {
+        exchange_step(&ExchangeDemo {
+            token_endpoint: &endpoint("token_endpoint"),
+            secret,
+            access: &access,
+            user: &claims,
+            two: &two,
+            init: &init,
+        })?;
+    }
+
     eprintln!("\ndemo: every step behaved as specified");
     Ok(())
+}
+
+/// The first server's client id as a resource server at bmm-as (`--exchange`).
+const EXCHANGER: &str = "weather-1";
+
+/// What the token exchange step needs from the walkthrough.
+struct ExchangeDemo<'a> {
+    token_endpoint: &'a str,
+    /// The exchanging resource server's secret.
+    secret: &'a str,
+    /// The user's access token (for the first server).
+    access: &'a str,
+    /// Its claims.
+    user: &'a Value,
+    two: &'a str,
+    init: &'a str,
+}
+
+/// Step 9: the first server exchanges the user's token for one for the second server
+/// (RFC 8693); the claims are printed, never the token; the second server accepts it.
+fn exchange_step(d: &ExchangeDemo<'_>) -> Result<(), String> {
+    step(
+        9,
+        "token exchange (RFC 8693): the first server trades the user's token for one for the second server",
+    );
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{EXCHANGER}:{}", d.secret))
+    );
+    let body = form(&[
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        ("subject_token", d.access),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:access_token",
+        ),
+        ("audience", d.two),
+    ]);
+    eprintln!(
+        "    as `{EXCHANGER}` (a [[resource_servers]] entry with token_exchange = {{ audiences = [\"{}\"] }}), subject_token = the user's token, audience = {}",
+        d.two, d.two
+    );
+    let r = http(
+        "POST",
+        d.token_endpoint,
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Authorization", &basic),
+        ],
+        Some(&body),
+    )?;
+    show("POST", d.token_endpoint, &r, &["cache-control"]);
+    let answer: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+    let exchanged = answer["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let claims: Value = exchanged
+        .split('.')
+        .nth(1)
+        .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    eprintln!(
+        "    exchanged token claims: aud={} sub={} act={} scope={} exp={} (the user's token: aud={} exp={})",
+        claims["aud"],
+        claims["sub"],
+        claims["act"],
+        claims["scope"],
+        claims["exp"],
+        d.user["aud"],
+        d.user["exp"]
+    );
+    if r.status != 200 {
+        eprintln!(
+            "    error: {} {}",
+            answer["error"], answer["error_description"]
+        );
+    }
+    let narrowed = |scope: &Value| -> bool {
+        let held: Vec<&str> = d.user["scope"].as_str().unwrap_or("").split(' ').collect();
+        scope
+            .as_str()
+            .is_some_and(|s| s.split(' ').all(|s| held.contains(&s)))
+    };
+    expect(
+        r.status == 200
+            && answer["issued_token_type"] == "urn:ietf:params:oauth:token-type:access_token"
+            && answer.get("refresh_token").is_none()
+            && claims["aud"] == json!(d.two)
+            && claims["sub"] == d.user["sub"]
+            && claims["act"] == json!({"sub": EXCHANGER})
+            && narrowed(&claims["scope"])
+            && claims["exp"].as_u64() <= d.user["exp"].as_u64(),
+        "a token for the second server: the user's subject, the first server as actor, no wider scopes, no later expiry, no refresh token",
+    )?;
+
+    step(10, "the exchanged token at the second server");
+    let bearer = format!("Bearer {exchanged}");
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("Authorization", bearer.as_str()),
+    ];
+    let r = http("POST", d.two, &headers, Some(d.init))?;
+    show("POST", d.two, &r, &["mcp-session-id"]);
+    expect(
+        r.status == 200 && r.json()["result"]["serverInfo"]["name"] == "weather",
+        "accepted: the second server refused the user's own token (step 8) but takes the exchanged one",
+    )
 }
 
 pub(crate) fn decode(v: &str) -> String {

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the project's automation, so CI and people run the same steps.
 //!
-//! - `demo`: the OAuth walkthrough end to end (bmm-as, two generated servers, a client).
+//! - `demo [--exchange]`: the OAuth walkthrough end to end (bmm-as, two generated servers, a
+//!   client); `--exchange` (always in `ci`) adds token exchange (RFC 8693) between them.
 //! - `ci`: formatting check, clippy and rustdoc with warnings denied, every test of the
 //!   workspace, generated/ drift, the conformance runs, the TypeScript SDK client, the
 //!   third-party opaque-token AS (`oidc-provider`), the demo, the consent page, a per-user
@@ -61,7 +62,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
-        Some("demo") => demo::demo(&root(), true),
+        Some("demo") => demo::demo(&root(), true, args.iter().any(|a| a == "--exchange")),
         Some("conformance") => {
             conformance::server(&root()).and_then(|()| conformance::authorization(&root()))
         }
@@ -79,7 +80,7 @@ fn main() -> ExitCode {
         Some("openapi-corpus") => openapi_corpus::sweep(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo | ci | generate [--check] | conformance | conformance-pr [--repo DIR] | oidc-provider | sdk-client | test-postgres | consent | connections | admin-page | bench [--profile] | bench-token | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS] [--jobs N]>"
+                "usage: cargo xtask <demo [--exchange] | ci | generate [--check] | conformance | conformance-pr [--repo DIR] | oidc-provider | sdk-client | test-postgres | consent | connections | admin-page | bench [--profile] | bench-token | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS] [--jobs N]>"
             );
             return ExitCode::from(2);
         }
@@ -253,7 +254,7 @@ fn ci() -> Result<(), String> {
     conformance::authorization(&root())?;
     conformance::sdk_client(&root())?;
     oidc::oidc_provider(&root())?;
-    demo::demo(&root(), false)?;
+    demo::demo(&root(), false, true)?;
     conformance::consent(&root())?;
     connections::connections(&root())?;
     conformance::admin_page(&root())
