@@ -11,7 +11,8 @@
 //!   directory when dropped, so it is torn down when the tests fail too.
 //! - [`as_suite`] runs the test binaries of bmm-authorization-server again, already built
 //!   by the workspace test run, with `BMM_AS_TEST_DATABASE_URL` set: every test AS then
-//!   gets its own database on this server (tests/common).
+//!   gets its own database on this server (tests/common); and bmm-runtime's token vault
+//!   tests with `BMM_VAULT_TEST_DATABASE_URL` (the vault's PostgreSQL backend).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -259,7 +260,7 @@ fn free_port() -> Result<u16, String> {
 /// The test binaries of bmm-authorization-server (unit and integration), as cargo built
 /// them: with `workspace`, the workspace build `cargo test --workspace` made (nothing is
 /// rebuilt); otherwise the package alone.
-fn as_test_binaries(workspace: bool) -> Result<Vec<PathBuf>, String> {
+fn as_test_binaries(workspace: bool) -> Result<(Vec<PathBuf>, Option<PathBuf>), String> {
     let mut command = cargo();
     command.args([
         "test",
@@ -269,7 +270,7 @@ fn as_test_binaries(workspace: bool) -> Result<Vec<PathBuf>, String> {
     if workspace {
         command.arg("--workspace");
     } else {
-        command.args(["-p", "bmm-authorization-server"]);
+        command.args(["-p", "bmm-authorization-server", "-p", "bmm-runtime"]);
     }
     eprintln!("==> building the bmm-as test binaries");
     let output = command
@@ -280,19 +281,26 @@ fn as_test_binaries(workspace: bool) -> Result<Vec<PathBuf>, String> {
         return Err(format!("cargo test --no-run failed ({})", output.status));
     }
     let mut binaries = Vec::new();
+    let mut runtime_lib = None;
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        let ours = message["package_id"]
-            .as_str()
-            .is_some_and(|id| id.contains("#bmm-authorization-server@"));
-        if message["reason"] == "compiler-artifact"
-            && ours
-            && message["profile"]["test"] == true
-            && let Some(executable) = message["executable"].as_str()
-        {
+        let package = message["package_id"].as_str().unwrap_or_default();
+        if message["reason"] != "compiler-artifact" || message["profile"]["test"] != true {
+            continue;
+        }
+        let Some(executable) = message["executable"].as_str() else {
+            continue;
+        };
+        if package.contains("#bmm-authorization-server@") {
             binaries.push(PathBuf::from(executable));
+        } else if package.contains("#bmm-runtime@")
+            && message["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "lib"))
+        {
+            runtime_lib = Some(PathBuf::from(executable));
         }
     }
     if binaries.is_empty() {
@@ -300,14 +308,25 @@ fn as_test_binaries(workspace: bool) -> Result<Vec<PathBuf>, String> {
     }
     binaries.sort();
     binaries.dedup();
-    Ok(binaries)
+    Ok((binaries, runtime_lib))
 }
 
 /// The whole bmm-as test suite again, on a private PostgreSQL server (torn down after).
 pub(crate) fn as_suite(root: &Path, workspace: bool) -> Result<(), String> {
-    let binaries = as_test_binaries(workspace)?;
+    let (binaries, runtime_lib) = as_test_binaries(workspace)?;
     let server = TestPostgres::start()?;
     let url = server.url();
+    // The runtime's token vault shares bmm-as's PostgreSQL backend: its tests run on this
+    // server too (they return at once without `BMM_VAULT_TEST_DATABASE_URL`).
+    let runtime_lib = runtime_lib.ok_or("cargo built no bmm-runtime library test binary")?;
+    run(
+        "bmm-runtime token vault tests on PostgreSQL",
+        Command::new(&runtime_lib)
+            .args(["upstream_auth::vault", "--test-threads", "1"])
+            .current_dir(root.join("runtime"))
+            .env("CARGO_MANIFEST_DIR", root.join("runtime").as_os_str())
+            .env("BMM_VAULT_TEST_DATABASE_URL", &url),
+    )?;
     for binary in &binaries {
         let name = binary
             .file_name()
