@@ -18,6 +18,10 @@
 //! when an upstream is `user_oauth`: a SQLite file, `bmm-vault.sqlite` by default, or a
 //! `postgres://` URL; `--vault-ca-file` / `BMM_VAULT_CA_FILE`; keys `BMM_VAULT_KEY`,
 //! required then, and `BMM_VAULT_PREVIOUS_KEYS`; crate::upstream_auth::vault),
+//! `--connect-client-id` / `BMM_CONNECT_CLIENT_ID` (with `BMM_CONNECT_CLIENT_SECRET` from
+//! the environment only) or `--connect-without-identity-check` /
+//! `BMM_CONNECT_WITHOUT_IDENTITY_CHECK` (one of them is required with a `user_oauth`
+//! upstream: crate::upstream_auth::connect, rule 2),
 //! `--rate-limit` / `BMM_RATE_LIMIT` (per subject, like `600/min`; off),
 //! `--rate-limit-burst` / `BMM_RATE_LIMIT_BURST`, `--shutdown-grace-secs` /
 //! `BMM_SHUTDOWN_GRACE_SECS` (30; SIGHUP reloads signing keys).
@@ -227,6 +231,24 @@ pub struct Args {
     /// certificate may chain to (with `sslmode=require` in --vault).
     #[arg(long, env = "BMM_VAULT_CA_FILE")]
     pub vault_ca_file: Option<std::path::PathBuf>,
+    /// This server's OAuth client id at its own authorization server, for the identity
+    /// check of the connect pages (`user_oauth` upstreams): whoever opens a connect link
+    /// signs in there first and must be the MCP user the link was made for. Register the
+    /// redirect URI `<origin of --resource>/connections/verify`; a confidential client's
+    /// secret comes from BMM_CONNECT_CLIENT_SECRET (client_secret_basic), else the client
+    /// is public (PKCE). A server with a `user_oauth` upstream refuses to start without it,
+    /// unless --connect-without-identity-check.
+    #[arg(long, env = "BMM_CONNECT_CLIENT_ID")]
+    pub connect_client_id: Option<String>,
+    /// Serve the connect pages without the identity check: anyone who opens a user's
+    /// connect link and approves binds their own upstream account to that user's MCP
+    /// identity. Only for a server a single person uses.
+    #[arg(
+        long,
+        env = "BMM_CONNECT_WITHOUT_IDENTITY_CHECK",
+        conflicts_with = "connect_client_id"
+    )]
+    pub connect_without_identity_check: bool,
 }
 
 /// `--scope-claim`: where tokens carry their scopes.
@@ -380,6 +402,7 @@ pub fn prepare(
         .clone()
         .unwrap_or_else(|| resource.path().to_owned());
     let mut list_filter = None;
+    let mut authenticator_for_connect = None;
     let config = if args.no_auth {
         if !bmm_middleware::is_loopback_listen(&args.listen) {
             return Err(fail(format!(
@@ -394,6 +417,7 @@ pub fn prepare(
         ServeConfig::unauthenticated(&path)
     } else {
         let auth = authenticator(&def, &resource, args, &env)?;
+        authenticator_for_connect = Some(auth.clone());
         let by_scope = args
             .tools_list_by_scope
             .map_or(auth.policy().has_tool_scopes(), |v| v == OnOff::On);
@@ -421,6 +445,11 @@ pub fn prepare(
         &args.vault,
         args.vault_ca_file.as_deref(),
         &connect_origin,
+        crate::upstream_auth::user::IdentitySetup {
+            authenticator: authenticator_for_connect,
+            client_id: args.connect_client_id.clone(),
+            without_check: args.connect_without_identity_check,
+        },
         &env,
     )
     .map_err(fail)?

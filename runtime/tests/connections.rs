@@ -1,7 +1,12 @@
 //! Per-user upstream connections end to end, over real sockets: a runtime server whose
-//! HTTP tool's upstream is `user_oauth`, a real bmm-as process as that upstream's
-//! authorization server (sign-in and consent as alice), and a stand-in upstream API that
-//! records every request.
+//! HTTP tool's upstream is `user_oauth`, two real bmm-as processes (the MCP server's own
+//! authorization server, users alice and bob, where the MCP tokens come from and where
+//! whoever opens a connect link signs in first; and the upstream's, sign-in and consent as
+//! alice), and a stand-in upstream API that records every request.
+//!
+//! The identity check (MCP: URL elicitation, phishing): bob, who opens alice's link and
+//! signs in as himself, gets a 403 and nothing is stored for anyone (the vault is empty,
+//! the upstream saw nothing); a modified link is refused.
 //!
 //! The first call answers with URL elicitation in each era (2026-07-28: input required
 //! with `mode: "url"`; a legacy session that declared `elicitation.url`: `-32042`; any other
@@ -22,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use bmm_runtime::ServerDef;
@@ -36,28 +41,56 @@ use http_body_util::Full;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../middleware/tests/fixtures");
-const MCP_ISSUER: &str = "https://mcp-as.example";
 const CLIENT_ID: &str = "bmm-connections-test";
-/// alice / wonderland (tests/consent/bmm-as.toml).
-const AS_CONFIG: &str = r#"
+/// The MCP server's client at its own authorization server (the identity check).
+const CONNECT_CLIENT: &str = "bmm-connect";
+const CONNECT_SECRET: &str = "connect-secret-for-tests-only-0123456789";
+/// The MCP client the test signs users in with.
+const MCP_CLIENT: &str = "mcp-test-client";
+const MCP_CLIENT_REDIRECT: &str = "http://127.0.0.1:9/callback";
+/// wonderland (tests/consent/bmm-as.toml).
+const PASSWORD_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$7fmTQThxut2Y0YnIBhe1Yg$+rl6QuLx63i16fclG8cKnACWop5qVxZDVk4OLlYwgd4";
+
+/// The upstream's authorization server: alice.
+fn upstream_as_config() -> String {
+    format!(
+        r#"
 scopes = ["api:read"]
 default_scopes = ["api:read"]
 
 [[users]]
 name = "alice"
-password_hash = "$argon2id$v=19$m=19456,t=2,p=1$7fmTQThxut2Y0YnIBhe1Yg$+rl6QuLx63i16fclG8cKnACWop5qVxZDVk4OLlYwgd4"
-"#;
+password_hash = "{PASSWORD_HASH}"
+"#
+    )
+}
+
+/// The MCP server's authorization server: alice and bob (both `wonderland`), and the
+/// server's confidential connect client with its verify redirect URI.
+fn mcp_as_config(origin: &str) -> String {
+    format!(
+        r#"
+scopes = ["demo"]
+default_scopes = ["demo"]
+
+[[users]]
+name = "alice"
+password_hash = "{PASSWORD_HASH}"
+
+[[users]]
+name = "bob"
+password_hash = "{PASSWORD_HASH}"
+
+[[clients]]
+client_id = "{CONNECT_CLIENT}"
+client_secret = "{CONNECT_SECRET}"
+redirect_uris = ["{origin}/connections/verify"]
+"#
+    )
+}
 
 fn leak(s: String) -> &'static str {
     Box::leak(s.into_boxed_str())
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// The bmm-as binary (module docs).
@@ -133,11 +166,19 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// bmm-as on a free port, issuing tokens for `resource`, with the runtime's callback as
-/// its pre-registered public client's redirect URI.
-async fn start_as(dir: &Path, resource: &str, redirect_uri: &str) -> (String, Process) {
-    let config = dir.join("bmm-as.toml");
-    std::fs::write(&config, AS_CONFIG).unwrap();
+/// bmm-as on a free port (its files under `dir/name`), with `config`, issuing tokens for
+/// `resource`, with `client` (`ID=REDIRECT_URI`) pre-registered as a public client.
+async fn start_as(
+    dir: &Path,
+    name: &str,
+    config: &str,
+    resource: &str,
+    client: &str,
+) -> (String, Process) {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_file = dir.join("bmm-as.toml");
+    std::fs::write(&config_file, config).unwrap();
     let port = free_port();
     let issuer = format!("http://127.0.0.1:{port}");
     let log = std::fs::File::create(dir.join("bmm-as.log")).unwrap();
@@ -151,9 +192,9 @@ async fn start_as(dir: &Path, resource: &str, redirect_uri: &str) -> (String, Pr
         .arg("--data-dir")
         .arg(dir.join("as-data"))
         .arg("--config")
-        .arg(&config)
+        .arg(&config_file)
         .args(["--resource", resource])
-        .args(["--client", &format!("{CLIENT_ID}={redirect_uri}")])
+        .args(["--client", client])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -229,48 +270,82 @@ async fn start_upstream(seen: Arc<Upstream>) -> String {
     format!("http://{addr}/api")
 }
 
-/// A JWKS endpoint with the middleware's RSA test key: the MCP side's issuer.
-async fn start_jwks() -> String {
-    let mut jwk: Value =
-        serde_json::from_slice(&std::fs::read(format!("{FIXTURES}/rsa-a.jwk.json")).unwrap())
-            .unwrap();
-    jwk["kid"] = json!("k1");
-    let doc = json!({"keys": [jwk]}).to_string();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let doc = doc.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req| {
-                    let doc = doc.clone();
-                    async move {
-                        Ok::<_, Infallible>(http::Response::new(Full::new(bytes::Bytes::from(doc))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    format!("http://{addr}/jwks")
+/// `user` (password `wonderland`) signs in and approves at bmm-as `as_issuer` for the
+/// authorization request `authorize`; returns where bmm-as redirects (the client's
+/// redirect URI with `code`, `state` and `iss`).
+async fn sign_in(authorize: &str, as_issuer: &str, user: &str) -> String {
+    let client = http();
+    let consent = client.get(authorize).send().await.unwrap();
+    assert_eq!(consent.status(), 200, "{authorize}");
+    let as_cookie = set_cookie(&consent, "bmm_csrf").expect("bmm-as's CSRF cookie");
+    let page = consent.text().await.unwrap();
+    let approve = client
+        .post(format!("{as_issuer}/authorize"))
+        .header("cookie", &as_cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("request_id", &hidden(&page, "request_id")),
+            ("csrf", &hidden(&page, "csrf")),
+            ("username", user),
+            ("password", "wonderland"),
+            ("decision", "approve"),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        approve.status().is_redirection(),
+        "{}",
+        approve.text().await.unwrap()
+    );
+    approve.headers()["location"].to_str().unwrap().to_owned()
 }
 
-/// An MCP access token for `sub`.
-fn mcp_token(resource: &str, sub: &str) -> String {
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("k1".into());
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(
-        &std::fs::read(format!("{FIXTURES}/rsa-a.pem")).unwrap(),
-    )
-    .unwrap();
-    jsonwebtoken::encode(
-        &header,
-        &json!({"iss": MCP_ISSUER, "sub": sub, "client_id": "mcp-client", "aud": resource, "exp": now() + 600, "scope": "demo"}),
-        &key,
-    )
-    .unwrap()
+/// An MCP access token for `user` from the MCP server's authorization server
+/// (authorization code + PKCE as the test's MCP client).
+async fn mcp_token(mcp_as: &str, resource: &str, user: &str) -> String {
+    let verifier = "a-pkce-verifier-of-at-least-forty-three-characters-0123456789";
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes()),
+    );
+    let mut authorize = url::Url::parse(&format!("{mcp_as}/authorize")).unwrap();
+    authorize
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", MCP_CLIENT)
+        .append_pair("redirect_uri", MCP_CLIENT_REDIRECT)
+        .append_pair("state", "s")
+        .append_pair("resource", resource)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256");
+    let back = url::Url::parse(&sign_in(authorize.as_str(), mcp_as, user).await).unwrap();
+    let code = back
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .into_owned();
+    let token: Value = http()
+        .post(format!("{mcp_as}/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", MCP_CLIENT_REDIRECT),
+            ("code_verifier", verifier),
+            ("client_id", MCP_CLIENT),
+            ("resource", resource),
+        ]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    token["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_owned()
 }
 
 fn def(upstream_resource: &str) -> ServerDef {
@@ -484,9 +559,19 @@ fn form(pairs: &[(&str, &str)]) -> String {
         .finish()
 }
 
-/// Drives the connect flow from `link` as alice in a browser-like HTTP client: the start
-/// page, its POST, bmm-as's sign-in and consent, the callback. Returns the final page.
-async fn connect(link: &str, as_issuer: &str) -> String {
+/// The end of a connect flow.
+enum Connected {
+    /// The "connected" page.
+    Page(String),
+    /// The identity check refused: its status and page.
+    Refused(u16, String),
+}
+
+/// Drives the connect flow from `link` in a browser-like HTTP client: the start page, its
+/// POST, the sign-in at the MCP server's authorization server as `user`, the verify page
+/// and, when it lets the browser through, alice's sign-in and consent at the upstream's
+/// bmm-as and the callback.
+async fn connect(link: &str, mcp_as: &str, upstream_as: &str, user: &str) -> Connected {
     let client = http();
     let start = client.get(link).send().await.unwrap();
     assert_eq!(start.status(), 200);
@@ -495,11 +580,14 @@ async fn connect(link: &str, as_issuer: &str) -> String {
         start.headers()["content-security-policy"]
             .to_str()
             .unwrap()
-            .contains(&format!("form-action 'self' {as_issuer}"))
+            .contains(&format!("form-action 'self' {mcp_as}"))
     );
     let cookie = set_cookie(&start, "bmm_connect").expect("the CSRF cookie");
     let page = start.text().await.unwrap();
-    assert!(page.contains("id=\"subject\">alice<"), "{page}");
+    assert!(
+        !page.contains("alice") && !page.contains("bob"),
+        "the start page does not say who generated the link: {page}"
+    );
     let origin = link.split("/connections/").next().unwrap();
     let post = client
         .post(format!("{origin}/connections/api/start"))
@@ -515,34 +603,40 @@ async fn connect(link: &str, as_issuer: &str) -> String {
     assert_eq!(post.status(), 303, "{}", post.text().await.unwrap());
     let authorize = post.headers()["location"].to_str().unwrap().to_owned();
     assert!(
-        authorize.starts_with(&format!("{as_issuer}/authorize?")),
-        "{authorize}"
+        authorize.starts_with(&format!("{mcp_as}/authorize?")),
+        "sign-in at the MCP server's authorization server first: {authorize}"
     );
-    // bmm-as: its consent page, then alice signs in and approves.
-    let consent = client.get(&authorize).send().await.unwrap();
-    assert_eq!(consent.status(), 200);
-    let as_cookie = set_cookie(&consent, "bmm_csrf").expect("bmm-as's CSRF cookie");
-    let page = consent.text().await.unwrap();
-    let approve = client
-        .post(format!("{as_issuer}/authorize"))
-        .header("cookie", &as_cookie)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(form(&[
-            ("request_id", &hidden(&page, "request_id")),
-            ("csrf", &hidden(&page, "csrf")),
-            ("username", "alice"),
-            ("password", "wonderland"),
-            ("decision", "approve"),
-        ]))
+    assert!(authorize.contains(&format!("client_id={CONNECT_CLIENT}")));
+    // The MCP server's bmm-as: `user` signs in.
+    let verify = sign_in(&authorize, mcp_as, user).await;
+    assert!(
+        verify.starts_with(&format!("{origin}/connections/verify?")),
+        "{verify}"
+    );
+    assert!(
+        verify.contains("iss="),
+        "bmm-as sends iss (RFC 9207): {verify}"
+    );
+    // Without this browser's cookie the sign-in is refused.
+    let foreign = client.get(&verify).send().await.unwrap();
+    assert_eq!(foreign.status(), 400);
+    let verified = client
+        .get(&verify)
+        .header("cookie", &cookie)
         .send()
         .await
         .unwrap();
+    if verified.status() != 303 {
+        let status = verified.status().as_u16();
+        return Connected::Refused(status, verified.text().await.unwrap());
+    }
+    let authorize = verified.headers()["location"].to_str().unwrap().to_owned();
     assert!(
-        approve.status().is_redirection(),
-        "{}",
-        approve.text().await.unwrap()
+        authorize.starts_with(&format!("{upstream_as}/authorize?")),
+        "{authorize}"
     );
-    let callback = approve.headers()["location"].to_str().unwrap().to_owned();
+    // The upstream's bmm-as: alice signs in and approves.
+    let callback = sign_in(&authorize, upstream_as, "alice").await;
     assert!(
         callback.starts_with(&format!("{origin}/connections/api/callback?")),
         "{callback}"
@@ -559,7 +653,14 @@ async fn connect(link: &str, as_issuer: &str) -> String {
     let status = done.status();
     let page = done.text().await.unwrap();
     assert_eq!(status, 200, "{page}");
-    page
+    Connected::Page(page)
+}
+
+/// How many rows the vault holds.
+fn vault_rows(path: &Path) -> i64 {
+    let db = rusqlite::Connection::open(path).unwrap();
+    db.query_row("SELECT COUNT(*) FROM bmm_vault_entries", [], |r| r.get(0))
+        .unwrap()
 }
 
 /// The claims of a JWT (not verified: the upstream here only records).
@@ -578,15 +679,25 @@ async fn a_user_connects_in_both_eras_and_the_upstream_sees_only_their_upstream_
     let dir = tempfile::tempdir().unwrap();
     let seen = Arc::new(Upstream::default());
     let api = start_upstream(Arc::clone(&seen)).await;
-    let jwks = start_jwks().await;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     let origin = format!("http://{addr}");
+    let mcp_url = format!("{origin}/mcp");
     let (as_issuer, _as) = start_as(
         dir.path(),
+        "upstream-as",
+        &upstream_as_config(),
         &api,
-        &format!("{origin}/connections/api/callback"),
+        &format!("{CLIENT_ID}={origin}/connections/api/callback"),
+    )
+    .await;
+    let (mcp_as, _mcp_as) = start_as(
+        dir.path(),
+        "mcp-as",
+        &mcp_as_config(&origin),
+        &mcp_url,
+        &format!("{MCP_CLIENT}={MCP_CLIENT_REDIRECT}"),
     )
     .await;
 
@@ -596,11 +707,11 @@ async fn a_user_connects_in_both_eras_and_the_upstream_sees_only_their_upstream_
         "--listen",
         &addr.to_string(),
         "--issuer",
-        MCP_ISSUER,
-        "--jwks-uri",
-        &jwks,
+        &mcp_as,
         "--vault",
         vault.to_str().unwrap(),
+        "--connect-client-id",
+        CONNECT_CLIENT,
     ])
     .unwrap();
     let key = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
@@ -610,6 +721,7 @@ async fn a_user_connects_in_both_eras_and_the_upstream_sees_only_their_upstream_
             "API_BASE_URL" => Some(api.clone()),
             "API_AS_ISSUER" => Some(as_issuer.clone()),
             "BMM_VAULT_KEY" => Some(key.clone()),
+            "BMM_CONNECT_CLIENT_SECRET" => Some(CONNECT_SECRET.to_owned()),
             _ => None,
         }
     };
@@ -620,11 +732,11 @@ async fn a_user_connects_in_both_eras_and_the_upstream_sees_only_their_upstream_
     );
     tokio::spawn(serve(prepared, server, std::future::pending()));
     let mcp = Mcp {
-        url: format!("{origin}/mcp"),
+        url: mcp_url.clone(),
         client: http(),
     };
-    let alice = mcp_token(&mcp.url, "alice");
-    let bob = mcp_token(&mcp.url, "bob");
+    let alice = mcp_token(&mcp_as, &mcp_url, "alice").await;
+    let bob = mcp_token(&mcp_as, &mcp_url, "bob").await;
     let url_caps = json!({"elicitation": {"url": {}}});
 
     // 2026-07-28 with URL elicitation: input required, mode url; never -32042.
@@ -691,8 +803,40 @@ async fn a_user_connects_in_both_eras_and_the_upstream_sees_only_their_upstream_
         "no upstream call before connecting"
     );
 
+    // Bob opens alice's link and signs in as himself: refused, nothing stored for anyone,
+    // nothing sent upstream.
+    match connect(&legacy_link, &mcp_as, &as_issuer, "bob").await {
+        Connected::Refused(status, page) => {
+            assert_eq!(status, 403, "{page}");
+            assert!(page.contains("made for another user"), "{page}");
+            assert!(!page.contains("alice"), "{page}");
+        }
+        Connected::Page(page) => panic!("bob connected alice's link: {page}"),
+    }
+    assert_eq!(vault_rows(&vault), 0, "nothing stored for anyone");
+    assert!(seen.authorizations.lock().unwrap().is_empty());
+    let still = mcp
+        .stateless(&alice, "list_repos", url_caps.clone(), None)
+        .await;
+    assert_eq!(still["result"]["resultType"], "input_required", "{still}");
+    let bobs = mcp
+        .stateless(&bob, "list_repos", url_caps.clone(), None)
+        .await;
+    assert_eq!(bobs["result"]["resultType"], "input_required", "{bobs}");
+    // A modified link is refused (the sealed caller cannot be changed).
+    let (head, t) = legacy_link.split_once("?t=").unwrap();
+    let mut altered = t.to_owned().into_bytes();
+    let at = altered.len() / 2;
+    altered[at] = if altered[at] == b'A' { b'B' } else { b'A' };
+    let altered = format!("{head}?t={}", String::from_utf8(altered).unwrap());
+    let refused = http().get(&altered).send().await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("not valid"));
+
     // Alice connects through the link of the legacy session.
-    let page = connect(&legacy_link, &as_issuer).await;
+    let Connected::Page(page) = connect(&legacy_link, &mcp_as, &as_issuer, "alice").await else {
+        panic!("alice's own link was refused");
+    };
     assert!(page.contains("Connected"), "{page}");
     let completed = tokio::time::timeout(Duration::from_secs(10), async {
         let mut text = String::new();
@@ -788,7 +932,9 @@ async fn a_user_connects_in_both_eras_and_the_upstream_sees_only_their_upstream_
 
     // The stateless link works too (the legacy one was the first used): alice connects
     // again and the call goes through.
-    let page = connect(&stateless_link, &as_issuer).await;
+    let Connected::Page(page) = connect(&stateless_link, &mcp_as, &as_issuer, "alice").await else {
+        panic!("alice's own link was refused");
+    };
     assert!(page.contains("Connected"), "{page}");
     let ok = mcp
         .stateless(
@@ -804,26 +950,34 @@ async fn a_user_connects_in_both_eras_and_the_upstream_sees_only_their_upstream_
     );
 }
 
-#[test]
-fn a_user_oauth_server_without_a_vault_key_refuses_to_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let vault = dir.path().join("vault.sqlite");
-    let args = Args::try_parse_from([
+fn offline_args(vault: &Path, extra: &[&str]) -> Args {
+    let mut argv = vec![
         "connections-test",
         "--issuer",
-        MCP_ISSUER,
+        "https://mcp-as.example",
         "--jwks-uri",
         "http://127.0.0.1:9/jwks",
         "--vault",
         vault.to_str().unwrap(),
-    ])
-    .unwrap();
-    let env = |name: &str| match name {
+    ];
+    argv.extend_from_slice(extra);
+    Args::try_parse_from(argv).unwrap()
+}
+
+fn offline_env(name: &str) -> Option<String> {
+    match name {
         "API_BASE_URL" => Some("http://127.0.0.1:9/api".to_owned()),
         "API_AS_ISSUER" => Some("http://127.0.0.1:9".to_owned()),
         _ => None,
-    };
-    let err = prepare(def("http://127.0.0.1:9/api"), &args, env).unwrap_err();
+    }
+}
+
+#[test]
+fn a_user_oauth_server_without_a_vault_key_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dir.path().join("vault.sqlite");
+    let args = offline_args(&vault, &["--connect-client-id", CONNECT_CLIENT]);
+    let err = prepare(def("http://127.0.0.1:9/api"), &args, offline_env).unwrap_err();
     assert!(err.message.contains("BMM_VAULT_KEY"), "{err}");
     assert!(
         !vault.exists(),
@@ -831,11 +985,51 @@ fn a_user_oauth_server_without_a_vault_key_refuses_to_start() {
     );
     let short = |name: &str| match name {
         "BMM_VAULT_KEY" => Some("c2hvcnQ=".to_owned()),
-        other => env(other),
+        other => offline_env(other),
     };
     let err = prepare(def("http://127.0.0.1:9/api"), &args, short).unwrap_err();
     assert!(
         err.message.contains("BMM_VAULT_KEY") && !err.message.contains("c2hvcnQ"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_user_oauth_server_without_the_identity_check_refuses_to_start_unless_told_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = dir.path().join("vault.sqlite");
+    let key = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
+    let env = move |name: &str| match name {
+        "BMM_VAULT_KEY" => Some(key.clone()),
+        other => offline_env(other),
+    };
+    let err = prepare(
+        def("http://127.0.0.1:9/api"),
+        &offline_args(&vault, &[]),
+        &env,
+    )
+    .unwrap_err();
+    for needle in [
+        "--connect-client-id",
+        "BMM_CONNECT_CLIENT_ID",
+        "--connect-without-identity-check",
+        "/connections/verify",
+        "`api`",
+    ] {
+        assert!(err.message.contains(needle), "{needle}: {err}");
+    }
+    assert!(!vault.exists(), "nothing is created when refused");
+    // The explicit opt-out (a single-user deployment) starts.
+    let args = offline_args(&vault, &["--connect-without-identity-check"]);
+    prepare(def("http://127.0.0.1:9/api"), &args, &env).unwrap();
+    // Both at once are refused by the flags themselves.
+    assert!(
+        Args::try_parse_from([
+            "connections-test",
+            "--connect-client-id",
+            "x",
+            "--connect-without-identity-check",
+        ])
+        .is_err()
     );
 }

@@ -62,7 +62,28 @@ impl ClientAuth {
 struct Discovered {
     token: Url,
     authorization: Option<Url>,
+    /// `authorization_response_iss_parameter_supported` (RFC 9207): every authorization
+    /// response must then carry `iss`.
+    iss_parameter: bool,
 }
+
+/// The definition behind [`OAuthClient::sign_in`]: a user authorization client whose
+/// endpoints come from its issuer, with no resource or scopes of its own.
+static SIGN_IN_DEF: OAuthDef = OAuthDef {
+    grant: OAuthGrant::UserAuthorization,
+    issuer: None,
+    issuer_env: None,
+    token_url: None,
+    token_url_env: None,
+    authorization_url: None,
+    authorization_url_env: None,
+    client_id: "",
+    client_id_env: None,
+    client_auth: ClientAuthDef::None,
+    audience: None,
+    resource: None,
+    scopes: &[],
+};
 
 /// One upstream's OAuth client: endpoints (given or discovered once, lazily, from the
 /// issuer: RFC 8414 `/.well-known/oauth-authorization-server[/path]`, then
@@ -162,6 +183,21 @@ fn signing_key(pem: &str) -> Result<(EncodingKey, Algorithm), String> {
     Err("is not a PEM private key this server can sign with (RSA, EC P-256 or P-384 in PKCS#8 `BEGIN PRIVATE KEY`, or Ed25519)".to_owned())
 }
 
+/// An issuer identifier: an endpoint URL without a query (RFC 8414).
+fn check_issuer(issuer: &str, allow_http: bool) -> Result<Url, String> {
+    let url = check_url(issuer, allow_http)?;
+    if url.query().is_some() {
+        return Err(format!("`{issuer}` has a query (RFC 8414)"));
+    }
+    Ok(url)
+}
+
+/// Whether two issuer identifiers name the same authorization server (a trailing `/`
+/// aside, as discovery compares them).
+fn same_issuer(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -246,10 +282,7 @@ impl OAuthClient {
         let token_url = value(def.token_url, def.token_url_env);
         let authorization_url = value(def.authorization_url, def.authorization_url_env);
         if let Some(issuer) = &issuer {
-            let url = check_url(issuer, allow_http).map_err(|e| fail("issuer", e))?;
-            if url.query().is_some() {
-                return Err(fail("issuer", format!("`{issuer}` has a query (RFC 8414)")));
-            }
+            check_issuer(issuer, allow_http).map_err(|e| fail("issuer", e))?;
         }
         let token_url = token_url
             .map(|t| check_url(&t, allow_http).map_err(|e| fail("token_url", e)))
@@ -322,6 +355,74 @@ impl OAuthClient {
             discovered: tokio::sync::OnceCell::new(),
             discovery_failed: Mutex::new(None),
         })
+    }
+
+    /// A client at `issuer` (endpoints discovered, RFC 8414 then OpenID Connect) that
+    /// signs users in with the authorization code grant: `client_secret_basic` with
+    /// `secret`, else a public client (PKCE alone). `label` names it in errors and logs.
+    /// The connect pages' identity check uses one at each authorization server the MCP
+    /// server trusts (crate::upstream_auth::connect, rule 2).
+    pub(crate) fn sign_in(
+        label: &'static str,
+        issuer: &str,
+        client_id: &str,
+        secret: Option<&str>,
+        http: reqwest::Client,
+        allow_http: bool,
+    ) -> Result<Self, String> {
+        if client_id.is_empty() || client_id.chars().any(char::is_control) {
+            return Err(format!(
+                "{label}: the client id is empty or holds control characters"
+            ));
+        }
+        check_issuer(issuer, allow_http).map_err(|e| format!("{label}: issuer {e}"))?;
+        Ok(Self {
+            upstream: label,
+            def: &SIGN_IN_DEF,
+            client_id: client_id.to_owned(),
+            auth: secret.map_or(ClientAuth::None, |s| ClientAuth::Basic(Secret::new(s))),
+            issuer: Some(issuer.to_owned()),
+            token_url: None,
+            authorization_url: None,
+            allow_http,
+            http,
+            discovered: tokio::sync::OnceCell::new(),
+            discovery_failed: Mutex::new(None),
+        })
+    }
+
+    /// The issuer identifier, when one is configured (not with `token_url` alone).
+    pub(crate) fn issuer(&self) -> Option<&str> {
+        self.issuer.as_deref()
+    }
+
+    /// RFC 9207: the `iss` parameter of an authorization response must name this client's
+    /// issuer; when the issuer's metadata says it sends `iss`
+    /// (`authorization_response_iss_parameter_supported`), a response without it is
+    /// refused too. A client configured without an issuer cannot compare, and accepts.
+    /// Returns why it was refused.
+    pub(crate) async fn check_response_iss(&self, iss: Option<&str>) -> Result<(), &'static str> {
+        let Some(issuer) = self.issuer() else {
+            return Ok(());
+        };
+        match iss {
+            Some(iss) if same_issuer(iss, issuer) => Ok(()),
+            Some(_) => Err(
+                "the answer came from another authorization server (its `iss` is not the one asked)",
+            ),
+            None => {
+                let required = if self.authorization_url.is_none() {
+                    self.discovered().await.is_ok_and(|d| d.iss_parameter)
+                } else {
+                    self.discovered.get().is_some_and(|d| d.iss_parameter)
+                };
+                if required {
+                    Err("the answer lacks the `iss` its authorization server promises")
+                } else {
+                    Ok(())
+                }
+            }
+        }
     }
 
     /// The upstream this client is for.
@@ -442,7 +543,7 @@ impl OAuthClient {
             .get("issuer")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        if claimed.trim_end_matches('/') != issuer.trim_end_matches('/') {
+        if !same_issuer(claimed, issuer) {
             return Err(format!(
                 "the metadata names another issuer (`{}`)",
                 claimed
@@ -464,6 +565,10 @@ impl OAuthClient {
         Ok(Discovered {
             token,
             authorization,
+            iss_parameter: doc
+                .get("authorization_response_iss_parameter_supported")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         })
     }
 

@@ -8,27 +8,45 @@
 //! Rules:
 //! 1. `GET /connections/<upstream>/start?t=<sealed>`: `t` is sealed with the vault key for
 //!    that upstream (it names the MCP caller, an expiry 10 minutes ahead and the
-//!    elicitation id). The page names the server, the upstream and the MCP caller (subject
-//!    and issuer) and warns against links someone else sent; it has one button (a POST).
-//!    The answer sets the CSRF cookie `bmm_connect` (32 random bytes; `HttpOnly`,
-//!    `SameSite=Lax`, `Path=/connections/`, `Secure` when the origin is https), reusing a
-//!    well-formed one the browser already has.
-//! 2. `POST /connections/<upstream>/start` (form: `t`, `csrf`): `t` is checked again; the
-//!    cookie must be present and `csrf` must be its SHA-256 (so the POST came from the page
-//!    that browser was shown). The answer is a 303 to the upstream's authorization
-//!    endpoint with `response_type=code`, `client_id`, `redirect_uri`
-//!    (`<origin>/connections/<upstream>/callback`), `scope`, `state`, `code_challenge`
-//!    (S256 of a fresh 32-byte verifier), `code_challenge_method=S256` and `resource`.
-//!    `state` is sealed with the vault key for that upstream and holds the caller, the
-//!    PKCE verifier, the SHA-256 of the cookie, the elicitation id, a random id and an
-//!    expiry 10 minutes ahead.
-//! 3. `GET /connections/<upstream>/callback?code&state`: the state must open for that
-//!    upstream, be unexpired, unused in this process, and match this browser's cookie; the
-//!    code is redeemed at the token endpoint (with `redirect_uri`, `code_verifier`,
-//!    `resource`), the tokens are stored for the caller the state names, and the page says
-//!    to return to the client. `error=` from the authorization server, a bad, expired,
-//!    reused or foreign state, or a missing cookie is an HTML error page (400); a token
-//!    endpoint failure is 502 naming the OAuth error code.
+//!    elicitation id). The page names the server and the upstream, never the caller (who
+//!    opened it has not shown who they are; the page would tell them who generated it),
+//!    and warns against links someone else sent; it has one button (a POST). The answer
+//!    sets the CSRF cookie `bmm_connect` (32 random bytes; `HttpOnly`, `SameSite=Lax`,
+//!    `Path=/connections/`, `Secure` when the origin is https), reusing a well-formed one
+//!    the browser already has. `POST /connections/<upstream>/start` (form: `t`, `csrf`):
+//!    `t` is checked again; the cookie must be present and `csrf` must be its SHA-256 (so
+//!    the POST came from the page that browser was shown).
+//! 2. The identity check (MCP 2025-11-25, URL elicitation, "Phishing": the server MUST
+//!    verify that the user who opens the URL is the user the elicitation was generated
+//!    for). With `--connect-client-id`, the POST answers a 303 to the authorization
+//!    endpoint of the link's issuer (the MCP server's own authorization server, RFC 8414
+//!    discovery) as this server's client there: authorization code + PKCE S256,
+//!    `resource` = the server's resource URL, `redirect_uri` `<origin>/connections/verify`,
+//!    `state` sealed (upstream, link caller, elicitation id, PKCE verifier, cookie hash,
+//!    random id, expiry 10 minutes). `GET /connections/verify?code&state[&iss]`: the state
+//!    must open, be unexpired, unused, and match this browser's cookie; `iss` (RFC 9207)
+//!    must be that issuer's; the code is redeemed (`client_secret_basic` with
+//!    `BMM_CONNECT_CLIENT_SECRET`, else a public client) and the access token verified by
+//!    the server's own authenticator, as an MCP request's (signature or introspection,
+//!    `iss`, `aud`, `exp`). A signed-in `iss` + `sub` other than the link's is a 403 page
+//!    ("made for another user"), logged as a warning (no token), nothing stored; the same
+//!    user continues with rule 3. Without the check (`--connect-without-identity-check`,
+//!    single-user deployments), the POST goes straight to rule 3.
+//! 3. The redirect to the upstream's authorization endpoint: `response_type=code`,
+//!    `client_id`, `redirect_uri` (`<origin>/connections/<upstream>/callback`), `scope`,
+//!    `state`, `code_challenge` (S256 of a fresh 32-byte verifier),
+//!    `code_challenge_method=S256` and `resource`. `state` is sealed with the vault key for
+//!    that upstream and holds the caller, the PKCE verifier, the SHA-256 of the cookie, the
+//!    elicitation id, a random id and an expiry 10 minutes ahead.
+//!    `GET /connections/<upstream>/callback?code&state`: the state must open for that
+//!    upstream, be unexpired, unused in this process, and match this browser's cookie;
+//!    `iss`, when the authorization server sends it (or promises it in its metadata), must
+//!    be the upstream client's issuer (RFC 9207); the code is redeemed at the token
+//!    endpoint (with `redirect_uri`, `code_verifier`, `resource`), the tokens are stored
+//!    for the caller the state names, and the page says to return to the client. `error=`
+//!    from the authorization server, a bad, expired, reused or foreign state, or a missing
+//!    cookie is an HTML error page (400); a token endpoint failure is 502 naming the OAuth
+//!    error code.
 //! 4. Every answer: escaped HTML, `Cache-Control: no-store`, `Referrer-Policy: no-referrer`,
 //!    `X-Frame-Options: DENY`, `X-Content-Type-Options: nosniff`, and the CSP
 //!    `default-src 'none'; style-src 'unsafe-inline'; form-action 'self' <authorization
@@ -37,8 +55,10 @@
 //!    redirect's own parameters, or a log line. Query strings are at most 8 KiB.
 //!
 //! (`start_and_callback_refuse_tampered_expired_or_foreign_state`,
-//! `the_callback_needs_the_browser_that_started`, and over real sockets
-//! `runtime/tests/connections.rs`.)
+//! `the_callback_needs_the_browser_that_started`,
+//! `with_the_identity_check_the_start_post_signs_in_at_the_links_issuer_first`,
+//! `the_verify_state_is_sealed_bound_to_the_browser_and_used_once`,
+//! `only_the_links_user_passes`, and over real sockets `runtime/tests/connections.rs`.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -60,7 +80,7 @@ const MAX_QUERY_BYTES: usize = 8 * 1024;
 /// States redeemed in this process, remembered until they expire (rule 3).
 const MAX_USED_STATES: usize = 10_000;
 
-/// What the `state` parameter holds (rule 2).
+/// What the `state` parameter holds (rule 3).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StateClaims {
     iss: String,
@@ -74,6 +94,57 @@ struct StateClaims {
     v: String,
     /// SHA-256 (hex) of the browser's `bmm_connect` cookie.
     c: String,
+}
+
+/// What the `state` of the sign-in at the MCP server's authorization server holds (rule 2).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct VerifyClaims {
+    /// The upstream to connect next.
+    up: String,
+    /// The link's caller: who must sign in.
+    iss: String,
+    sub: String,
+    /// The elicitation id.
+    id: String,
+    exp: u64,
+    /// A random id: the state is redeemed once.
+    nonce: String,
+    /// The PKCE verifier.
+    v: String,
+    /// SHA-256 (hex) of the browser's `bmm_connect` cookie.
+    c: String,
+}
+
+/// The sign-in's redirect path at the MCP server's origin (rule 2).
+pub(crate) const VERIFY_PATH: &str = "/connections/verify";
+/// What the sign-in's state is sealed for.
+const VERIFY_PURPOSE: &str = "bmm-connect/verify";
+
+/// The identity check of the connect pages (rule 2): this server's OAuth client at each
+/// authorization server it trusts, and its own token verification.
+pub(crate) struct Identity {
+    /// The server's authenticator: the same checks as an MCP request's token.
+    pub(crate) authenticator: bmm_middleware::Authenticator,
+    /// The server's client at each trusted issuer, by issuer identifier.
+    pub(crate) clients: HashMap<String, Arc<super::OAuthClient>>,
+    /// The server's resource URL: the sign-in's `resource`, its token's audience.
+    pub(crate) resource: String,
+}
+
+impl Identity {
+    /// This server's client at `issuer`, if it trusts that issuer.
+    fn client(&self, issuer: &str) -> Option<&Arc<super::OAuthClient>> {
+        self.clients.get(issuer)
+    }
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("clients", &self.clients)
+            .field("resource", &self.resource)
+            .finish_non_exhaustive()
+    }
 }
 
 /// States already redeemed (rule 3), by their random id.
@@ -250,6 +321,16 @@ pub(crate) async fn handle(
     let Some(rest) = path.strip_prefix("/connections/") else {
         return error_page(StatusCode::NOT_FOUND, "There is no such page.");
     };
+    if rest == "verify" {
+        if request.method() != Method::GET {
+            let mut response = error_page(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed.");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            return response;
+        }
+        return verify(&connections, &request).await;
+    }
     let Some((upstream, action)) = rest.split_once('/') else {
         return error_page(StatusCode::NOT_FOUND, "There is no such page.");
     };
@@ -316,16 +397,25 @@ async fn start_page(
         Ok(c) => c,
         Err(message) => return error_page(StatusCode::BAD_REQUEST, message),
     };
-    let Some(client) = connections.clients.get(upstream) else {
-        return error_page(StatusCode::NOT_FOUND, "There is no such connection.");
+    // The form's POST redirects to the MCP server's authorization server (sign-in first)
+    // or, without the identity check, to the upstream's: the CSP allows that one.
+    let authorize = match &connections.identity {
+        Some(identity) => match identity.client(&claims.iss) {
+            Some(client) => client.authorization_endpoint().await,
+            None => return error_page(StatusCode::BAD_REQUEST, "This link is not valid here."),
+        },
+        None => match connections.clients.get(upstream) {
+            Some(client) => client.authorization_endpoint().await,
+            None => return error_page(StatusCode::NOT_FOUND, "There is no such connection."),
+        },
     };
-    let authorize = match client.authorization_endpoint().await {
+    let authorize = match authorize {
         Ok(url) => url,
         Err(e) => {
             tracing::warn!(upstream, error = %e, "connect page: no authorization endpoint");
             return error_page(
                 StatusCode::BAD_GATEWAY,
-                &format!("The authorization server of `{upstream}` cannot be used right now."),
+                "The authorization server cannot be used right now.",
             );
         }
     };
@@ -338,23 +428,30 @@ async fn start_page(
     };
     let t = query.get("t").map(String::as_str).unwrap_or_default();
     let server = connections.server_name;
+    // Who the link was made for is not shown: whoever opened it has not signed in yet, and
+    // the page would tell them who generated it.
+    let steps = if connections.identity.is_some() {
+        "You will first sign in to {srv}, as the account that asked for this link (only that account can use it), then sign in at {up} and approve there."
+    } else {
+        "You will sign in at {up} and approve there."
+    };
     let body = format!(
         "<h1>Connect <strong id=\"upstream\">{up}</strong> to <strong id=\"server\">{srv}</strong></h1>
 <div class=\"box\">
-<p>You are signed in to {srv} as <strong id=\"subject\">{sub}</strong> (issuer <code id=\"issuer\">{iss}</code>).</p>
-<p>Connecting lets {srv} call <strong>{up}</strong> as your {up} account whenever <strong>{sub}</strong> uses its tools. You will sign in at {up} and approve there.</p>
-<p class=\"warn\" id=\"warning\">Continue only if you asked for this yourself, as {sub}. A link someone else sent you would connect <em>your</em> {up} account to <em>their</em> identity.</p>
+<p>Connecting lets {srv} call <strong>{up}</strong> as your {up} account whenever you use its tools. {steps}</p>
+<p class=\"warn\" id=\"warning\">Continue only if you asked for this yourself. A link someone else sent you would connect <em>your</em> {up} account to <em>their</em> identity.</p>
 <form method=\"post\" action=\"/connections/{up_path}/start\">
 <input type=\"hidden\" name=\"t\" value=\"{t}\">
 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">
 <button type=\"submit\" id=\"connect\">Connect {up}</button>
 </form>
 </div>",
+        steps = steps
+            .replace("{srv}", &esc(server))
+            .replace("{up}", &esc(upstream)),
         up = esc(upstream),
         up_path = esc(&percent_encoding::utf8_percent_encode(upstream, percent_encoding::NON_ALPHANUMERIC).to_string()),
         srv = esc(server),
-        sub = esc(&claims.sub),
-        iss = esc(&claims.iss),
         t = esc(t),
         csrf = sha256_hex(&value),
     );
@@ -414,6 +511,61 @@ async fn start_post(
             "The form does not belong to this browser: open the link again.",
         );
     }
+    match &connections.identity {
+        Some(identity) => {
+            sign_in_redirect(connections, identity, upstream, claims, cookie_hash).await
+        }
+        None => {
+            upstream_redirect(
+                connections,
+                upstream,
+                Caller {
+                    iss: claims.iss,
+                    sub: claims.sub,
+                    id: claims.id,
+                },
+                cookie_hash,
+            )
+            .await
+        }
+    }
+}
+
+/// The MCP caller a connection is for, and the elicitation that asked.
+struct Caller {
+    iss: String,
+    sub: String,
+    id: String,
+}
+
+/// A 303 to `location`.
+fn redirect(location: &url::Url) -> Response<Full<Bytes>> {
+    let mut response = page(
+        StatusCode::SEE_OTHER,
+        "Redirecting",
+        "<p>Redirecting to the authorization server.</p>",
+        "'none'",
+    );
+    match HeaderValue::from_str(location.as_str()) {
+        Ok(location) => {
+            response.headers_mut().insert(header::LOCATION, location);
+            response
+        }
+        Err(_) => error_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The authorization endpoint is not a usable URL.",
+        ),
+    }
+}
+
+/// Rule 3: the redirect to the upstream's authorization endpoint, with a sealed state for
+/// `caller` and this browser's cookie.
+async fn upstream_redirect(
+    connections: &Connections,
+    upstream: &'static str,
+    caller: Caller,
+    cookie_hash: String,
+) -> Response<Full<Bytes>> {
     let Some(client) = connections.clients.get(upstream) else {
         return error_page(StatusCode::NOT_FOUND, "There is no such connection.");
     };
@@ -431,10 +583,10 @@ async fn start_post(
         return error_page(StatusCode::INTERNAL_SERVER_ERROR, "No randomness.");
     };
     let state = StateClaims {
-        iss: claims.iss,
-        sub: claims.sub,
+        iss: caller.iss,
+        sub: caller.sub,
         exp: now().saturating_add(CONNECT_TTL.as_secs()),
-        id: claims.id,
+        id: caller.id,
         nonce,
         v: verifier,
         c: cookie_hash,
@@ -466,22 +618,222 @@ async fn start_post(
             pairs.append_pair("resource", resource);
         }
     }
-    let mut response = page(
-        StatusCode::SEE_OTHER,
-        "Redirecting",
-        "<p>Redirecting to the authorization server.</p>",
-        "'none'",
-    );
-    match HeaderValue::from_str(authorize.as_str()) {
-        Ok(location) => {
-            response.headers_mut().insert(header::LOCATION, location);
-            response
+    redirect(&authorize)
+}
+
+/// Rule 2: the redirect to the sign-in at the link's issuer (the MCP server's
+/// authorization server), with a sealed verify state.
+async fn sign_in_redirect(
+    connections: &Connections,
+    identity: &Identity,
+    upstream: &'static str,
+    claims: StartClaims,
+    cookie_hash: String,
+) -> Response<Full<Bytes>> {
+    let Some(client) = identity.client(&claims.iss) else {
+        return error_page(StatusCode::BAD_REQUEST, "This link is not valid here.");
+    };
+    let mut authorize = match client.authorization_endpoint().await {
+        Ok(url) => url,
+        Err(e) => {
+            tracing::warn!(upstream, error = %e, "connect page: the MCP authorization server has no usable authorization endpoint");
+            return error_page(
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "The sign-in of {} cannot be used right now.",
+                    connections.server_name
+                ),
+            );
         }
-        Err(_) => error_page(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "The authorization endpoint is not a usable URL.",
-        ),
+    };
+    let (Some(verifier), Some(nonce)) = (random_b64(32), random_b64(16)) else {
+        return error_page(StatusCode::INTERNAL_SERVER_ERROR, "No randomness.");
+    };
+    let state = VerifyClaims {
+        up: upstream.to_owned(),
+        iss: claims.iss,
+        sub: claims.sub,
+        id: claims.id,
+        exp: now().saturating_add(CONNECT_TTL.as_secs()),
+        nonce,
+        v: verifier,
+        c: cookie_hash,
+    };
+    let sealed = serde_json::to_vec(&state)
+        .ok()
+        .and_then(|json| connections.vault.keys().seal(VERIFY_PURPOSE, &json).ok());
+    let Some(sealed) = sealed else {
+        return error_page(StatusCode::INTERNAL_SERVER_ERROR, "Cannot seal the state.");
+    };
+    authorize
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", client.client_id())
+        .append_pair("redirect_uri", &verify_uri(connections))
+        .append_pair("state", &sealed)
+        .append_pair("code_challenge", &pkce_challenge(&state.v))
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("resource", &identity.resource);
+    redirect(&authorize)
+}
+
+fn verify_uri(connections: &Connections) -> String {
+    format!("{}{VERIFY_PATH}", connections.origin)
+}
+
+/// Whether the user who signed in (`iss`, `sub` of the verified token) is the one the link
+/// was made for (rule 2).
+fn same_user(state: &VerifyClaims, iss: &str, sub: Option<&str>) -> bool {
+    iss == state.iss && sub.is_some_and(|sub| same(sub, &state.sub))
+}
+
+/// `GET /connections/verify` (rule 2): the sign-in at the MCP server's authorization server
+/// came back; the signed-in user must be the link's.
+async fn verify(connections: &Connections, request: &Request<Bytes>) -> Response<Full<Bytes>> {
+    let Some(identity) = &connections.identity else {
+        return error_page(StatusCode::NOT_FOUND, "There is no such page.");
+    };
+    let Some(query) = query(request) else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The answer of the authorization server is malformed.",
+        );
+    };
+    if let Some(error) = query.get("error") {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "You were not signed in to {} ({}).",
+                connections.server_name,
+                shown_code(error)
+            ),
+        );
     }
+    let (Some(code), Some(sealed)) = (query.get("code"), query.get("state")) else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The answer of the authorization server has no code or state.",
+        );
+    };
+    let Some(state) = connections
+        .vault
+        .keys()
+        .open(VERIFY_PURPOSE, sealed)
+        .and_then(|plain| serde_json::from_slice::<VerifyClaims>(&plain).ok())
+    else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The state is not valid here (altered, or for another connection).",
+        );
+    };
+    if state.exp <= now() {
+        return error_page(StatusCode::BAD_REQUEST, "This sign-in has expired.");
+    }
+    let Some(value) = cookie(request, COOKIE) else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "This browser did not start this connection (its cookie is missing).",
+        );
+    };
+    if !same(&sha256_hex(&value), &state.c) {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "This browser did not start this connection.",
+        );
+    }
+    let Some((&upstream, _)) = connections.clients.get_key_value(state.up.as_str()) else {
+        return error_page(StatusCode::BAD_REQUEST, "The state is not valid here.");
+    };
+    let Some(client) = identity.client(&state.iss) else {
+        return error_page(StatusCode::BAD_REQUEST, "The state is not valid here.");
+    };
+    if let Err(why) = client
+        .check_response_iss(query.get("iss").map(String::as_str))
+        .await
+    {
+        tracing::warn!(upstream, "connect sign-in: {why} (RFC 9207)");
+        return error_page(StatusCode::BAD_REQUEST, why);
+    }
+    if !connections.used.take(&state.nonce) {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "This sign-in was already used: open the link again.",
+        );
+    }
+    let redirect = verify_uri(connections);
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code.as_str()),
+        ("redirect_uri", redirect.as_str()),
+        ("code_verifier", state.v.as_str()),
+        ("resource", identity.resource.as_str()),
+    ];
+    let token = match client.token_request(&form).await {
+        Ok(r) => r.access_token,
+        Err(e) => {
+            tracing::warn!(upstream, error = %e, "connect sign-in: the code was not redeemed");
+            let why = match &e {
+                super::UpstreamAuthError::Refused { error, .. } => shown_code(error),
+                _ => "unreachable or unusable".to_owned(),
+            };
+            return error_page(
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "The authorization server of {} did not sign you in ({why}).",
+                    connections.server_name
+                ),
+            );
+        }
+    };
+    // The same checks as an MCP request's token: signature or introspection, issuer,
+    // audience (this server), expiry.
+    let signed_in = identity.authenticator.verify_token(token.expose()).await;
+    drop(token);
+    let ctx = match signed_in {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            tracing::warn!(upstream, error = %e, "connect sign-in: the token is not one this server accepts");
+            return error_page(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "Your sign-in is not accepted by {}.",
+                    connections.server_name
+                ),
+            );
+        }
+    };
+    if !same_user(&state, ctx.issuer(), ctx.subject()) {
+        tracing::warn!(
+            upstream,
+            link_issuer = %state.iss,
+            link_subject = %state.sub,
+            signed_in_issuer = %ctx.issuer(),
+            signed_in_subject = ctx.subject().unwrap_or("(none)"),
+            "connect link opened by another user: refused, nothing stored"
+        );
+        return page(
+            StatusCode::FORBIDDEN,
+            "Not your link",
+            &format!(
+                "<h1>Not your link</h1>\n<div class=\"box\"><p class=\"error\" id=\"error\">This link was made for another user of {srv}. Nothing was connected.</p><p>If you want to connect your own {up} account, call the tool from your own MCP client: it gives you a link of your own. If someone sent you this link, do not use it.</p></div>",
+                srv = esc(connections.server_name),
+                up = esc(upstream),
+            ),
+            "'none'",
+        );
+    }
+    tracing::info!(upstream, "connect sign-in: the link's user signed in");
+    upstream_redirect(
+        connections,
+        upstream,
+        Caller {
+            iss: state.iss,
+            sub: state.sub,
+            id: state.id,
+        },
+        state.c,
+    )
+    .await
 }
 
 async fn callback(
@@ -539,15 +891,22 @@ async fn callback(
             "This browser did not start this connection.",
         );
     }
+    let Some(client) = connections.clients.get(upstream) else {
+        return error_page(StatusCode::NOT_FOUND, "There is no such connection.");
+    };
+    if let Err(why) = client
+        .check_response_iss(query.get("iss").map(String::as_str))
+        .await
+    {
+        tracing::warn!(upstream, "connect callback: {why} (RFC 9207)");
+        return error_page(StatusCode::BAD_REQUEST, why);
+    }
     if !connections.used.take(&state.nonce) {
         return error_page(
             StatusCode::BAD_REQUEST,
             "This connection attempt was already used: call the tool again for a new link.",
         );
     }
-    let Some(client) = connections.clients.get(upstream) else {
-        return error_page(StatusCode::NOT_FOUND, "There is no such connection.");
-    };
     let redirect = redirect_uri(connections, upstream);
     let mut form: Vec<(&str, &str)> = vec![
         ("grant_type", "authorization_code"),
@@ -694,6 +1053,7 @@ mod tests {
             vault,
             clients,
             "https://mcp.example",
+            None,
         ))
     }
 
@@ -761,17 +1121,18 @@ mod tests {
     const COOKIE_B: &str = "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
 
     #[tokio::test]
-    async fn the_start_page_names_the_caller_sets_the_cookie_and_redirects_with_pkce() {
+    async fn the_start_page_hides_the_caller_sets_the_cookie_and_redirects_with_pkce() {
         let dir = tempfile::tempdir().unwrap();
         let c = connections(dir.path());
         let link = start_link(&c, "github", now() + 60);
         let (status, headers, page) = send(&c, Method::GET, &link, None, "").await;
         assert_eq!(status, StatusCode::OK, "{page}");
+        // Who generated the link is not shown to whoever opened it.
         assert!(
-            page.contains("alice &lt;script&gt;") && !page.contains("<script>"),
+            !page.contains("alice") && !page.contains("https://as.example"),
             "{page}"
         );
-        assert!(page.contains("https://as.example") && page.contains("Test Server"));
+        assert!(page.contains("Test Server") && page.contains("github"));
         let set = headers[header::SET_COOKIE].to_str().unwrap();
         for flag in [
             "bmm_connect=",
@@ -958,5 +1319,211 @@ mod tests {
             upstream: "github",
         };
         assert!(c.vault.get(owner).await.unwrap().is_none());
+    }
+
+    /// The sign-in client at the link's issuer: endpoints given (nothing listens there).
+    static SIGN_IN: OAuthDef = OAuthDef {
+        grant: OAuthGrant::UserAuthorization,
+        issuer: Some("https://as.example"),
+        issuer_env: None,
+        token_url: Some("http://127.0.0.1:9/mcp-token"),
+        token_url_env: None,
+        authorization_url: Some("http://127.0.0.1:9/mcp-authorize"),
+        authorization_url_env: None,
+        client_id: "bmm-connect",
+        client_id_env: None,
+        client_auth: ClientAuthDef::None,
+        audience: None,
+        resource: None,
+        scopes: &[],
+    };
+
+    fn checked_connections(dir: &std::path::Path) -> Arc<Connections> {
+        let plain = connections(dir);
+        let plain = Arc::try_unwrap(plain).unwrap();
+        let authenticator = bmm_middleware::AuthConfig::new(
+            bmm_middleware::Resource::parse("https://mcp.example/mcp").unwrap(),
+        )
+        .issuer_with_jwks_uri(
+            bmm_middleware::Issuer::parse("https://as.example").unwrap(),
+            "https://as.example/jwks",
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let client = OAuthClient::new(
+            "--connect-client-id",
+            &SIGN_IN,
+            &crate::secrets::Secrets::default(),
+            &|_| None,
+            reqwest::Client::new(),
+            false,
+        )
+        .unwrap();
+        let identity = Identity {
+            authenticator,
+            clients: HashMap::from([("https://as.example".to_owned(), Arc::new(client))]),
+            resource: "https://mcp.example/mcp".to_owned(),
+        };
+        Arc::new(Connections::for_tests(
+            plain.vault,
+            plain.clients,
+            "https://mcp.example",
+            Some(identity),
+        ))
+    }
+
+    fn verify_state(c: &Connections, sealed: &str) -> VerifyClaims {
+        let plain = c.vault.keys().open(VERIFY_PURPOSE, sealed).unwrap();
+        serde_json::from_slice(&plain).unwrap()
+    }
+
+    fn seal_verify(c: &Connections, state: &VerifyClaims) -> String {
+        c.vault
+            .keys()
+            .seal(VERIFY_PURPOSE, &serde_json::to_vec(state).unwrap())
+            .unwrap()
+    }
+
+    fn enc(text: &str) -> String {
+        url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+    }
+
+    #[tokio::test]
+    async fn with_the_identity_check_the_start_post_signs_in_at_the_links_issuer_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = checked_connections(dir.path());
+        let link = start_link(&c, "github", now() + 60);
+        let (status, headers, page) = send(&c, Method::GET, &link, Some(COOKIE_A), "").await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(!page.contains("alice"), "{page}");
+        assert!(page.contains("sign in to Test Server"), "{page}");
+        let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(
+            csp.contains("form-action 'self' http://127.0.0.1:9;"),
+            "{csp}"
+        );
+        let location = authorize_location(&c, COOKIE_A).await;
+        assert_eq!(
+            location.path(),
+            "/mcp-authorize",
+            "the MCP AS, not the upstream's"
+        );
+        let q: HashMap<String, String> = location.query_pairs().into_owned().collect();
+        assert_eq!(q["response_type"], "code");
+        assert_eq!(q["client_id"], "bmm-connect");
+        assert_eq!(q["redirect_uri"], "https://mcp.example/connections/verify");
+        assert_eq!(q["resource"], "https://mcp.example/mcp");
+        assert_eq!(q["code_challenge_method"], "S256");
+        assert!(!q.contains_key("scope"));
+        let state = verify_state(&c, &q["state"]);
+        assert_eq!(pkce_challenge(&state.v), q["code_challenge"]);
+        assert!(!location.as_str().contains(&state.v));
+        assert_eq!(
+            (state.up.as_str(), state.iss.as_str(), state.sub.as_str()),
+            ("github", "https://as.example", "alice <script>")
+        );
+        assert_eq!(state.c, sha256_hex(COOKIE_A));
+        // The verify state does not open as an upstream state, nor the other way round.
+        assert!(
+            c.vault
+                .keys()
+                .open(&state_purpose("github"), &q["state"])
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_verify_state_is_sealed_bound_to_the_browser_and_used_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = checked_connections(dir.path());
+        let location = authorize_location(&c, COOKIE_A).await;
+        let q: HashMap<String, String> = location.query_pairs().into_owned().collect();
+        let good = q["state"].clone();
+        let mut state = verify_state(&c, &good);
+        state.exp = now() - 1;
+        let expired = seal_verify(&c, &state);
+        state.exp = now() + 60;
+        state.up = "nope".to_owned();
+        let unknown_upstream = seal_verify(&c, &state);
+        let upstream_state = c
+            .vault
+            .keys()
+            .seal(&state_purpose("github"), b"{}")
+            .unwrap();
+        let mut altered = good.clone().into_bytes();
+        altered[20] = if altered[20] == b'A' { b'B' } else { b'A' };
+        let altered = String::from_utf8(altered).unwrap();
+        let iss = enc("https://as.example");
+        for (sealed, cookie, extra, why) in [
+            (altered.as_str(), Some(COOKIE_A), "", "not valid"),
+            (upstream_state.as_str(), Some(COOKIE_A), "", "not valid"),
+            (expired.as_str(), Some(COOKIE_A), "", "expired"),
+            (unknown_upstream.as_str(), Some(COOKIE_A), "", "not valid"),
+            (good.as_str(), Some(COOKIE_B), "", "did not start"),
+            (good.as_str(), None, "", "cookie is missing"),
+            (
+                good.as_str(),
+                Some(COOKIE_A),
+                "&iss=https%3A%2F%2Fevil.example",
+                "another authorization server",
+            ),
+        ] {
+            let uri = format!("/connections/verify?code=c&state={}{extra}", enc(sealed));
+            let (status, headers, page) = send(&c, Method::GET, &uri, cookie, "").await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{why}: {page}");
+            assert!(page.contains(why), "{why}: {page}");
+            assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+        }
+        let (status, _, page) = send(
+            &c,
+            Method::GET,
+            "/connections/verify?error=access_denied&state=x",
+            Some(COOKIE_A),
+            "",
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(page.contains("access_denied"), "{page}");
+        let (status, headers, _) =
+            send(&c, Method::POST, "/connections/verify", Some(COOKIE_A), "").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(headers[header::ALLOW], "GET");
+        // Every check passes (the token endpoint is down here); then it is used up.
+        let uri = format!("/connections/verify?code=c&state={}&iss={iss}", enc(&good));
+        let (status, _, page) = send(&c, Method::GET, &uri, Some(COOKIE_A), "").await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{page}");
+        let (status, _, page) = send(&c, Method::GET, &uri, Some(COOKIE_A), "").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(page.contains("already used"), "{page}");
+        let owner = Owner {
+            issuer: "https://as.example",
+            subject: "alice <script>",
+            upstream: "github",
+        };
+        assert!(c.vault.get(owner).await.unwrap().is_none());
+        // Without the identity check there is no verify page.
+        let plain = connections(tempfile::tempdir().unwrap().path());
+        let (status, _, _) = send(&plain, Method::GET, &uri, Some(COOKIE_A), "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn only_the_links_user_passes() {
+        let state = VerifyClaims {
+            up: "github".to_owned(),
+            iss: "https://as.example".to_owned(),
+            sub: "alice".to_owned(),
+            id: "e1".to_owned(),
+            exp: now() + 60,
+            nonce: "n".to_owned(),
+            v: "v".to_owned(),
+            c: "c".to_owned(),
+        };
+        assert!(same_user(&state, "https://as.example", Some("alice")));
+        assert!(!same_user(&state, "https://as.example", Some("bob")));
+        assert!(!same_user(&state, "https://as.example", Some("alice ")));
+        assert!(!same_user(&state, "https://other.example", Some("alice")));
+        assert!(!same_user(&state, "https://as.example", None));
     }
 }

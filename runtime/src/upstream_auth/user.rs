@@ -103,8 +103,11 @@ pub(crate) struct Connections {
     pub(crate) origin: String,
     /// The server's title (or name), shown on the pages.
     pub(crate) server_name: &'static str,
-    /// Connect states already redeemed (crate::upstream_auth::connect, rule 3).
+    /// Connect states already redeemed (crate::upstream_auth::connect, rules 2 and 3).
     pub(crate) used: UsedStates,
+    /// The identity check of the connect pages (crate::upstream_auth::connect, rule 2);
+    /// `None` only with `--connect-without-identity-check`.
+    pub(crate) identity: Option<super::connect::Identity>,
     flights: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     waiting: Mutex<HashMap<String, (Peer<RoleServer>, Instant)>>,
 }
@@ -136,10 +139,103 @@ pub(crate) type ConnectPages = Arc<
         + Sync,
 >;
 
+/// How the connect pages check who opens a link (crate::run's `--connect-*` flags).
+#[derive(Debug, Default)]
+pub(crate) struct IdentitySetup {
+    /// The server's authenticator (`None` with `--no-auth`).
+    pub(crate) authenticator: Option<bmm_middleware::Authenticator>,
+    /// `--connect-client-id`: this server's client id at its own authorization server(s).
+    pub(crate) client_id: Option<String>,
+    /// `--connect-without-identity-check`.
+    pub(crate) without_check: bool,
+}
+
+/// The environment variable holding the connect client's secret (never a flag).
+pub(crate) const CONNECT_SECRET_ENV: &str = "BMM_CONNECT_CLIENT_SECRET";
+
+/// The connect pages' identity check (connect, rule 2) from `setup`: one sign-in client
+/// per trusted issuer. Refuses (fail closed) when there is neither a client id nor the
+/// explicit opt-out.
+fn identity(
+    server: &McpServer,
+    setup: IdentitySetup,
+    origin: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<super::connect::Identity>, String> {
+    let upstreams: Vec<&str> = server
+        .shared()
+        .def
+        .upstreams
+        .iter()
+        .filter(|u| matches!(u.auth, Some(UpstreamAuthDef::OAuth(o)) if o.grant == OAuthGrant::UserAuthorization))
+        .map(|u| u.id)
+        .collect();
+    let redirect = format!(
+        "{}{}",
+        origin.trim_end_matches('/'),
+        super::connect::VERIFY_PATH
+    );
+    let Some(client_id) = setup.client_id.filter(|c| !c.trim().is_empty()) else {
+        if setup.without_check {
+            tracing::warn!(
+                upstreams = ?upstreams,
+                "per-user connections WITHOUT the identity check (--connect-without-identity-check): whoever opens a user's connect link and approves binds THEIR upstream account to that user's MCP identity; use this only when a single person uses this server"
+            );
+            return Ok(None);
+        }
+        return Err(format!(
+            "upstream `{}` is user_oauth: its connect pages must check that whoever opens a connect link is the MCP user it was made for (MCP: URL elicitation, phishing). Register this server as an OAuth client at its authorization server with the redirect URI {redirect} and give its client id with --connect-client-id / BMM_CONNECT_CLIENT_ID (and {CONNECT_SECRET_ENV} for a confidential client), or, for a single-user deployment only, --connect-without-identity-check / BMM_CONNECT_WITHOUT_IDENTITY_CHECK",
+            upstreams.join("`, `")
+        ));
+    };
+    if setup.without_check {
+        return Err(
+            "--connect-client-id and --connect-without-identity-check exclude each other"
+                .to_owned(),
+        );
+    }
+    let Some(authenticator) = setup.authenticator else {
+        return Err(
+            "--connect-client-id needs authentication (the identity check signs the user in at the server's own authorization server); it cannot be used with --no-auth"
+                .to_owned(),
+        );
+    };
+    let secret = env(CONNECT_SECRET_ENV).filter(|s| !s.is_empty());
+    let http = server.shared().http.clone();
+    let mut clients = HashMap::new();
+    for issuer in authenticator.issuers() {
+        let issuer = issuer.as_str();
+        let allow_http = issuer
+            .get(..7)
+            .is_some_and(|s| s.eq_ignore_ascii_case("http://"));
+        let client = OAuthClient::sign_in(
+            "--connect-client-id",
+            issuer,
+            client_id.trim(),
+            secret.as_deref(),
+            http.clone(),
+            allow_http,
+        )?;
+        clients.insert(issuer.to_owned(), Arc::new(client));
+    }
+    tracing::info!(
+        client_id = client_id.trim(),
+        client_auth = if secret.is_some() { "client_secret_basic" } else { "none" },
+        redirect_uri = %redirect,
+        "per-user connections: a connect link is used only by the user who signs in as its owner"
+    );
+    Ok(Some(super::connect::Identity {
+        resource: authenticator.resource().as_str().to_owned(),
+        authenticator,
+        clients,
+    }))
+}
+
 /// Start-up (crate::run): when `server` has a `user_oauth` upstream, reads the vault keys
-/// from `env` (`BMM_VAULT_KEY` required), opens the vault at `location` (a SQLite path or
-/// a `postgres://` URL, TLS verified with `ca_file` too), installs per-user connections
-/// into the server, and returns the connect pages' handler (served under
+/// from `env` (`BMM_VAULT_KEY` required), checks the identity check's configuration
+/// (`identity`: a client id, or the explicit opt-out), opens the vault at `location` (a
+/// SQLite path or a `postgres://` URL, TLS verified with `ca_file` too), installs per-user
+/// connections into the server, and returns the connect pages' handler (served under
 /// `/connections/` on `origin`). `None` when no upstream is `user_oauth`: nothing is
 /// opened. Errors name the variable or flag, never a secret.
 pub(crate) fn set_up(
@@ -147,14 +243,16 @@ pub(crate) fn set_up(
     location: &str,
     ca_file: Option<&std::path::Path>,
     origin: &str,
+    setup: IdentitySetup,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<Option<ConnectPages>, String> {
     if !needs_vault(&server.shared().def) {
         return Ok(None);
     }
     let keys = super::vault::Keys::from_env(env)?;
+    let identity = identity(server, setup, origin, env)?;
     let vault = Vault::open(location, ca_file, keys).map_err(|e| format!("--vault: {e}"))?;
-    let connections = Connections::install(server, vault, origin)?;
+    let connections = Connections::install(server, vault, origin, identity)?;
     tracing::info!(
         vault = if super::vault::is_postgres_url(location) { "postgres" } else { location },
         key_id = connections.vault.keys().current_id(),
@@ -183,6 +281,7 @@ impl Connections {
         server: &McpServer,
         vault: Vault,
         origin: &str,
+        identity: Option<super::connect::Identity>,
     ) -> Result<Arc<Self>, String> {
         let shared = server.shared();
         let mut clients = HashMap::new();
@@ -202,6 +301,7 @@ impl Connections {
             origin: origin.trim_end_matches('/').to_owned(),
             server_name: shared.def.title.unwrap_or(shared.def.name),
             used: UsedStates::default(),
+            identity,
             flights: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
         });
@@ -218,6 +318,7 @@ impl Connections {
         vault: Vault,
         clients: HashMap<&'static str, Arc<OAuthClient>>,
         origin: &str,
+        identity: Option<super::connect::Identity>,
     ) -> Self {
         Self {
             vault,
@@ -225,6 +326,7 @@ impl Connections {
             origin: origin.to_owned(),
             server_name: "Test Server",
             used: UsedStates::default(),
+            identity,
             flights: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
         }
@@ -725,7 +827,12 @@ mod tests {
         .unwrap();
         let clients = HashMap::from([("api", Arc::new(client))]);
         (
-            Arc::new(Connections::for_tests(vault, clients, "http://127.0.0.1:1")),
+            Arc::new(Connections::for_tests(
+                vault,
+                clients,
+                "http://127.0.0.1:1",
+                None,
+            )),
             count,
         )
     }
