@@ -440,6 +440,9 @@ fn smoke_test(spec: &Spec, spec_file: &str) -> TokenStream {
             "BMM_VAULT",
             concat!(env!("CARGO_TARGET_TMPDIR"), "/smoke-vault.sqlite")
         )));
+        // The connect pages' identity check needs the server's client id at its own
+        // authorization server (start-up refuses without it); nothing is fetched at start.
+        secrets.push(quote!(("BMM_CONNECT_CLIENT_ID", "smoke-test-connect-client")));
     }
     let tools = spec.tools.iter().map(|t| t.name.value.as_str());
     let scoped = match spec.tools.iter().find_map(|t| {

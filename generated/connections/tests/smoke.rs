@@ -19,6 +19,7 @@ const SECRETS: &[(&str, &str)] = &[
         "BMM_VAULT",
         concat!(env!("CARGO_TARGET_TMPDIR"), "/smoke-vault.sqlite"),
     ),
+    ("BMM_CONNECT_CLIENT_ID", "smoke-test-connect-client"),
 ];
 
 /// The tools the spec declares, in order.
