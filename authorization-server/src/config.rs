@@ -404,7 +404,7 @@ fn check_resource_servers(
         let token_exchange = entry
             .token_exchange
             .as_ref()
-            .map(|policy| check_exchange_policy(policy, resources, scopes))
+            .map(|policy| check_exchange_policy(policy, &resource, resources, scopes))
             .transpose()
             .map_err(|(field, why)| fail(&field, why))?;
         out.push(ResourceServer {
@@ -423,6 +423,7 @@ fn check_resource_servers(
 /// Resource-server rule 5: a `token_exchange` table, or the field at fault and what to do.
 fn check_exchange_policy(
     policy: &TokenExchangeConfig,
+    own: &str,
     resources: &[String],
     scopes: &[String],
 ) -> Result<TokenExchangePolicy, (String, String)> {
@@ -447,6 +448,17 @@ fn check_exchange_policy(
                     ),
                 )
             })?;
+        // Exchanging into its own resource would re-mint its callers' tokens: an opaque,
+        // revocable or DPoP-bound token would come back as an unbound JWT for the same
+        // audience.
+        if canonical == own {
+            return Err((
+                format!("token_exchange.audiences[{j}]"),
+                format!(
+                    "`{audience}` is this resource server's own resource; a server exchanges its callers' tokens for other resources only"
+                ),
+            ));
+        }
         if !audiences.contains(&canonical) {
             audiences.push(canonical);
         }

@@ -1139,6 +1139,10 @@ fn the_config_files_policies_are_checked_at_start_up() {
             "resource_servers[0] (client_id `notes-rs`): token_exchange.audiences[0]: `https://unknown.example.com` is not one of the configured resources",
         ),
         (
+            &format!(r#"{{ audiences = ["{API}", "{NOTES}"] }}"#),
+            "resource_servers[0] (client_id `notes-rs`): token_exchange.audiences[1]: `http://127.0.0.1:4103/mcp` is this resource server's own resource",
+        ),
+        (
             r#"{ audiences = [] }"#,
             "resource_servers[0] (client_id `notes-rs`): token_exchange.audiences: give at least one",
         ),
