@@ -442,7 +442,10 @@ fn smoke_test(spec: &Spec, spec_file: &str) -> TokenStream {
         )));
         // The connect pages' identity check needs the server's client id at its own
         // authorization server (start-up refuses without it); nothing is fetched at start.
-        secrets.push(quote!(("BMM_CONNECT_CLIENT_ID", "smoke-test-connect-client")));
+        secrets.push(quote!((
+            "BMM_CONNECT_CLIENT_ID",
+            "smoke-test-connect-client"
+        )));
     }
     let tools = spec.tools.iter().map(|t| t.name.value.as_str());
     let scoped = match spec.tools.iter().find_map(|t| {

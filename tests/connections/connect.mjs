@@ -1,9 +1,11 @@
 // A per-user upstream connection made in headless Chromium (Debian's package), the way a
 // person would: an MCP client (this script) signs alice in to the generated `connections`
 // server through bmm-as, calls `list_notes`, gets the URL elicitation (2026-07-28, input
-// required, mode url), opens the link in the browser, reads who it connects, clicks
-// Connect, signs in and approves at bmm-as (here in its second role: the notebook's
-// authorization server), lands on the "connected" page, and retries the call, which now
+// required, mode url), opens the link in the browser (the page does not say whose link it
+// is), clicks Connect, signs in at bmm-as as the MCP server's authorization server (the
+// identity check: the browser user must be the one the link was made for), then signs in
+// and approves at bmm-as in its second role (the notebook's authorization server), lands on
+// the "connected" page, and retries the call, which now
 // succeeds. A stand-in notebook API on <notebook-port> records every request: it must have
 // seen alice's notebook token (audience the notebook, subject alice, issued to the
 // server's notebook client), never the MCP token. Disconnecting then asks again.
@@ -128,15 +130,26 @@ try {
   check(link.startsWith(new URL(mcpUrl).origin + '/connections/notebook/start?t='), `the link is the server's connect page (${new URL(link).pathname})`);
   check(seen.length === 0, 'the notebook API was not called before connecting');
 
-  // 3. The browser opens the link: the page names who is connected to what.
+  // 3. The browser opens the link: the page names the upstream, not whose link it is.
   await page.goto(link);
-  const subject = await page.textContent('#subject');
   const upstream = await page.textContent('#upstream');
-  check(subject === 'alice' && upstream === 'notebook', `the connect page names the MCP user (${subject}) and the upstream (${upstream})`);
+  check(upstream === 'notebook', `the connect page names the upstream (${upstream})`);
+  check(!(await page.content()).includes('alice'), 'the connect page does not say who generated the link');
   check((await page.textContent('#warning')).includes('someone else'), 'the connect page warns against links from others');
   await page.screenshot({ path: join(outDir, 'start.png'), fullPage: true });
   await Promise.all([page.waitForURL(`${issuer}/authorize**`), page.click('#connect')]);
-  // 4. bmm-as (the notebook's authorization server): sign in and approve.
+  // 4. bmm-as as the MCP server's authorization server: alice proves she is the link's user.
+  check((await page.textContent('#resource')) === mcpUrl, 'the connect page first signs the browser user in to the MCP server');
+  check(new URL(page.url()).searchParams.get('client_id') === 'connections-connect', "as the server's connect client");
+  await page.fill('#username', 'alice');
+  await page.fill('#password', 'wonderland');
+  await page.screenshot({ path: join(outDir, 'verify.png'), fullPage: true });
+  await Promise.all([
+    page.waitForURL((u) => u.pathname === '/authorize' && u.searchParams.get('client_id') === 'connections-notebook'),
+    page.click('#approve'),
+  ]);
+  checks.push('signed in as alice at the MCP server\'s authorization server; the connect page let her through to the notebook');
+  // 5. bmm-as (the notebook's authorization server): sign in and approve.
   check((await page.textContent('#resource')) === notebookResource, 'bmm-as asks consent for the notebook API');
   await page.fill('#username', 'alice');
   await page.fill('#password', 'wonderland');
@@ -147,7 +160,7 @@ try {
   check(!(await page.content()).includes('eyJ'), 'no token on the connected page');
   checks.push('signed in and approved at bmm-as; the callback stored the connection');
 
-  // 5. The retried call succeeds with alice's notebook token.
+  // 6. The retried call succeeds with alice's notebook token.
   const retried = await call(mcpToken, 'list_notes', caps, { bmm_connect_notebook: { action: 'accept' } });
   check(retried.result?.structuredContent?.notes?.[0]?.title === 'Written in the notebook app',
     `the retried list_notes returns alice's notes: ${JSON.stringify(retried).slice(0, 200)}`);
@@ -158,7 +171,7 @@ try {
   check(c.aud === notebookResource && c.sub === 'alice' && c.iss === issuer && c.client_id === 'connections-notebook',
     `the notebook token is alice's, for the notebook, issued to the server's notebook client (aud ${c.aud}, sub ${c.sub}, client ${c.client_id})`);
 
-  // 6. Disconnecting forgets it: the next call asks again.
+  // 7. Disconnecting forgets it: the next call asks again.
   const gone = await call(mcpToken, 'disconnect_notebook', {});
   check(gone.result?.content?.[0]?.text?.includes('Disconnected'), 'disconnect_notebook deletes the connection');
   const again = await call(mcpToken, 'list_notes', caps);

@@ -3,13 +3,16 @@
 //!
 //! bmm-as plays both roles: the MCP server's authorization server and the notebook's (its
 //! config pre-registers the server's confidential notebook client, `connections-notebook`,
-//! with the server's callback as redirect URI, and user alice). The generated server runs
+//! with the server's callback as redirect URI; the server's confidential connect client,
+//! `connections-connect`, with `/connections/verify` as redirect URI, for the identity
+//! check of the connect page; and user alice). The generated server runs
 //! with its token vault in `target/conformance/connections/vault.sqlite` and points its
 //! `notebook` upstream at the stand-in API that `tests/connections/connect.mjs` serves.
 //! The script (Node 22 and playwright-core, pinned in tests/package.json, with Debian's
 //! chromium) signs alice in as an MCP client, calls `list_notes`, follows the URL
-//! elicitation in the browser (the connect page, bmm-as's sign-in and consent, the
-//! callback), retries the call, checks what the notebook API saw, and disconnects. Logs
+//! elicitation in the browser (the connect page, the sign-in at the MCP server's
+//! authorization server proving the browser user is alice, bmm-as's sign-in and consent
+//! as the notebook's, the callback), retries the call, checks what the notebook API saw, and disconnects. Logs
 //! and screenshots in `target/conformance/connections/`; every process is stopped on
 //! exit, on success or failure.
 
@@ -57,6 +60,7 @@ pub(crate) fn connections(root: &Path) -> Result<(), String> {
     let mcp_url = format!("{mcp_origin}/mcp");
     let notebook = format!("http://127.0.0.1:{notebook_port}/notebook");
     let notebook_secret = random()?;
+    let connect_secret = random()?;
     let config = out.join("bmm-as.toml");
     std::fs::write(
         &config,
@@ -74,6 +78,12 @@ client_id = "connections-notebook"
 client_name = "Connections (notebook)"
 client_secret = "{notebook_secret}"
 redirect_uris = ["{mcp_origin}/connections/notebook/callback"]
+
+[[clients]]
+client_id = "connections-connect"
+client_name = "Connections (sign-in check of the connect page)"
+client_secret = "{connect_secret}"
+redirect_uris = ["{mcp_origin}/connections/verify"]
 "#
         ),
     )
@@ -112,6 +122,8 @@ redirect_uris = ["{mcp_origin}/connections/notebook/callback"]
             .env("NOTEBOOK_URL", &notebook)
             .env("NOTEBOOK_ISSUER", &issuer)
             .env("NOTEBOOK_CLIENT_SECRET", &notebook_secret)
+            .env("BMM_CONNECT_CLIENT_ID", "connections-connect")
+            .env("BMM_CONNECT_CLIENT_SECRET", &connect_secret)
             // The other two upstreams are not called here; their secrets must be set.
             .env("DIRECTORY_CLIENT_SECRET", "unused")
             .env("REPORTS_CLIENT_SECRET", "unused")
