@@ -396,6 +396,21 @@ impl OAuthClient {
         self.issuer.as_deref()
     }
 
+    /// Whether a caller's token from `caller_issuer` may be sent to this client's token
+    /// endpoint for exchange: only to the authorization server that issued it. With an
+    /// `issuer`, the identifiers must be the same; with `token_url` alone, the token
+    /// endpoint must be on the caller issuer's origin (scheme, host and port). A server
+    /// trusting several issuers never hands one issuer's token to another.
+    pub(crate) fn may_receive_token_of(&self, caller_issuer: &str) -> bool {
+        if let Some(issuer) = &self.issuer {
+            return same_issuer(issuer, caller_issuer);
+        }
+        match (&self.token_url, Url::parse(caller_issuer)) {
+            (Some(token_url), Ok(caller)) => token_url.origin() == caller.origin(),
+            _ => false,
+        }
+    }
+
     /// RFC 9207: the `iss` parameter of an authorization response must name this client's
     /// issuer; when the issuer's metadata says it sends `iss`
     /// (`authorization_response_iss_parameter_supported`), a response without it is

@@ -395,8 +395,23 @@ pub(crate) async fn execute(
                     "upstream `{id}` is called with the caller's identity (token exchange), which needs an authenticated caller"
                 )));
             };
+            let client = client()?;
+            // The caller's token goes only to the authorization server that issued it.
+            let caller_issuer = ctx.auth().map(|a| a.issuer().to_string());
+            if !caller_issuer
+                .as_deref()
+                .is_some_and(|iss| client.may_receive_token_of(iss))
+            {
+                tracing::warn!(
+                    upstream = id,
+                    "token exchange refused: the caller's token is of another issuer than the upstream's authorization server"
+                );
+                return Err(ToolError::new(format!(
+                    "upstream `{id}` exchanges tokens of its own authorization server only; the caller's token is of another issuer"
+                )));
+            }
             Source::Exchange {
-                client: client()?,
+                client,
                 subject,
                 left,
             }

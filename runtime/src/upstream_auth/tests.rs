@@ -767,3 +767,21 @@ fn secrets_never_print() {
     );
     assert!(s.same_as(&Secret::new("the-token")));
 }
+
+/// Review 16, finding 1: a server trusting several issuers hands a caller's token only to
+/// the authorization server that issued it.
+#[tokio::test]
+async fn the_callers_token_is_exchanged_only_at_its_own_issuer() {
+    let as_ = StandIn::start(|_| vec![], issuing(3600)).await;
+    let by_url = client_for(&as_, def(OAuthGrant::TokenExchange, BASIC), false);
+    assert!(by_url.may_receive_token_of(&as_.url));
+    assert!(by_url.may_receive_token_of(&format!("{}/realms/a", as_.url)));
+    assert!(!by_url.may_receive_token_of("http://127.0.0.1:1"));
+    assert!(!by_url.may_receive_token_of("https://other.example.com"));
+    assert!(!by_url.may_receive_token_of("not a url"));
+    let by_issuer = client_for(&as_, def(OAuthGrant::TokenExchange, BASIC), true);
+    assert!(by_issuer.may_receive_token_of(&as_.url));
+    assert!(by_issuer.may_receive_token_of(&format!("{}/", as_.url)));
+    assert!(!by_issuer.may_receive_token_of(&format!("{}/realms/a", as_.url)));
+    assert!(!by_issuer.may_receive_token_of("https://other.example.com"));
+}
