@@ -397,7 +397,7 @@ pub(crate) async fn execute(
             };
             let client = client()?;
             // The caller's token goes only to the authorization server that issued it.
-            let caller_issuer = ctx.auth().map(|a| a.issuer().to_string());
+            let caller_issuer = ctx.auth().map(|a| a.issuer().to_owned());
             if !caller_issuer
                 .as_deref()
                 .is_some_and(|iss| client.may_receive_token_of(iss))
