@@ -33,9 +33,9 @@ use rmcp::RoleServer;
 use rmcp::model::{
     ClientCapabilities, CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult,
     ElicitRequest, ElicitRequestParams, ElicitResult, ErrorData, InputRequest, InputRequiredResult,
-    InputResponses, ListRootsRequest, ListRootsResult, LoggingLevel,
-    LoggingMessageNotificationParam, ProgressNotificationParam, RequestStateCodec,
-    RequestStateError, SealOptions,
+    InputResponses, ListRootsRequest, ListRootsResult, LoggingLevel, LoggingMessageNotification,
+    LoggingMessageNotificationParam, ProgressNotification, ProgressNotificationParam,
+    RequestStateCodec, RequestStateError, SealOptions, ServerNotification,
 };
 use rmcp::service::RequestContext;
 use serde_json::Value;
@@ -392,7 +392,9 @@ impl ToolContext {
         let mut data = data.into();
         self.secrets.redact_value(&mut data);
         let param = LoggingMessageNotificationParam::new(level, data);
-        if let Err(e) = self.request.peer.notify_logging_message(param).await {
+        let note =
+            ServerNotification::LoggingMessageNotification(LoggingMessageNotification::new(param));
+        if let Err(e) = self.notify(note).await {
             tracing::debug!(error = %e, "log notification not delivered");
         }
     }
@@ -406,8 +408,23 @@ impl ToolContext {
         let mut param = ProgressNotificationParam::new(token, progress);
         param.total = total;
         param.message = message.map(|m| self.secrets.redact(m));
-        if let Err(e) = self.request.peer.notify_progress(param).await {
+        let note = ServerNotification::ProgressNotification(ProgressNotification::new(param));
+        if let Err(e) = self.notify(note).await {
             tracing::debug!(error = %e, "progress notification not delivered");
+        }
+    }
+
+    /// Sends `note` to the client: on the request's own response when the call came by
+    /// the direct stateless path (crate::stateless, rule 5), else through rmcp's peer.
+    async fn notify(&self, note: ServerNotification) -> Result<(), String> {
+        match self.request.extensions.get::<crate::stateless::Outbox>() {
+            Some(outbox) => outbox.send(note).await,
+            None => self
+                .request
+                .peer
+                .send_notification(note)
+                .await
+                .map_err(|e| e.to_string()),
         }
     }
 

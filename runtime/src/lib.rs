@@ -23,6 +23,7 @@ mod output;
 pub mod run;
 mod secrets;
 mod session_cap;
+mod stateless;
 pub mod tasks;
 #[cfg(feature = "testing")]
 pub mod testing;

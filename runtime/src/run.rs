@@ -641,7 +641,7 @@ fn mcp_service_over(
         // Legacy sessions stay on: in rmcp's stateless mode legacy sampling and elicitation
         // hang. 2026-07-28 requests are stateless either way.
         .with_legacy_session_mode(true)
-        .with_allowed_hosts(allowed_hosts);
+        .with_allowed_hosts(allowed_hosts.clone());
     let factory = server.clone();
     crate::metrics::watch_sessions(&sessions);
     let service = StreamableHttpService::new(
@@ -655,7 +655,8 @@ fn mcp_service_over(
         max_sessions,
         max_sessions_per_subject,
     );
-    crate::traces::mcp::McpTrace::new(capped, server.def(), server.traces().cloned())
+    let direct = crate::stateless::Stateless::new(capped, server, &allowed_hosts);
+    crate::traces::mcp::McpTrace::new(direct, server.def(), server.traces().cloned())
 }
 
 /// Builds the server for stdio: secrets checked as for HTTP, no authentication layer.

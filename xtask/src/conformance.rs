@@ -384,7 +384,9 @@ pub(crate) fn server(root: &Path) -> Result<(), String> {
     let _server = Guard(
         Command::new(&binary)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--no-auth"])
-            .env("RUST_LOG", "warn")
+            // The direct stateless path logs each request it answers at debug: counted
+            // below, so the 2026-07-28 suite is known to have exercised it.
+            .env("RUST_LOG", "warn,bmm_runtime::stateless=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(out.join("server.log")).map_err(|e| e.to_string())?)
             .spawn()
@@ -399,8 +401,15 @@ pub(crate) fn server(root: &Path) -> Result<(), String> {
     let expected = root.join("tests/conformance/expected-failures.yaml");
     let mut failed = Vec::new();
     let mut lines = Vec::new();
+    let direct = || {
+        std::fs::read_to_string(out.join("server.log"))
+            .unwrap_or_default()
+            .matches("answered on the direct stateless path")
+            .count()
+    };
     for (i, suite) in SERVER_SUITES.iter().enumerate() {
         let log_path = out.join(format!("suite-{i}.log"));
+        let direct_before = direct();
         let mut command = Command::new(&node);
         command
             .arg(
@@ -429,10 +438,17 @@ pub(crate) fn server(root: &Path) -> Result<(), String> {
         for line in log.lines().filter(|l| l.trim_start().starts_with('✗')) {
             eprintln!("    {}: {line}", suite.name);
         }
+        let direct_requests = direct() - direct_before;
         let line = format!(
-            "conformance server ({}) vs generated/conformance: {total}",
+            "conformance server ({}) vs generated/conformance: {total}; {direct_requests} requests answered on the direct stateless path",
             suite.name
         );
+        if suite.args.contains(&"2026-07-28") && direct_requests == 0 {
+            failed.push(format!(
+                "{}: no request took the direct stateless path (runtime/src/stateless.rs)",
+                suite.name
+            ));
+        }
         eprintln!("{line}");
         lines.push(line);
         if !status.success() {
