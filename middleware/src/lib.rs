@@ -117,5 +117,8 @@ pub use refusal::Refusal;
 pub use reload::{Reload, reload_on_sighup};
 pub use resource::{Issuer, Resource};
 pub use scope::{ScopeClaim, ScopeHierarchy, ScopePolicy, ScopeSet};
-pub use serve::{ServeConfig, Server, is_loopback_listen, serve, shutdown_signal, stack};
+pub use serve::{
+    BoxedStack, ServeConfig, Server, is_loopback_listen, serve, shutdown_signal, stack,
+    stack_by_layer,
+};
 pub use tool_scope::{CalledTools, ToolScope, ToolScopeLayer};

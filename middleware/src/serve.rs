@@ -542,52 +542,174 @@ where
     ReqBody::Data: Send,
     ReqBody::Error: Into<BoxError>,
 {
-    let auth_layer = config
-        .auth
-        .clone()
-        .map_or_else(AuthLayer::disabled, AuthLayer::new);
-    let scope_layer = match &config.auth {
-        Some(auth) if config.rate_limits.has_tool_limits() => {
-            ToolScopeLayer::new(auth.clone(), config.max_body_bytes).reading_tools()
-        }
-        Some(auth) => ToolScopeLayer::new(auth.clone(), config.max_body_bytes),
-        None => ToolScopeLayer::buffer_only(config.max_body_bytes),
-    };
-    // Without authentication there is no verified caller to count (rate_limit rule 5).
-    let rate_limit = match &config.auth {
-        Some(_) => RateLimitLayer::new(&config.rate_limits),
-        None => RateLimitLayer::new(&RateLimits::new()),
-    };
-    // The DPoP fields come from the authenticator, whoever built the document.
-    let metadata =
-        MetadataLayer::new_optional(config.metadata.clone().map(|m| match &config.auth {
-            Some(auth) => m.dpop_of(auth),
-            None => m,
-        }));
+    let layers = Layers::of(config);
     ServiceBuilder::new()
-        .layer(HttpTraceLayer::new(config.traces.clone(), &config.mcp_path))
-        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(SpanWithoutQuery))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            config.request_timeout,
-        ))
-        .layer(ConcurrencyLimitLayer::new(config.max_concurrency))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            config.max_body_bytes,
-        ))
-        .layer(metadata)
-        .layer(RoutesLayer {
-            mcp_path: config.mcp_path.clone(),
-            auth: config.auth.clone(),
-            public: config.public.clone().into(),
-        })
-        .layer(ObserveRefusalsLayer::new(config.observer.clone()))
-        .layer(OriginLayer::new(config.origin.clone()))
-        .layer(auth_layer)
-        .layer(scope_layer)
-        .layer(rate_limit)
-        .layer(CountRequestsLayer::new(&config.observer))
+        .layer(layers.http_trace)
+        .layer(layers.trace)
+        .layer(layers.timeout)
+        .layer(layers.concurrency)
+        .layer(layers.body_limit)
+        .layer(layers.metadata)
+        .layer(layers.routes)
+        .layer(layers.refusals)
+        .layer(layers.origin)
+        .layer(layers.auth)
+        .layer(layers.scope)
+        .layer(layers.rate_limit)
+        .layer(layers.count)
         .service(service)
+}
+
+/// Every layer of [`stack`], built from a config.
+struct Layers {
+    http_trace: HttpTraceLayer,
+    trace: tower_http::trace::TraceLayer<
+        tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+        SpanWithoutQuery,
+    >,
+    timeout: tower_http::timeout::TimeoutLayer,
+    concurrency: ConcurrencyLimitLayer,
+    body_limit: tower_http::limit::RequestBodyLimitLayer,
+    metadata: MetadataLayer,
+    routes: RoutesLayer,
+    refusals: ObserveRefusalsLayer,
+    origin: OriginLayer,
+    auth: AuthLayer,
+    scope: ToolScopeLayer,
+    rate_limit: RateLimitLayer,
+    count: CountRequestsLayer,
+}
+
+impl Layers {
+    fn of(config: &ServeConfig) -> Self {
+        let auth = config
+            .auth
+            .clone()
+            .map_or_else(AuthLayer::disabled, AuthLayer::new);
+        let scope = match &config.auth {
+            Some(auth) if config.rate_limits.has_tool_limits() => {
+                ToolScopeLayer::new(auth.clone(), config.max_body_bytes).reading_tools()
+            }
+            Some(auth) => ToolScopeLayer::new(auth.clone(), config.max_body_bytes),
+            None => ToolScopeLayer::buffer_only(config.max_body_bytes),
+        };
+        // Without authentication there is no verified caller to count (rate_limit rule 5).
+        let rate_limit = match &config.auth {
+            Some(_) => RateLimitLayer::new(&config.rate_limits),
+            None => RateLimitLayer::new(&RateLimits::new()),
+        };
+        // The DPoP fields come from the authenticator, whoever built the document.
+        let metadata =
+            MetadataLayer::new_optional(config.metadata.clone().map(|m| match &config.auth {
+                Some(auth) => m.dpop_of(auth),
+                None => m,
+            }));
+        Self {
+            http_trace: HttpTraceLayer::new(config.traces.clone(), &config.mcp_path),
+            trace: tower_http::trace::TraceLayer::new_for_http().make_span_with(SpanWithoutQuery),
+            timeout: tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                config.request_timeout,
+            ),
+            concurrency: ConcurrencyLimitLayer::new(config.max_concurrency),
+            body_limit: tower_http::limit::RequestBodyLimitLayer::new(config.max_body_bytes),
+            metadata,
+            routes: RoutesLayer {
+                mcp_path: config.mcp_path.clone(),
+                auth: config.auth.clone(),
+                public: config.public.clone().into(),
+            },
+            refusals: ObserveRefusalsLayer::new(config.observer.clone()),
+            origin: OriginLayer::new(config.origin.clone()),
+            auth,
+            scope,
+            rate_limit,
+            count: CountRequestsLayer::new(&config.observer),
+        }
+    }
+}
+
+/// One of [`stack_by_layer`]'s services.
+#[doc(hidden)]
+pub type BoxedStack = tower::util::BoxCloneSyncService<
+    Request<Full<Bytes>>,
+    Response<http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>,
+    Infallible,
+>;
+
+/// [`stack`] built up one layer at a time, innermost first: `service` alone, then with
+/// authentication (which the layers inside it need), then with the innermost layer (and
+/// authentication), and so on to the whole stack, each named after the layer it adds.
+/// Each is boxed once, the same way, so the difference between neighbours is what one
+/// layer costs. For the in-memory stack bench (bmm-runtime's `benches/stack.rs`).
+#[doc(hidden)]
+pub fn stack_by_layer<S, B>(config: &ServeConfig, service: S) -> Vec<(&'static str, BoxedStack)>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + std::fmt::Display,
+{
+    fn boxed<T, TB>(service: T) -> BoxedStack
+    where
+        T: Service<Request<Full<Bytes>>, Response = Response<TB>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        T::Future: Send + 'static,
+        TB: Body<Data = Bytes> + Send + 'static,
+        TB::Error: Into<BoxError>,
+    {
+        tower::util::BoxCloneSyncService::new(tower::ServiceExt::map_response(
+            service,
+            |r: Response<TB>| {
+                r.map(|b| {
+                    http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
+                        b,
+                        Into::into,
+                    ))
+                })
+            },
+        ))
+    }
+    let l = Layers::of(config);
+    // The layers inside authentication need its verified caller: until authentication is
+    // added in its place, it wraps each of them from the outside.
+    let mut out = vec![
+        ("MCP service", boxed(service.clone())),
+        ("+ authentication", boxed(l.auth.layer(service.clone()))),
+    ];
+    let s = l.count.layer(service);
+    out.push(("+ request counts (observe)", boxed(l.auth.layer(s.clone()))));
+    let s = l.rate_limit.layer(s);
+    out.push(("+ rate limits", boxed(l.auth.layer(s.clone()))));
+    let s = l.scope.layer(s);
+    out.push(("+ tool scopes (body read)", boxed(l.auth.layer(s.clone()))));
+    let s = l.auth.layer(s);
+    let s = l.origin.layer(s);
+    out.push(("+ Origin/Host check", boxed(s.clone())));
+    let s = l.refusals.layer(s);
+    out.push(("+ refusal counts (observe)", boxed(s.clone())));
+    let s = l.routes.layer(s);
+    out.push(("+ routes", boxed(s.clone())));
+    let s = l.metadata.layer(s);
+    out.push(("+ resource metadata", boxed(s.clone())));
+    let s = l.body_limit.layer(s);
+    out.push(("+ body size limit", boxed(s.clone())));
+    let s = l.concurrency.layer(s);
+    out.push(("+ concurrency limit", boxed(s.clone())));
+    let s = l.timeout.layer(s);
+    out.push(("+ request timeout", boxed(s.clone())));
+    let s = l.trace.layer(s);
+    out.push(("+ tracing span", boxed(s.clone())));
+    let s = l.http_trace.layer(s);
+    out.push(("+ OpenTelemetry HTTP span", boxed(s)));
+    out
 }
 
 /// Binds `addr` and serves until SIGINT or SIGTERM.

@@ -1,10 +1,10 @@
 //! The whole server stack in memory (no sockets, no load generator): one stateless
 //! 2026-07-28 `tools/call word_stats` through each of
 //!
-//! - `stack/plain_rmcp`: rmcp's Streamable HTTP service alone (the floor `cargo xtask
-//!   bench` measures on a socket);
-//! - `stack/mcp_service`: what bmm puts around rmcp inside the stack (the session cap,
-//!   rmcp's Host check);
+//! - `stack/plain_rmcp`: rmcp's Streamable HTTP service alone (what bmm served every
+//!   stateless request with before issue 19);
+//! - `stack/mcp_service`: bmm's MCP service, which answers this request on the direct
+//!   stateless path (`bmm_runtime`'s `stateless` module) and passes the rest to rmcp;
 //! - `stack/bmm_auth_off`: every `bmm_middleware::stack` layer, authentication disabled;
 //! - `stack/bmm_auth_on`: the same with a valid RS256 token (verified-token cache warm);
 //! - `stack/bmm_auth_on_default_logs`: the same with a generated server's default logging
@@ -14,6 +14,9 @@
 //! - `stack/bmm_auth_on_traces`: `stack/bmm_auth_on` with OpenTelemetry traces on (HTTP
 //!   and MCP spans built, ended and queued to a batch processor whose exporter discards
 //!   them: the OTLP encoding and sending run on the processor's own thread).
+//!
+//! - `layers/NN …`: the auth-on stack built up one layer at a time from the MCP service
+//!   outwards (`bmm_middleware::stack_by_layer`), each variant boxed the same way.
 //!
 //! Differences between neighbours are what each part costs per request:
 //! `cargo bench -p bmm-runtime --bench stack`.
@@ -147,6 +150,16 @@ fn stack(c: &mut Criterion) {
         bmm_runtime::run::mcp_service(&server, on.allowed_hosts(), 256, 16),
     );
     bench(c, "stack/bmm_auth_on", &bmm_on, Some(&token));
+
+    // Layer by layer (the auth-on stack, built up from the MCP service outwards; each
+    // variant boxed once, so neighbours differ by one layer).
+    let layers = bmm_middleware::stack_by_layer(
+        &on,
+        bmm_runtime::run::mcp_service(&server, on.allowed_hosts(), 256, 16),
+    );
+    for (i, (name, service)) in layers.iter().enumerate() {
+        bench(c, &format!("layers/{i:02} {name}"), service, Some(&token));
+    }
 
     // Traces on: a server of its own (its tracer is set once).
     let traced = McpServer::new(word_stats::server_def(), Secrets::default(), |_| None).unwrap();
