@@ -42,5 +42,15 @@ pub use handler::McpServer;
 pub use output::{ToolError, ToolOutput};
 pub use secrets::Secrets;
 
+/// mimalloc as the global allocator (feature `mimalloc`).
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// jemalloc as the global allocator (feature `jemalloc`).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Re-exported so generated crates need no direct dependency on these.
 pub use {bmm_middleware, rmcp, serde_json, tokio, tracing};
