@@ -283,7 +283,11 @@ pub struct ToolContext {
     log_level: SessionLogLevel,
     retry: Retry,
     state: Arc<RequestStateCodec>,
-    binding: Binding,
+    /// The call and its arguments; the [`Binding`] is worked out from them (and the
+    /// caller) the first time request state is sealed or opened, not on every call.
+    call: String,
+    arguments: Value,
+    binding: std::sync::OnceLock<Binding>,
     secrets: Secrets,
     /// The server's state (crate::app), once the start-up hook has built it.
     app_state: Option<AnyState>,
@@ -307,14 +311,15 @@ impl ToolContext {
             .extensions
             .get::<http::request::Parts>()
             .and_then(|parts| AuthContext::from_parts(parts).ok().cloned());
-        let binding = Binding::new(call, Caller::of(auth.as_ref()), arguments);
         Self {
             auth,
             request,
             log_level,
             retry,
             state,
-            binding,
+            call: call.to_owned(),
+            arguments: arguments.clone(),
+            binding: std::sync::OnceLock::new(),
             secrets,
             app_state: None,
             task: None,
@@ -438,6 +443,13 @@ impl ToolContext {
             .filter(|v| v.is_object())
     }
 
+    /// What this call's request state is bound to.
+    fn binding(&self) -> &Binding {
+        self.binding.get_or_init(|| {
+            Binding::new(&self.call, Caller::of(self.auth.as_ref()), &self.arguments)
+        })
+    }
+
     /// The raw `requestState` the client echoed back. Untrusted: use
     /// [`ToolContext::open_state`] to read state this server sealed.
     pub fn request_state(&self) -> Option<&str> {
@@ -448,7 +460,7 @@ impl ToolContext {
     /// in this process), for the next round of an "input required" exchange. It opens
     /// only in this tool, for this caller, with these arguments, for [`STATE_TTL`].
     pub fn seal_state<T: serde::Serialize>(&self, value: &T) -> Result<String, ToolError> {
-        seal_bound(&self.state, &self.binding, value, STATE_TTL)
+        seal_bound(&self.state, self.binding(), value, STATE_TTL)
     }
 
     /// Opens the `requestState` the client echoed back: `Ok(None)` when there is none, a
@@ -458,7 +470,7 @@ impl ToolContext {
         let Some(raw) = self.request_state() else {
             return Ok(None);
         };
-        open_bound(&self.state, &self.binding, raw).map(Some)
+        open_bound(&self.state, self.binding(), raw).map(Some)
     }
 
     /// Asks the client every question at once and returns the answers by key. Legacy

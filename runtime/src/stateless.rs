@@ -52,8 +52,8 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use rmcp::RoleServer;
 use rmcp::model::{
-    ClientJsonRpcMessage, ClientRequest, ErrorCode, GetExtensions, GetMeta, Implementation,
-    InitializeRequestParams, ProtocolVersion, ServerJsonRpcMessage, ServerNotification,
+    ClientRequest, ErrorCode, GetExtensions, GetMeta, Implementation, InitializeRequestParams,
+    JsonRpcRequest, ProtocolVersion, RequestId, ServerJsonRpcMessage, ServerNotification,
 };
 use rmcp::service::{Peer, RequestContext, Service as _};
 use tokio::sync::mpsc;
@@ -318,10 +318,8 @@ impl Shared {
         &self,
         headers: &HeaderMap,
         body: &Bytes,
-    ) -> Option<rmcp::model::JsonRpcRequest<ClientRequest>> {
-        let ClientJsonRpcMessage::Request(request) = serde_json::from_slice(body).ok()? else {
-            return None;
-        };
+    ) -> Option<JsonRpcRequest<ClientRequest>> {
+        let request = parse(body)?;
         let method = request.request.method();
         if !DIRECT_METHODS.contains(&method) || single(headers, "mcp-method") != Some(method) {
             return None;
@@ -373,6 +371,41 @@ impl Shared {
             })
             .clone()
     }
+}
+
+/// The JSON-RPC envelope of a request, read first to know which request type to read.
+#[derive(serde::Deserialize)]
+struct Head<'a> {
+    jsonrpc: &'a str,
+    id: RequestId,
+    method: &'a str,
+}
+
+/// `body` as one request of [`DIRECT_METHODS`], read straight into its rmcp type. rmcp
+/// reads a message as an untagged `JsonRpcMessage` (the body buffered, then tried as each
+/// kind of message, an error built for each miss): a third of a direct call's time.
+/// Anything this does not read (escaped keys, duplicate keys, another method, a batch)
+/// goes to rmcp, which reads it its way.
+fn parse(body: &[u8]) -> Option<JsonRpcRequest<ClientRequest>> {
+    fn typed<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
+        serde_json::from_slice(body).ok()
+    }
+    let head: Head<'_> = serde_json::from_slice(body).ok()?;
+    if head.jsonrpc != "2.0" {
+        return None;
+    }
+    let request = match head.method {
+        "tools/call" => ClientRequest::CallToolRequest(typed(body)?),
+        "tools/list" => ClientRequest::ListToolsRequest(typed(body)?),
+        "resources/list" => ClientRequest::ListResourcesRequest(typed(body)?),
+        "resources/templates/list" => ClientRequest::ListResourceTemplatesRequest(typed(body)?),
+        "resources/read" => ClientRequest::ReadResourceRequest(typed(body)?),
+        "prompts/list" => ClientRequest::ListPromptsRequest(typed(body)?),
+        "prompts/get" => ClientRequest::GetPromptRequest(typed(body)?),
+        "completion/complete" => ClientRequest::CompleteRequest(typed(body)?),
+        _ => return None,
+    };
+    Some(JsonRpcRequest::new(head.id, request))
 }
 
 /// rmcp's HTTP status for a first message that ends the request.
@@ -429,10 +462,10 @@ fn sse_headers(headers: &mut HeaderMap) {
 /// Rules 2–4: runs the handler and answers.
 fn answer(
     shared: &Arc<Shared>,
-    request: rmcp::model::JsonRpcRequest<ClientRequest>,
+    request: JsonRpcRequest<ClientRequest>,
     parts: http::request::Parts,
 ) -> impl Future<Output = Result<BoxResponse, Infallible>> + Send + 'static {
-    let rmcp::model::JsonRpcRequest {
+    let JsonRpcRequest {
         id, mut request, ..
     } = request;
     let (outbox, mut notes) = mpsc::channel(OUTBOX);

@@ -255,6 +255,16 @@ async fn direct_and_rmcp_answers_are_the_same() {
             json!({"ref": {"type": "ref/prompt", "name": "nope"}, "argument": {"name": "a", "value": "b"}}),
         ),
     ];
+    // A string id and a field JSON-RPC does not define, read as rmcp reads them.
+    let mut odd = good(
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "hi"}}),
+    );
+    let mut body: Value = serde_json::from_slice(&body_of(&odd).await).unwrap();
+    body["id"] = json!("req-1");
+    body["extra"] = json!({"x": 1});
+    odd = copy(&odd, Bytes::from(body.to_string()));
+    let cases = cases.into_iter().chain([odd]).collect::<Vec<_>>();
     let n = cases.len();
     for req in cases {
         let what = String::from_utf8_lossy(&body_of(&req).await).into_owned();
@@ -270,6 +280,13 @@ async fn direct_and_rmcp_answers_are_the_same() {
         n,
         "every case must have taken the direct path"
     );
+}
+
+/// The body of [`good`]'s `tools/call` of `echo`, as text.
+fn call_body() -> String {
+    let mut params = json!({"name": "echo", "arguments": {"text": "hi"}});
+    params["_meta"] = meta();
+    json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params}).to_string()
 }
 
 #[tokio::test]
@@ -378,6 +395,24 @@ async fn requests_rmcp_must_refuse_are_left_to_rmcp() {
             "a tool bound to headers",
             good("tools/call", json!({"name": "bound", "arguments": {}})),
         ),
+        (
+            "JSON-RPC 1.0",
+            body(&call_body().replace(r#""jsonrpc":"2.0""#, r#""jsonrpc":"1.0""#)),
+        ),
+        (
+            "an escaped method",
+            body(&call_body().replace("tools/call", r"tools\/call")),
+        ),
+        (
+            "a null id",
+            body(&call_body().replace(r#""id":7"#, r#""id":null"#)),
+        ),
+        ("no params", {
+            let mut r = body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+            r.headers_mut()
+                .insert("mcp-method", "tools/list".parse().unwrap());
+            r
+        }),
     ];
     for (what, req) in cases {
         let (theirs, ours) = both(&mut rmcp, &mut direct, req).await;
