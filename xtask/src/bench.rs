@@ -11,9 +11,20 @@
 //! example answer the 2026-07-28 stateless `tools/call word_stats` at 1, 16 and 64
 //! connections, each target in its own process per placement: pinned (the server under
 //! `taskset` on one CPU, wrk on another; `taskset` must be installed) and unpinned.
-//! req/s, p50, p99, non-2xx (any is an error) and peak RSS, the now / today and now /
-//! plain rmcp ratios, and an interleaved headline (pinned, 16 connections, median of
-//! alternating runs).
+//! req/s, p50, p99, non-2xx and wrk socket errors (any is an error) and peak RSS, the now /
+//! today and now / plain rmcp ratios, and an interleaved headline (pinned, 16 connections,
+//! median of alternating runs).
+//!
+//! The second, "Allocators" ([`allocators`]): the work tree's `weather` server built three
+//! times in release, with the system allocator, `--features bmm-runtime/mimalloc` and
+//! `--features bmm-runtime/jemalloc` (the main target directory; copies in
+//! `target/bench/alloc/`, each checked to link its allocator alone; the default build is
+//! restored after, [`build_allocators`]), each pinned as above with auth on, metrics and
+//! default logging, at 16 and 64 connections: req/s, p50, p99, peak and idle RSS, and the
+//! mimalloc / system and jemalloc / system ratios of an interleaved headline.
+//!
+//! `--only stateless` or `--only allocators` runs that section alone (with the builds it
+//! needs), and `results.md` then holds only it.
 //!
 //! Then the other targets: it starts them on loopback, gets a real token from bmm-as
 //! (dev mode: registration, PKCE, `resource`), and drives `tools/call word_stats` with
@@ -23,11 +34,11 @@
 //! token and Prometheus metrics on (as a production server runs), the same with every
 //! request traced and exported over OTLP to a local sink, auth off, plain rmcp, and a
 //! flood of tokens with a forged signature. Reports
-//! req/s, p50, p99 and the server's peak RSS as a Markdown table with the ratios, in
+//! req/s, p50, p99, wrk socket errors and the server's peak RSS as a Markdown table with the ratios, in
 //! `target/bench/results.md`, and shows what 10,000 `initialize` requests do to memory.
 //! Then bmm-as's token endpoint (refresh grants) on SQLite and on a private PostgreSQL,
 //! side by side with the pool size ([`token_endpoint`]; alone: `cargo xtask bench-token`).
-//! With `--profile`, also samples the auth-on server with `perf` under load
+//! With `--profile` (full run only), also samples the auth-on server with `perf` under load
 //! (`target/bench/profile.txt`).
 
 use std::path::{Path, PathBuf};
@@ -245,6 +256,74 @@ struct Measure {
     p50_ms: f64,
     p99_ms: f64,
     non_2xx: u64,
+    /// wrk's `Socket errors:` line (connect, read, write, timeout); all zero when it printed
+    /// none.
+    socket_errors: SocketErrors,
+}
+
+/// The counts of wrk's `Socket errors: connect 0, read 12, write 0, timeout 3`.
+#[derive(Clone, Copy, Default)]
+struct SocketErrors {
+    connect: u64,
+    read: u64,
+    write: u64,
+    timeout: u64,
+}
+
+impl SocketErrors {
+    /// Parses what follows `Socket errors:`.
+    fn parse(text: &str) -> Result<Self, String> {
+        let mut errors = Self::default();
+        for part in text.split(',') {
+            let mut words = part.split_whitespace();
+            let (Some(kind), Some(count), None) = (words.next(), words.next(), words.next()) else {
+                return Err(format!("unexpected wrk socket errors line: `{text}`"));
+            };
+            let count: u64 = count
+                .parse()
+                .map_err(|_| format!("unexpected wrk socket errors line: `{text}`"))?;
+            match kind {
+                "connect" => errors.connect = count,
+                "read" => errors.read = count,
+                "write" => errors.write = count,
+                "timeout" => errors.timeout = count,
+                _ => return Err(format!("unexpected wrk socket errors line: `{text}`")),
+            }
+        }
+        Ok(errors)
+    }
+
+    fn total(self) -> u64 {
+        self.connect + self.read + self.write + self.timeout
+    }
+}
+
+impl std::fmt::Display for SocketErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "connect {}, read {}, write {}, timeout {}",
+            self.connect, self.read, self.write, self.timeout
+        )
+    }
+}
+
+/// `m`, or an error naming `what` (target, placement, connections) when any answer was not
+/// 2xx or wrk saw a socket error: the sections comparing builds keep only clean runs.
+fn clean(m: Measure, what: &str, log: &str) -> Result<Measure, String> {
+    if m.non_2xx > 0 {
+        return Err(format!(
+            "{what}: {} non-2xx responses to the stateless tools/call (see target/bench/{log})",
+            m.non_2xx
+        ));
+    }
+    if m.socket_errors.total() > 0 {
+        return Err(format!(
+            "{what}: wrk saw socket errors ({}) (see target/bench/{log})",
+            m.socket_errors
+        ));
+    }
+    Ok(m)
 }
 
 fn millis(text: &str) -> f64 {
@@ -310,6 +389,8 @@ fn load_on(
         non_2xx: find("Non-2xx or 3xx responses:")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
+        socket_errors: find("Socket errors:")
+            .map_or(Ok(SocketErrors::default()), |v| SocketErrors::parse(&v))?,
     })
 }
 
@@ -320,39 +401,102 @@ struct Target {
     token: Option<String>,
 }
 
-pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
+/// Which sections `cargo xtask bench` runs (`--only`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Only {
+    /// Every section (the default).
+    All,
+    /// "Stateless request path: today vs now" alone.
+    Stateless,
+    /// "Allocators" alone.
+    Allocators,
+}
+
+impl Only {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "all" => Ok(Self::All),
+            "stateless" => Ok(Self::Stateless),
+            "allocators" => Ok(Self::Allocators),
+            other => Err(format!(
+                "bench --only: `{other}` is not one of stateless, allocators, all"
+            )),
+        }
+    }
+}
+
+/// The release binaries every section uses: bmm-as, the generated `weather` server and the
+/// `plain_rmcp` example, with `features` added (the "Allocators" section's builds: the same
+/// packages and targets, so every other dependency keeps its features and stays built).
+fn build_release(features: Option<&str>) -> Result<(), String> {
+    let mut command = cargo();
+    command.args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "bmm-authorization-server",
+        "-p",
+        "weather",
+        "-p",
+        "bmm-runtime",
+        "--bins",
+        "--example",
+        "plain_rmcp",
+    ]);
+    let description = match features {
+        Some(features) => {
+            command.args(["--features", features]);
+            format!("build release binaries with --features {features}")
+        }
+        None => {
+            "build release binaries (bmm-as, generated/weather, the plain rmcp example)".to_owned()
+        }
+    };
+    run(&description, &mut command)
+}
+
+pub(crate) fn bench(root: &Path, profile: bool, only: Only) -> Result<(), String> {
+    if profile && only != Only::All {
+        return Err(
+            "bench: --profile profiles the full run's auth-on server; leave out --only".to_owned(),
+        );
+    }
     taskset()?;
     let wrk = wrk()?;
-    run(
-        "build release binaries (bmm-as, generated/weather, the plain rmcp example)",
-        cargo().args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "bmm-authorization-server",
-            "-p",
-            "weather",
-            "-p",
-            "bmm-runtime",
-            "--bins",
-            "--example",
-            "plain_rmcp",
-        ]),
-    )?;
-    let baseline = build_baseline(root)?;
+    build_release(None)?;
+    let baseline = match only {
+        Only::Allocators => None,
+        Only::All | Only::Stateless => Some(build_baseline(root)?),
+    };
     let release = root.join("target/release");
     let out = root.join("target/bench");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-    // First, alone on the machine: today vs now on the stateless path. Written at once, so
-    // a later failure still leaves it in results.md.
-    let stateless = stateless_today_vs_now(&wrk, &release, &baseline, &out)?;
-    std::fs::write(
-        out.join("results.md"),
-        format!("# bmm bench\n\n{stateless}"),
-    )
-    .map_err(|e| e.to_string())?;
+    let allocator_builds = match only {
+        Only::Stateless => None,
+        Only::All | Only::Allocators => Some(build_allocators(root, &out)?),
+    };
+    // Each section is written to results.md as soon as it is done, so a later failure still
+    // leaves it there.
+    let mut md = "# bmm bench\n\n".to_owned();
+    let write = |md: &str| std::fs::write(out.join("results.md"), md).map_err(|e| e.to_string());
+    // First, alone on the machine: today vs now on the stateless path.
+    if let Some(baseline) = &baseline {
+        md.push_str(&stateless_today_vs_now(&wrk, &release, baseline, &out)?);
+        write(&md)?;
+    }
+    if let Some(builds) = &allocator_builds {
+        if baseline.is_some() {
+            md.push('\n');
+        }
+        md.push_str(&allocators(&wrk, builds, &release, &out)?);
+        write(&md)?;
+    }
+    if only != Only::All {
+        println!("{md}");
+        return Ok(());
+    }
     let log = |name: &str| std::fs::File::create(out.join(name)).map_err(|e| e.to_string());
     let (as_port, on_port, off_port, plain_port) =
         (free_port()?, free_port()?, free_port()?, free_port()?);
@@ -532,12 +676,25 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
                 let m = load(&wrk, &t.url, &lua, c)?;
                 let (peak, _) = memory(t.pid);
                 eprintln!(
-                    "    {era} | {} | c={c}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, non-2xx {}, peak RSS {:.1} MiB",
-                    t.name, m.rps, m.p50_ms, m.p99_ms, m.non_2xx, peak
+                    "    {era} | {} | c={c}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, non-2xx {}, socket errors {} ({}), peak RSS {:.1} MiB",
+                    t.name,
+                    m.rps,
+                    m.p50_ms,
+                    m.p99_ms,
+                    m.non_2xx,
+                    m.socket_errors.total(),
+                    m.socket_errors,
+                    peak
                 );
                 rows.push(format!(
-                    "| {era} | {} | {c} | {:.0} | {:.2} | {:.2} | {} | {:.1} |",
-                    t.name, m.rps, m.p50_ms, m.p99_ms, m.non_2xx, peak
+                    "| {era} | {} | {c} | {:.0} | {:.2} | {:.2} | {} | {} | {:.1} |",
+                    t.name,
+                    m.rps,
+                    m.p50_ms,
+                    m.p99_ms,
+                    m.non_2xx,
+                    m.socket_errors.total(),
+                    peak
                 ));
                 results.push((era.to_owned(), t.name, c, m));
             }
@@ -553,6 +710,12 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
                 continue;
             }
             let m = load(&wrk, url, lua, 16)?;
+            if m.socket_errors.total() > 0 {
+                eprintln!(
+                    "    interleaved | {name} | c=16: socket errors ({})",
+                    m.socket_errors
+                );
+            }
             match turns.iter_mut().find(|(n, _)| n == name) {
                 Some((_, v)) => v.push(m),
                 None => turns.push((name, vec![m])),
@@ -630,11 +793,11 @@ pub(crate) fn bench(root: &Path, profile: bool) -> Result<(), String> {
     let (peak_after, after) = memory(off.0.id());
     let machine = machine();
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let mut md = format!(
-        "# bmm bench\n\n{stateless}\n## Targets side by side, both eras\n\n{cores} cores ({machine}); wrk, {SECONDS} s per cell, `tools/call word_stats`, release builds, \
+    md.push_str(&format!(
+        "\n## Targets side by side, both eras\n\n{cores} cores ({machine}); wrk, {SECONDS} s per cell, `tools/call word_stats`, release builds, \
          everything on one machine (the load generator shares the cores).\n\n\
-         | era | target | connections | req/s | p50 ms | p99 ms | non-2xx | peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n"
-    );
+         | era | target | connections | req/s | p50 ms | p99 ms | non-2xx | socket errors | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n"
+    ));
     md.push_str(&rows.join("\n"));
     md.push_str("\n\n| era | connections | auth on / auth off | auth on / plain rmcp | traces exported / auth on | forged / valid |\n|---|---|---|---|---|---|\n");
     md.push_str(&ratios.join("\n"));
@@ -815,6 +978,43 @@ fn build_baseline(root: &Path) -> Result<PathBuf, String> {
     }
 }
 
+/// A token for `url` (the resource of the server behind it) from bmm-as, after warming that
+/// server up: its first authenticated request fetches the JWKS (the server may have started
+/// before bmm-as answered, and retries at most once a second), so load is measured only
+/// after an `initialize` with the token answered 200. `what` names the server in errors.
+fn token_and_warm_up(issuer: &str, url: &str, what: &str) -> Result<String, String> {
+    let warm_up = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "bmm-bench", "version": "1"}}})
+    .to_string();
+    let token = obtain_token(issuer, url, "text:use weather:read")?;
+    let bearer = format!("Bearer {token}");
+    let mut r = http("GET", &format!("{issuer}/healthz"), &[], None)?;
+    for _ in 0..30 {
+        r = http(
+            "POST",
+            url,
+            &[
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json, text/event-stream"),
+                ("Authorization", &bearer),
+            ],
+            Some(&warm_up),
+        )?;
+        if r.status != 503 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if r.status != 200 {
+        return Err(format!(
+            "warm-up request to {url} ({what}) answered {}: {}",
+            r.status, r.body
+        ));
+    }
+    Ok(token)
+}
+
 /// Checks one answer to the stateless `tools/call`: 200 and a JSON-RPC result that is not
 /// a tool error (the body may be JSON or an SSE stream of one message).
 fn check_answer(
@@ -972,39 +1172,10 @@ fn stateless_today_vs_now(
     for i in &instances {
         healthy(i.port, &format!("{} ({})", i.target, i.placement))?;
     }
-    // A token per resource, and the warm-up of each auth-on instance: its first
-    // authenticated request fetches the JWKS (retried at most once a second).
-    let warm_up = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {},
-        "clientInfo": {"name": "bmm-bench", "version": "1"}}})
-    .to_string();
+    // A token per resource, and the warm-up of each auth-on instance.
     for i in instances.iter_mut().filter(|i| i.target != "plain rmcp") {
-        let token = obtain_token(&issuer, &i.url, "text:use weather:read")?;
-        let bearer = format!("Bearer {token}");
-        let mut r = http("GET", &format!("{issuer}/healthz"), &[], None)?;
-        for _ in 0..30 {
-            r = http(
-                "POST",
-                &i.url,
-                &[
-                    ("Content-Type", "application/json"),
-                    ("Accept", "application/json, text/event-stream"),
-                    ("Authorization", &bearer),
-                ],
-                Some(&warm_up),
-            )?;
-            if r.status != 503 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        if r.status != 200 {
-            return Err(format!(
-                "warm-up request to {} ({}, {}) answered {}: {}",
-                i.url, i.target, i.placement, r.status, r.body
-            ));
-        }
-        i.token = Some(token);
+        let what = format!("{}, {}", i.target, i.placement);
+        i.token = Some(token_and_warm_up(&issuer, &i.url, &what)?);
     }
     // The request, and one answer checked in full before any load: 200 alone would not
     // tell a tool result from a JSON-RPC error.
@@ -1019,18 +1190,11 @@ fn stateless_today_vs_now(
         script(&i.lua, &body, &headers)?;
     }
     let measure = |i: &Instance, c: u32| -> Result<Measure, String> {
-        let m = load_on(wrk, &i.url, &i.lua, c, i.wrk_cpu)?;
-        if m.non_2xx > 0 {
-            return Err(format!(
-                "{} ({}, {c} connections): {} non-2xx responses to the stateless tools/call \
-                 (see target/bench/stateless-{}.log)",
-                i.target,
-                i.placement,
-                m.non_2xx,
-                slug(i.placement, i.target)
-            ));
-        }
-        Ok(m)
+        clean(
+            load_on(wrk, &i.url, &i.lua, c, i.wrk_cpu)?,
+            &format!("{} ({}, {c} connections)", i.target, i.placement),
+            &format!("stateless-{}.log", slug(i.placement, i.target)),
+        )
     };
     let mut results: Vec<(&'static str, &'static str, u32, Measure)> = Vec::new();
     let mut rows = Vec::new();
@@ -1126,8 +1290,8 @@ fn stateless_today_vs_now(
          logging. **plain rmcp**: the `plain_rmcp` example (no bmm layer). One process per target \
          and placement, so peak RSS is per configuration. **pinned**: the server under \
          `taskset -c {server_cpu}` (its runtime sees one CPU) and wrk under `taskset -c {wrk_cpu}`; \
-         **unpinned**: neither pinned. Every response was 2xx and one answer per server was \
-         checked to be a tool result, before and after the load.\n\n\
+         **unpinned**: neither pinned. Every response was 2xx, wrk saw no socket errors, and one \
+         answer per server was checked to be a tool result, before and after the load.\n\n\
          | placement | target | connections | req/s | p50 ms | p99 ms | non-2xx | peak RSS MiB |\n\
          |---|---|---|---|---|---|---|---|\n{}\n\n\
          | placement | connections | now / today req/s | now / plain rmcp req/s | now / today p99 | now / plain p99 |\n\
@@ -1135,6 +1299,352 @@ fn stateless_today_vs_now(
         machine(),
         rows.join("\n"),
         ratios.join("\n")
+    ))
+}
+
+/// The allocators of the "Allocators" section: name, and the `--features` its build adds.
+const ALLOCATORS: [(&str, Option<&str>); 3] = [
+    ("system", None),
+    ("mimalloc", Some("bmm-runtime/mimalloc")),
+    ("jemalloc", Some("bmm-runtime/jemalloc")),
+];
+/// Connections of the "Allocators" table.
+const ALLOCATOR_CONCURRENCY: [u32; 2] = [16, 64];
+
+/// The binaries of the "Allocators" section, from [`build_allocators`].
+struct AllocatorBuilds {
+    /// Allocator name and its copy of the `weather` server, in [`ALLOCATORS`] order.
+    binaries: Vec<(&'static str, PathBuf)>,
+    /// Set when the sources changed while the three were built (someone editing the work
+    /// tree): they may not differ by their allocator alone.
+    note: Option<String>,
+}
+
+/// Builds the work tree's `weather` server with each of [`ALLOCATORS`] ([`build_release`]
+/// with the allocator's feature: the main target directory, only bmm-runtime, its
+/// allocator crates and the binaries rebuilt), copies each to
+/// `target/bench/alloc/weather-<allocator>` and checks that it links the allocator it is
+/// named after and no other. Then builds the default again, so `target/release/weather`
+/// (and the `plain_rmcp` example) are the system allocator's for the other sections and
+/// for users, and checks that too.
+fn build_allocators(root: &Path, out: &Path) -> Result<AllocatorBuilds, String> {
+    let dir = out.join("alloc");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let release_weather = root.join("target/release/weather");
+    let sources = sources_state(root);
+    let mut binaries = Vec::new();
+    for (name, features) in ALLOCATORS {
+        build_release(features)?;
+        let copy = dir.join(format!("weather-{name}"));
+        std::fs::copy(&release_weather, &copy).map_err(|e| {
+            format!(
+                "cannot copy {} to {}: {e}",
+                release_weather.display(),
+                copy.display()
+            )
+        })?;
+        let linked = linked_allocators(&copy)?;
+        if linked != (name == "mimalloc", name == "jemalloc") {
+            return Err(format!(
+                "{} (built with {}) does not link {name} alone: mimalloc {}, jemalloc {}",
+                copy.display(),
+                features.map_or("the default features".to_owned(), |f| format!(
+                    "--features {f}"
+                )),
+                linked.0,
+                linked.1
+            ));
+        }
+        binaries.push((name, copy));
+    }
+    let note = (sources_state(root) != sources).then(|| {
+        "**Note:** the sources changed while the three binaries were built (the work tree was \
+         being edited), so they may differ by more than their allocator."
+            .to_owned()
+    });
+    if let Some(note) = &note {
+        eprintln!("    {note}");
+    }
+    // The default build again (its artifacts are still there: only the binaries are
+    // copied back into place).
+    build_release(None)?;
+    if linked_allocators(&release_weather)? != (false, false) {
+        return Err(format!(
+            "{} still links mimalloc or jemalloc after the default build",
+            release_weather.display()
+        ));
+    }
+    Ok(AllocatorBuilds { binaries, note })
+}
+
+/// Which optional allocators a binary links, (mimalloc, jemalloc): mimalloc's functions are
+/// `mi_*` (`mi_malloc`), tikv-jemalloc-sys prefixes jemalloc's with `_rjem_`
+/// (`_rjem_malloc`); both are in the symbol table (release builds are not stripped), and
+/// each allocator's own messages (`mimalloc:`, `<jemalloc>:`) are in its code.
+fn linked_allocators(binary: &Path) -> Result<(bool, bool), String> {
+    let bytes =
+        std::fs::read(binary).map_err(|e| format!("cannot read {}: {e}", binary.display()))?;
+    let has = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    Ok((
+        has(b"mi_malloc") || has(b"mimalloc: "),
+        has(b"_rjem_") || has(b"<jemalloc>: "),
+    ))
+}
+
+/// What `git diff` and `git status` say about the sources of the `weather` server, to tell
+/// whether they changed between two moments.
+fn sources_state(root: &Path) -> Vec<u8> {
+    let paths = [
+        "runtime",
+        "middleware",
+        "core",
+        "netguard",
+        "generated/weather",
+        "Cargo.toml",
+        "Cargo.lock",
+    ];
+    let mut state = Vec::new();
+    for args in [
+        &["diff", "HEAD", "--"][..],
+        &["status", "--porcelain", "--"][..],
+    ] {
+        if let Ok(o) = Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .args(paths)
+            .stderr(Stdio::null())
+            .output()
+        {
+            state.extend(o.stdout);
+        }
+    }
+    state
+}
+
+/// Resets a process's peak RSS (VmHWM) to its current RSS (`clear_refs`, Linux 4.0 and
+/// later), so the next [`memory`] peak is the peak since. False when the kernel refuses.
+fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// One server of the "Allocators" section.
+struct AllocatorInstance {
+    name: &'static str,
+    url: String,
+    token: String,
+    lua: PathBuf,
+    log: String,
+    server: Guard,
+}
+
+/// The "Allocators" section: the work tree's `weather` server built with the system
+/// allocator, mimalloc and jemalloc ([`build_allocators`]), each in its own process under
+/// `taskset -c` on one CPU (wrk on another), with auth on (its own resource and a valid
+/// token from bmm-as), `--metrics-listen` and default logging, answering the 2026-07-28
+/// stateless `tools/call word_stats` at 16 and 64 connections: req/s, p50, p99, peak RSS
+/// (reset before each run) and idle RSS; then an interleaved headline (16 connections,
+/// median of alternating runs) with the mimalloc / system and jemalloc / system ratios.
+/// Every response must be 2xx with no socket error. Returns a Markdown section.
+fn allocators(
+    wrk: &str,
+    builds: &AllocatorBuilds,
+    release: &Path,
+    out: &Path,
+) -> Result<String, String> {
+    let cpus = allowed_cpus();
+    let cores = cpus.len();
+    let [server_cpu, wrk_cpu, ..] = cpus[..] else {
+        return Err(format!(
+            "the allocator section pins the server and wrk to two CPUs, this process may use {cpus:?}"
+        ));
+    };
+    let log = |name: &str| std::fs::File::create(out.join(name)).map_err(|e| e.to_string());
+    let url = |port: u16| format!("http://127.0.0.1:{port}/mcp");
+    let ports = builds
+        .binaries
+        .iter()
+        .map(|_| free_port())
+        .collect::<Result<Vec<_>, _>>()?;
+    let as_port = free_port()?;
+    let issuer = format!("http://127.0.0.1:{as_port}");
+    let mut authorization_server = Command::new(release.join("bmm-as"));
+    authorization_server.args(["--listen", &format!("127.0.0.1:{as_port}")]);
+    for port in &ports {
+        authorization_server.args(["--resource", &url(*port)]);
+    }
+    let _as = Guard(
+        authorization_server
+            .args(["--dev-user", "bench", "--data-dir"])
+            .arg(out.join("alloc-as-data"))
+            .stdout(Stdio::null())
+            .stderr(log("alloc-bmm-as.log")?)
+            .spawn()
+            .map_err(|e| format!("cannot start bmm-as: {e}"))?,
+    );
+    let mut started = Vec::new();
+    for ((name, binary), port) in builds.binaries.iter().zip(&ports) {
+        let metrics_listen = format!("127.0.0.1:{}", free_port()?);
+        let log_name = format!("alloc-{name}.log");
+        let server = Guard(
+            Command::new("taskset")
+                .args(["-c", &server_cpu.to_string()])
+                .arg(binary)
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--issuer", &issuer, "--metrics-listen", &metrics_listen])
+                .env("OPENWEATHER_API_KEY", "bench")
+                // A generated server's default logging, as in the other sections.
+                .env_remove("RUST_LOG")
+                .stdout(Stdio::null())
+                .stderr(log(&log_name)?)
+                .spawn()
+                .map_err(|e| format!("cannot start weather ({name}): {e}"))?,
+        );
+        started.push((*name, *port, log_name, server));
+    }
+    healthy(as_port, "bmm-as (allocator section)")?;
+    let mut instances = Vec::new();
+    for (name, port, log_name, server) in started {
+        healthy(port, &format!("weather ({name})"))?;
+        let token = token_and_warm_up(&issuer, &url(port), name)?;
+        instances.push(AllocatorInstance {
+            name,
+            url: url(port),
+            token,
+            lua: out.join(format!("alloc-{name}.lua")),
+            log: log_name,
+            server,
+        });
+    }
+    // One answer checked in full before any load, and the request wrk sends.
+    for i in &instances {
+        let (body, headers) = stateless_call(Some(&i.token));
+        check_answer(&format!("weather ({})", i.name), &i.url, &body, &headers)?;
+        script(&i.lua, &body, &headers)?;
+    }
+    let idle: Vec<f64> = instances
+        .iter()
+        .map(|i| memory(i.server.0.id()).1)
+        .collect();
+    // Each run's own peak: VmHWM reset to the current RSS before it.
+    let mut peaks_reset = true;
+    let mut measure = |i: &AllocatorInstance, c: u32| -> Result<(Measure, f64), String> {
+        peaks_reset &= reset_peak(i.server.0.id());
+        let m = clean(
+            load_on(wrk, &i.url, &i.lua, c, Some(wrk_cpu))?,
+            &format!("weather ({}, pinned, {c} connections)", i.name),
+            &i.log,
+        )?;
+        Ok((m, memory(i.server.0.id()).0))
+    };
+    let mut rows = Vec::new();
+    for i in &instances {
+        for c in ALLOCATOR_CONCURRENCY {
+            let (m, peak) = measure(i, c)?;
+            eprintln!(
+                "    allocators | {} | c={c}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, peak RSS {peak:.1} MiB",
+                i.name, m.rps, m.p50_ms, m.p99_ms
+            );
+            rows.push(format!(
+                "| {} | {c} | {:.0} | {:.2} | {:.2} | {peak:.1} |",
+                i.name, m.rps, m.p50_ms, m.p99_ms
+            ));
+        }
+    }
+    // The headline, interleaved: the three take turns at 16 connections and the median of
+    // each is kept, so a noisy neighbour slows all three rather than one.
+    let mut turns: Vec<Vec<(Measure, f64)>> = instances.iter().map(|_| Vec::new()).collect();
+    for _ in 0..ROUNDS {
+        for (i, runs) in instances.iter().zip(&mut turns) {
+            runs.push(measure(i, 16)?);
+        }
+    }
+    // Still answering correctly after the load.
+    for i in &instances {
+        let (body, headers) = stateless_call(Some(&i.token));
+        check_answer(
+            &format!("weather ({}), after the load", i.name),
+            &i.url,
+            &body,
+            &headers,
+        )?;
+    }
+    let after: Vec<f64> = instances
+        .iter()
+        .map(|i| memory(i.server.0.id()).1)
+        .collect();
+    let median = |name: &str, f: fn(&(Measure, f64)) -> f64| {
+        instances
+            .iter()
+            .zip(&turns)
+            .find(|(i, _)| i.name == name)
+            .map_or(f64::NAN, |(_, runs)| {
+                let mut xs: Vec<f64> = runs.iter().map(f).collect();
+                xs.sort_by(f64::total_cmp);
+                xs[xs.len() / 2]
+            })
+    };
+    let rps = |name: &str| median(name, |(m, _)| m.rps);
+    let p99 = |name: &str| median(name, |(m, _)| m.p99_ms);
+    let peak = |name: &str| median(name, |(_, peak)| *peak);
+    let headline = format!(
+        "Interleaved, 16 connections, median of {ROUNDS} alternating runs: \
+         system {:.0} req/s (p99 {:.2} ms, peak RSS {:.1} MiB), mimalloc {:.0} (p99 {:.2} ms, {:.1} MiB), \
+         jemalloc {:.0} (p99 {:.2} ms, {:.1} MiB); **mimalloc / system: req/s {:.3}, peak RSS {:.3}; \
+         jemalloc / system: req/s {:.3}, peak RSS {:.3}**.",
+        rps("system"),
+        p99("system"),
+        peak("system"),
+        rps("mimalloc"),
+        p99("mimalloc"),
+        peak("mimalloc"),
+        rps("jemalloc"),
+        p99("jemalloc"),
+        peak("jemalloc"),
+        rps("mimalloc") / rps("system"),
+        peak("mimalloc") / peak("system"),
+        rps("jemalloc") / rps("system"),
+        peak("jemalloc") / peak("system"),
+    );
+    eprintln!("    {headline}");
+    let list = |values: &[f64]| {
+        instances
+            .iter()
+            .zip(values)
+            .map(|(i, v)| format!("{} {v:.1}", i.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let peak_text = if peaks_reset {
+        "VmHWM reset to the current RSS before each run (`/proc/<pid>/clear_refs`), so it is that \
+         run's peak"
+    } else {
+        "VmHWM, which the kernel would not reset here, so it is the peak since the server \
+         started"
+    };
+    let note = builds
+        .note
+        .as_ref()
+        .map_or_else(String::new, |n| format!("\n{n}\n"));
+    Ok(format!(
+        "## Allocators\n\n\
+         The work tree's generated `weather` server built three times in release: with the system \
+         allocator (glibc malloc), with `--features bmm-runtime/mimalloc` and with `--features \
+         bmm-runtime/jemalloc` (copies in `target/bench/alloc/`, each checked to link the allocator \
+         it is named after and no other). Each with auth on (its own resource and a valid token from \
+         bmm-as), `--metrics-listen` and default logging, in its own process under \
+         `taskset -c {server_cpu}` (its runtime sees one CPU), wrk under `taskset -c {wrk_cpu}`; \
+         the 2026-07-28 stateless `tools/call word_stats`, {SECONDS} s per cell, {} ({cores} CPUs \
+         usable). Peak RSS: {peak_text}. Every response was 2xx, wrk saw no socket errors, and one \
+         answer per server was checked to be a tool result, before and after the load.\n\n\
+         | allocator | connections | req/s | p50 ms | p99 ms | peak RSS MiB |\n\
+         |---|---|---|---|---|---|\n{}\n\n\
+         Idle RSS before the load (after start-up, the warm-up and one checked call), MiB: {}. \
+         RSS after all runs, MiB: {}.\n\n{headline}\n{note}",
+        machine(),
+        rows.join("\n"),
+        list(&idle),
+        list(&after),
     ))
 }
 
@@ -1533,6 +2043,7 @@ fn refresh_load(
             p50_ms: pick(0.50),
             p99_ms: pick(0.99),
             non_2xx: errors,
+            socket_errors: SocketErrors::default(),
         },
         tokens,
     ))

@@ -12,10 +12,13 @@
 //!   npm under `tests/`, pinned): its server scenarios (0.1.16 active suite, 0.2.0-alpha.12
 //!   `--requirements 2025-11-25` and `2026-07-28`) against `generated/conformance`, and its
 //!   `authorization` command against bmm-as.
-//! - `bench`: wrk against a generated server (auth on, auth off, plain rmcp, forged
-//!   tokens) in both eras; a Markdown table in `target/bench/results.md`. `--profile` adds
-//!   a perf profile of the auth-on server. Micro-benchmarks: `cargo bench -p bmm-middleware
-//!   -p bmm-generator` (criterion).
+//! - `bench [--profile] [--only stateless|allocators|all]`: wrk against a generated server:
+//!   today (a baseline commit) vs now on the stateless path, the system allocator vs
+//!   mimalloc vs jemalloc, then auth on, auth off, plain rmcp and forged tokens in both eras;
+//!   Markdown tables in `target/bench/results.md`. `--only stateless` or `--only allocators`
+//!   runs that section alone (and results.md holds only it); `--profile` (full run only)
+//!   adds a perf profile of the auth-on server. Micro-benchmarks: `cargo bench -p
+//!   bmm-middleware -p bmm-generator` (criterion).
 //! - `bench-token`: bmm-as's token endpoint alone (refresh grants, SQLite and a private
 //!   PostgreSQL side by side, with the pool size), in `target/bench-token/token.md`.
 //! - `test-postgres`: the bmm-as test suite on a private PostgreSQL server (Debian's
@@ -70,7 +73,9 @@ fn main() -> ExitCode {
         Some("oidc-provider") => oidc::oidc_provider(&root()),
         Some("conformance-pr") => conformance_pr::conformance_pr(&root(), &args[1..]),
         Some("test-postgres") => postgres::as_suite(&root(), false),
-        Some("bench") => bench::bench(&root(), args.iter().any(|a| a == "--profile")),
+        Some("bench") => {
+            bench_args(&args[1..]).and_then(|(profile, only)| bench::bench(&root(), profile, only))
+        }
         Some("bench-token") => bench::bench_token(&root()),
         Some("consent") => conformance::consent(&root()),
         Some("connections") => connections::connections(&root()),
@@ -80,7 +85,7 @@ fn main() -> ExitCode {
         Some("openapi-corpus") => openapi_corpus::sweep(&root(), &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo [--exchange] | ci | generate [--check] | conformance | conformance-pr [--repo DIR] | oidc-provider | sdk-client | test-postgres | consent | connections | admin-page | bench [--profile] | bench-token | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS] [--jobs N]>"
+                "usage: cargo xtask <demo [--exchange] | ci | generate [--check] | conformance | conformance-pr [--repo DIR] | oidc-provider | sdk-client | test-postgres | consent | connections | admin-page | bench [--profile] [--only stateless|allocators|all] | bench-token | fuzz [SECONDS] | openapi-corpus [--limit N] [--only TEXT] [--emit] [--timeout SECONDS] [--jobs N]>"
             );
             return ExitCode::from(2);
         }
@@ -92,6 +97,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `bench`'s arguments: `--profile`, and `--only stateless|allocators|all` (or
+/// `--only=...`; default all).
+fn bench_args(args: &[String]) -> Result<(bool, bench::Only), String> {
+    let (mut profile, mut only) = (false, bench::Only::All);
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--profile" => profile = true,
+            "--only" => {
+                let value = args
+                    .next()
+                    .ok_or("bench --only needs one of stateless, allocators, all")?;
+                only = bench::Only::parse(value)?;
+            }
+            other => match other.strip_prefix("--only=") {
+                Some(value) => only = bench::Only::parse(value)?,
+                None => {
+                    return Err(format!(
+                        "bench: unknown argument `{other}` (usage: cargo xtask bench [--profile] \
+                         [--only stateless|allocators|all])"
+                    ));
+                }
+            },
+        }
+    }
+    Ok((profile, only))
 }
 
 /// The workspace root (xtask lives one level below it).
