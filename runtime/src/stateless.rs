@@ -12,7 +12,10 @@
 //!    exactly one `MCP-Protocol-Version: 2026-07-28`, `Content-Type: application/json`,
 //!    an `Accept` naming both `application/json` and `text/event-stream` without
 //!    parameters, an allowed `Host`, no `Mcp-Param-*` header, a body that is one JSON-RPC
-//!    request of a method in [`DIRECT_METHODS`] whose `_meta` has every key 2026-07-28
+//!    request of a method [`parse`] reads (tools/call, tools/list,
+//!    resources/list, resources/templates/list, resources/read, prompts/list, prompts/get,
+//!    completion/complete; `initialize` and `subscriptions/listen` need rmcp's session or
+//!    stream machinery) whose `_meta` has every key 2026-07-28
 //!    requires with that same version, exactly one `Mcp-Method` equal to the method and,
 //!    for `tools/call`, `prompts/get` and `resources/read`, exactly one plain `Mcp-Name`
 //!    equal to the name or URI; a `tools/call` of a tool whose schema binds arguments to
@@ -67,19 +70,6 @@ mod tests;
 
 type BoxResponse = Response<BoxBody<Bytes, Infallible>>;
 type Answer = Pin<Box<dyn Future<Output = ServerJsonRpcMessage> + Send>>;
-
-/// The methods answered here; any other goes to rmcp (`initialize` and
-/// `subscriptions/listen` in particular, which need rmcp's session or stream machinery).
-pub(crate) const DIRECT_METHODS: &[&str] = &[
-    "tools/call",
-    "tools/list",
-    "resources/list",
-    "resources/templates/list",
-    "resources/read",
-    "prompts/list",
-    "prompts/get",
-    "completion/complete",
-];
 
 /// Notifications a call may queue before its answer is read.
 const OUTBOX: usize = 64;
@@ -259,6 +249,25 @@ fn single<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     first.to_str().ok()
 }
 
+/// Whether `Accept` names both types, plainly (parameters are rmcp's to weigh).
+fn accepts_both(headers: &HeaderMap) -> bool {
+    let (mut json, mut sse) = (false, false);
+    for value in headers.get_all(ACCEPT) {
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        if value.contains([';', '"']) {
+            return false;
+        }
+        for entry in value.split(',') {
+            let entry = entry.trim();
+            json |= entry.eq_ignore_ascii_case("application/json");
+            sse |= entry.eq_ignore_ascii_case("text/event-stream");
+        }
+    }
+    json && sse
+}
+
 impl Shared {
     /// Rule 1, the headers.
     fn headers_qualify(&self, method: &Method, headers: &HeaderMap) -> bool {
@@ -276,7 +285,7 @@ impl Shared {
                 .trim()
                 .eq_ignore_ascii_case("application/json")
         });
-        if !json || !self.accepts_both(headers) {
+        if !json || !accepts_both(headers) {
             return false;
         }
         if headers
@@ -295,24 +304,6 @@ impl Shared {
         self.allowed_hosts.is_empty() || self.allowed_hosts.iter().any(|a| a.allows(&host))
     }
 
-    fn accepts_both(&self, headers: &HeaderMap) -> bool {
-        let (mut json, mut sse) = (false, false);
-        for value in headers.get_all(ACCEPT) {
-            let Ok(value) = value.to_str() else {
-                return false;
-            };
-            if value.contains([';', '"']) {
-                return false;
-            }
-            for entry in value.split(',') {
-                let entry = entry.trim();
-                json |= entry.eq_ignore_ascii_case("application/json");
-                sse |= entry.eq_ignore_ascii_case("text/event-stream");
-            }
-        }
-        json && sse
-    }
-
     /// Rule 1, the body: the request when it qualifies.
     fn qualifying_request(
         &self,
@@ -321,7 +312,7 @@ impl Shared {
     ) -> Option<JsonRpcRequest<ClientRequest>> {
         let request = parse(body)?;
         let method = request.request.method();
-        if !DIRECT_METHODS.contains(&method) || single(headers, "mcp-method") != Some(method) {
+        if single(headers, "mcp-method") != Some(method) {
             return None;
         }
         let name = match &request.request {
@@ -381,7 +372,7 @@ struct Head<'a> {
     method: &'a str,
 }
 
-/// `body` as one request of [`DIRECT_METHODS`], read straight into its rmcp type. rmcp
+/// `body` as one request of a method this path answers, read straight into its rmcp type. rmcp
 /// reads a message as an untagged `JsonRpcMessage` (the body buffered, then tried as each
 /// kind of message, an error built for each miss): a third of a direct call's time.
 /// Anything this does not read (escaped keys, duplicate keys, another method, a batch)

@@ -1403,3 +1403,85 @@ async fn no_auth_does_not_filter_tools_list() {
     .unwrap();
     assert!(!prepared.server.filters_tools_list_by_scope());
 }
+
+/// The direct stateless path (bmm-runtime `stateless`) on a real socket: hostile variants of
+/// a 2026-07-28 call get rmcp's refusals (the direct path leaves them to rmcp), none
+/// panics or hangs the server, and a good call still answers afterwards.
+#[tokio::test]
+async fn hostile_stateless_requests_are_refused_as_rmcp_refuses_them() {
+    let s = start().await;
+    let t = token(&s.issuer, &s.url, "demo:read");
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}, "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "1"}});
+    let good = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "whoami", "arguments": {}, "_meta": meta}}).to_string();
+    let mut nested = String::new();
+    for _ in 0..5000 {
+        nested.push('[');
+    }
+    let deep = good.replace(
+        "\"arguments\":{}",
+        &format!("\"arguments\":{{\"x\":{nested}}}"),
+    );
+    let client = reqwest::Client::new();
+    let send = |body: String, extra: Vec<(&'static str, &'static str)>| {
+        let mut r = client
+            .post(&s.url)
+            .header("authorization", format!("Bearer {t}"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "whoami");
+        for (k, v) in extra {
+            r = r.header(k, v);
+        }
+        r.body(body).send()
+    };
+    /// What is sent, the extra headers, and rmcp's status for it.
+    type Case = (&'static str, String, Vec<(&'static str, &'static str)>, u16);
+    let cases: Vec<Case> = vec![
+        (
+            "Mcp-Name of another tool",
+            good.clone(),
+            vec![("mcp-name", "other")],
+            400,
+        ),
+        (
+            "a second Mcp-Method",
+            good.clone(),
+            vec![("mcp-method", "tools/list")],
+            400,
+        ),
+        (
+            "_meta of another version",
+            good.replace("2026-07-28", "2025-11-25"),
+            vec![],
+            400,
+        ),
+        ("not JSON", good[..good.len() - 3].to_owned(), vec![], 400),
+        ("nested 5,000 deep", deep, vec![], 400),
+        (
+            "a body over the limit",
+            format!("{}{}", " ".repeat(5 << 20), good),
+            vec![],
+            413,
+        ),
+    ];
+    for (what, body, extra, expected) in cases {
+        let response = send(body, extra).await.unwrap();
+        assert_eq!(response.status().as_u16(), expected, "{what}");
+    }
+    // An escaped method is read by rmcp (the direct path does not unescape): same answer.
+    let escaped = good.replace("tools/call", r"tools\/call");
+    let (status, _, body) = rpc(send(escaped, vec![]).await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["result"]["structuredContent"]["subject"], "alice",
+        "{body}"
+    );
+    let (status, _, body) = rpc(send(good, vec![]).await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["result"]["structuredContent"]["subject"], "alice",
+        "{body}"
+    );
+}
